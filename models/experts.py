@@ -1,0 +1,96 @@
+"""Experts as one batched computation, and the MMoE block (experts + one gate per task)."""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import tensorflow as tf
+
+from models.gates import Gate, build_gate
+
+keras = tf.keras
+
+
+@keras.utils.register_keras_serializable(package="mtlrec")
+class StackedExperts(keras.layers.Layer):
+    """`num_experts` MLPs evaluated together: x [batch, d] -> [batch, num_experts, units[-1]].
+
+    The weights of layer j are one tensor [num_experts, d_in, d_out], so each layer is a
+    single einsum over all experts (the first one is one matmul x @ [d, n * d_out]); this is
+    what keeps 128 experts cheap. Each expert's kernel gets Glorot-uniform scaling from its
+    own fan-in/fan-out (Keras' initializers would count the expert axis as receptive field).
+    """
+
+    def __init__(self, num_experts: int, units: Sequence[int], dropout: float = 0.0,
+                 activation: str = "relu", **kwargs):
+        super().__init__(**kwargs)
+        if not units:
+            raise ValueError("StackedExperts: units must list at least one layer size")
+        self.num_experts = int(num_experts)
+        self.units = [int(u) for u in units]
+        self.dropout = float(dropout)
+        self.activation = keras.activations.get(activation)
+        self._activation_name = activation
+        self._dropout = keras.layers.Dropout(self.dropout) if self.dropout > 0 else None
+
+    def build(self, input_shape):
+        d_in = int(input_shape[-1])
+        self.kernels, self.biases = [], []
+        for j, d_out in enumerate(self.units):
+            limit = math.sqrt(6.0 / (d_in + d_out))
+            self.kernels.append(self.add_weight(
+                name=f"kernel_{j}", shape=[self.num_experts, d_in, d_out],
+                initializer=keras.initializers.RandomUniform(-limit, limit)))
+            self.biases.append(self.add_weight(
+                name=f"bias_{j}", shape=[self.num_experts, d_out], initializer="zeros"))
+            d_in = d_out
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        h = tf.einsum("bd,ndh->bnh", inputs, self.kernels[0]) + self.biases[0]
+        h = self._finish_layer(h, training)
+        for kernel, bias in zip(self.kernels[1:], self.biases[1:]):
+            h = self._finish_layer(tf.einsum("bnd,ndh->bnh", h, kernel) + bias, training)
+        return h
+
+    def _finish_layer(self, h, training):
+        h = self.activation(h)
+        return self._dropout(h, training=training) if self._dropout is not None else h
+
+    def get_config(self):
+        return {**super().get_config(), "num_experts": self.num_experts, "units": self.units,
+                "dropout": self.dropout, "activation": self._activation_name}
+
+
+@keras.utils.register_keras_serializable(package="mtlrec")
+class MMoE(keras.layers.Layer):
+    """Multi-gate mixture of experts: shared stacked experts, one gate per task.
+
+    `gates` maps task name -> gate config {"type": ..., **params}. Per-example gates route
+    on the same input x that feeds the experts; static gates ignore it.
+    Returns {task: mixture [batch, units[-1]]}.
+    """
+
+    def __init__(self, num_experts: int, expert_units: Sequence[int], gates: Mapping[str, Mapping],
+                 expert_dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_experts = int(num_experts)
+        self.expert_units = list(expert_units)
+        self.expert_dropout = float(expert_dropout)
+        self.gate_configs = {task: dict(cfg) for task, cfg in gates.items()}
+        self.experts = StackedExperts(num_experts, expert_units, dropout=expert_dropout, name="experts")
+        self.gates: dict[str, Gate] = {}
+        for task, cfg in self.gate_configs.items():
+            params = {k: v for k, v in cfg.items() if k != "type"}
+            self.gates[task] = build_gate(cfg["type"], num_experts, name=f"gate_{task}", **params)
+
+    def call(self, inputs, training=None):
+        expert_outputs = self.experts(inputs, training=training)
+        return {
+            task: gate(expert_outputs, inputs if gate.per_example else None, training=training)
+            for task, gate in self.gates.items()
+        }
+
+    def get_config(self):
+        return {**super().get_config(), "num_experts": self.num_experts, "expert_units": self.expert_units,
+                "gates": self.gate_configs, "expert_dropout": self.expert_dropout}

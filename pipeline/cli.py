@@ -1,0 +1,70 @@
+"""`mtlrec`: one entry point, one subcommand per stage.
+
+Every subcommand takes `--config FILE.yaml` and repeated `--set key=value`. Stage modules
+are imported only when their subcommand runs, so `--help` and config errors stay instant
+(TensorFlow takes seconds to import).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pipeline.config import ConfigError, load_config
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of the CLI
+
+
+class StageNotImplemented(RuntimeError):
+    """A subcommand whose stage has not landed yet."""
+
+
+def _not_implemented(issue: str):
+    def run(config, args):
+        raise StageNotImplemented(f"mtlrec {args.command}: not implemented yet ({issue})")
+    return run
+
+
+# name -> (help, runner). Runners take (config, parsed args) and return an exit code.
+COMMANDS = {
+    "preprocess": ("Beam + tf.Transform: source data -> TFRecords, transform graph, manifest",
+                   _not_implemented("issue #3, Beam preprocessing stage")),
+    "train": ("train one multi-task model (TFRS, tf.distribute) on preprocessed data",
+              _not_implemented("issue #4, TFRS multi-task model")),
+    "evaluate": ("score the fixed candidate lists and write per-task ranking metrics",
+                 _not_implemented("issue #5, evaluation and gate comparison")),
+    "compare": ("the main job: preprocess, train and evaluate every gate x seed, then report",
+                _not_implemented("issue #5, evaluation and gate comparison")),
+    "synthetic": ("the synthetic expert-selection benchmark (the paper's study)",
+                  _not_implemented("issue #6, synthetic benchmark")),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtlrec",
+        description="Multi-task recommender pipeline with DSelect-k, Top-k and softmax (MMoE) gates.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, _) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("--config", metavar="FILE.yaml", help="YAML config (defaults: configs/default.yaml)")
+        cmd.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                         help="override one config key, e.g. --set model.gate.k=2 (repeatable)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, args.set)
+        return COMMANDS[args.command][1](config, args) or 0
+    except ConfigError as exc:
+        print(f"mtlrec {args.command}: config error: {exc}", file=sys.stderr)
+        return 2
+    except StageNotImplemented as exc:
+        print(str(exc), file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

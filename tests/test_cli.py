@@ -1,0 +1,74 @@
+"""The `mtlrec` entry point and the config loader, driven as a user would."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+MTLREC = Path(sys.executable).parent / "mtlrec"  # the installed console script
+
+
+def run_cli(*args, cwd=REPO):
+    return subprocess.run([str(MTLREC), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_help_lists_subcommands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for name in ("preprocess", "train", "evaluate", "compare", "synthetic"):
+        assert name in result.stdout
+
+
+def test_bad_set_key_is_rejected_with_its_name():
+    result = run_cli("train", "--set", "model.gate.bogus=1")
+    assert result.returncode == 2
+    assert "unknown key model.gate.bogus" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_wrong_type_is_rejected_with_its_name():
+    result = run_cli("train", "--set", "model.num_experts=many")
+    assert result.returncode == 2
+    assert "model.num_experts" in result.stderr and "integer" in result.stderr
+
+
+def test_bad_yaml_key_names_the_file(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  num_expert: 4\n")
+    result = run_cli("train", "--config", str(config))
+    assert result.returncode == 2
+    assert str(config) in result.stderr and "model.num_expert" in result.stderr
+
+
+def test_default_yaml_matches_code_defaults():
+    assert load_config(REPO / "configs" / "default.yaml") == Config()
+
+
+def test_set_overrides_and_gate_switch():
+    config = load_config(None, ["model.gate.type=topk", "model.gate.k=3", "model.num_experts=16"])
+    assert config.model.gate.type == "topk" and config.model.gate.k == 3
+    assert config.model.num_experts == 16
+    with pytest.raises(ConfigError, match="model: gate.k=20 exceeds num_experts=16"):
+        load_config(None, ["model.num_experts=16", "model.gate.k=20"])
+    with pytest.raises(ConfigError, match="unknown gate type 'nope'"):
+        load_config(None, ["model.gate.type=nope"])
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text("model:\n  num_experts: [1,\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml:\d+: invalid YAML"):
+        load_config(config)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_yaml_round_trip(tmp_path):
+    config = load_config(None, ["model.gate.type=softmax", "model.expert_units=[32, 16]"])
+    path = tmp_path / "dump.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    assert load_config(path) == config
