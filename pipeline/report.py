@@ -1,0 +1,248 @@
+"""One report machine for the gate comparison and the synthetic benchmark.
+
+A `Report` collects headings, paragraphs, tables and figures once and renders them
+to both `report.md` and a self-contained `report.html`. Plot helpers write PNGs and
+`write_json` writes results; every file is written to a temp name and moved into
+place with `os.replace`, so a reader never sees a half-written file.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")  # headless: reports are made on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Above this many cells a heatmap's numbers would overlap, so only colours are drawn.
+_MAX_ANNOTATED_CELLS = 100
+
+
+def _atomic_write(path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def _cell_text(value) -> str:
+    """Numbers get 4 significant digits and NaN shows as n/a; pass strings for other formats."""
+    if isinstance(value, (float, np.floating)):
+        return "n/a" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+class Report:
+    """A titled sequence of headings, paragraphs, tables and figures (plain text)."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self._blocks: list[tuple] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        if not 2 <= level <= 6:
+            raise ValueError(f"heading level must be 2..6 (1 is the title); got {level}")
+        self._blocks.append(("heading", text, level))
+
+    def paragraph(self, text: str) -> None:
+        self._blocks.append(("paragraph", text))
+
+    def table(self, headers: list[str], rows: list[list], bold: set[tuple[int, int]] = ()) -> None:
+        """Add a table; `bold` holds (row, col) indices of cells to emphasize."""
+        for i, row in enumerate(rows):
+            if len(row) != len(headers):
+                raise ValueError(f"table row {i} has {len(row)} cells for {len(headers)} headers")
+        outside = {(r, c) for r, c in bold if not (0 <= r < len(rows) and 0 <= c < len(headers))}
+        if outside:
+            raise ValueError(f"bold cells outside the table: {sorted(outside)}")
+        cells = [[_cell_text(v) for v in row] for row in rows]
+        self._blocks.append(("table", [str(h) for h in headers], cells, set(bold)))
+
+    def figure(self, png_path, caption: str) -> None:
+        """Add a PNG; it is linked from the markdown and embedded in the html."""
+        png_path = Path(png_path).resolve()
+        if not png_path.is_file():
+            raise FileNotFoundError(f"figure not found: {png_path}")
+        self._blocks.append(("figure", png_path, caption))
+
+    def _markdown(self, folder: Path) -> str:
+        lines = [f"# {self.title}", ""]
+        for block in self._blocks:
+            kind = block[0]
+            if kind == "heading":
+                lines += ["#" * block[2] + " " + block[1], ""]
+            elif kind == "paragraph":
+                lines += [block[1], ""]
+            elif kind == "table":
+                _, headers, cells, bold = block
+                lines.append("| " + " | ".join(_md_cell(h) for h in headers) + " |")
+                lines.append("|" + "---|" * len(headers))
+                for r, row in enumerate(cells):
+                    shown = [
+                        f"**{_md_cell(t)}**" if (r, c) in bold and t else _md_cell(t)
+                        for c, t in enumerate(row)
+                    ]
+                    lines.append("| " + " | ".join(shown) + " |")
+                lines.append("")
+            else:
+                _, png, caption = block
+                link = quote(Path(os.path.relpath(png, folder)).as_posix())
+                lines += [f"![{caption}]({link})", "", f"*{caption}*", ""]
+        return "\n".join(lines)
+
+    def _html(self) -> str:
+        esc = html.escape
+        parts = [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{esc(self.title)}</title>",
+            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+            "table{border-collapse:collapse}th,td{border:1px solid #bbb;padding:.25em .6em}"
+            "td{text-align:right}td:first-child{text-align:left}img{max-width:100%}</style>",
+            "</head><body>",
+            f"<h1>{esc(self.title)}</h1>",
+        ]
+        for block in self._blocks:
+            kind = block[0]
+            if kind == "heading":
+                parts.append(f"<h{block[2]}>{esc(block[1])}</h{block[2]}>")
+            elif kind == "paragraph":
+                parts.append(f"<p>{esc(block[1])}</p>")
+            elif kind == "table":
+                _, headers, cells, bold = block
+                parts.append("<table>")
+                parts.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr>")
+                for r, row in enumerate(cells):
+                    shown = [
+                        f"<td><strong>{esc(t)}</strong></td>" if (r, c) in bold else f"<td>{esc(t)}</td>"
+                        for c, t in enumerate(row)
+                    ]
+                    parts.append("<tr>" + "".join(shown) + "</tr>")
+                parts.append("</table>")
+            else:
+                _, png, caption = block
+                data = base64.b64encode(png.read_bytes()).decode("ascii")
+                parts.append(
+                    f'<figure><img src="data:image/png;base64,{data}" alt="{esc(caption)}">'
+                    f"<figcaption>{esc(caption)}</figcaption></figure>"
+                )
+        parts.append("</body></html>")
+        return "\n".join(parts) + "\n"
+
+    def write(self, folder) -> dict[str, Path]:
+        """Write report.md and report.html into `folder`; returns their paths by format."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return {
+            "md": _atomic_write(folder / "report.md", self._markdown(folder.resolve()).encode("utf-8")),
+            "html": _atomic_write(folder / "report.html", self._html().encode("utf-8")),
+        }
+
+
+def _save(fig, path) -> Path:
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return _atomic_write(path, buffer.getvalue())
+
+
+def bar_chart(path, groups: list[str], series: dict[str, tuple], title: str, ylabel: str) -> Path:
+    """Grouped bars: one group per entry of `groups`, one bar per series (means, stds)."""
+    if not series:
+        raise ValueError("bar_chart needs at least one series")
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.4 * len(groups) * len(series) + 2), 4))
+    x = np.arange(len(groups))
+    width = 0.8 / len(series)
+    for i, (name, (means, stds)) in enumerate(series.items()):
+        if not len(means) == len(stds) == len(groups):
+            raise ValueError(f"series {name!r} needs {len(groups)} means and stds")
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=name)
+    ax.set_xticks(x, groups)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    return _save(fig, path)
+
+
+def heatmap(path, matrix, row_labels: list[str], col_labels: list[str], title: str) -> Path:
+    """A [rows, cols] matrix (e.g. expert weights by task) as coloured cells."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(f"matrix shape {matrix.shape} does not match the labels "
+                         f"({len(row_labels)}, {len(col_labels)})")
+    rows, cols = matrix.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * cols + 2), max(3.0, 0.5 * rows + 1.5)))
+    image = ax.imshow(matrix, cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax)
+    ax.set_xticks(np.arange(cols), col_labels)
+    ax.set_yticks(np.arange(rows), row_labels)
+    ax.set_title(title)
+    if matrix.size <= _MAX_ANNOTATED_CELLS:
+        # Dark text on the bright half of the colormap, light text on the dark half.
+        finite = matrix[np.isfinite(matrix)]
+        mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        for r in range(rows):
+            for c in range(cols):
+                value = matrix[r, c]
+                ax.text(c, r, _cell_text(float(value)), ha="center", va="center", fontsize=8,
+                        color="black" if value > mid else "white")
+    return _save(fig, path)
+
+
+def line_chart(path, series: dict[str, tuple], title: str, xlabel: str, ylabel: str) -> Path:
+    """One line with markers per series (x values, y values)."""
+    if not series:
+        raise ValueError("line_chart needs at least one series")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (x, y) in series.items():
+        if len(x) != len(y):
+            raise ValueError(f"series {name!r} has {len(x)} x values and {len(y)} y values")
+        ax.plot(x, y, marker="o", label=name)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _jsonable(obj):
+    """numpy values to Python ones, and NaN/inf (not valid JSON) to None."""
+    if isinstance(obj, dict):
+        return {(k.item() if isinstance(k, np.generic) else k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path, obj) -> Path:
+    """Write `obj` as indented JSON, atomically; numpy converted, NaN and inf as null."""
+    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
+    return _atomic_write(path, text.encode("utf-8"))

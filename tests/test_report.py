@@ -1,0 +1,149 @@
+"""Report rendering (markdown + html from one content), PNG plots and the JSON writer."""
+import base64
+import json
+import os
+import re
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from pipeline import report as report_module
+from pipeline.report import Report, bar_chart, heatmap, line_chart, write_json
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
+
+
+def leftover_temp_files(folder):
+    return [p.name for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_plots_are_readable_pngs(tmp_path):
+    paths = [
+        bar_chart(tmp_path / "bars.png", ["watch", "like"],
+                  {"dselect_k": ([0.4, 0.3], [0.01, 0.02]), "softmax": ([0.38, 0.31], [0.02, np.nan])},
+                  "NDCG@10 by task", "NDCG@10"),
+        heatmap(tmp_path / "heat.png", [[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]],
+                ["watch", "rating"], ["e0", "e1", "e2"], "Expert weights"),
+        line_chart(tmp_path / "lines.png", {"dselect_k": ([1, 2, 4], [0.3, 0.35, 0.36])},
+                   "NDCG vs k", "k", "NDCG"),
+    ]
+    assert paths == [tmp_path / "bars.png", tmp_path / "heat.png", tmp_path / "lines.png"]
+    for path in paths:
+        assert_png(path)
+    assert leftover_temp_files(tmp_path) == []
+
+
+def test_heatmap_annotates_only_small_matrices(tmp_path, monkeypatch):
+    texts = []
+    real_save = report_module._save
+
+    def spy(fig, path):
+        texts.append(len(fig.axes[0].texts))
+        return real_save(fig, path)
+
+    monkeypatch.setattr(report_module, "_save", spy)
+    heatmap(tmp_path / "small.png", np.full((2, 3), 0.25), ["a", "b"], ["x", "y", "z"], "small")
+    big = np.random.default_rng(0).random((12, 16))
+    heatmap(tmp_path / "big.png", big, [str(i) for i in range(12)], [str(j) for j in range(16)], "big")
+    assert texts == [6, 0]
+
+
+def test_plot_helpers_reject_mismatched_input(tmp_path):
+    with pytest.raises(ValueError):
+        bar_chart(tmp_path / "b.png", ["watch", "like"], {"g": ([0.1], [0.0])}, "t", "y")
+    with pytest.raises(ValueError):
+        heatmap(tmp_path / "h.png", [[1.0, 2.0]], ["a", "b"], ["x", "y"], "t")
+    with pytest.raises(ValueError):
+        line_chart(tmp_path / "l.png", {"g": ([1, 2], [0.1])}, "t", "x", "y")
+    assert list(tmp_path.iterdir()) == []
+
+
+def make_report(tmp_path):
+    png = bar_chart(tmp_path / "plots" / "bars.png", ["watch"], {"g": ([0.4], [0.01])}, "t", "y")
+    rep = Report("Gate comparison")
+    rep.heading("Watch task")
+    rep.paragraph("DSelect-k <b>beats</b> softmax & top-k")
+    rep.table(["gate", "ndcg@10", "p"], [["dselect_k", 0.43214, "a|b"], ["softmax", float("nan"), 3]],
+              bold={(0, 1)})
+    rep.figure(png, "NDCG by gate")
+    return rep, png
+
+
+def test_report_markdown_and_html_share_the_content(tmp_path):
+    rep, png = make_report(tmp_path)
+    out = rep.write(tmp_path / "out")
+    assert out == {"md": tmp_path / "out" / "report.md", "html": tmp_path / "out" / "report.html"}
+    md = out["md"].read_text()
+    page = out["html"].read_text()
+
+    assert md.startswith("# Gate comparison\n")
+    assert "## Watch task" in md
+    assert "| gate | ndcg@10 | p |" in md
+    assert "| dselect_k | **0.4321** | a\\|b |" in md  # bold cell, 4 significant digits, pipe escaped
+    assert "| softmax | n/a | 3 |" in md
+    assert "![NDCG by gate](../plots/bars.png)" in md
+
+    assert "<h1>Gate comparison</h1>" in page and "<h2>Watch task</h2>" in page
+    assert "<th>ndcg@10</th>" in page
+    assert "<td><strong>0.4321</strong></td>" in page
+    assert "<td>n/a</td>" in page
+    assert "DSelect-k &lt;b&gt;beats&lt;/b&gt; softmax &amp; top-k" in page
+    assert "<b>beats" not in page
+    embedded = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert embedded is not None
+    assert base64.b64decode(embedded.group(1)) == png.read_bytes()
+    assert "plots/bars.png" not in page  # self-contained: no link to the file
+    assert leftover_temp_files(tmp_path) == []
+
+
+def test_report_rejects_bad_content(tmp_path):
+    rep = Report("r")
+    with pytest.raises(ValueError):
+        rep.table(["a", "b"], [[1]])
+    with pytest.raises(ValueError):
+        rep.table(["a"], [[1]], bold={(1, 0)})
+    with pytest.raises(ValueError):
+        rep.heading("h", level=1)
+    with pytest.raises(FileNotFoundError):
+        rep.figure(tmp_path / "missing.png", "c")
+
+
+def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "result.json"
+    write_json(target, {"v": 1})
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        write_json(target, {"v": 2})
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert leftover_temp_files(tmp_path) == []
+
+
+def test_write_json_converts_numpy_and_nan(tmp_path):
+    obj = {
+        "mean": np.float32(0.5),
+        "n_users": np.int64(7),
+        "per_seed": np.array([0.25, np.nan]),
+        "missing": float("nan"),
+        "inf": np.float64(np.inf),
+        "flag": np.bool_(True),
+        "nested": [{"x": (np.int32(1), 2.5)}],
+    }
+    path = write_json(tmp_path / "sub" / "r.json", obj)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {
+        "mean": 0.5, "n_users": 7, "per_seed": [0.25, None], "missing": None, "inf": None,
+        "flag": True, "nested": [{"x": [1, 2.5]}],
+    }
