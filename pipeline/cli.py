@@ -7,16 +7,25 @@ are imported only when their subcommand runs, so `--help` and config errors stay
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
 from pipeline.config import ConfigError, load_config
+from pipeline.errors import MtlrecError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of the CLI
 
 
 class StageNotImplemented(RuntimeError):
     """A subcommand whose stage has not landed yet."""
+
+
+def _stage(module: str, function: str = "main"):
+    """Runner that imports the stage module only when its subcommand runs."""
+    def run(config, args):
+        return getattr(importlib.import_module(module), function)(config, args)
+    return run
 
 
 def _not_implemented(issue: str):
@@ -27,8 +36,8 @@ def _not_implemented(issue: str):
 
 # name -> (help, runner). Runners take (config, parsed args) and return an exit code.
 COMMANDS = {
-    "preprocess": ("Beam + tf.Transform: source data -> TFRecords, transform graph, manifest",
-                   _not_implemented("issue #3, Beam preprocessing stage")),
+    "preprocess": ("Beam + tf.Transform: source data -> TFRecords, transform graph, manifest "
+                   "(Beam pipeline options go after --)", _stage("pipeline.preprocess")),
     "train": ("train one multi-task model (TFRS, tf.distribute) on preprocessed data",
               _not_implemented("issue #4, TFRS multi-task model")),
     "evaluate": ("score the fixed candidate lists and write per-task ranking metrics",
@@ -36,7 +45,13 @@ COMMANDS = {
     "compare": ("the main job: preprocess, train and evaluate every gate x seed, then report",
                 _not_implemented("issue #5, evaluation and gate comparison")),
     "synthetic": ("the synthetic expert-selection benchmark (the paper's study)",
-                  _not_implemented("issue #6, synthetic benchmark")),
+                  _stage("pipeline.synthetic")),
+}
+
+
+EXTRA_ARGUMENTS = {
+    "synthetic": [(("--output",), {"metavar": "DIR", "help": "result folder (default: <workdir>/synthetic)"})],
+    "preprocess": [(("--output",), {"metavar": "DIR", "help": "data folder (default: data.output or <workdir>/data)"})],
 }
 
 
@@ -50,16 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--config", metavar="FILE.yaml", help="YAML config (defaults: configs/default.yaml)")
         cmd.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                          help="override one config key, e.g. --set model.gate.k=2 (repeatable)")
+        for flags, kwargs in EXTRA_ARGUMENTS.get(name, []):
+            cmd.add_argument(*flags, **kwargs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Everything after a bare `--` is passed through to Beam as pipeline options.
+    beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.beam_args = beam_args
     try:
         config = load_config(args.config, args.set)
         return COMMANDS[args.command][1](config, args) or 0
     except ConfigError as exc:
         print(f"mtlrec {args.command}: config error: {exc}", file=sys.stderr)
+        return 2
+    except MtlrecError as exc:
+        print(f"mtlrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except StageNotImplemented as exc:
         print(str(exc), file=sys.stderr)

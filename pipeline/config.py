@@ -10,14 +10,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.errors import MtlrecError
 
-class ConfigError(ValueError):
+
+class ConfigError(MtlrecError):
     """A config problem, as one line naming the file or key."""
 
 
@@ -72,9 +75,144 @@ class ModelConfig(Section):
         return self
 
 
+# ---------------------------------------------------------------- data (pipeline/preprocess.py)
+Count = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class SplitConfig(Section):
+    """Per-user split by time: the latest interactions go to test, the ones before to
+    validation, the rest to train. An int is a count, a float in (0, 1) a fraction (at
+    least 1). Users with fewer than min_interactions stay in train only."""
+    test: Union[Count, Fraction] = 0.1
+    validation: Union[Count, Fraction] = 0.1
+    min_interactions: int = Field(5, ge=3)
+
+
+class SamplingConfig(Section):
+    """Items the user never interacted with (in any split), drawn seeded per user."""
+    distribution: Literal["uniform", "popularity"] = "uniform"  # popularity = train interaction counts
+
+
+class NegativesConfig(SamplingConfig):
+    per_positive: int = Field(4, ge=0)  # sampled items per observed interaction (watch = 0)
+
+
+class CandidatesConfig(SamplingConfig):
+    negatives: int = Field(100, ge=1)  # sampled items added to each test user's list
+
+
+class DataConfig(Section):
+    source: Literal["embedded", "grouplens", "tfds"] = "embedded"
+    path: Union[str, None] = None  # grouplens: the folder holding the GroupLens files
+    tfds_name: str = "movielens/100k-ratings"
+    tfds_data_dir: Union[str, None] = None
+    output: Union[str, None] = None  # default: <workdir>/data
+    user_fraction: float = Field(1.0, gt=0, le=1)  # keep a seeded share of users (small runs)
+    like_threshold: float = 4.0
+    split: SplitConfig = SplitConfig()
+    negatives: NegativesConfig = NegativesConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
+    num_shards: int = Field(4, ge=1)  # TFRecord files per split
+    seed: int = 42
+    beam_args: list[str] = Field(default_factory=list)  # Beam pipeline options, e.g. --runner=DataflowRunner
+
+    @model_validator(mode="after")
+    def _source_needs(self):
+        if self.source == "grouplens" and not self.path:
+            raise ValueError("source grouplens needs data.path (a folder with the GroupLens files)")
+        return self
+
+
+# ---------------------------------------------------------------- synthetic benchmark (issue #6)
+class SyntheticDataConfig(Section):
+    """The generator of pipeline/synthetic_data.py: T tasks in C clusters."""
+    tasks: int = Field(128, ge=2)
+    clusters: int = Field(8, ge=1)
+    input_dim: int = Field(16, ge=1)
+    cluster_hidden: int = Field(8, ge=1)      # tanh units of each cluster's true function
+    cluster_scale: float = Field(1.0, ge=0)   # std of the cluster function
+    task_scale: float = Field(0.1, ge=0)      # std of the task-specific linear term
+    noise_std: float = Field(0.2, ge=0)
+    train_size: int = Field(2000, ge=1)
+    val_size: int = Field(1000, ge=1)
+    test_size: int = Field(2000, ge=1)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _clusters_fit(self):
+        if self.clusters > self.tasks:
+            raise ValueError(f"clusters={self.clusters} exceeds tasks={self.tasks}")
+        return self
+
+
+class SyntheticGridConfig(Section):
+    """Hyperparameter grid: every gate gets `points` points (the same budget), drawn (seeded)
+    from the product of the axes that apply to it. learning_rate applies to every gate; gamma
+    and entropy_weight to dselect_k only (an empty list keeps each gate's own value)."""
+    points: int = Field(4, ge=1)
+    seed: int = Field(100, ge=0)  # draws the points and seeds every grid run (apart from the reported seeds)
+    learning_rate: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [0.003, 0.01, 0.03, 0.1], min_length=1)
+    gamma: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0, 10.0])
+    entropy_weight: list[Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: [0.01, 0.1])
+
+
+def _synthetic_gates() -> dict:
+    return {
+        "softmax": SoftmaxGateConfig(type="softmax", per_example=False),
+        "topk_1": TopKGateConfig(type="topk", k=1, per_example=False),
+        "topk_2": TopKGateConfig(type="topk", k=2, per_example=False),
+        "dselect_k_1": DSelectKGateConfig(type="dselect_k", k=1),
+        "dselect_k_2": DSelectKGateConfig(type="dselect_k", k=2),
+    }
+
+
+class SyntheticConfig(Section):
+    """`mtlrec synthetic`: static gates per task on clustered synthetic tasks (see pipeline/synthetic.py)."""
+    data: SyntheticDataConfig = SyntheticDataConfig()
+    num_experts: int = Field(16, ge=2)
+    expert_units: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 4], min_length=1)
+    tower_units: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)  # [] = linear tower
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(256, ge=1)
+    seeds: int = Field(5, ge=1)                   # reported runs use seeds 0 .. seeds-1
+    gates: dict[str, GateConfig] = Field(default_factory=_synthetic_gates)  # named static variants
+    compare: list[str] = Field(default_factory=lambda: list(_synthetic_gates()), min_length=1)
+    grid: SyntheticGridConfig = SyntheticGridConfig()
+    sweep_tasks: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [8, 32])
+    oracle: bool = True                           # reference model with gates fixed to the true clusters
+    jit_compile: bool = True                      # XLA-compile each training epoch
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for name in self.compare:
+            if name not in self.gates:
+                raise ValueError(f"compare lists {name!r}, which is not in gates ({', '.join(self.gates)})")
+        for name in self.compare:
+            gate = self.gates[name]
+            if gate.per_example:
+                raise ValueError(f"gates.{name}.per_example must be false: the study compares static per-task gates")
+            if getattr(gate, "k", 1) > self.num_experts:
+                raise ValueError(f"gates.{name}.k={gate.k} exceeds num_experts={self.num_experts}")
+            axes = [self.grid.learning_rate]
+            if gate.type == "dselect_k":
+                axes += [a for a in (self.grid.gamma, self.grid.entropy_weight) if a]
+            size = math.prod(len(set(a)) for a in axes)
+            if size < self.grid.points:
+                raise ValueError(f"grid.points={self.grid.points} exceeds the {size} distinct grid points "
+                                 f"that apply to gates.{name}; add grid values or lower grid.points")
+        if self.oracle and self.data.clusters > self.num_experts:
+            raise ValueError(f"oracle needs one expert per cluster: data.clusters={self.data.clusters} "
+                             f"exceeds num_experts={self.num_experts}")
+        return self
+
+
 class Config(Section):
     workdir: str = "runs/default"
+    data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
 
 
 # ---------------------------------------------------------------- loading
@@ -132,7 +270,12 @@ def _read_yaml(path: str | Path) -> dict:
 
 
 def _describe(error: dict) -> str:
-    loc = [str(p) for p in error["loc"] if p not in GATE_TYPES]  # drop the union's tag
+    # Drop the discriminated union's tag, which pydantic inserts after the field name.
+    raw = [str(p) for p in error["loc"]]
+    loc = [p for i, p in enumerate(raw) if not (p in GATE_TYPES and i > 0 and (
+        raw[i - 1] == "gate" or (i > 1 and raw[i - 2] in ("gates", "task_gates"))))]
+    # Union members are named in the path too (e.g. "constrained-int"); keep the field only.
+    loc = [p for p in loc if not (p.startswith("constrained-") or p in ("int", "float", "str", "none"))]
     key = ".".join(loc) or "<top level>"
     kind = error["type"]
     if kind == "extra_forbidden":

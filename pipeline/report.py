@@ -10,35 +10,22 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
 import matplotlib
 import numpy as np
 
+from pipeline.artifacts import atomic_write as _atomic_write
+from pipeline.artifacts import write_json  # noqa: F401  (re-exported: reports write their JSON with it)
+
 matplotlib.use("Agg")  # headless: reports are made on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 # Above this many cells a heatmap's numbers would overlap, so only colours are drawn.
 _MAX_ANNOTATED_CELLS = 100
-
-
-def _atomic_write(path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
 
 
 def _cell_text(value) -> str:
@@ -225,24 +212,3 @@ def line_chart(path, series: dict[str, tuple], title: str, xlabel: str, ylabel: 
     ax.set_ylabel(ylabel)
     ax.legend()
     return _save(fig, path)
-
-
-def _jsonable(obj):
-    """numpy values to Python ones, and NaN/inf (not valid JSON) to None."""
-    if isinstance(obj, dict):
-        return {(k.item() if isinstance(k, np.generic) else k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json(path, obj) -> Path:
-    """Write `obj` as indented JSON, atomically; numpy converted, NaN and inf as null."""
-    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    return _atomic_write(path, text.encode("utf-8"))

@@ -14,3 +14,19 @@ def _seed_and_policy():
     tf.keras.utils.set_random_seed(0)
     yield
     tf.keras.mixed_precision.set_global_policy("float32")
+
+
+def run_preprocess(workdir, *overrides):
+    """Run `mtlrec preprocess` in-process (the CLI is a thin wrapper) and return its manifest."""
+    from pipeline import preprocess
+    from pipeline.config import load_config
+    return preprocess.run(load_config(None, [f"workdir={workdir}", *overrides]))
+
+
+@pytest.fixture(scope="session")
+def embedded_data(tmp_path_factory):
+    """The embedded MovieLens data for ~40 users: small enough for tests, real in every column."""
+    workdir = tmp_path_factory.mktemp("embedded")
+    manifest = run_preprocess(workdir, "data.user_fraction=0.06", "data.negatives.per_positive=2",
+                              "data.candidates.negatives=30")
+    return workdir / "data", manifest

@@ -1,0 +1,96 @@
+"""Small rating datasets written in the GroupLens layouts, for tests that need files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+GENRES = ["Action", "Comedy", "Drama", "Sci-Fi", "Film-Noir", "Children's"]
+
+
+def ratings(num_users=12, num_items=30, per_user=12, seed=0, half_stars=False):
+    """Deterministic (user, item, rating, timestamp) tuples; every user rates `per_user` items."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(1, num_users + 1):
+        items = rng.choice(np.arange(1, num_items + 1), size=per_user, replace=False)
+        start = 880_000_000 + int(rng.integers(0, 10_000_000))
+        for j, item in enumerate(items):
+            stars = rng.integers(1, 11) / 2 if half_stars else rng.integers(1, 6)
+            rows.append((user, int(item), float(stars), start + 3600 * j))
+    return rows
+
+
+def movies(num_items=30):
+    """item -> (title with year, genres list)."""
+    return {i: (f"Movie {i} ({1980 + i % 30})", [GENRES[i % len(GENRES)], GENRES[(i + 2) % len(GENRES)]])
+            for i in range(1, num_items + 1)}
+
+
+def users(num_users=12):
+    occupations = ["engineer", "writer", "student"]
+    return {u: ("M" if u % 2 else "F", 18 + u, occupations[u % 3], f"{10000 + 37 * u}") for u in range(1, num_users + 1)}
+
+
+def write_ml100k(folder: Path, rating_rows, extra_lines=()):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"{u}\t{i}\t{int(r)}\t{t}" for u, i, r, t in rating_rows] + list(extra_lines)
+    (folder / "u.data").write_text("\n".join(lines) + "\n")
+    genre_names = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+                   "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+                   "Thriller", "War", "Western"]
+    item_lines = []
+    for i, (title, genres) in movies(max(i for _, i, _, _ in rating_rows)).items():
+        flags = "|".join("1" if g in genres else "0" for g in genre_names)
+        item_lines.append(f"{i}|{title}|01-Jan-{1980 + i % 30}||http://example.org|{flags}")
+    (folder / "u.item").write_bytes(("\n".join(item_lines) + "\n").encode("latin-1"))
+    (folder / "u.genre").write_text("\n".join(f"{g}|{k}" for k, g in enumerate(genre_names)) + "\n")
+    user_lines = [f"{u}|{age}|{g}|{occ}|{z}" for u, (g, age, occ, z) in users(max(u for u, _, _, _ in rating_rows)).items()]
+    (folder / "u.user").write_text("\n".join(user_lines) + "\n")
+    return folder
+
+
+def write_ml1m(folder: Path, rating_rows, extra_lines=()):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"{u}::{i}::{int(r)}::{t}" for u, i, r, t in rating_rows] + list(extra_lines)
+    (folder / "ratings.dat").write_text("\n".join(lines) + "\n")
+    item_lines = [f"{i}::{title}::{'|'.join(genres)}" for i, (title, genres) in
+                  movies(max(i for _, i, _, _ in rating_rows)).items()]
+    (folder / "movies.dat").write_bytes(("\n".join(item_lines) + "\n").encode("latin-1"))
+    ages = [1, 18, 25, 35, 45, 50, 56]
+    user_lines = [f"{u}::{g}::{ages[u % len(ages)]}::{u % 21}::{z}" for u, (g, _, _, z) in
+                  users(max(u for u, _, _, _ in rating_rows)).items()]
+    (folder / "users.dat").write_text("\n".join(user_lines) + "\n")
+    return folder
+
+
+def write_latest(folder: Path, rating_rows, extra_lines=()):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["userId,movieId,rating,timestamp"] + [f"{u},{i},{r:g},{t}" for u, i, r, t in rating_rows]
+    (folder / "ratings.csv").write_text("\n".join(lines + list(extra_lines)) + "\n")
+    # Titles quoted with a comma inside, as in "American President, The (1995)".
+    item_lines = ["movieId,title,genres"] + [
+        f'{i},"{title.replace(" (", ", The (")}",{"|".join(genres)}'
+        for i, (title, genres) in movies(max(i for _, i, _, _ in rating_rows)).items()]
+    (folder / "movies.csv").write_text("\n".join(item_lines) + "\n")
+    return folder
+
+
+def read_split(folder, split):
+    """All examples of a split as a pandas DataFrame (raw columns + labels)."""
+    import json
+
+    import pandas as pd
+    import tensorflow as tf
+
+    from features.spec import raw_feature_spec
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    spec = raw_feature_spec(manifest["raw_columns"])
+    files = sorted(str(p) for p in (Path(folder) / split).glob("*.tfrecord.gz"))
+    if not files:
+        return pd.DataFrame(columns=list(spec))
+    data = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096).map(
+        lambda x: tf.io.parse_example(x, spec))
+    frames = [pd.DataFrame({k: (v.numpy().astype(str) if v.dtype == tf.string else v.numpy())
+                            for k, v in batch.items()}) for batch in data]
+    return pd.concat(frames, ignore_index=True)

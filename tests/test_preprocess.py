@@ -1,0 +1,303 @@
+"""The Beam + tf.Transform preprocessing stage, on every source, checked with pandas."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from conftest import run_preprocess
+from fixtures import movies, ratings, read_split, write_latest, write_ml1m, write_ml100k
+
+SPLITS = ("train", "validation", "test", "candidates")
+MTLREC = Path(sys.executable).parent / "mtlrec"
+
+
+def _positives(folder):
+    frames = []
+    for split in ("train", "validation", "test"):
+        df = read_split(folder, split)
+        frames.append(df[df.watch == 1].assign(split=split))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------- embedded source
+def test_embedded_manifest(embedded_data):
+    folder, manifest = embedded_data
+    assert manifest["source"]["name"] == "embedded"
+    assert manifest["input_rows"] == 100004  # every row of the dslabs subset was read
+    assert manifest["input_rows"] == manifest["accepted_rows"] + manifest["rejected_rows"] + manifest["sampled_out_rows"]
+    assert 20 <= manifest["users"] <= 70
+    # The dslabs subset has no demographics: those features are absent, not faked.
+    assert "gender" not in manifest["features"] and "genres" in manifest["features"]
+    for split in SPLITS:
+        df = read_split(folder, split)
+        assert len(df) == manifest["splits"][split]["examples"] > 0
+        assert df.watch.sum() == manifest["splits"][split]["positives"]
+    train = read_split(folder, "train")
+    # Two sampled items per observed interaction (a few early ones may lack available items).
+    assert manifest["splits"]["train"]["label_rates"]["watch"] == pytest.approx(1 / 3, abs=0.01)
+    assert (train.rating_weight == train.watch).all() and (train.rating[train.watch == 0] == 0).all()
+    assert ((train.like == 1) == ((train.watch == 1) & (train.rating >= 4.0))).all()
+
+
+def test_split_is_by_time_per_user(embedded_data):
+    folder, _ = embedded_data
+    positives = _positives(folder)
+    checked = 0
+    for _, user in positives.groupby("user_id"):
+        times = {s: user[user.split == s].timestamp for s in ("train", "validation", "test")}
+        if len(times["test"]):
+            assert times["test"].min() > times["train"].max()
+            checked += 1
+        if len(times["validation"]):
+            assert times["validation"].min() > times["train"].max()
+            if len(times["test"]):
+                assert times["test"].min() > times["validation"].max()
+    assert checked > 10
+
+
+def test_sampled_items_were_never_interacted(embedded_data):
+    folder, manifest = embedded_data
+    positives = _positives(folder)
+    seen = positives.groupby("user_id").item_id.apply(set).to_dict()
+    first_seen = positives.groupby("item_id").timestamp.min()
+    for split in SPLITS:
+        df = read_split(folder, split)
+        negatives = df[df.watch == 0]
+        assert len(negatives) > 0
+        clash = [row for row in negatives.itertuples() if row.item_id in seen[row.user_id]]
+        assert not clash, f"{split}: sampled items the user interacted with: {clash[:3]}"
+        # Sampled items existed (somebody had interacted with them) at the example's time, but
+        # for the few early lists where too few new items existed yet.
+        existed = first_seen.loc[negatives.item_id].to_numpy() <= negatives.timestamp.to_numpy()
+        assert existed.mean() > 0.97
+
+
+def test_candidate_lists(embedded_data):
+    folder, manifest = embedded_data
+    candidates, test = read_split(folder, "candidates"), read_split(folder, "test")
+    test_pos = test[test.watch == 1]
+    assert candidates.user_id.nunique() == manifest["test_users"] == test_pos.user_id.nunique()
+    for user, rows in candidates.groupby("user_id"):
+        assert rows.timestamp.nunique() == 1  # one request time per list
+        assert set(rows[rows.watch == 1].item_id) == set(test_pos[test_pos.user_id == user].item_id)
+        assert (rows.watch == 0).sum() == 30 and rows.item_id.is_unique
+
+
+def _transform(folder, frame, raw_columns):
+    layer = tft.TFTransformOutput(str(folder)).transform_features_layer()
+    raw = {c: tf.constant(frame[c].to_numpy()) for c in raw_columns}
+    return {k: v for k, v in layer(raw).items()}
+
+
+def _zscore(values, reference):
+    return (values - reference.mean()) / reference.std(ddof=0)
+
+
+def test_aggregates_use_train_split_only(embedded_data):
+    """Aggregate features equal pandas aggregates over the train split alone, also on test rows."""
+    folder, manifest = embedded_data
+    train = read_split(folder, "train")
+    obs = train[train.rating_weight == 1]
+    user_n = obs.groupby("user_id").size()
+    user_mean = obs.groupby("user_id").rating.mean()
+    item_n = obs.groupby("item_id").size()
+    item_mean = obs.groupby("item_id").rating.mean()
+    global_mean = obs.rating.mean()
+
+    # The z-score statistics are fitted over all train rows (observed and sampled).
+    train_user_n = train.user_id.map(user_n).fillna(0)
+    train_item_n = train.item_id.map(item_n).fillna(0)
+    train_user_mean = train.user_id.map(user_mean).fillna(global_mean)
+    train_item_mean = train.item_id.map(item_mean).fillna(global_mean)
+
+    test = read_split(folder, "test")
+    out = _transform(folder, test, manifest["raw_columns"])
+    expected = {
+        "user_count": _zscore(np.log1p(test.user_id.map(user_n).fillna(0)), np.log1p(train_user_n)),
+        "item_count": _zscore(np.log1p(test.item_id.map(item_n).fillna(0)), np.log1p(train_item_n)),
+        "user_mean_rating": _zscore(test.user_id.map(user_mean).fillna(global_mean), train_user_mean),
+        "item_mean_rating": _zscore(test.item_id.map(item_mean).fillna(global_mean), train_item_mean),
+    }
+    for name, values in expected.items():
+        np.testing.assert_allclose(out[name].numpy(), values.to_numpy(), rtol=1e-4, atol=1e-4, err_msg=name)
+    assert (~test.item_id.isin(item_n.index)).any()  # some test items are unseen in train: fallbacks exercised
+
+    # Genre affinity: the user's train share of each of the item's genres, averaged.
+    genre_rows = obs.assign(genre=obs.genres.str.split("|")).explode("genre")
+    share = genre_rows.groupby(["user_id", "genre"]).size() / user_n.reindex(
+        genre_rows.groupby(["user_id", "genre"]).size().index.get_level_values(0)).to_numpy()
+
+    def affinity(frame):
+        values = []
+        for user, genres in zip(frame.user_id, frame.genres):
+            tokens = genres.split("|")
+            values.append(np.mean([share.get((user, g), 0.0) for g in tokens]))
+        return pd.Series(values)
+
+    np.testing.assert_allclose(out["genre_affinity"].numpy(), _zscore(affinity(test), affinity(train)).to_numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- GroupLens files, bad rows
+BAD_LINES = [
+    "x7::1::3::880000000",          # non-numeric user id
+    "1::2::7::880000000",           # rating outside 1..5
+    "1::3::4::soon",                # bad timestamp
+    "1::2::3",                      # wrong number of fields
+    "2::999::4::880000000",         # movie id unknown to movies.dat
+]
+
+
+@pytest.fixture(scope="module")
+def ml1m_with_bad_rows(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ml1m")
+    rows = ratings(num_users=14, num_items=30, per_user=12)
+    dup = rows[5]
+    repeated = (dup[0], dup[1], dup[2], dup[3] + 60)  # same user and movie, a minute later
+    lines = BAD_LINES + [f"{dup[0]}::{dup[1]}::{int(dup[2])}::{dup[3]}",
+                         f"{repeated[0]}::{repeated[1]}::{int(repeated[2])}::{repeated[3]}"]
+    folder = write_ml1m(root / "files", rows, extra_lines=lines)
+    overrides = ["data.source=grouplens", f"data.path={folder}", "data.candidates.negatives=8", "data.split.test=2",
+                 "data.split.validation=2"]
+    return root, folder, overrides, len(rows) + len(lines), run_preprocess(root / "run1", *overrides)
+
+
+def test_row_conservation_and_rejection_reasons(ml1m_with_bad_rows):
+    root, _, _, total, manifest = ml1m_with_bad_rows
+    assert manifest["input_rows"] == total
+    assert manifest["input_rows"] == manifest["accepted_rows"] + manifest["rejected_rows"]
+    assert manifest["rejected_rows"] == len(BAD_LINES) + 2
+    assert manifest["duplicates"] == {"exact": 1, "repeated_pairs": 1}
+    rejected = [json.loads(line) for line in (root / "run1/data/rejected/rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == manifest["rejected_rows"]
+    reasons = " | ".join(r["reason"] for r in rejected)
+    for expected in ("non-numeric user id 'x7'", "rating 7 outside the scale", "bad timestamp 'soon'",
+                     "expected 4 fields, found 3", "movie id 999 is not in the movie file",
+                     "exact duplicate", "repeated (user, movie) pair"):
+        assert expected in reasons
+    assert all(r["file"] for r in rejected)
+
+
+def test_ml1m_demographics_and_layout(ml1m_with_bad_rows):
+    root, _, _, _, manifest = ml1m_with_bad_rows
+    assert manifest["source"]["layout"] == "ml-1m"
+    assert {"gender", "age", "occupation", "zip_prefix"} <= set(manifest["features"])
+    train = read_split(root / "run1/data", "train")
+    assert set(train.gender) == {"M", "F"} and train.age.isin([1, 18, 25, 35, 45, 50, 56]).all()
+    # Year comes from the title, genres from the movie file.
+    meta = movies()
+    row = train[train.watch == 1].iloc[0]
+    assert row.year == 1980 + row.item_id % 30 and row.genres == "|".join(meta[row.item_id][1])
+
+
+def test_same_seed_gives_identical_bytes(ml1m_with_bad_rows):
+    root, _, overrides, _, _ = ml1m_with_bad_rows
+    run_preprocess(root / "run2", *overrides)
+    first, second = root / "run1/data", root / "run2/data"
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert any(str(f).startswith("train/") for f in files)
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for name in files:
+        if name.parts[0] in SPLITS or name.parts[0] in ("rejected",) or name.name == "manifest.json" \
+                or "assets" in name.parts:
+            assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("layout", ["ml-100k", "ml-latest"])
+def test_other_grouplens_layouts(tmp_path, layout):
+    rows = ratings(num_users=8, num_items=20, per_user=10, half_stars=layout == "ml-latest")
+    writer = write_ml100k if layout == "ml-100k" else write_latest
+    folder = writer(tmp_path / "files", rows)
+    manifest = run_preprocess(tmp_path / "run", "data.source=grouplens", f"data.path={folder}",
+                              "data.candidates.negatives=5", "data.split.test=2", "data.split.validation=1")
+    assert manifest["source"]["layout"] == layout
+    assert manifest["accepted_rows"] == len(rows) and manifest["rejected_rows"] == 0
+    assert ("gender" in manifest["features"]) == (layout == "ml-100k")
+    train = read_split(tmp_path / "run/data", "train")
+    positives = train[train.watch == 1]
+    meta = movies()
+    for row in positives.head(5).itertuples():
+        assert set(row.genres.split("|")) == set(meta[row.item_id][1])
+        assert row.year == 1980 + row.item_id % 30  # from "01-Jan-YYYY" (ml-100k) or the quoted title (csv)
+
+
+def test_tfds_source_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+    rows = ratings(num_users=8, num_items=20, per_user=10)
+
+    def as_dataset(self, *args, **kwargs):
+        genres = self.info.features["movie_genres"].feature.names
+        records = {
+            "user_id": [str(u).encode() for u, _, _, _ in rows],
+            "movie_id": [str(i).encode() for _, i, _, _ in rows],
+            "user_rating": np.array([r for _, _, r, _ in rows], np.float32),
+            "timestamp": np.array([t for _, _, _, t in rows], np.int64),
+            "movie_title": [f"Movie {i} (1995)".encode() for _, i, _, _ in rows],
+            "movie_genres": tf.ragged.constant([[i % len(genres)] for _, i, _, _ in rows], dtype=tf.int64),
+            "user_gender": [bool(u % 2) for u, _, _, _ in rows],
+            "bucketized_user_age": np.array([25.0] * len(rows), np.float32),
+            "user_occupation_text": [b"engineer"] * len(rows),
+            "user_zip_code": [b"94043"] * len(rows),
+        }
+        return tf.data.Dataset.from_tensor_slices(records)
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        manifest = run_preprocess(tmp_path, "data.source=tfds", "data.tfds_name=movielens/100k-ratings",
+                                  "data.candidates.negatives=5", "data.split.test=2", "data.split.validation=1")
+    assert manifest["source"]["layout"] == "movielens/100k-ratings"
+    assert manifest["accepted_rows"] == len(rows)
+    assert {"gender", "occupation", "zip_prefix", "age"} <= set(manifest["features"])
+    train = read_split(tmp_path / "data", "train")
+    assert set(train.gender) == {"M", "F"} and (train.year[train.watch == 1] == 1995).all()
+
+
+# ---------------------------------------------------------------- failures
+def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
+    from pipeline import preprocess
+
+    def broken(self, keyed):
+        raise RuntimeError("disk full (injected)")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(preprocess._WriteShard, "process", broken)
+    folder = write_ml1m(tmp_path / "files", ratings(num_users=6, per_user=8))
+    with pytest.raises(Exception, match="disk full"):
+        run_preprocess(tmp_path / "run", "data.source=grouplens", f"data.path={folder}")
+    assert not (tmp_path / "run" / "data").exists()
+    assert list((tmp_path / "run").iterdir()) == []  # no half-written temporary folder either
+
+
+def _cli(*args):
+    return subprocess.run([str(MTLREC), "preprocess", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_missing_and_unknown_folders_give_one_clear_error(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = _cli("--set", "data.source=grouplens", "--set", f"data.path={missing}", "--set", f"workdir={tmp_path}")
+    assert result.returncode == 2 and f"{missing}: no such directory" in result.stderr
+    # One line of ours (TensorFlow's own start-up log lines cannot be silenced), no traceback.
+    assert [line for line in result.stderr.splitlines() if line.startswith("mtlrec")] == [
+        f"mtlrec preprocess: error: data.path {missing}: no such directory"]
+    assert "Traceback" not in result.stderr
+
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "ratings.txt").write_text("1,2,3,4\n")
+    result = _cli("--set", "data.source=grouplens", "--set", f"data.path={tmp_path / 'odd'}",
+                  "--set", f"workdir={tmp_path}")
+    assert result.returncode == 2 and "no known GroupLens layout" in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_source_without_valid_rows_is_an_error(tmp_path):
+    folder = write_ml1m(tmp_path / "files", ratings(num_users=2, per_user=3))
+    (folder / "ratings.dat").write_text("\n".join(BAD_LINES) + "\n")
+    result = _cli("--set", "data.source=grouplens", "--set", f"data.path={folder}", "--set", f"workdir={tmp_path}")
+    assert result.returncode == 2
+    assert f"{folder}/ratings.dat: no valid rows (5 rejected of 5)" in result.stderr
+    assert not (tmp_path / "data").exists()
