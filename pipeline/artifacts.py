@@ -21,6 +21,8 @@ import numpy as np
 from pipeline.errors import MtlrecError
 
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask (the only way is to set it) and put it back
 
 
 class ArtifactError(MtlrecError):
@@ -34,6 +36,7 @@ def atomic_write(path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; results are not
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -180,11 +180,13 @@ def heatmap(path, matrix, row_labels: list[str], col_labels: list[str], title: s
         raise ValueError(f"matrix shape {matrix.shape} does not match the labels "
                          f"({len(row_labels)}, {len(col_labels)})")
     rows, cols = matrix.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * cols + 2), max(3.0, 0.5 * rows + 1.5)))
+    # Size grows with the matrix up to a cap; past ~40 rows the labels are thinned instead.
+    fig, ax = plt.subplots(figsize=(min(16.0, max(4.0, 0.6 * cols + 2)), min(12.0, max(3.0, 0.5 * rows + 1.5))))
     image = ax.imshow(matrix, cmap="viridis", aspect="auto")
     fig.colorbar(image, ax=ax)
-    ax.set_xticks(np.arange(cols), col_labels)
-    ax.set_yticks(np.arange(rows), row_labels)
+    col_step, row_step = max(1, cols // 40), max(1, rows // 40)
+    ax.set_xticks(np.arange(0, cols, col_step), col_labels[::col_step])
+    ax.set_yticks(np.arange(0, rows, row_step), row_labels[::row_step])
     ax.set_title(title)
     if matrix.size <= _MAX_ANNOTATED_CELLS:
         # Dark text on the bright half of the colormap, light text on the dark half.
