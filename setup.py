@@ -16,6 +16,7 @@ setup(
     install_requires=[
         "tensorflow>=2.16,<2.22",
         "tf-keras>=2.16,<2.22",
+        "tensorboard>=2.16,<3",  # TF 2.21 no longer pulls it in; tf.summary needs it
         "tensorflow-recommenders>=0.7.3,<0.8",
         "tensorflow-datasets>=4.9,<5",
         "tensorflow-transform>=1.16,<1.22",

@@ -12,8 +12,6 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-import tensorflow as tf
-
 
 @dataclass(frozen=True)
 class RawColumn:
@@ -48,6 +46,7 @@ class Task:
 
 YEAR_BUCKETS = 10  # quantile buckets of release year; unknown year gets its own index
 OOV_BUCKETS = 1  # ids unseen in the train split share one index
+MAX_VALUES = 10  # multi-valued features keep their first 10 values (MovieLens movies have <= 10 genres)
 
 RAW_COLUMNS = {c.name: c for c in [
     RawColumn("user_id", "int64", None, "user id of the source"),
@@ -97,9 +96,6 @@ FEATURES = {f.name: f for f in [
     Feature("zip_prefix", "categorical", ("zip_code",), "first 2 characters, vocabulary + OOV", vocabulary="zip_prefix"),
 ]}
 
-_TF_DTYPES = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
-
-
 def active_features(raw_columns) -> list[str]:
     """The features a source can feed: those whose raw columns it all provides."""
     have = set(raw_columns)
@@ -111,9 +107,10 @@ def raw_feature_spec(raw_columns, with_labels: bool = True) -> dict:
     columns = [RAW_COLUMNS[c] for c in raw_columns]
     if with_labels:
         columns += list(LABEL_COLUMNS.values())
+    import tensorflow as tf  # here, so that the config can read this module without loading TF
     # No parsing defaults: every example carries every column of its source (tf.Transform's
     # schema requires this too); `RawColumn.default` is the value that means "unknown".
-    return {c.name: tf.io.FixedLenFeature([], _TF_DTYPES[c.dtype]) for c in columns}
+    return {c.name: tf.io.FixedLenFeature([], tf.as_dtype(c.dtype)) for c in columns}
 
 
 def declaration_hash(raw_columns) -> str:
@@ -128,6 +125,6 @@ def declaration_hash(raw_columns) -> str:
         "labels": [asdict(c) for c in LABEL_COLUMNS.values()],
         "features": [asdict(FEATURES[f]) for f in active],
         "tasks": [asdict(t) for t in TASKS.values()],
-        "constants": {"year_buckets": YEAR_BUCKETS, "oov_buckets": OOV_BUCKETS},
+        "constants": {"year_buckets": YEAR_BUCKETS, "oov_buckets": OOV_BUCKETS, "max_values": MAX_VALUES},
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()

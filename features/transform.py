@@ -4,24 +4,45 @@ The Beam stage fits its analyzers on the TRAIN split only, so no validation or t
 reaches a vocabulary, a bucket boundary or an aggregate. Trainer and exported model both
 apply the resulting transform graph to raw columns, so training and serving cannot drift.
 
-Per-user and per-item aggregates (counts, mean ratings, genre shares) are tf.Transform
-vocabularies weighted by the observed-interaction weight: `tft.vocabulary(key, weights=w,
-store_frequency=True)` stores sum(w) per key, and the graph looks the sums up at transform
-time, so serving needs only the raw ids.
+Per-user and per-item aggregates (counts, rating sums, per-genre counts) are one tf.Transform
+vocabulary weighted by the observed-interaction weight: `tft.vocabulary(key, weights=w,
+store_frequency=True)` stores sum(w) per key, with the aggregate's name in the key
+("user_count:547"), and the graph looks the sums up at transform time, so serving needs
+only the raw ids. One vocabulary instead of one per aggregate, and one z-score analyzer
+over all numeric features, because every analyzer adds dozens of Beam stages: that fixed
+cost dominated the preprocessing stage on small data (bench/preprocess.py).
 """
 from __future__ import annotations
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from features.spec import FEATURES, OOV_BUCKETS, YEAR_BUCKETS, active_features
+from features.spec import FEATURES, MAX_VALUES, OOV_BUCKETS, YEAR_BUCKETS, active_features
 
 SECONDS_PER_YEAR = 365.2425 * 24 * 3600
 
 
-def _sums_per_key(keys, weights, name):
-    """Analyzer: sum of `weights` per string key over the analyzed (train) split."""
-    return tft.vocabulary(keys, weights=weights, store_frequency=True, vocab_filename=name)
+AGGREGATES = "aggregates"  # the vocabulary file of the per-key sums
+
+
+def _sums_per_key(parts):
+    """Analyzer: sum of weights per key over the analyzed (train) split, for several aggregates at once.
+
+    parts: {aggregate name: (string keys, weights)}. Returns the vocabulary file of
+    `sum key` lines, keys prefixed "name:"; keys whose weights are all 0 are left out (a
+    lookup of an absent key gets the same 0 as the sum).
+    """
+    keys, weights = [], []
+    for name, (key, weight) in parts.items():
+        keep = weight > 0
+        keys.append(tf.strings.join([name + ":", tf.boolean_mask(key, keep)]))
+        weights.append(tf.boolean_mask(weight, keep))
+    return tft.vocabulary(tf.concat(keys, 0), weights=tf.concat(weights, 0), store_frequency=True,
+                          vocab_filename=AGGREGATES)
+
+
+def _sum_of(vocabulary_file, name, keys):
+    return _lookup(vocabulary_file, tf.strings.join([name + ":", keys]), 0.0)
 
 
 def _lookup(vocabulary_file, keys, default):
@@ -53,33 +74,38 @@ def make_preprocessing_fn(raw_columns):
 
         # Aggregates from observed train interactions; unseen keys fall back to count 0 and
         # the global mean rating.
-        global_mean = tft.mean(rating) / tf.maximum(tft.mean(observed), 1e-9)
-        user_n = _lookup(_sums_per_key(user, observed, "user_count"), user, 0.0)
-        user_sum = _lookup(_sums_per_key(user, rating, "user_rating_sum"), user, 0.0)
-        item_n = _lookup(_sums_per_key(item, observed, "item_count"), item, 0.0)
-        item_sum = _lookup(_sums_per_key(item, rating, "item_rating_sum"), item, 0.0)
-        out["user_count"] = tft.scale_to_z_score(tf.math.log1p(user_n))
-        out["item_count"] = tft.scale_to_z_score(tf.math.log1p(item_n))
-        out["user_mean_rating"] = tft.scale_to_z_score(
-            tf.where(user_n > 0, user_sum / tf.maximum(user_n, 1.0), global_mean))
-        out["item_mean_rating"] = tft.scale_to_z_score(
-            tf.where(item_n > 0, item_sum / tf.maximum(item_n, 1.0), global_mean))
+        means = tft.mean(tf.stack([rating, observed], axis=1), reduce_instance_dims=False)
+        global_mean = means[0] / tf.maximum(means[1], 1e-9)
+        parts = {"user_count": (user, observed), "user_rating_sum": (user, rating),
+                 "item_count": (item, observed), "item_rating_sum": (item, rating)}
+        if "genres" in active:
+            tokens = _genre_tokens(inputs["genres"])
+            out["genres"] = tft.compute_and_apply_vocabulary(
+                tokens, num_oov_buckets=OOV_BUCKETS, vocab_filename="genres")
+            row = tokens.value_rowids()  # example index of each genre token
+            pair = tf.strings.join([tf.gather(user, row), tokens.flat_values], separator="|")
+            parts["user_genre_count"] = (pair, tf.gather(observed, row))
+        sums = _sums_per_key(parts)
+        user_n = _sum_of(sums, "user_count", user)
+        item_n = _sum_of(sums, "item_count", item)
+        numeric = {
+            "user_count": tf.math.log1p(user_n),
+            "item_count": tf.math.log1p(item_n),
+            "user_mean_rating": tf.where(
+                user_n > 0, _sum_of(sums, "user_rating_sum", user) / tf.maximum(user_n, 1.0), global_mean),
+            "item_mean_rating": tf.where(
+                item_n > 0, _sum_of(sums, "item_rating_sum", item) / tf.maximum(item_n, 1.0), global_mean),
+        }
 
         seconds = inputs["timestamp"]
         out["hour"] = tf.math.floormod(seconds // 3600, 24)
         out["weekday"] = tf.math.floormod(seconds // 86400 + 3, 7)  # 1970-01-01 was a Thursday: Monday = 0
 
         if "genres" in active:
-            tokens = _genre_tokens(inputs["genres"])
-            out["genres"] = tft.compute_and_apply_vocabulary(
-                tokens, num_oov_buckets=OOV_BUCKETS, vocab_filename="genres")
             # The user's share of train interactions per genre, averaged over this item's genres.
-            row = tokens.value_rowids()  # example index of each genre token
-            pair = tf.strings.join([tf.gather(user, row), tokens.flat_values], separator="|")
-            counts_file = _sums_per_key(pair, tf.gather(observed, row), "user_genre_count")
-            pair_n = tokens.with_flat_values(_lookup(counts_file, pair, 0.0))
+            pair_n = tokens.with_flat_values(_sum_of(sums, "user_genre_count", pair))
             share = tf.math.divide_no_nan(tf.reduce_mean(pair_n, axis=1), user_n)
-            out["genre_affinity"] = tft.scale_to_z_score(tf.where(tf.math.is_nan(share), 0.0, share))
+            numeric["genre_affinity"] = tf.where(tf.math.is_nan(share), 0.0, share)
 
         if "year_bucket" in active:
             year = inputs["year"]
@@ -88,7 +114,11 @@ def make_preprocessing_fn(raw_columns):
             buckets = tft.bucketize(year_f, YEAR_BUCKETS, weights=tf.cast(known, tf.float32))
             out["year_bucket"] = tf.where(known, buckets, tf.cast(YEAR_BUCKETS, buckets.dtype))
             years_since = tf.cast(seconds, tf.float32) / SECONDS_PER_YEAR + 1970.0 - year_f
-            out["item_age"] = tft.scale_to_z_score(tf.where(known, years_since, 0.0))
+            numeric["item_age"] = tf.where(known, years_since, 0.0)
+
+        # One analyzer for every z-score: each column gets its own mean and variance.
+        scaled = tft.scale_to_z_score(tf.stack(list(numeric.values()), axis=1), elementwise=True)
+        out.update(zip(numeric, tf.unstack(scaled, axis=1)))
 
         for name in ("gender", "occupation"):
             if name in active:
@@ -121,3 +151,18 @@ def categorical_sizes(tft_output, feature_names) -> dict[str, int]:
         else:
             sizes[name] = tft_output.vocabulary_size_by_name(feature.vocabulary) + OOV_BUCKETS
     return sizes
+
+
+def dense_model_inputs(transformed):
+    """Transform-graph outputs -> the model's input tensors (one place, for training and serving).
+
+    Multi-valued features become [batch, MAX_VALUES] padded with -1: dense tensors
+    distribute, compile (XLA) and export more simply than ragged ones.
+    """
+    out = dict(transformed)
+    for name, value in transformed.items():
+        if name in FEATURES and FEATURES[name].kind == "multi_categorical":
+            if isinstance(value, tf.SparseTensor):
+                value = tf.RaggedTensor.from_sparse(value)
+            out[name] = value.to_tensor(default_value=-1, shape=[None, MAX_VALUES])
+    return out

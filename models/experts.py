@@ -6,7 +6,9 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
-from models.gates import Gate, build_gate
+from models.gates import GATES, DSelectKGate, Gate, build_gate
+
+GATE_NAMES = {cls: name for name, cls in GATES.items()}
 
 keras = tf.keras
 
@@ -94,3 +96,25 @@ class MMoE(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_experts": self.num_experts, "expert_units": self.expert_units,
                 "gates": self.gate_configs, "expert_dropout": self.expert_dropout}
+
+
+def gate_diagnostics(gates: Mapping[str, Gate], routing_inputs=None) -> dict[str, dict]:
+    """Per task: the gate's expert weights (mean over examples for per-example gates), how many
+    experts get nonzero weight, and for DSelect-k the fraction of selectors already binary
+    (each binary selector puts all its mass on one expert: its choice is locked)."""
+    out = {}
+    for task, gate in gates.items():
+        routing = routing_inputs if gate.per_example else None
+        weights = gate.expert_weights(routing).numpy()
+        per_example = weights.reshape(-1, gate.num_experts)
+        entry = {
+            "type": GATE_NAMES[type(gate)], "per_example": gate.per_example, "k": getattr(gate, "k", None),
+            "weights": per_example.mean(axis=0).tolist(),
+            "nonzero_experts": float((per_example > 0).sum(axis=1).mean()),  # per example, averaged
+            "experts_used": int((per_example > 0).any(axis=0).sum()),  # by any example
+        }
+        if isinstance(gate, DSelectKGate):
+            selectors = gate.selector_outputs(routing).numpy()
+            entry["binary_selectors"] = float((selectors.max(axis=-1) == 1.0).mean())
+        out[task] = entry
+    return out

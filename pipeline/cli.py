@@ -38,8 +38,8 @@ def _not_implemented(issue: str):
 COMMANDS = {
     "preprocess": ("Beam + tf.Transform: source data -> TFRecords, transform graph, manifest "
                    "(Beam pipeline options go after --)", _stage("pipeline.preprocess")),
-    "train": ("train one multi-task model (TFRS, tf.distribute) on preprocessed data",
-              _not_implemented("issue #4, TFRS multi-task model")),
+    "train": ("train one multi-task model (TFRS, tf.distribute) on preprocessed data; "
+              "a killed run resumes when started again", _stage("pipeline.train")),
     "evaluate": ("score the fixed candidate lists and write per-task ranking metrics",
                  _not_implemented("issue #5, evaluation and gate comparison")),
     "compare": ("the main job: preprocess, train and evaluate every gate x seed, then report",

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from features.spec import TASKS
 from pipeline.errors import MtlrecError
 
 
@@ -59,19 +60,72 @@ GateConfig = Annotated[Union[SoftmaxGateConfig, TopKGateConfig, DSelectKGateConf
 GATE_TYPES = ("softmax", "topk", "dselect_k")
 
 
+Units = list[Annotated[int, Field(ge=1)]]
+
+
+class TaskConfig(Section):
+    weight: float = Field(1.0, ge=0)  # this task's share of the summed loss
+
+
 class ModelConfig(Section):
+    """The TFRS multi-task model (models/recommender.py)."""
+    architecture: Literal["mmoe", "shared_bottom"] = "mmoe"
+    tasks: dict[str, TaskConfig] = Field(  # names from features/spec.py TASKS
+        default_factory=lambda: {"watch": TaskConfig(), "rating": TaskConfig(), "like": TaskConfig()},
+        min_length=1)
+    id_embedding_dim: int = Field(32, ge=1)  # user and item embeddings
+    side_embedding_dim: int = Field(8, ge=1)  # every other categorical feature
     num_experts: int = Field(8, ge=2)
-    expert_units: list[int] = Field(default_factory=lambda: [64])
+    expert_units: Units = Field(default_factory=lambda: [64], min_length=1)  # also the shared bottom's MLP
     expert_dropout: float = Field(0.0, ge=0, lt=1)
+    tower_units: Units = Field(default_factory=lambda: [32])  # hidden layers of each task's tower
     # The gate every task uses, unless task_gates names another for that task.
     gate: GateConfig = DSelectKGateConfig(type="dselect_k")
     task_gates: dict[str, GateConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _k_fits(self):
+    def _consistent(self):
         for where, gate in [("gate", self.gate), *((f"task_gates.{t}", g) for t, g in self.task_gates.items())]:
             if getattr(gate, "k", 1) > self.num_experts:
                 raise ValueError(f"{where}.k={gate.k} exceeds num_experts={self.num_experts}")
+        undeclared = set(self.tasks) - set(TASKS)
+        if undeclared:
+            raise ValueError(f"tasks {', '.join(sorted(undeclared))} not declared; known: {', '.join(TASKS)}")
+        unknown = set(self.task_gates) - set(self.tasks)
+        if unknown:
+            raise ValueError(f"task_gates names tasks that are not trained: {', '.join(sorted(unknown))}")
+        return self
+
+    def gate_for(self, task: str):
+        return self.task_gates.get(task, self.gate)
+
+
+class TrainConfig(Section):
+    """`mtlrec train` (pipeline/train.py)."""
+    data: Union[str, None] = None  # preprocessed data folder; default: data.output or <workdir>/data
+    run_dir: Union[str, None] = None  # default: <workdir>/models/default
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(1024, ge=1)  # global batch, split across replicas
+    optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
+    learning_rate: float = Field(2e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
+    lr_decay_rate: float = Field(0.5, gt=0, le=1)  # exponential: factor per epoch
+    early_stopping_patience: int = Field(2, ge=0)  # epochs without val loss improvement; 0 = off
+    shuffle_buffer: int = Field(200_000, ge=1)
+    seed: int = 0
+    steps_per_epoch: Union[int, None] = Field(None, ge=1)  # default: one pass over the train split
+    # tf.distribute: auto = one device -> default strategy, several GPUs -> MirroredStrategy.
+    strategy: Literal["auto", "default", "mirrored", "tpu", "multi_worker"] = "auto"
+    tpu: Union[str, None] = None  # TPU name or grpc:// address, for strategy tpu
+    cpu_devices: int = Field(1, ge=1)  # split the CPU into N logical devices (multi-device path without GPUs)
+    mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
+    jit_compile: bool = False  # XLA-compile the train step
+    diagnostics_batches: int = Field(8, ge=1)  # validation batches averaged for per-example gate weights
+
+    @model_validator(mode="after")
+    def _tpu_needs_address(self):
+        if self.strategy == "tpu" and not self.tpu:
+            raise ValueError("strategy tpu needs train.tpu (a TPU name or grpc:// address)")
         return self
 
 
@@ -212,6 +266,7 @@ class Config(Section):
     workdir: str = "runs/default"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
 
 

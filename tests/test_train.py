@@ -1,0 +1,196 @@
+"""The trainer: every gate type, tf.distribute on two logical CPUs, resume, export, losses."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from pipeline.artifacts import ArtifactError
+from pipeline.config import load_config
+
+MTLREC = Path(sys.executable).parent / "mtlrec"
+SMALL = ["train.batch_size=256", "train.steps_per_epoch=15", "train.diagnostics_batches=2",
+         "train.early_stopping_patience=0", "model.expert_units=[16]", "model.tower_units=[8]",
+         "model.num_experts=6", "model.id_embedding_dim=8"]
+
+
+def _config(data_dir, run_dir, *overrides):
+    return load_config(None, [f"train.data={data_dir}", f"train.run_dir={run_dir}", *SMALL, *overrides])
+
+
+def _train(data_dir, run_dir, *overrides, callbacks=()):
+    from pipeline import train
+    return train.run(_config(data_dir, run_dir, *overrides), callbacks=callbacks)
+
+
+GATES = {
+    "softmax": ["model.gate.type=softmax"],
+    "topk": ["model.gate.type=topk", "model.gate.k=2"],
+    "dselect_k_static": ["model.gate.type=dselect_k", "model.gate.per_example=false", "model.gate.k=2"],
+    "dselect_k_per_example": ["model.gate.type=dselect_k", "model.gate.per_example=true", "model.gate.k=2"],
+    "shared_bottom": ["model.architecture=shared_bottom"],
+}
+
+
+@pytest.mark.parametrize("name", list(GATES))
+def test_each_gate_trains_and_writes_diagnostics(embedded_data, tmp_path, name):
+    data_dir, _ = embedded_data
+    summary = _train(data_dir, tmp_path, "train.epochs=2", *GATES[name])
+    history = json.loads((tmp_path / "history.json").read_text())["epochs"]
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert history[1]["loss"] < history[0]["loss"]
+    for task in ("watch", "rating", "like"):
+        assert np.isfinite(history[-1][f"val_{task}_loss"])
+    gates = json.loads((tmp_path / "gates.json").read_text())
+    assert len(gates["epochs"]) == 2
+    exported = gates["exported"]["tasks"]
+    if name == "shared_bottom":
+        assert exported == {}
+    else:
+        assert set(exported) == {"watch", "rating", "like"}
+        for d in exported.values():
+            assert len(d["weights"]) == 6
+            if name.startswith("dselect_k"):  # 6 experts, 8 codes: mass on unreachable codes is not renormalized
+                assert 0 < sum(d["weights"]) <= 1 + 1e-5
+            else:
+                assert abs(sum(d["weights"]) - 1) < 1e-5
+            assert 1 <= d["nonzero_experts"] <= 6
+            if name == "topk":
+                assert d["nonzero_experts"] == 2
+            if name.startswith("dselect_k"):
+                assert 0 <= d["binary_selectors"] <= 1
+    assert summary["best_epoch"] in (1, 2) and (tmp_path / "export" / "saved_model.pb").exists()
+    assert (tmp_path / "train.json").exists() and list((tmp_path / "tensorboard").rglob("events.*"))
+
+
+class _Crash(tf.keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise RuntimeError("killed after epoch 1 (injected)")
+
+
+def test_interrupted_run_resumes_without_repeating_epochs(embedded_data, tmp_path):
+    data_dir, _ = embedded_data
+    with pytest.raises(RuntimeError, match="injected"):
+        _train(data_dir, tmp_path, "train.epochs=3", callbacks=[_Crash()])
+    assert not (tmp_path / "train.json").exists()  # incomplete runs are not mistaken for done
+    assert not (tmp_path / "export").exists()
+    summary = _train(data_dir, tmp_path, "train.epochs=3")
+    assert summary["epochs_this_session"] == [2, 3]  # epoch 1 was not trained again
+    history = json.loads((tmp_path / "history.json").read_text())["epochs"]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[0]["session"] != history[1]["session"] == history[2]["session"]
+
+
+def _raw_inputs(data_dir, manifest, n=64):
+    from fixtures import read_split
+    frame = read_split(data_dir, "candidates").head(n)
+    return {c: frame[c].to_numpy() for c in manifest["raw_columns"]}
+
+
+EXPORT_CHECK = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+assert "pipeline" not in sys.modules and "models" not in sys.modules
+raw = dict(np.load(sys.argv[2], allow_pickle=True))
+raw = {k: tf.constant(v.astype(object) if v.dtype.kind in "OUS" else v) for k, v in raw.items()}
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+out = {k: v.numpy().tolist() for k, v in serve(**raw).items()}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("policy", ["none", "mixed_bfloat16"])
+def test_export_serves_raw_features_without_our_packages(embedded_data, tmp_path, policy):
+    from pipeline.train import restore_model
+    data_dir, manifest = embedded_data
+    run_dir = tmp_path / "run"
+    _train(data_dir, run_dir, "train.epochs=1", f"train.mixed_precision={policy}",
+           "model.gate.type=dselect_k", "model.gate.per_example=true")
+    raw = _raw_inputs(data_dir, manifest)
+    np.savez(tmp_path / "raw.npz", **raw)
+    result = subprocess.run([sys.executable, "-c", EXPORT_CHECK, str(run_dir / "export"), str(tmp_path / "raw.npz")],
+                            capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+
+    model, inputs = restore_model(run_dir)
+    from features.transform import dense_model_inputs
+    features = dense_model_inputs(inputs.transform({k: tf.constant(v) for k, v in raw.items()}))
+    # As a graph, like the export: under bfloat16, eager and graph kernels round differently.
+    expected = tf.function(lambda f: model(f, training=False))(features)
+    assert set(served) == {"watch", "rating", "like"}
+    for task, values in served.items():
+        np.testing.assert_allclose(values, expected[task].numpy(), atol=1e-5, rtol=0)
+
+
+def test_mirrored_strategy_on_two_logical_cpus(embedded_data, tmp_path):
+    """The multi-GPU code path, on two logical CPU devices, in a fresh process."""
+    data_dir, _ = embedded_data
+    args = [str(MTLREC), "train", *sum([["--set", o] for o in SMALL], []),
+            "--set", f"train.data={data_dir}", "--set", f"train.run_dir={tmp_path}", "--set", "train.epochs=2",
+            "--set", "train.strategy=mirrored", "--set", "train.cpu_devices=2",
+            "--set", "model.gate.type=dselect_k", "--set", "model.gate.per_example=true"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "train.json").read_text())
+    assert summary["replicas"] == 2
+    history = json.loads((tmp_path / "history.json").read_text())["epochs"]
+    assert history[1]["loss"] < history[0]["loss"] and np.isfinite(history[1]["val_loss"])
+
+
+def test_rating_loss_ignores_sampled_items():
+    """Sample weights: the rating of a sampled item (weight 0) cannot move the rating loss."""
+    from models.recommender import ModelSpec, MultiTaskRecommender
+    spec = ModelSpec(features=["user", "item", "user_count"], categorical_sizes={"user": 5, "item": 7},
+                     tasks={"watch": 1.0, "rating": 1.0}, gates={t: {"type": "softmax"} for t in ("watch", "rating")},
+                     num_experts=4, expert_units=[8], tower_units=[4])
+    model = MultiTaskRecommender(spec)
+    batch = {"user": tf.constant([0, 1, 2, 3]), "item": tf.constant([1, 2, 3, 4]),
+             "user_count": tf.constant([0.1, -0.3, 0.5, 1.0]), "watch": tf.constant([1.0, 0.0, 1.0, 0.0]),
+             "rating_weight": tf.constant([1.0, 0.0, 1.0, 0.0]), "rating": tf.constant([4.0, 0.0, 2.5, 0.0]),
+             "like": tf.constant([1.0, 0.0, 0.0, 0.0])}
+
+    def rating_loss(ratings):
+        model.loss_trackers["rating"].reset_state()
+        total = model.compute_loss({**batch, "rating": tf.constant(ratings)})
+        return float(model.loss_trackers["rating"].result()), float(total)
+
+    base = rating_loss([4.0, 0.0, 2.5, 0.0])
+    assert rating_loss([4.0, 5.0, 2.5, -3.0]) == pytest.approx(base, abs=1e-6)
+    predicted = model(batch)["rating"].numpy()[[0, 2]]
+    assert base[0] == pytest.approx(np.mean((predicted - [4.0, 2.5]) ** 2), rel=1e-5)  # mean over observed only
+    assert rating_loss([3.0, 0.0, 2.5, 0.0])[0] != pytest.approx(base[0])
+
+
+def test_bad_data_folders_and_gate_names(embedded_data, tmp_path):
+    data_dir, _ = embedded_data
+    with pytest.raises(ArtifactError, match="no such data folder"):
+        _train(tmp_path / "missing", tmp_path / "run")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactError, match="no data manifest"):
+        _train(tmp_path / "empty", tmp_path / "run")
+    # A manifest made under another feature declaration is refused.
+    fake = tmp_path / "other"
+    fake.mkdir()
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    (fake / "manifest.json").write_text(json.dumps({**manifest, "declaration_hash": "0" * 64}))
+    with pytest.raises(ArtifactError, match="incompatible feature declaration"):
+        _train(fake, tmp_path / "run")
+    result = subprocess.run([str(MTLREC), "train", "--set", "model.gate.type=sparsemax"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and "unknown gate type 'sparsemax'" in result.stderr
+
+
+def test_run_folder_holds_config_and_manifest(embedded_data, tmp_path):
+    data_dir, manifest = embedded_data
+    _train(data_dir, tmp_path, "train.epochs=1", "model.gate.type=topk")
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["model"]["gate"]["type"] == "topk"
+    assert json.loads((tmp_path / "data_manifest.json").read_text())["config_hash"] == manifest["config_hash"]
+    assert list((tmp_path / "checkpoints").glob("epoch-001*"))
