@@ -40,16 +40,17 @@ COMMANDS = {
                    "(Beam pipeline options go after --)", _stage("pipeline.preprocess")),
     "train": ("train one multi-task model (TFRS, tf.distribute) on preprocessed data; "
               "a killed run resumes when started again", _stage("pipeline.train")),
-    "evaluate": ("score the fixed candidate lists and write per-task ranking metrics",
-                 _not_implemented("issue #5, evaluation and gate comparison")),
+    "evaluate": ("score the fixed candidate lists with a run's exported model; writes eval.json",
+                 _stage("pipeline.evaluate")),
     "compare": ("the main job: preprocess, train and evaluate every gate x seed, then report",
-                _not_implemented("issue #5, evaluation and gate comparison")),
+                _stage("pipeline.compare")),
     "synthetic": ("the synthetic expert-selection benchmark (the paper's study)",
                   _stage("pipeline.synthetic")),
 }
 
 
 EXTRA_ARGUMENTS = {
+    "evaluate": [(("--run",), {"metavar": "RUN_DIR", "help": "a trained run folder (default: train.run_dir)"})],
     "synthetic": [(("--output",), {"metavar": "DIR", "help": "result folder (default: <workdir>/synthetic)"})],
     "preprocess": [(("--output",), {"metavar": "DIR", "help": "data folder (default: data.output or <workdir>/data)"})],
 }

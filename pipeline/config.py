@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from features.spec import TASKS
+from features.spec import FEATURES, TASKS
 from pipeline.errors import MtlrecError
 
 
@@ -73,6 +73,8 @@ class ModelConfig(Section):
     tasks: dict[str, TaskConfig] = Field(  # names from features/spec.py TASKS
         default_factory=lambda: {"watch": TaskConfig(), "rating": TaskConfig(), "like": TaskConfig()},
         min_length=1)
+    # Model inputs: null = every feature the data provides; or a subset, e.g. [user, item].
+    features: Union[list[str], None] = None
     id_embedding_dim: int = Field(32, ge=1)  # user and item embeddings
     side_embedding_dim: int = Field(8, ge=1)  # every other categorical feature
     num_experts: int = Field(8, ge=2)
@@ -88,6 +90,9 @@ class ModelConfig(Section):
         for where, gate in [("gate", self.gate), *((f"task_gates.{t}", g) for t, g in self.task_gates.items())]:
             if getattr(gate, "k", 1) > self.num_experts:
                 raise ValueError(f"{where}.k={gate.k} exceeds num_experts={self.num_experts}")
+        unknown_features = set(self.features or ()) - set(FEATURES)
+        if unknown_features:
+            raise ValueError(f"features {', '.join(sorted(unknown_features))} not declared in features/spec.py")
         undeclared = set(self.tasks) - set(TASKS)
         if undeclared:
             raise ValueError(f"tasks {', '.join(sorted(undeclared))} not declared; known: {', '.join(TASKS)}")
@@ -111,7 +116,8 @@ class TrainConfig(Section):
     lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
     lr_decay_rate: float = Field(0.5, gt=0, le=1)  # exponential: factor per epoch
     early_stopping_patience: int = Field(2, ge=0)  # epochs without val loss improvement; 0 = off
-    shuffle_buffer: int = Field(200_000, ge=1)
+    shuffle_buffer: int = Field(200_000, ge=1)  # serialized examples
+    cache: bool = True  # keep transformed batches in memory after the first epoch (pipeline/dataset.py)
     seed: int = 0
     steps_per_epoch: Union[int, None] = Field(None, ge=1)  # default: one pass over the train split
     # tf.distribute: auto = one device -> default strategy, several GPUs -> MirroredStrategy.
@@ -175,6 +181,37 @@ class DataConfig(Section):
     def _source_needs(self):
         if self.source == "grouplens" and not self.path:
             raise ValueError("source grouplens needs data.path (a folder with the GroupLens files)")
+        return self
+
+
+# ---------------------------------------------------------------- compare (pipeline/compare.py)
+def _compare_variants() -> dict:
+    return {
+        "softmax": {"model": {"gate": {"type": "softmax", "per_example": True}}},
+        "topk": {"model": {"gate": {"type": "topk", "k": 2, "per_example": True}}},
+        "dselect_k_static": {"model": {"gate": {"type": "dselect_k", "k": 2, "per_example": False}}},
+        "dselect_k_per_example": {"model": {"gate": {"type": "dselect_k", "k": 2, "per_example": True}}},
+        "shared_bottom": {"model": {"architecture": "shared_bottom"}},
+    }
+
+
+class CompareConfig(Section):
+    """`mtlrec compare`: every variant x seed trained and evaluated on the same data and lists."""
+    # name -> config changes applied on top of this config (any section; a gate mapping replaces).
+    variants: dict[str, dict[str, Any]] = Field(default_factory=_compare_variants, min_length=2)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    # Variants tested against every other variant, paired over users (Wilcoxon + Holm).
+    focus: list[str] = Field(default_factory=lambda: ["dselect_k_static", "dselect_k_per_example"])
+    # Per-user metrics that get a paired test, per task.
+    test_metrics: dict[str, list[str]] = Field(default_factory=lambda: {
+        "watch": ["ndcg@10"], "rating": ["ndcg@10", "rmse"], "like": ["ndcg@10"]})
+    output: Union[str, None] = None  # report folder; default <workdir>/report
+
+    @model_validator(mode="after")
+    def _focus_known(self):
+        unknown = [f for f in self.focus if f not in self.variants]
+        if unknown:
+            raise ValueError(f"focus names unknown variant(s) {', '.join(unknown)}; variants: {', '.join(self.variants)}")
         return self
 
 
@@ -267,6 +304,7 @@ class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    compare: CompareConfig = CompareConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
 
 
@@ -282,16 +320,22 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def merge(base: dict, update: dict) -> dict:
-    """Deep-merge `update` into a copy of `base`.
+def merge(base: dict, update: dict, section: type[BaseModel] = None) -> dict:
+    """Deep-merge `update` into a copy of `base`, following the schema of `section`.
 
-    A mapping that carries a `type` key (a gate) replaces the old one as a whole, so that
-    switching gate type does not inherit parameters of the previous type.
+    Sections (e.g. `train`, `data.split`) merge key by key. Every other value is replaced as a
+    whole -- lists, and mappings such as `model.tasks` or `compare.variants`, whose keys are
+    the user's to choose, and gates, so that a new gate type does not inherit parameters of
+    the previous one.
     """
+    section = section or Config
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and "type" not in value:
-            out[key] = merge(out[key], value)
+        field = section.model_fields.get(key)
+        kind = field.annotation if field else None
+        if isinstance(kind, type) and issubclass(kind, Section) and isinstance(value, dict) \
+                and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value, kind)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -305,7 +349,7 @@ def _set_path(tree: dict, path: list[str], value: Any) -> None:
             raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
         node = child
     if path[-1] == "type" and node.get("type") != value:
-        node.clear()  # a new gate type starts from its own defaults, as in merge()
+        node.clear()  # a new gate type starts from its own defaults, as merge() replaces gates
     node[path[-1]] = value
 
 

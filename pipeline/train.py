@@ -100,8 +100,13 @@ def set_precision(mixed_precision: str) -> None:
 
 def model_spec(config, manifest, tft_output) -> ModelSpec:
     m = config.model
+    missing = sorted(set(m.features or ()) - set(manifest["features"]))
+    if missing:
+        raise ArtifactError(f"model.features: the data has no {', '.join(missing)} "
+                            f"(it provides {', '.join(manifest['features'])})")
+    features = [f for f in manifest["features"] if m.features is None or f in m.features]
     return ModelSpec(
-        features=manifest["features"], categorical_sizes=categorical_sizes(tft_output, manifest["features"]),
+        features=features, categorical_sizes=categorical_sizes(tft_output, features),
         tasks={t: c.weight for t, c in m.tasks.items()},
         gates={t: m.gate_for(t).model_dump() for t in m.tasks}, architecture=m.architecture,
         id_embedding_dim=m.id_embedding_dim, side_embedding_dim=m.side_embedding_dim, num_experts=m.num_experts,
@@ -199,8 +204,9 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
     batch = train_config.batch_size
     steps = train_config.steps_per_epoch or max(1, manifest["splits"]["train"]["examples"] // batch)
     train_ds = inputs.dataset("train", batch, shuffle=True, seed=train_config.seed,
-                              shuffle_buffer=train_config.shuffle_buffer, repeat=True, drop_remainder=True)
-    val_ds = inputs.dataset("validation", batch)
+                              shuffle_buffer=train_config.shuffle_buffer, repeat=True, drop_remainder=True,
+                              cache=train_config.cache)
+    val_ds = inputs.dataset("validation", batch, cache=train_config.cache)
     diagnostics_inputs = [b for b in val_ds.take(train_config.diagnostics_batches)]
 
     with strategy.scope():

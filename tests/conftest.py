@@ -16,6 +16,10 @@ def _seed_and_policy():
     tf.keras.mixed_precision.set_global_policy("float32")
 
 
+# The data settings of the `embedded_data` fixture (a compare with these reuses its data).
+EMBEDDED_OVERRIDES = ("data.user_fraction=0.06", "data.negatives.per_positive=2", "data.candidates.negatives=30")
+
+
 def run_preprocess(workdir, *overrides):
     """Run `mtlrec preprocess` in-process (the CLI is a thin wrapper) and return its manifest."""
     from pipeline import preprocess
@@ -27,6 +31,5 @@ def run_preprocess(workdir, *overrides):
 def embedded_data(tmp_path_factory):
     """The embedded MovieLens data for ~40 users: small enough for tests, real in every column."""
     workdir = tmp_path_factory.mktemp("embedded")
-    manifest = run_preprocess(workdir, "data.user_fraction=0.06", "data.negatives.per_positive=2",
-                              "data.candidates.negatives=30")
+    manifest = run_preprocess(workdir, *EMBEDDED_OVERRIDES)
     return workdir / "data", manifest

@@ -1,0 +1,83 @@
+"""`mtlrec compare`: the main job. Preprocess once, train and evaluate every gate variant with
+every seed on identical data and candidate lists, then write the comparison report.
+
+    <workdir>/data                          preprocessed once; reused while its config hash matches
+    <workdir>/compare/<variant>/seed<k>/    one run folder each (pipeline/train.py, pipeline/evaluate.py)
+    <compare.output or workdir/report>/     summary.json, report.md, report.html, plots
+
+A run counts as finished once its eval.json exists; re-running after an interruption skips
+finished runs, and a run killed mid-training resumes from its backup.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from pipeline.artifacts import ArtifactError, read_manifest
+from pipeline.config import ConfigError, with_overrides
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def data_dir_of(config) -> Path:
+    return Path(config.data.output or Path(config.workdir) / "data")
+
+
+def ensure_data(config) -> Path:
+    """The preprocessed data of this config: reused when its manifest's config hash matches."""
+    from pipeline import preprocess
+    folder = data_dir_of(config)
+    try:
+        manifest = read_manifest(folder)
+        if manifest.get("config_hash") == preprocess.data_hash(config.data):
+            log(f"compare: reusing {folder} (same data config)")
+            return folder
+        log(f"compare: {folder} was made with other data settings; preprocessing again")
+    except ArtifactError:
+        log(f"compare: preprocessing into {folder}")
+    preprocess.run(config, output=str(folder))
+    return folder
+
+
+def run_configs(config, data_dir: Path) -> dict[tuple[str, int], object]:
+    """(variant, seed) -> the full config of that run, all validated before anything trains."""
+    runs = {}
+    for name, changes in config.compare.variants.items():
+        for seed in config.compare.seeds:
+            run_dir = Path(config.workdir) / "compare" / name / f"seed{seed}"
+            try:
+                runs[name, seed] = with_overrides(config, {
+                    **changes, "train": {**changes.get("train", {}), "seed": seed, "run_dir": str(run_dir),
+                                         "data": str(data_dir)}})
+            except ConfigError as exc:
+                raise ConfigError(f"compare.variants.{name}: {exc}") from None
+    return runs
+
+
+def run(config) -> Path:
+    from pipeline import evaluate, train
+    from pipeline.compare_report import write_report
+    started = time.perf_counter()
+    data_dir = ensure_data(config)
+    runs = run_configs(config, data_dir)
+    todo = [(key, cfg) for key, cfg in runs.items() if not (Path(cfg.train.run_dir) / evaluate.EVAL).exists()]
+    log(f"compare: {len(runs)} runs ({len(config.compare.variants)} variants x {len(config.compare.seeds)} seeds), "
+        f"{len(runs) - len(todo)} already finished")
+    for i, ((name, seed), cfg) in enumerate(todo, start=1):
+        run_dir = Path(cfg.train.run_dir)
+        log(f"compare: [{i}/{len(todo)}] {name} seed {seed} ({len(todo) - i} left after this, "
+            f"{time.perf_counter() - started:.0f} s so far)")
+        if not (run_dir / train.TRAIN_DONE).exists():
+            train.run(cfg)
+        evaluate.run(run_dir)
+    output = Path(config.compare.output or Path(config.workdir) / "report")
+    write_report(config, runs, data_dir, output)
+    log(f"compare: report in {output} ({time.perf_counter() - started:.0f} s)")
+    return output
+
+
+def main(config, args) -> int:
+    print(run(config))
+    return 0

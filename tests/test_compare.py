@@ -1,0 +1,137 @@
+"""Evaluation and the gate comparison, end to end on small data."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import ndcg_score, roc_auc_score
+
+from conftest import EMBEDDED_OVERRIDES
+from fixtures import ratings, write_ml1m
+from pipeline.config import load_config
+
+MTLREC = Path(sys.executable).parent / "mtlrec"
+FAST = ["train.epochs=1", "train.steps_per_epoch=10", "train.batch_size=256", "train.diagnostics_batches=1",
+        "model.expert_units=[16]", "model.tower_units=[8]", "model.num_experts=4", "model.id_embedding_dim=8"]
+TWO_GATES = ("compare.variants={softmax: {model: {gate: {type: softmax}}}, "
+             "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}")
+
+
+def _compare_config(workdir, data_dir, *overrides):
+    return load_config(None, [f"workdir={workdir}", f"data.output={data_dir}", *EMBEDDED_OVERRIDES, *FAST,
+                              TWO_GATES, "compare.focus=[dselect_k_static]", "compare.seeds=[0, 1]", *overrides])
+
+
+@pytest.fixture(scope="module")
+def compared(embedded_data, tmp_path_factory):
+    from pipeline import compare
+    data_dir, _ = embedded_data
+    workdir = tmp_path_factory.mktemp("compare")
+    config = _compare_config(workdir, data_dir)
+    return config, workdir, compare.run(config)
+
+
+def test_summary_holds_every_gate_task_metric(compared):
+    config, _, report = compared
+    summary = json.loads((report / "summary.json").read_text())
+    assert set(summary["variants"]) == {"softmax", "dselect_k_static"}
+    for variant in summary["variants"].values():
+        assert set(variant["tasks"]) == {"watch", "rating", "like"}
+        for task, expected in [("watch", ["ndcg@5", "ndcg@10", "ndcg@20", "recall@10", "mrr", "gauc", "auc", "logloss"]),
+                               ("like", ["ndcg@10", "gauc", "auc", "logloss"]),
+                               ("rating", ["ndcg@10", "rmse", "mae", "pooled_rmse"])]:
+            for metric in expected:
+                stats = variant["tasks"][task][metric]
+                assert stats["n_seeds"] == 2 and np.isfinite(stats["mean"]) and stats["std"] >= 0
+        for task, sparsity in variant["nonzero_experts"].items():
+            assert 1 <= sparsity["nonzero_experts"] <= 4
+    tests = summary["significance"]
+    assert {(t["task"], t["metric"]) for t in tests} == {("watch", "ndcg@10"), ("rating", "ndcg@10"),
+                                                         ("rating", "rmse"), ("like", "ndcg@10")}
+    for t in tests:
+        assert 0 <= t["p_value"] <= t["p_holm"] <= 1 and t["n_users"] > 10
+
+
+def test_report_files_and_plots(compared):
+    _, _, report = compared
+    md = (report / "report.md").read_text()
+    html = (report / "report.html").read_text()
+    for text in ("Task: watch", "Task: rating", "DSelect-k against each baseline", "p (Holm)", "Realized sparsity"):
+        assert text in md and text in html
+    assert "**" in md and "<strong>" in html  # best values in bold
+    pngs = sorted(report.glob("*.png"))
+    assert {p.name for p in pngs} >= {"metrics_watch.png", "metrics_rating.png", "metrics_like.png",
+                                      "expert_weights_softmax.png", "expert_weights_dselect_k_static.png",
+                                      "sparsity_per_epoch.png"}
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({png.name})" in md and "data:image/png;base64," in html
+
+
+def test_second_compare_trains_nothing(compared):
+    from pipeline import compare
+    config, workdir, _ = compared
+    finished = {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")}
+    assert len(finished) == 4
+    compare.run(config)
+    assert {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")} == finished
+    assert all(p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/train.json"))
+
+
+def test_evaluation_matches_sklearn_per_user(compared):
+    """eval_users.csv against sklearn on the scored candidate lists: the grouping is right."""
+    from pipeline.evaluate import score_candidates
+    _, workdir, _ = compared
+    run_dir = workdir / "compare" / "softmax" / "seed0"
+    per_user = pd.read_csv(run_dir / "eval_users.csv").set_index("user_id")
+    scored = score_candidates(run_dir)
+    checked = 0
+    for user, rows in scored.groupby("user_id"):
+        if rows.watch.nunique() < 2:
+            continue
+        assert per_user.loc[user, "watch/ndcg@10"] == pytest.approx(
+            ndcg_score([rows.watch], [rows.pred_watch], k=10), abs=1e-9)
+        assert per_user.loc[user, "watch/gauc"] == pytest.approx(roc_auc_score(rows.watch, rows.pred_watch), abs=1e-9)
+        seen = rows[rows.watch == 1]
+        if len(seen) > 1:
+            assert per_user.loc[user, "rating/ndcg@10"] == pytest.approx(
+                ndcg_score([seen.rating], [seen.pred_rating], k=10), abs=1e-6)
+            assert per_user.loc[user, "rating/rmse"] == pytest.approx(
+                np.sqrt(np.mean((seen.pred_rating - seen.rating) ** 2)), rel=1e-5)
+        checked += 1
+    assert checked > 10
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert evaluation["tasks"]["watch"]["per_user"]["ndcg@10"]["mean"] == pytest.approx(
+        per_user["watch/ndcg@10"].mean())
+
+
+def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
+    data_dir, _ = embedded_data
+    result = subprocess.run(
+        [str(MTLREC), "compare", "--set", f"workdir={tmp_path}", "--set", f"data.output={data_dir}",
+         *sum([["--set", o] for o in EMBEDDED_OVERRIDES], []),
+         "--set", "compare.variants={good: {model: {gate: {type: softmax}}}, bad: {model: {gate: {type: top3}}}}",
+         "--set", "compare.focus=[good]"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert "compare.variants.bad" in result.stderr and "unknown gate type 'top3'" in result.stderr
+    assert not (tmp_path / "compare").exists()
+
+
+def test_paper_config_runs_on_ml1m_layout(tmp_path):
+    """configs/movielens_1m_paper.yaml, on a small ml-1m fixture, a few steps per run."""
+    from pipeline import compare
+    folder = write_ml1m(tmp_path / "ml-1m", ratings(num_users=20, num_items=40, per_user=15))
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "movielens_1m_paper.yaml", [
+        f"data.path={folder}", f"workdir={tmp_path / 'run'}", "data.candidates.negatives=10", "data.split.test=2",
+        "data.split.validation=2", "train.epochs=1", "train.steps_per_epoch=3", "train.batch_size=64",
+        "compare.seeds=[0]", "compare.variants={topk: {model: {gate: {type: topk, k: 2}}}, "
+        "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}", "compare.focus=[dselect_k_static]"])
+    assert list(config.model.tasks) == ["watch", "rating"] and config.model.num_experts == 16
+    report = compare.run(config)
+    summary = json.loads((report / "summary.json").read_text())
+    assert set(summary["variants"]["topk"]["tasks"]) == {"watch", "rating"}
+    run_config = (tmp_path / "run" / "compare" / "topk" / "seed0" / "config.yaml").read_text()
+    assert "id_embedding_dim: 128" in run_config and "expert_dropout: 0.5" in run_config
