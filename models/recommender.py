@@ -38,6 +38,11 @@ class ModelSpec:
     tower_units: list[int] = field(default_factory=lambda: [32])
 
 
+def to_predictions(logits: dict) -> dict:
+    """{task: [B, 1] tower output} -> {task: [B]}: sigmoid for binary tasks, as is for regression."""
+    return {t: tf.squeeze(tf.sigmoid(v) if TASKS[t].kind == "binary" else v, axis=-1) for t, v in logits.items()}
+
+
 @keras.utils.register_keras_serializable(package="mtlrec")
 class FeatureEncoder(keras.layers.Layer):
     """Transformed features -> x: embeddings for categoricals, mean-pooled multi-valued
@@ -129,11 +134,7 @@ class MultiTaskRecommender(tfrs.Model):
 
     def call(self, features, training=False):
         """{task: [B] prediction}: a probability for binary tasks, the value for regression."""
-        out = {}
-        for t, logit in self.logits(features, training=training).items():
-            value = tf.sigmoid(logit) if TASKS[t].kind == "binary" else logit
-            out[t] = tf.squeeze(value, axis=-1)
-        return out
+        return to_predictions(self.logits(features, training=training))
 
     # ------------------------------------------------------------ losses
     def compute_loss(self, features, training=False):

@@ -44,12 +44,16 @@ COMMANDS = {
                  _stage("pipeline.evaluate")),
     "compare": ("the main job: preprocess, train and evaluate every gate x seed, then report",
                 _stage("pipeline.compare")),
+    "export": ("(re-)export a trained run as a SavedModel; --sparse computes only the experts static gates "
+               "select", _stage("pipeline.export")),
     "synthetic": ("the synthetic expert-selection benchmark (the paper's study)",
                   _stage("pipeline.synthetic")),
 }
 
 
 EXTRA_ARGUMENTS = {
+    "export": [(("--run",), {"metavar": "RUN_DIR", "help": "a trained run folder (default: train.run_dir)"}),
+               (("--sparse",), {"action": "store_true", "help": "drop experts no task selects (static gates only)"})],
     "evaluate": [(("--run",), {"metavar": "RUN_DIR", "help": "a trained run folder (default: train.run_dir)"})],
     "synthetic": [(("--output",), {"metavar": "DIR", "help": "result folder (default: <workdir>/synthetic)"})],
     "preprocess": [(("--output",), {"metavar": "DIR", "help": "data folder (default: data.output or <workdir>/data)"})],

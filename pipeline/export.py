@@ -1,5 +1,8 @@
 """The serving SavedModel: raw features in, the transform graph, the model, one output per task.
 
+`mtlrec export --run RUN [--sparse]` re-exports a trained run; --sparse keeps only the experts
+that static gates select (models/sparse.py).
+
 Signatures:
 - serving_default(raw columns as 1-D tensors, as the source provides them) -> {task: [B]};
 - serve_examples(serialized tf.Examples) -> the same, for TF Serving's Example input.
@@ -15,6 +18,8 @@ import tensorflow as tf
 
 from features.spec import raw_feature_spec
 from features.transform import dense_model_inputs
+from pipeline.artifacts import write_json
+from pipeline.errors import MtlrecError
 
 
 class ServingModule(tf.Module):
@@ -48,3 +53,37 @@ def export_model(model, inputs, path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path
+
+
+class ExportError(MtlrecError):
+    """A run that cannot be exported as asked."""
+
+
+def export_run(run_dir, sparse: bool = False) -> Path:
+    """(Re-)export a trained run: dense to <run>/export, sparse to <run>/export_sparse.
+
+    The sparse export drops every expert that no task's static gate selects and records
+    which experts were kept and why in <run>/sparse_export.json.
+    """
+    from models.sparse import SparseExportError, SparseRecommender
+    from pipeline.train import restore_model
+    run_dir = Path(run_dir)
+    model, inputs = restore_model(run_dir)
+    if not sparse:
+        return export_model(model, inputs, run_dir / "export")
+    try:
+        sparse_model = SparseRecommender(model)
+    except SparseExportError as exc:
+        raise ExportError(f"{run_dir}: {exc}") from None
+    path = export_model(sparse_model, inputs, run_dir / "export_sparse")
+    write_json(run_dir / "sparse_export.json", {"export": str(path), **sparse_model.selection.to_json()})
+    return path
+
+
+def main(config, args) -> int:
+    import sys
+    from pipeline.train import run_dir_of
+    run_dir = Path(args.run) if args.run else run_dir_of(config)
+    path = export_run(run_dir, sparse=args.sparse)
+    print(f"export: wrote {path}", file=sys.stderr)
+    return 0

@@ -264,6 +264,7 @@ def restore_model(run_dir):
     inputs = InputPipeline(summary["data"], manifest["raw_columns"])
     set_precision(config.train.mixed_precision)
     model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
+    model(next(iter(inputs.dataset("validation", 8))))  # build every layer, so the restore is immediate
     model.load_weights(str(run_dir / "checkpoints" / f"epoch-{summary['best_epoch']:03d}")).expect_partial()
     return model, inputs
 

@@ -1,0 +1,136 @@
+"""Sparse serving: only the experts static gates select are kept, with identical predictions."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from features.transform import dense_model_inputs
+from fixtures import read_split
+from models.recommender import MultiTaskRecommender
+from models.sparse import SparseRecommender
+from pipeline.config import load_config
+from pipeline.dataset import InputPipeline
+from pipeline.export import export_model
+from pipeline.train import model_spec
+
+MTLREC = Path(sys.executable).parent / "mtlrec"
+# The experts each task is forced to select; 0, 2, 4, 6 and 7 are selected by nobody.
+CHOICE = {"watch": [1, 3], "rating": [3, 5], "like": [1, 5]}
+STATIC_GATES = {
+    "dselect_k": ["model.gate.type=dselect_k", "model.gate.k=2", "model.gate.gamma=1.0"],
+    "topk": ["model.gate.type=topk", "model.gate.k=2", "model.gate.per_example=false"],
+    "softmax": ["model.gate.type=softmax", "model.gate.per_example=false"],
+}
+
+
+def _force_selection(model, gate_type):
+    """Set each static gate's parameters so that it selects exactly CHOICE[task]."""
+    for task, gate in model.mmoe.gates.items():
+        chosen = CHOICE[task]
+        if gate_type == "dselect_k":  # one selector per chosen expert, with binary bits
+            bits = [[1.0 if (e >> j) & 1 else -1.0 for j in range(gate.num_bits)] for e in chosen]
+            gate.z.assign(np.array(bits) * gate.gamma)
+            gate.alpha.assign([0.3, -0.2])
+        else:  # top-k keeps the 2 largest logits; softmax gives exp(-1e4) = 0.0 to the others
+            logits = np.full(gate.num_experts, -1e4 if gate_type == "softmax" else -1.0)
+            logits[chosen] = [1.0, 0.4]
+            gate.logits.assign(logits)
+
+
+def _raw(data_dir, manifest, n=200):
+    frame = read_split(data_dir, "candidates").head(n)
+    return {c: tf.constant(frame[c].to_numpy()) for c in manifest["raw_columns"]}
+
+
+@pytest.mark.parametrize("gate_type", list(STATIC_GATES))
+def test_sparse_export_matches_dense_and_drops_unselected_experts(embedded_data, tmp_path, gate_type):
+    data_dir, manifest = embedded_data
+    config = load_config(None, ["model.num_experts=8", "model.expert_units=[16]", *STATIC_GATES[gate_type]])
+    inputs = InputPipeline(data_dir, manifest["raw_columns"])
+    model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
+    raw = _raw(data_dir, manifest)
+    model(dense_model_inputs(inputs.transform(raw)))  # build
+    _force_selection(model, gate_type)
+
+    sparse = SparseRecommender(model)
+    assert sparse.selection.kept == [1, 3, 5] and sparse.selection.dropped == [0, 2, 4, 6, 7]
+    dense_path = export_model(model, inputs, tmp_path / "dense")
+    sparse_path = export_model(sparse, inputs, tmp_path / "sparse")
+    dense_out = tf.saved_model.load(str(dense_path)).signatures["serving_default"](**raw)
+    sparse_out = tf.saved_model.load(str(sparse_path)).signatures["serving_default"](**raw)
+    assert set(sparse_out) == set(dense_out) == {"watch", "rating", "like"}
+    for task in dense_out:
+        np.testing.assert_allclose(sparse_out[task].numpy(), dense_out[task].numpy(), atol=1e-5, rtol=0)
+
+    # The dropped experts' weights are not in the sparse SavedModel's variables.
+    def expert_kernels(path):  # the only rank-3 variable: stacked expert kernels [experts, d_in, units]
+        reader = tf.train.load_checkpoint(str(Path(path) / "variables" / "variables"))
+        names = [n for n, shape in reader.get_variable_to_shape_map().items() if len(shape) == 3]
+        assert len(names) == 1, names
+        return reader.get_tensor(names[0])
+
+    full, kept = expert_kernels(dense_path), expert_kernels(sparse_path)
+    assert full.shape[0] == 8 and kept.shape[0] == 3
+    np.testing.assert_array_equal(kept, full[[1, 3, 5]])
+    for dropped in (0, 2, 4, 6, 7):
+        assert not any(np.array_equal(full[dropped], k) for k in kept)
+
+
+def test_cli_sparse_export_of_a_trained_run(embedded_data, tmp_path):
+    from pipeline import train
+    data_dir, manifest = embedded_data
+    common = [f"train.data={data_dir}", "train.epochs=1", "train.steps_per_epoch=5", "train.batch_size=256",
+              "model.expert_units=[16]", "model.num_experts=4", "train.diagnostics_batches=1"]
+    train.run(load_config(None, [*common, f"train.run_dir={tmp_path / 'static'}", "model.gate.type=dselect_k"]))
+    result = subprocess.run([str(MTLREC), "export", "--run", str(tmp_path / "static"), "--sparse"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((tmp_path / "static" / "sparse_export.json").read_text())
+    assert set(record["tasks"]) == {"watch", "rating", "like"} and record["kept"] and "why" in record
+    raw = _raw(data_dir, manifest, n=100)
+    dense = tf.saved_model.load(str(tmp_path / "static" / "export")).signatures["serving_default"](**raw)
+    sparse = tf.saved_model.load(str(tmp_path / "static" / "export_sparse")).signatures["serving_default"](**raw)
+    for task in dense:
+        np.testing.assert_allclose(sparse[task].numpy(), dense[task].numpy(), atol=1e-5, rtol=0)
+
+    # Per-example sparse gates take the per-example path: each expert computed only where chosen.
+    train.run(load_config(None, [*common, f"train.run_dir={tmp_path / 'pe'}", "model.gate.type=topk",
+                                 "model.gate.k=2", "model.gate.per_example=true"]))
+    result = subprocess.run([str(MTLREC), "export", "--run", str(tmp_path / "pe"), "--sparse"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    dense = tf.saved_model.load(str(tmp_path / "pe" / "export")).signatures["serving_default"](**raw)
+    sparse = tf.saved_model.load(str(tmp_path / "pe" / "export_sparse")).signatures["serving_default"](**raw)
+    for task in dense:
+        np.testing.assert_allclose(sparse[task].numpy(), dense[task].numpy(), atol=1e-5, rtol=0)
+
+    # A per-example softmax gate is dense: refused with a clear message.
+    train.run(load_config(None, [*common, f"train.run_dir={tmp_path / 'soft'}", "model.gate.type=softmax"]))
+    result = subprocess.run([str(MTLREC), "export", "--run", str(tmp_path / "soft"), "--sparse"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "per-example softmax gate" in result.stderr
+    assert not (tmp_path / "soft" / "export_sparse").exists()
+
+
+def test_per_example_dselect_sparse_path_is_exact(embedded_data, tmp_path):
+    """Also while selectors are not yet binary (more than k experts for some examples)."""
+    data_dir, manifest = embedded_data
+    config = load_config(None, ["model.num_experts=8", "model.expert_units=[16, 8]", "model.gate.type=dselect_k",
+                                "model.gate.k=2", "model.gate.per_example=true"])
+    inputs = InputPipeline(data_dir, manifest["raw_columns"])
+    model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
+    raw = _raw(data_dir, manifest)
+    features = dense_model_inputs(inputs.transform(raw))
+    model(features)
+    gate = model.mmoe.gates["watch"]
+    gate.selector_dense.set_weights([w * 200 for w in gate.selector_dense.get_weights()])  # mostly binary
+    counts = (gate.expert_weights(model.encoder(features)).numpy() > 0).sum(axis=1)
+    assert counts.min() <= 2 < counts.max() or counts.max() <= 2
+    sparse = SparseRecommender(model)
+    expected, got = model(features), sparse(features)
+    for task in expected:
+        np.testing.assert_allclose(got[task].numpy(), expected[task].numpy(), atol=1e-5, rtol=0)
