@@ -15,15 +15,18 @@ from typing import Sequence
 import numpy as np
 
 
-def _check_lists(scores, relevance, mask):
-    scores = np.asarray(scores, dtype=np.float64)
-    relevance = np.asarray(relevance, dtype=np.float64)
+def _as_grid(values, other, mask, names):
+    """Two float [U, C] arrays and a bool mask of the same shape, or a ValueError naming them."""
+    values = np.asarray(values, dtype=np.float64)
+    other = np.asarray(other, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
-    if scores.ndim != 2 or relevance.shape != scores.shape or mask.shape != scores.shape:
-        raise ValueError(
-            f"scores, relevance and mask must share one [U, C] shape; got "
-            f"{scores.shape}, {relevance.shape}, {mask.shape}"
-        )
+    if values.ndim != 2 or other.shape != values.shape or mask.shape != values.shape:
+        raise ValueError(f"{names} must share one [U, C] shape; got {values.shape}, {other.shape}, {mask.shape}")
+    return values, other, mask
+
+
+def _check_lists(scores, relevance, mask):
+    scores, relevance, mask = _as_grid(scores, relevance, mask, "scores, relevance and mask")
     if np.isnan(scores[mask]).any():
         raise ValueError("scores contain NaN at unmasked candidates")
     valid_rel = relevance[mask]
@@ -172,14 +175,7 @@ def pointwise_metrics(scores, labels, weights=None) -> dict[str, float]:
 
 def regression_metrics(pred, target, mask) -> dict[str, np.ndarray]:
     """Per-user `rmse` and `mae` [U] over unmasked rows; NaN for users with none."""
-    pred = np.asarray(pred, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    mask = np.asarray(mask, dtype=bool)
-    if pred.ndim != 2 or target.shape != pred.shape or mask.shape != pred.shape:
-        raise ValueError(
-            f"pred, target and mask must share one [U, C] shape; got "
-            f"{pred.shape}, {target.shape}, {mask.shape}"
-        )
+    pred, target, mask = _as_grid(pred, target, mask, "pred, target and mask")
     if not (np.isfinite(pred[mask]).all() and np.isfinite(target[mask]).all()):
         raise ValueError("pred and target must be finite at unmasked rows")
     err = np.where(mask, pred, 0.0) - np.where(mask, target, 0.0)
