@@ -2,8 +2,8 @@
 
 A stage writes into a hidden temporary sibling and renames it into place only when it
 has succeeded, so a crash or kill leaves at most a `.<name>.tmp-*` folder that no later
-stage reads. (A rename is atomic on a local disk; on object stores such as GCS the
-manifest, written last, is what marks a folder complete.)
+stage reads. (A rename is atomic on a local disk; on object stores such as GCS, which
+cannot rename folders, the manifest, written last, is what marks a folder complete.)
 """
 from __future__ import annotations
 
@@ -29,7 +29,17 @@ class ArtifactError(MtlrecError):
     """A missing or unusable artifact, naming its path."""
 
 
-def atomic_write(path, data: bytes) -> Path:
+def is_url(path) -> bool:
+    """gs://, s3:// and the like: object stores, reached through tf.io.gfile."""
+    return "://" in str(path)
+
+
+def atomic_write(path, data: bytes):
+    if is_url(path):  # an object store writes an object whole or not at all
+        import tensorflow as tf
+        with tf.io.gfile.GFile(str(path), "wb") as handle:
+            handle.write(data)
+        return str(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -81,7 +91,19 @@ def staged_folder(final):
 
     An existing `final` is replaced only after the new one is complete. On any exception the
     temporary folder is removed and nothing at `final` changes.
+
+    On an object store (gs://...) folders cannot be renamed: the stage writes in place, as a
+    string path, after removing any old manifest, so the folder counts as complete only once
+    the stage writes its manifest again, last.
     """
+    if is_url(final):
+        import tensorflow as tf
+        final = str(final).rstrip("/")
+        if tf.io.gfile.exists(f"{final}/{MANIFEST}"):
+            tf.io.gfile.remove(f"{final}/{MANIFEST}")
+        tf.io.gfile.makedirs(final)
+        yield final
+        return
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"

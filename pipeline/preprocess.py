@@ -8,7 +8,8 @@
                 -> tf.Transform analyzers fitted on the train split -> transform graph
                 -> manifest.json (counts, label rates, config and its hash)
 
-Everything is written into a temporary folder that is renamed into place on success.
+Everything is written into a temporary folder that is renamed into place on success (on an
+object store, in place, with the manifest written last: pipeline/artifacts.py).
 Any Beam runner works: pipeline options pass through (`data.beam_args` or after `--`).
 Randomness is seeded per (seed, user, purpose), so the output does not depend on the
 runner, the number of workers or the order of elements.
@@ -16,6 +17,8 @@ runner, the number of workers or the order of elements.
 from __future__ import annotations
 
 import json
+import operator
+import struct
 import sys
 import zlib
 from pathlib import Path
@@ -23,10 +26,10 @@ from pathlib import Path
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
-import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_transform.tf_metadata import schema_utils
+from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
 from tfx_bsl.public import tfxio
 
 from features.spec import TASKS, active_features, declaration_hash, raw_feature_spec
@@ -40,9 +43,11 @@ SPLITS = ("train", "validation", "test", "candidates")
 NAMESPACE = "mtlrec"
 # Streams of per-user randomness: one per purpose, so changing one never shifts another.
 STREAM = {"train": 1, "validation": 2, "test": 3, "candidates": 4, "user_sample": 5}
-# Runner defaults when the user passes none: bench/preprocess.py measured in-memory
-# DirectRunner faster than multi-process at the embedded size (see its JSON).
+# Runner defaults when the user passes none. bench/preprocess.py (2 shared cores): in-memory
+# took 0.84x the wall time of multi-process with 2 workers on the embedded data (54 s vs 64 s)
+# and 0.90x on 10^6 generated ratings (4.7 vs 5.2 min), with less CPU (see its JSON).
 DEFAULT_BEAM_ARGS = ["--direct_running_mode=in_memory"]
+ANALYZE_BATCH = 10_000  # train examples per RecordBatch that tf.Transform analyzes
 
 
 def data_hash(data_config) -> str:
@@ -66,8 +71,24 @@ def _rng(seed, user_id, purpose):
 
 
 # ---------------------------------------------------------------- rows -> users
-def _keep_user(row, seed, fraction):
-    return _rng(seed, row["user_id"], "user_sample").random() < fraction
+def _keep_user(user_id, seed, fraction):
+    return _rng(seed, user_id, "user_sample").random() < fraction
+
+
+class _UserSample(beam.PartitionFn):
+    """Partition 0: rows of the seeded share of users that is kept; 1: the others.
+
+    The draw is remembered per user: seeding a generator per row cost ~25 us a row."""
+
+    def __init__(self, seed, fraction):
+        self.seed, self.fraction, self.kept = seed, fraction, {}
+
+    def partition_for(self, row, num_partitions):
+        user_id = row["user_id"]
+        keep = self.kept.get(user_id)
+        if keep is None:
+            keep = self.kept[user_id] = _keep_user(user_id, self.seed, self.fraction)
+        return 0 if keep else 1
 
 
 def _dedupe(rows):
@@ -165,37 +186,34 @@ class _SampleExamples(beam.DoFn):
     """One user's split rows -> labelled examples per split, with sampled items (watch = 0).
 
     Negatives copy their positive's user columns and timestamp (so time features carry no
-    label) and are drawn among items that existed at that time (pipeline/sampling.py).
+    label) and are drawn among items that existed at that time (pipeline/sampling.py). Item
+    columns (genres, year) come from the item table. A user's examples of one split are
+    built as columns and encoded in one go: per-example Python dominated this stage.
     """
 
-    def __init__(self, data_config, raw_columns, coder):
+    def __init__(self, data_config, raw_columns, item_columns):
         self.cfg = data_config
-        self.raw_columns = raw_columns
-        self.coder = coder
+        self.raw_columns, self.item_columns = raw_columns, item_columns
+        self.row_columns = [c for c in raw_columns if c != "item_id" and c not in item_columns]
 
-    def _example(self, row, item_id, item_meta, positive, timestamp=None):
-        ex = {c: row[c] for c in self.raw_columns}
-        ex["item_id"] = int(item_id)
-        ex.update({c: v for c, v in item_meta[int(item_id)].items() if c in self.raw_columns})
-        if timestamp is not None:
-            ex["timestamp"] = timestamp
-        rating = row["rating"] if positive else 0.0
-        ex.update({"watch": float(positive), "rating": float(rating), "rating_weight": float(positive),
-                   "like": float(positive and rating >= self.cfg.like_threshold)})
-        return ex
+    def setup(self):
+        self.encoder = ExampleEncoder(raw_feature_spec(self.raw_columns))
 
     def process(self, user_parts, catalog, item_meta):
-        """Yields (split, user_id, [(sort key, tf.Example bytes), ...]): one element per user
+        """Yields (split, user_id, [tf.Example bytes in file order]): one element per user
         and split, as per-element overhead dominates a Beam stage with 10^5-10^7 examples."""
         user_id, parts = user_parts
-        for split, examples in self._examples(user_id, parts, catalog, item_meta):
-            _counter(f"examples:{split}").inc(len(examples))
-            _counter(f"positives:{split}").inc(sum(int(e["watch"]) for e in examples))
-            _counter(f"likes:{split}").inc(sum(int(e["like"]) for e in examples))
-            _counter(f"rating_half_stars:{split}").inc(sum(int(round(2 * e["rating"])) for e in examples))
-            yield split, user_id, [((e["timestamp"], e["item_id"]), _serialize(self.coder, e)) for e in examples]
+        for split, rows, row_of, items, positive, request_time in self._draws(user_id, parts, catalog):
+            columns = self._columns(rows, row_of.tolist(), items.tolist(), positive.tolist(), item_meta, request_time)
+            _counter(f"examples:{split}").inc(len(items))
+            _counter(f"positives:{split}").inc(int(positive.sum()))
+            _counter(f"likes:{split}").inc(int(sum(columns["like"])))
+            _counter(f"rating_half_stars:{split}").inc(sum(int(round(2 * r)) for r in columns["rating"]))
+            yield split, user_id, _file_order(self.encoder.encode(columns), np.asarray(columns["timestamp"]), items)
 
-    def _examples(self, user_id, parts, catalog, item_meta):
+    def _draws(self, user_id, parts, catalog):
+        """Per split: (split, rows, row index, item, positive?, request time or None) per example,
+        each positive followed by its sampled items."""
         seen = {r["item_id"] for rows in parts.values() for r in rows}
         per_positive = self.cfg.negatives.per_positive
         for split in ("train", "validation", "test"):
@@ -207,24 +225,154 @@ class _SampleExamples(beam.DoFn):
             sampled = catalog.sample(_rng(self.cfg.seed, user_id, split), limits, seen,
                                      self.cfg.negatives.distribution).reshape(len(rows), per_positive)
             _counter("unfilled_negatives").inc(int(np.sum(sampled < 0)))
-            examples = []
-            for row, items in zip(rows, sampled):
-                examples.append(self._example(row, row["item_id"], item_meta, True))
-                examples += [self._example(row, item, item_meta, False) for item in items[items >= 0]]
-            yield split, examples
+            items = np.concatenate([np.array([[r["item_id"]] for r in rows], dtype=np.int64), sampled], axis=1)
+            keep = np.concatenate([np.ones((len(rows), 1), dtype=bool), sampled >= 0], axis=1)
+            positive = np.zeros(items.shape, dtype=bool)
+            positive[:, 0] = True
+            row_of = np.broadcast_to(np.arange(len(rows))[:, None], items.shape)
+            yield split, rows, row_of[keep], items[keep], positive[keep], None
 
         if parts["test"]:  # the fixed candidate list: test interactions + N never-interacted items
             _counter("test_users").inc()
-            request_time = min(r["timestamp"] for r in parts["test"])  # one request time for the whole list
+            test = parts["test"]
+            request_time = min(r["timestamp"] for r in test)  # one request time for the whole list
             cand = self.cfg.candidates
             limits = np.repeat(catalog.available([request_time], len(seen), cand.negatives), cand.negatives)
             sampled = catalog.sample(_rng(self.cfg.seed, user_id, "candidates"), limits, seen,
                                      cand.distribution, distinct=True)
             _counter("unfilled_candidates").inc(int(np.sum(sampled < 0)))
-            examples = [self._example(row, row["item_id"], item_meta, True, request_time) for row in parts["test"]]
-            examples += [self._example(parts["test"][0], item, item_meta, False, request_time)
-                         for item in np.sort(sampled[sampled >= 0])]
-            yield "candidates", examples
+            negatives = np.sort(sampled[sampled >= 0])  # sampled items copy the first test row's columns
+            items = np.concatenate([np.array([r["item_id"] for r in test], dtype=np.int64), negatives])
+            row_of = np.concatenate([np.arange(len(test)), np.zeros(len(negatives), dtype=np.int64)])
+            positive = np.arange(len(items)) < len(test)
+            yield "candidates", test, row_of, items, positive, request_time
+
+    def _columns(self, rows, row_of, items, positive, item_meta, request_time):
+        """The raw columns and labels of each example, as lists."""
+        columns = {c: [rows[r][c] for r in row_of] for c in self.row_columns}
+        meta = [item_meta[item] for item in items]
+        columns.update({c: [m[c] for m in meta] for c in self.item_columns})
+        columns["item_id"] = items
+        if request_time is not None:
+            columns["timestamp"] = [request_time] * len(items)
+        ratings = [float(rows[r]["rating"]) if p else 0.0 for r, p in zip(row_of, positive)]
+        watch = [float(p) for p in positive]
+        threshold = self.cfg.like_threshold
+        columns.update(watch=watch, rating=ratings, rating_weight=watch,
+                       like=[float(p and r >= threshold) for p, r in zip(positive, ratings)])
+        return columns
+
+
+# ---------------------------------------------------------------- tf.Example bytes
+def _varint(n: int) -> bytes:
+    """Protobuf base-128 varint; a negative int64 as its 64-bit two's complement."""
+    n &= 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_VARINTS = [_varint(n) for n in range(1 << 14)]  # the lengths an example's parts have (two bytes at most)
+
+
+def _delimited(payload: bytes) -> bytes:
+    return _varint(len(payload)) + payload
+
+
+# tf.train.Feature holding one value: int64_list (field 3), float_list (2) or bytes_list (1).
+def _int64_feature(value) -> bytes:
+    return b"\x1a" + _delimited(b"\x0a" + _delimited(_varint(operator.index(value))))
+
+
+def _bytes_feature(value) -> bytes:
+    return b"\x0a" + _delimited(b"\x0a" + _delimited(value if isinstance(value, bytes) else value.encode("utf-8")))
+
+
+_FLOAT = struct.Struct("<f")
+
+
+class ExampleEncoder:
+    """Columns of scalar features -> serialized tf.Examples, equal to protobuf's deterministic
+    serialization (map keys in its order), so the bytes do not depend on the process.
+
+    tf.Transform's ExampleProtoCoder is pure Python per feature, and the deterministic
+    re-serialization its varying map order needed cost as much again. A feature's bytes
+    depend only on its name and value: each (column, value) is encoded once and an example
+    is the concatenation of its columns' pieces, behind a length prefix.
+    """
+    MEMO_SIZE = 1 << 16  # encoded values kept per column
+
+    def __init__(self, feature_spec):
+        self.heads, self.encoders, sample = {}, {}, {}
+        for name, spec in feature_spec.items():
+            key = b"\x0a" + _delimited(name.encode()) + b"\x12"  # map entry: the key (field 1), the Feature (2)
+            if spec.dtype == tf.float32:  # fixed size: one head for every value, then the float's 4 bytes
+                entry = key + b"\x08\x12\x06\x0a\x04"  # Feature of 8 bytes: float_list of 6: packed value
+                self.heads[name] = b"\x0a" + _varint(len(entry) + 4) + entry
+                sample[name] = 1.0
+            else:
+                self.heads[name] = key
+                self.encoders[name] = _int64_feature if spec.dtype == tf.int64 else _bytes_feature
+                sample[name] = 1 if spec.dtype == tf.int64 else "x"
+        self.memo = {name: {} for name in self.encoders}
+        # Protobuf's deterministic key order is its own (not plain sorting): read it off a sample.
+        reference = _protobuf_example(feature_spec, sample)
+        self.order = sorted(feature_spec, key=lambda name: reference.index(self._column(name, [sample[name]])[0]))
+        if self.encode({name: [value] for name, value in sample.items()}) != [reference]:
+            raise RuntimeError("ExampleEncoder disagrees with protobuf's serialization of tf.Example")
+
+    def _column(self, name, values) -> list[bytes]:
+        """Each value's map entry (tag, length, entry) of feature `name`."""
+        head, encode = self.heads[name], self.encoders.get(name)
+        if encode is None:
+            return [head + _FLOAT.pack(value) for value in values]
+        memo = self.memo[name]
+        if len(memo) > self.MEMO_SIZE:
+            memo.clear()
+        out = []
+        for value in values:
+            piece = memo.get(value)
+            if piece is None:
+                piece = memo[value] = b"\x0a" + _delimited(head + _delimited(encode(value)))
+            out.append(piece)
+        return out
+
+    def encode(self, columns) -> list[bytes]:
+        """{feature: [value per example]} -> [tf.Example bytes per example]."""
+        pieces = [self._column(name, columns[name]) for name in self.order]
+        bodies = list(map(b"".join, zip(*pieces)))
+        return [b"\x0a" + (_VARINTS[n] if n < len(_VARINTS) else _varint(n)) + body
+                for n, body in zip(map(len, bodies), bodies)]
+
+
+def _protobuf_example(feature_spec, values) -> bytes:
+    example = tf.train.Example()
+    for name, value in values.items():
+        feature = example.features.feature[name]
+        dtype = feature_spec[name].dtype
+        if dtype == tf.int64:
+            feature.int64_list.value.append(value)
+        elif dtype == tf.float32:
+            feature.float_list.value.append(value)
+        else:
+            feature.bytes_list.value.append(value.encode("utf-8"))
+    return example.SerializeToString(deterministic=True)
+
+
+def _file_order(records, times, items) -> list[bytes]:
+    """A user's records sorted by (timestamp, item), then bytes: the order in the written files."""
+    order = np.lexsort((items, times))
+    out = [records[i] for i in order]
+    times, items = times[order], items[order]
+    tied = np.flatnonzero((times[1:] == times[:-1]) & (items[1:] == items[:-1]))  # out[j] ~ out[j + 1]
+    if len(tied):  # an item drawn twice for one time: order those by bytes
+        gaps = np.flatnonzero(np.diff(tied) > 1)
+        for first, last in zip(np.r_[tied[0], tied[gaps + 1]], np.r_[tied[gaps], tied[-1]]):
+            out[first:last + 2] = sorted(out[first:last + 2])
+    return out
 
 
 # ---------------------------------------------------------------- deterministic output
@@ -232,11 +380,16 @@ def _shard_of(user_id, num_shards):
     return zlib.crc32(str(user_id).encode()) % num_shards
 
 
+def _users_in_order(users):
+    return sorted(users, key=lambda user: user[0])
+
+
 class _WriteShard(beam.DoFn):
     """All examples of one (split, shard), sorted, into one gzip TFRecord file.
 
-    Sorting makes the bytes independent of the runner's element order; a retried bundle
-    rewrites identical bytes, so the write is idempotent.
+    Sorting (users by id, each user's records already in file order) makes the bytes
+    independent of the runner's element order; a retried bundle rewrites identical bytes,
+    so the write is idempotent.
     """
 
     def __init__(self, folder, num_shards):
@@ -247,15 +400,39 @@ class _WriteShard(beam.DoFn):
         path = f"{self.folder}/{split}/{split}-{shard:05d}-of-{self.num_shards:05d}.tfrecord.gz"
         tf.io.gfile.makedirs(f"{self.folder}/{split}")
         with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-            for _, records in sorted(users, key=lambda user: user[0]):
-                for _, serialized in sorted(records):  # by (timestamp, item), then bytes
+            for _, records in _users_in_order(users):
+                for serialized in records:
                     writer.write(serialized)
         yield path
 
 
-def _serialize(coder, example) -> bytes:
-    """tf.Example bytes with features in key order: the coder's map order varies by process."""
-    return tf.train.Example.FromString(coder.encode(example)).SerializeToString(deterministic=True)
+class _TrainBatches(beam.DoFn):
+    """The train shards' records, in file order, as Arrow RecordBatches for tf.Transform.
+
+    Fixed-size batches of the sorted shards: the analyzers see the same batches under any
+    runner (quantiles are approximate and depend on the batching), and large ones, as
+    tf.Transform's per-batch work (a TF call, one element per distinct vocabulary token)
+    is what it costs.
+    """
+
+    def __init__(self, schema, batch_size):
+        self.schema, self.batch_size = schema.SerializeToString(), batch_size
+
+    def setup(self):
+        self.decoder = ExamplesToRecordBatchDecoder(self.schema)
+
+    def process(self, keyed):
+        (split, _), users = keyed
+        if split != "train":
+            return
+        batch = []
+        for _, records in _users_in_order(users):
+            batch += records
+            while len(batch) >= self.batch_size:
+                yield self.decoder.DecodeBatch(batch[:self.batch_size])
+                del batch[:self.batch_size]
+        if batch:
+            yield self.decoder.DecodeBatch(batch)
 
 
 def _write_rejected(keyed, folder):
@@ -273,17 +450,14 @@ def _write_rejected(keyed, folder):
 def build_pipeline(p, source, data_config, folder):
     """Wire the whole stage into pipeline `p`, writing under `folder`."""
     raw_columns = list(source.info.raw_columns)
-    spec = raw_feature_spec(raw_columns)
-    schema = schema_utils.schema_from_feature_spec(spec)
-    coder = tft.coders.ExampleProtoCoder(schema)
+    schema = schema_utils.schema_from_feature_spec(raw_feature_spec(raw_columns))
 
     rows, rejected = source.expand(p)
     # Rejected movie/user-file lines are reported too, but are not rating rows.
     rejected = rejected | "CountRejectedParse" >> beam.Map(lambda r: (_counter(
         "metadata_rejected_rows" if r["reason"].startswith("metadata:") else "rejected_rows").inc(), r)[1])
     if data_config.user_fraction < 1.0:
-        fraction, seed = data_config.user_fraction, data_config.seed
-        kept = rows | "SampleUsers" >> beam.Partition(lambda r, _: 0 if _keep_user(r, seed, fraction) else 1, 2)
+        kept = rows | "SampleUsers" >> beam.Partition(_UserSample(data_config.seed, data_config.user_fraction), 2)
         rows = kept[0]
         _ = kept[1] | "CountSampledOut" >> beam.Map(lambda r: _counter("sampled_out_rows").inc())
 
@@ -303,20 +477,18 @@ def build_pipeline(p, source, data_config, folder):
     catalog = items | "Catalog" >> beam.Map(lambda t: t["catalog"])
 
     examples = per_user | "Sample" >> beam.ParDo(
-        _SampleExamples(data_config, raw_columns, coder), beam.pvalue.AsSingleton(catalog),
+        _SampleExamples(data_config, raw_columns, item_columns), beam.pvalue.AsSingleton(catalog),
         beam.pvalue.AsSingleton(item_meta))
 
     shards = data_config.num_shards
-    _ = (examples | "ByShard" >> beam.MapTuple(
+    grouped = (examples | "ByShard" >> beam.MapTuple(
         lambda split, user, records: ((split, _shard_of(user, shards)), (user, records)))
-         | "GroupShards" >> beam.GroupByKey()
-         | "WriteShards" >> beam.ParDo(_WriteShard(str(folder), shards)))
+               | "GroupShards" >> beam.GroupByKey())
+    _ = grouped | "WriteShards" >> beam.ParDo(_WriteShard(str(folder), shards))
 
     # tf.Transform analyzers see the train split only: no validation/test label leaks.
-    train_bytes = (examples | "TrainOnly" >> beam.Filter(lambda e: e[0] == "train")
-                   | "TrainBytes" >> beam.FlatMap(lambda e: [serialized for _, serialized in e[2]]))
+    batches = grouped | "TrainBatches" >> beam.ParDo(_TrainBatches(schema, ANALYZE_BATCH))
     example_io = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["mtlrec"], schema=schema)
-    batches = train_bytes | "ToRecordBatches" >> example_io.BeamSource()
     transform_fn = (batches, example_io.TensorAdapterConfig()) | "Analyze" >> tft_beam.AnalyzeDataset(
         make_preprocessing_fn(raw_columns))
     _ = transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(str(folder))
@@ -336,7 +508,7 @@ def _manifest(source, data_config, counts, folder, raw_columns) -> dict:
     for split in SPLITS:
         n = counts.get(f"examples:{split}", 0)
         positives = counts.get(f"positives:{split}", 0)
-        files = sorted(p.name for p in (Path(folder) / split).glob("*.tfrecord.gz")) if n else []
+        files = sorted(Path(p).name for p in tf.io.gfile.glob(f"{folder}/{split}/*.tfrecord.gz")) if n else []
         splits[split] = {
             "files": files, "examples": n, "positives": positives,
             "label_rates": {"watch": positives / n if n else None, "like": counts.get(f"likes:{split}", 0) / n if n else None,
@@ -374,14 +546,16 @@ def run(config, output=None, beam_args=()) -> dict:
     """Run the stage; returns the manifest. Raises SourceError for unusable input."""
     data_config = config.data
     source = open_source(data_config)  # fails fast, before any folder exists
-    final = Path(output or data_config.output or Path(config.workdir) / "data")
+    final = str(output or data_config.output or f"{config.workdir}/data")  # a string: pathlib breaks gs://
     args = list(data_config.beam_args) + list(beam_args)
     if not any(a.startswith("--runner") or a.startswith("--direct_running_mode") for a in args):
         args = DEFAULT_BEAM_ARGS + args
-    with staged_folder(final) as folder:
-        options = PipelineOptions(args, temp_location=str(folder / "tmp"), save_main_session=False)
+    with staged_folder(final) as staged:
+        folder, tmp = str(staged), f"{staged}/tmp"
+        temp = {} if any(a.startswith("--temp_location") for a in args) else {"temp_location": tmp}
+        options = PipelineOptions(args, save_main_session=False, **temp)  # keyword options override flags
         pipeline = beam.Pipeline(options=options)
-        with tft_beam.Context(temp_dir=str(folder / "tmp"), force_tf_compat_v1=False):
+        with tft_beam.Context(temp_dir=tmp, force_tf_compat_v1=False):
             build_pipeline(pipeline, source, data_config, folder)
         result = pipeline.run()
         result.wait_until_finish()
@@ -391,8 +565,9 @@ def run(config, output=None, beam_args=()) -> dict:
             raise SourceError(f"{where}: no valid rows "
                               f"({counts.get('rejected_rows', 0)} rejected of {counts.get('input_rows', 0)})")
         manifest = _manifest(source, data_config, counts, folder, list(source.info.raw_columns))
-        tf.io.gfile.rmtree(str(folder / "tmp")) if tf.io.gfile.exists(str(folder / "tmp")) else None
-        write_json(folder / MANIFEST, manifest)  # last: its presence marks the folder complete
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
+        write_json(f"{folder}/{MANIFEST}", manifest)  # last: its presence marks the folder complete
     return manifest
 
 

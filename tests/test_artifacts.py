@@ -1,0 +1,73 @@
+"""Atomic artifacts on disk and on object stores (TensorFlow's ram:// filesystem stands in for gs://)."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from features.spec import raw_feature_spec
+from pipeline.artifacts import MANIFEST, read_json, staged_folder, write_json
+from pipeline.preprocess import ExampleEncoder
+
+
+def test_staged_folder_replaces_only_on_success(tmp_path):
+    final = tmp_path / "data"
+    with staged_folder(final) as folder:
+        (folder / "a.txt").write_text("first")
+    assert (final / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with staged_folder(final) as folder:
+            (folder / "a.txt").write_text("second")
+            raise RuntimeError("crash midway")
+    assert (final / "a.txt").read_text() == "first"  # untouched by the failed attempt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temporary leftovers
+
+
+def test_object_store_folder_is_complete_only_with_its_manifest():
+    final = "ram://bucket/run/data"
+    with staged_folder(final) as folder:
+        assert folder == final
+        write_json(f"{folder}/{MANIFEST}", {"kind": "first"})
+    assert read_json_url(f"{final}/{MANIFEST}") == {"kind": "first"}
+    with pytest.raises(RuntimeError):
+        with staged_folder(final) as folder:
+            raise RuntimeError("crash midway")
+    assert not tf.io.gfile.exists(f"{final}/{MANIFEST}")  # the old manifest went first: incomplete
+
+
+def read_json_url(path):
+    with tf.io.gfile.GFile(path) as handle:
+        return json.loads(handle.read())
+
+
+def test_write_json_is_valid_json_with_nan_as_null(tmp_path):
+    write_json(tmp_path / "x.json", {"a": float("nan"), "b": np.float32(1.5), "c": np.arange(2)})
+    assert read_json(tmp_path / "x.json", "test") == {"a": None, "b": 1.5, "c": [0, 1]}
+
+
+def test_example_encoder_equals_protobuf_deterministic_serialization():
+    columns = ["user_id", "item_id", "timestamp", "genres", "year", "gender", "age", "occupation", "zip_code"]
+    spec = raw_feature_spec(columns)
+    encoder = ExampleEncoder(spec)
+    rng = np.random.default_rng(0)
+    n = 300
+    data = {}
+    for name, feature in spec.items():
+        if feature.dtype == tf.int64:
+            data[name] = [int(v) for v in rng.integers(-2**62, 2**62, n)]
+        elif feature.dtype == tf.float32:
+            data[name] = [float(np.float32(v)) for v in rng.normal(size=n) * 1e3]
+        else:
+            data[name] = ["".join(chr(c) for c in rng.integers(32, 0x2FF, rng.integers(0, 200))) for _ in range(n)]
+    encoded = encoder.encode(data)
+    for i in range(n):
+        example = tf.train.Example()
+        for name, feature in spec.items():
+            value = data[name][i]
+            if feature.dtype == tf.int64:
+                example.features.feature[name].int64_list.value.append(value)
+            elif feature.dtype == tf.float32:
+                example.features.feature[name].float_list.value.append(value)
+            else:
+                example.features.feature[name].bytes_list.value.append(value.encode())
+        assert encoded[i] == example.SerializeToString(deterministic=True)
