@@ -5,6 +5,10 @@ the same run, round-robin, so the DSelect-k / softmax ratios compare like with l
 this noisy shared machine.
 
     python -m bench.gates [--experts 8 16 64 128] [--tasks 2 16] [--modes graph xla] [--rounds 5]
+                          [--baseline GITREF]
+
+--baseline also times the MMoE and gates of a git commit (models/experts.py, models/gates.py) in
+the same rounds: "baseline_median_ms" and "speedup_over_baseline" (its time / the current time).
 """
 from __future__ import annotations
 
@@ -25,8 +29,8 @@ GATES = {
 }
 
 
-def make_step(num_experts, num_tasks, gate, units, jit):
-    block = MMoE(num_experts, [units], {f"t{i}": gate for i in range(num_tasks)})
+def make_step(num_experts, num_tasks, gate, units, jit, mmoe=MMoE):
+    block = mmoe(num_experts, [units], {f"t{i}": gate for i in range(num_tasks)})
 
     @tf.function(jit_compile=jit)
     def step(x):
@@ -38,9 +42,12 @@ def make_step(num_experts, num_tasks, gate, units, jit):
     return step
 
 
-def measure(mode, num_experts, num_tasks, x, args):
+def measure(mode, num_experts, num_tasks, x, args, baseline=None):
     steps = {name: make_step(num_experts, num_tasks, gate, args.units, mode == "xla")
              for name, gate in GATES.items()}
+    if baseline is not None:
+        steps.update({f"{name}@baseline": make_step(num_experts, num_tasks, gate, args.units, mode == "xla", baseline)
+                      for name, gate in GATES.items()})
     for step in steps.values():  # trace and warm up
         for _ in range(3):
             step(x)
@@ -48,11 +55,17 @@ def measure(mode, num_experts, num_tasks, x, args):
     for _ in range(args.rounds):
         for name, step in steps.items():
             times[name] += time_call(lambda: [g.numpy() for g in step(x)], args.repeats)
-    median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    median = {name: 1e3 * statistics.median(t) for name, t in times.items() if "@" not in name}
     row = {"mode": mode, "experts": num_experts, "tasks": num_tasks, "median_ms": median,
            "ratio_to_softmax": {n: round(median[n] / median["softmax"], 3) for n in median}}
+    if baseline is not None:
+        before = {name: 1e3 * statistics.median(times[f"{name}@baseline"]) for name in GATES}
+        row["baseline_median_ms"] = before
+        row["speedup_over_baseline"] = {n: round(before[n] / median[n], 2) for n in median}
     print(f"{mode:5s} experts={num_experts:4d} tasks={num_tasks:3d} " + "  ".join(
-        f"{n}={median[n]:.2f}ms ({row['ratio_to_softmax'][n]:.2f}x)" for n in median), flush=True)
+        f"{n}={median[n]:.2f}ms ({row['ratio_to_softmax'][n]:.2f}x)" for n in median)
+        + ("  speedup over baseline: " + " ".join(f"{v:.2f}" for v in row["speedup_over_baseline"].values())
+           if baseline is not None else ""), flush=True)
     return row
 
 
@@ -67,7 +80,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per gate per round")
     parser.add_argument("--modes", nargs="+", choices=["graph", "xla"], default=["graph", "xla"],
                         help="tf.function as a plain graph, and/or XLA-compiled (jit_compile=True)")
+    parser.add_argument("--baseline", metavar="GITREF", help="also time the models of this commit")
     args = parser.parse_args()
+    baseline, commit = None, None
+    if args.baseline:
+        from bench.train import baseline_mmoe
+        baseline, commit = baseline_mmoe(args.baseline)
 
     tf.keras.utils.set_random_seed(0)
     x = tf.random.normal([args.batch, args.input_dim])
@@ -75,12 +93,13 @@ def main():
     for mode in args.modes:
         for num_tasks in args.tasks:
             for num_experts in args.experts:
-                rows.append(measure(mode, num_experts, num_tasks, x, args))
+                rows.append(measure(mode, num_experts, num_tasks, x, args, baseline))
 
     path = write("gates", {
         "what": "forward+backward ms per batch of an MMoE block, median over round-robin timed steps",
         "settings": {"batch": args.batch, "input_dim": args.input_dim, "expert_units": [args.units],
-                     "k": 2, "rounds": args.rounds, "repeats": args.repeats},
+                     "k": 2, "rounds": args.rounds, "repeats": args.repeats, "baseline": args.baseline,
+                     "baseline_commit": commit},
         "results": rows,
     })
     print(f"wrote {path}")

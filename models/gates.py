@@ -14,9 +14,15 @@ mixed_bfloat16 policies: each gate pins its own dtype policy to float32 (as TF
 recommends for softmax-like layers), so inputs are cast up, and the mixture is
 returned in float32 for the next (mixed-precision) layer to cast down.
 The mixture is one batched matmul; no call path loops over experts in Python.
+
+MMoE (models/experts.py) computes the gates of all tasks that share a type and settings as
+one group (`group_weights_and_loss`): one routing matmul and one op sequence for all of them.
+On CPU each TF op costs ~10 us of executor overhead, which at these sizes outweighs the
+arithmetic, so the gates are written to use few ops (measured in bench/train.py).
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -41,9 +47,54 @@ def smooth_step(t, gamma):
 
 def _smooth_step_offset(t, gamma):
     """S(t) - 1/2 = u (3/2 - 2 u^2), in [-1/2, 1/2]; shared by S and 1 - S = 1/2 - offset."""
-    t = tf.convert_to_tensor(t)
-    u = tf.clip_by_value(t * (1.0 / gamma), -0.5, 0.5)
-    return u * (1.5 - 2.0 * tf.square(u))
+
+    @tf.custom_gradient
+    def offset(t):
+        u = tf.clip_by_value(t if gamma == 1.0 else t * (1.0 / gamma), -0.5, 0.5)  # x * 1.0 is exact: skip it
+        u2 = tf.square(u)
+
+        def grad(upstream):
+            # dS/dt = (3/2 - 6 u^2) / gamma, exactly 0 at u = +-1/2 (6 * 0.25 = 1.5 in floating
+            # point), hence also outside the band: the clip's gradient mask (compares and
+            # selects, slow on CPU) is redundant. 3 ops instead of ~10 from autodiff; with
+            # _safe_logs, -11% MMoE forward+backward time for per-example DSelect-k (CPU).
+            slope = 1.5 - 6.0 * u2
+            return upstream * (slope if gamma == 1.0 else slope * (1.0 / gamma))
+
+        return u * (1.5 - 2.0 * u2), grad
+
+    return offset(tf.convert_to_tensor(t))
+
+
+def _safe_logs(probs):
+    """(log p with 0 where p = 0, log p with -1e4 where p = 0) for probabilities p >= 0, and
+    d/dp = 1/p where p > 0, else 0 (both outputs are constants there): what autodiff of
+    log(where(p > 0, p, 1)) and where(p > 0, log, -1e4) gives, with the same values, but with
+    cheap arithmetic instead of tf.where (SelectV2 is slow on CPU) and 1 gradient op (DivNoNan)
+    instead of ~7 (selects, zeros, reciprocal)."""
+
+    @tf.custom_gradient
+    def logs(p):
+        missing = tf.cast(p <= 0, p.dtype)  # 1 where p = 0; + 0 and - 1e4 * 0 below are exact
+        safe_log = tf.math.log(p + missing)
+
+        def grad(d_safe_log, d_logs):
+            upstream = [d for d in (d_safe_log, d_logs) if d is not None]
+            return tf.math.divide_no_nan(tf.add_n(upstream), p) if upstream else tf.zeros_like(p)
+
+        return (safe_log, safe_log - 1e4 * missing), grad
+
+    return logs(probs)
+
+
+def _dense_group(layers, inputs):
+    """Several Dense layers (no activation) applied to the same inputs as ONE matmul over their
+    concatenated kernels: [batch, sum of their units]. The layers must be built (Gate.build_routing)."""
+    if len(layers) == 1:
+        return layers[0](inputs)
+    kernel = tf.concat([layer.kernel for layer in layers], axis=1)
+    bias = tf.concat([layer.bias for layer in layers], axis=0)
+    return tf.nn.bias_add(tf.matmul(inputs, kernel), bias)
 
 
 def _cv_squared(x):
@@ -63,9 +114,36 @@ class Gate(keras.layers.Layer):
         self.num_experts = int(num_experts)
         self.per_example = bool(per_example)
 
-    # Subclasses implement: _gate(routing_inputs, training) -> (weights, regularization loss).
+    # Subclasses implement: _gate(routing_inputs, training) -> (weights, regularization loss),
+    # and list the Dense layers they apply to the routing inputs in routing_layers().
     def _gate(self, routing_inputs, training):
         raise NotImplementedError
+
+    def routing_layers(self) -> list:
+        return []
+
+    def build_routing(self, input_shape):
+        """Create the routing layers' variables for routing inputs of this shape (a group
+        computation reads their kernels without calling them)."""
+        for layer in self.routing_layers():
+            if not layer.built:
+                with tf.name_scope(self.name), tf.name_scope(layer.name):
+                    layer.build(tf.TensorShape(input_shape))
+        self.built = True
+
+    def group_key(self):
+        """Gates with equal keys (same class and settings) can be computed as one group."""
+        config = {k: v for k, v in self.get_config().items() if k != "name"}
+        return type(self).__name__, json.dumps(config, sort_keys=True, default=str)
+
+    @classmethod
+    def group_weights_and_loss(cls, gates, routing_inputs=None, training=False):
+        """weights_and_loss of several gates with one group_key, as one computation where the
+        class supports it: (weights [batch, G, n], or [G, n] if static; summed loss or None).
+        This default computes the gates one by one."""
+        results = [gate.weights_and_loss(routing_inputs, training) for gate in gates]
+        losses = [loss for _, loss in results if loss is not None]
+        return tf.stack([w for w, _ in results], axis=-2), (tf.add_n(losses) if losses else None)
 
     def _check_routing(self, routing_inputs):
         if self.per_example and routing_inputs is None:
@@ -74,8 +152,13 @@ class Gate(keras.layers.Layer):
             raise ValueError(f"{self.name}: a static gate takes no routing_inputs (got a tensor)")
         return None if routing_inputs is None else tf.cast(routing_inputs, tf.float32)
 
+    def weights_and_loss(self, routing_inputs=None, training=False):
+        """(mixture weights [batch, n] or [n] if static, regularization loss or None), without
+        mixing: MMoE mixes all its tasks with one matmul. The caller adds the loss."""
+        return self._gate(self._check_routing(routing_inputs), bool(training))
+
     def call(self, expert_outputs, routing_inputs=None, training=None):
-        weights, reg_loss = self._gate(self._check_routing(routing_inputs), bool(training))
+        weights, reg_loss = self.weights_and_loss(routing_inputs, training)
         if reg_loss is not None:
             self.add_loss(reg_loss)
         expert_outputs = tf.cast(expert_outputs, tf.float32)
@@ -105,8 +188,21 @@ class SoftmaxGate(Gate):
         else:
             self.logits = self.add_weight(name="logits", shape=[self.num_experts], initializer="zeros")
 
+    def routing_layers(self):
+        return [self.logits_dense] if self.per_example else []
+
     def _gate(self, routing_inputs, training):
         logits = self.logits_dense(routing_inputs) if self.per_example else self.logits
+        return tf.nn.softmax(logits, axis=-1), None
+
+    @classmethod
+    def group_weights_and_loss(cls, gates, routing_inputs=None, training=False):
+        if gates[0].per_example:
+            routing_inputs = gates[0]._check_routing(routing_inputs)
+            flat = _dense_group([g.logits_dense for g in gates], routing_inputs)
+            logits = tf.reshape(flat, [-1, len(gates), gates[0].num_experts])
+        else:
+            logits = tf.stack([g.logits for g in gates])
         return tf.nn.softmax(logits, axis=-1), None
 
 
@@ -139,6 +235,9 @@ class TopKGate(Gate):
                 name="logits", shape=[self.num_experts],
                 initializer=keras.initializers.RandomNormal(stddev=0.01))
             self.noise_logits = self.add_weight(name="noise", shape=[self.num_experts], initializer="zeros")
+
+    def routing_layers(self):
+        return [self.logits_dense, self.noise_dense] if self.per_example else []
 
     def _gate(self, routing_inputs, training):
         if self.per_example:
@@ -242,46 +341,64 @@ class DSelectKGate(Gate):
         else:
             self.z = self.add_weight(name="z", shape=[self.k, self.num_bits], initializer=near_zero())
             self.alpha = self.add_weight(name="alpha", shape=[self.k], initializer="zeros")
-        # log r = [log S | log(1 - S)] @ code_matrix, where code_matrix[j, i] = bit j of i
-        # and code_matrix[m + j, i] = 1 - bit j of i.
-        bits = (np.arange(self.num_codes)[None, :] >> np.arange(self.num_bits)[:, None]) & 1
-        self._code_matrix = tf.constant(np.concatenate([bits, 1 - bits]), tf.float32)
+        # Everything is laid out flat, one row per example (and gate), so that each step is one op
+        # on a [rows, columns] matrix: small inner axes (k=2, m=3) made TF's broadcasting ops,
+        # softmax and XLA fusions slow (measured with the stacked mixture of MMoE: -18%
+        # forward+backward time of an MMoE block with per-example DSelect-k, 3 tasks, CPU).
+        # One matmul with this 0/1 matrix turns the row
+        # [log S(z) (k*m) | log(1 - S(z)) (k*m) | log softmax(alpha) (k)] into
+        # log(softmax(alpha)_l r_l(i)) for every selector l and code i (column l*2^m + i).
+        k, m, codes = self.k, self.num_bits, self.num_codes
+        # [S | 1 - S] = 1/2 + offset @ [I | -I]: one fused matmul + bias op instead of neg, concat, add.
+        self._sign_matrix = np.concatenate([np.eye(k * m), -np.eye(k * m)], axis=1).astype(np.float32)
+        bits = (np.arange(codes)[None, :] >> np.arange(m)[:, None]) & 1  # [m, codes]: bit j of code i
+        exponent = np.zeros([2 * k * m + k, k * codes], np.float32)
+        for sel in range(k):
+            block = slice(sel * codes, (sel + 1) * codes)
+            exponent[sel * m:(sel + 1) * m, block] = bits
+            exponent[k * m + sel * m:k * m + (sel + 1) * m, block] = 1 - bits
+            exponent[2 * k * m + sel, block] = 1
+        self._exponent_matrix = exponent
+        # Sums the selectors' mass on each real expert (codes >= num_experts are left out). A
+        # matmul while small; beyond that, a reshape + reduce_sum costs fewer FLOPs.
+        self._sum_matrix = np.tile(np.eye(codes, self.num_experts, dtype=np.float32), [k, 1]) \
+            if k * codes * self.num_experts <= 4096 else None
         # Training calls seen so far: drives the entropy schedule. ONLY_FIRST_REPLICA keeps one
-        # count under MirroredStrategy.
+        # count under MirroredStrategy. (In a tf.function this is a graph op, not a host sync.)
         self.step = self.add_weight(
             name="step", shape=[], dtype=tf.int64, initializer="zeros", trainable=False,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
+    def routing_layers(self):
+        return [self.selector_dense] if self.per_example else []
+
     def selector_outputs(self, routing_inputs=None):
         """r(z_l) over all 2^m codes: [k, 2^m] static, [batch, k, 2^m] per-example."""
-        z, _ = self._parameters(self._check_routing(routing_inputs))
-        return self._selectors(self._bit_probabilities(z))
+        z, _ = tf.split(self._rows([self], self._check_routing(routing_inputs)), [self.k * self.num_bits, self.k], -1)
+        r = self._selectors(self._bit_logs(z)[2])
+        return r if self.per_example else r[0]
 
-    def _parameters(self, routing_inputs):
-        """z [..., k, m] and alpha [..., k]."""
-        if not self.per_example:
-            return tf.convert_to_tensor(self.z), tf.convert_to_tensor(self.alpha)
-        out = self.selector_dense(routing_inputs)
-        z = tf.reshape(out[:, : self.k * self.num_bits], [-1, self.k, self.num_bits])
-        return z, out[:, self.k * self.num_bits:]
+    def _rows(self, gates, routing_inputs):
+        """[z (k*m) | alpha (k)], one row per (example, gate) -- or per gate if static --, with
+        selector l's bits in columns l*m .. l*m + m - 1. All gates share this one's settings."""
+        if self.per_example:  # each gate's Dense gives its [z | alpha]: one matmul for all gates
+            out = _dense_group([g.selector_dense for g in gates], routing_inputs)
+            return tf.reshape(out, [-1, self.k * (self.num_bits + 1)])
+        return tf.stack([tf.concat([tf.reshape(g.z, [-1]), g.alpha], axis=0) for g in gates])
 
-    def _bit_probabilities(self, z):
-        offset = _smooth_step_offset(z, self.gamma)
-        return 0.5 + tf.concat([offset, -offset], axis=-1)  # [..., k, 2m]: S(z_j), then 1 - S(z_j)
+    def _bit_logs(self, z):
+        """Bit probabilities [S(z) | 1 - S(z)] ([rows, 2km]), their log with 0 where a probability
+        is 0 (for the entropy: 0 log 0 = 0, with xlogy's zero gradient), and their log with -1e4
+        there: every code that needs such a bit then gets exp(<= -1e4) = 0.0 exactly, and a binary
+        selector gets exp(0) = 1.0 exactly, so the sparsity stays exact."""
+        probs = tf.nn.bias_add(tf.matmul(_smooth_step_offset(z, self.gamma), self._sign_matrix),
+                               tf.fill([2 * self.k * self.num_bits], 0.5))
+        return (probs, *_safe_logs(probs))
 
-    def _selectors(self, bit_probs):
-        """r = exp(log-probabilities summed over each code's bits): one matmul for all codes.
-
-        A probability of exactly 0 gets log -1e4, so every code that needs that bit gets
-        exp(<= -1e4) = 0.0 exactly, and a binary selector gets exp(0) = 1.0 exactly: the
-        sparsity stays exact. (Measured ~1.5x faster on CPU than building the product bit by
-        bit, and ~3x faster than a reduce_prod over a [.., 2^m, m] table.)
-        """
-        positive = bit_probs > 0
-        logs = tf.where(positive, tf.math.log(tf.where(positive, bit_probs, 1.0)), -1e4)
-        flat = tf.reshape(logs, [-1, 2 * self.num_bits])
-        r = tf.exp(tf.matmul(flat, self._code_matrix))
-        return tf.reshape(r, tf.concat([tf.shape(logs)[:-1], [self.num_codes]], axis=0))
+    def _selectors(self, logs):
+        """r [rows, k, 2^m]: exp of each code's summed bit log-probabilities, one matmul."""
+        r = tf.exp(tf.matmul(logs, self._exponent_matrix[: 2 * self.k * self.num_bits]))
+        return tf.reshape(r, [-1, self.k, self.num_codes])
 
     def current_entropy_weight(self):
         step = tf.cast(self.step, tf.float32)
@@ -293,23 +410,46 @@ class DSelectKGate(Gate):
         return tf.constant(self.entropy_weight)
 
     def _gate(self, routing_inputs, training):
-        z, alpha = self._parameters(routing_inputs)
-        bit_probs = self._bit_probabilities(z)
-        r = self._selectors(bit_probs)  # [..., k, 2^m]
-        mix = tf.nn.softmax(alpha, axis=-1)
-        weights = tf.reduce_sum(mix[..., None] * r, axis=-2)[..., : self.num_experts]
+        weights, reg = self.group_weights_and_loss([self], routing_inputs, training)
+        return weights[..., 0, :], reg
+
+    @classmethod
+    def group_weights_and_loss(cls, gates, routing_inputs=None, training=False):
+        """All gates (same settings) as one computation on [example x gate] rows: the op count no
+        longer grows with the number of tasks."""
+        first, num_gates = gates[0], len(gates)
+        routing_inputs = first._check_routing(routing_inputs)
+        k, m, n = first.k, first.num_bits, first.num_experts
+        z, alpha = tf.split(first._rows(gates, routing_inputs), [k * m, k], axis=-1)
+        probs, safe_log, logs = first._bit_logs(z)
+        # mass_l(i) = exp(log r_l(i) + log softmax(alpha)_l) = softmax(alpha)_l r_l(i), exactly 0 where
+        # r_l(i) is; summed over the selectors: the weights, not renormalized over reachable codes.
+        mass = tf.exp(tf.matmul(tf.concat([logs, tf.nn.log_softmax(alpha)], axis=-1), first._exponent_matrix))
+        if first._sum_matrix is not None:
+            weights = tf.matmul(mass, first._sum_matrix)
+        else:
+            weights = tf.reduce_sum(tf.reshape(mass, [-1, k, first.num_codes]), axis=1)[:, :n]
+        weights = tf.reshape(weights, [-1, num_gates, n] if first.per_example else [num_gates, n])
         if not training:
             return weights, None
-        self.step.assign_add(1)
-        # r is a product of independent bits, so H(r) = sum_j H(Bernoulli(S(z_j))): O(m), not
-        # O(2^m). xlogy(0, 0) = 0 with a finite gradient, so binary selectors are safe.
-        entropy = -tf.reduce_sum(tf.math.xlogy(bit_probs, bit_probs), axis=-1)  # [..., k]
-        reg = self.current_entropy_weight() * tf.reduce_sum(entropy, axis=-1)
-        if self.num_codes > self.num_experts and self.unreachable_weight > 0:
-            reachable = tf.reduce_sum(r[..., : self.num_experts], axis=-1)  # [..., k]
+        for gate in gates:
+            gate.step.assign_add(1)
+        # The loss is the sum over gates of each gate's mean over the batch (rows = batch * gates).
+        # Entropy: r is a product of independent bits, so H(r) = sum_j H(Bernoulli(S(z_j))), O(m)
+        # not O(2^m); summed over a row's 2km bit probabilities and averaged over the rows, it is
+        # -2km * mean(p log p), with the constants folded into one factor (fewer ops).
+        plogp = probs * safe_log
+        scale = -2.0 * k * m * num_gates
+        if first.entropy_schedule == "constant":  # one weight for all gates
+            loss = (scale * first.entropy_weight) * tf.reduce_mean(plogp)
+        else:
+            weight = tf.stack([g.current_entropy_weight() for g in gates])[:, None]  # [gates, 1]
+            loss = scale * tf.reduce_mean(tf.reshape(plogp, [-1, num_gates, 2 * k * m]) * weight)
+        if first.num_codes > n and first.unreachable_weight > 0:
+            reachable = tf.reduce_sum(first._selectors(logs)[..., :n], axis=-1)  # [rows, k]
             penalty = tf.reduce_sum(1.0 / tf.maximum(reachable, 1e-6) - 1.0, axis=-1)
-            reg += self.unreachable_weight * penalty
-        return weights, tf.reduce_mean(reg)
+            loss += (first.unreachable_weight * num_gates) * tf.reduce_mean(penalty)
+        return weights, loss
 
     def get_config(self):
         return {**super().get_config(), "k": self.k, "gamma": self.gamma,
