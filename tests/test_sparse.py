@@ -14,7 +14,7 @@ from models.recommender import MultiTaskRecommender
 from models.sparse import SparseRecommender
 from pipeline.config import load_config
 from pipeline.dataset import InputPipeline
-from pipeline.export import export_model
+from pipeline.export import export_model, export_run
 from pipeline.train import model_spec
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
@@ -100,9 +100,7 @@ def test_cli_sparse_export_of_a_trained_run(embedded_data, tmp_path):
     # Per-example sparse gates take the per-example path: each expert computed only where chosen.
     train.run(load_config(None, [*common, f"train.run_dir={tmp_path / 'pe'}", "model.gate.type=topk",
                                  "model.gate.k=2", "model.gate.per_example=true"]))
-    result = subprocess.run([str(MTLREC), "export", "--run", str(tmp_path / "pe"), "--sparse"],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    export_run(tmp_path / "pe", sparse=True)
     dense = tf.saved_model.load(str(tmp_path / "pe" / "export")).signatures["serving_default"](**raw)
     sparse = tf.saved_model.load(str(tmp_path / "pe" / "export_sparse")).signatures["serving_default"](**raw)
     for task in dense:

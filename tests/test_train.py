@@ -38,7 +38,7 @@ GATES = {
 
 @pytest.mark.parametrize("name", list(GATES))
 def test_each_gate_trains_and_writes_diagnostics(embedded_data, tmp_path, name):
-    data_dir, _ = embedded_data
+    data_dir, manifest = embedded_data
     summary = _train(data_dir, tmp_path, "train.epochs=2", *GATES[name])
     history = json.loads((tmp_path / "history.json").read_text())["epochs"]
     assert [r["epoch"] for r in history] == [1, 2]
@@ -65,6 +65,11 @@ def test_each_gate_trains_and_writes_diagnostics(embedded_data, tmp_path, name):
                 assert 0 <= d["binary_selectors"] <= 1
     assert summary["best_epoch"] in (1, 2) and (tmp_path / "export" / "saved_model.pb").exists()
     assert (tmp_path / "train.json").exists() and list((tmp_path / "tensorboard").rglob("events.*"))
+    # The run folder holds the resolved config, the data's manifest and a checkpoint per epoch.
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["model"]["architecture"] == ("shared_bottom" if name == "shared_bottom" else "mmoe")
+    assert json.loads((tmp_path / "data_manifest.json").read_text())["config_hash"] == manifest["config_hash"]
+    assert list((tmp_path / "checkpoints").glob("epoch-001*")) and list((tmp_path / "checkpoints").glob("epoch-002*"))
 
 
 class _Crash(tf.keras.callbacks.Callback):
@@ -187,10 +192,3 @@ def test_bad_data_folders_and_gate_names(embedded_data, tmp_path):
     assert result.returncode == 2 and "unknown gate type 'sparsemax'" in result.stderr
 
 
-def test_run_folder_holds_config_and_manifest(embedded_data, tmp_path):
-    data_dir, manifest = embedded_data
-    _train(data_dir, tmp_path, "train.epochs=1", "model.gate.type=topk")
-    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert config["model"]["gate"]["type"] == "topk"
-    assert json.loads((tmp_path / "data_manifest.json").read_text())["config_hash"] == manifest["config_hash"]
-    assert list((tmp_path / "checkpoints").glob("epoch-001*"))
