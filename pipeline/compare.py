@@ -6,10 +6,13 @@ every seed on identical data and candidate lists, then write the comparison repo
     <compare.output or workdir/report>/     summary.json, report.md, report.html, plots
 
 A run counts as finished once its eval.json exists; re-running after an interruption skips
-finished runs, and a run killed mid-training resumes from its backup.
+finished runs, and a run killed mid-training resumes from its backup. A run folder whose
+config.yaml differs from the run's current config (the config file was edited) is started
+over, so a report never mixes results of old and new settings.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -62,6 +65,10 @@ def run(config) -> Path:
     started = time.perf_counter()
     data_dir = ensure_data(config)
     runs = run_configs(config, data_dir)
+    for (name, seed), cfg in runs.items():
+        if _made_with_other_config(cfg):
+            log(f"compare: {name} seed {seed} was run with other settings; starting it over")
+            shutil.rmtree(cfg.train.run_dir)
     todo = [(key, cfg) for key, cfg in runs.items() if not (Path(cfg.train.run_dir) / evaluate.EVAL).exists()]
     log(f"compare: {len(runs)} runs ({len(config.compare.variants)} variants x {len(config.compare.seeds)} seeds), "
         f"{len(runs) - len(todo)} already finished")
@@ -76,6 +83,13 @@ def run(config) -> Path:
     write_report(config, runs, data_dir, output)
     log(f"compare: report in {output} ({time.perf_counter() - started:.0f} s)")
     return output
+
+
+def _made_with_other_config(cfg) -> bool:
+    """True if the run folder exists and its config.yaml (pipeline/train.py) is not this config."""
+    import yaml
+    saved = Path(cfg.train.run_dir) / "config.yaml"
+    return saved.exists() and yaml.safe_load(saved.read_text()) != cfg.model_dump(mode="json")
 
 
 def main(config, args) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.metrics import ndcg_score, roc_auc_score
 
 from conftest import EMBEDDED_OVERRIDES
@@ -23,6 +24,11 @@ TWO_GATES = ("compare.variants={softmax: {model: {gate: {type: softmax}}}, "
 def _compare_config(workdir, data_dir, *overrides):
     return load_config(None, [f"workdir={workdir}", f"data.output={data_dir}", *EMBEDDED_OVERRIDES, *FAST,
                               TWO_GATES, "compare.focus=[dselect_k_static]", "compare.seeds=[0, 1]", *overrides])
+
+
+def config_of(config, variant, seed):
+    from pipeline.compare import data_dir_of, run_configs
+    return run_configs(config, data_dir_of(config))[variant, seed].model_dump(mode="json")
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +85,16 @@ def test_second_compare_trains_nothing(compared):
     compare.run(config)
     assert {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")} == finished
     assert all(p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/train.json"))
+
+    # A run made with other settings (as if the config had changed since) is started over, alone.
+    stale = workdir / "compare" / "softmax" / "seed1"
+    saved = yaml.safe_load((stale / "config.yaml").read_text())
+    saved["train"]["learning_rate"] *= 2
+    (stale / "config.yaml").write_text(yaml.safe_dump(saved))
+    compare.run(config)
+    after = {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")}
+    assert {p for p in finished if after[p] != finished[p]} == {stale / "eval.json"}
+    assert yaml.safe_load((stale / "config.yaml").read_text()) == config_of(config, "softmax", 1)
 
 
 def test_evaluation_matches_sklearn_per_user(compared):
