@@ -20,6 +20,9 @@ from pathlib import Path
 from pipeline.artifacts import ArtifactError, read_manifest
 from pipeline.config import ConfigError, with_overrides
 
+RUN_SECTIONS = ("data", "model", "train")  # the config sections a run's results depend on
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -89,7 +92,12 @@ def _made_with_other_config(cfg) -> bool:
     """True if the run folder exists and its config.yaml (pipeline/train.py) is not this config."""
     import yaml
     saved = Path(cfg.train.run_dir) / "config.yaml"
-    return saved.exists() and yaml.safe_load(saved.read_text()) != cfg.model_dump(mode="json")
+    if not saved.exists():
+        return False
+    # Only what the run trains and evaluates on: editing another variant or the report settings
+    # (the compare section) leaves it valid.
+    saved, current = yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json")
+    return any(saved.get(section) != current[section] for section in RUN_SECTIONS)
 
 
 def main(config, args) -> int:

@@ -95,6 +95,10 @@ def test_second_compare_trains_nothing(compared):
     after = {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")}
     assert {p for p in finished if after[p] != finished[p]} == {stale / "eval.json"}
     assert yaml.safe_load((stale / "config.yaml").read_text()) == config_of(config, "softmax", 1)
+    # Other report settings do not invalidate finished runs.
+    before = {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")}
+    compare.run(config.model_copy(update={"compare": config.compare.model_copy(update={"focus": ["softmax"]})}))
+    assert {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")} == before
 
 
 def test_evaluation_matches_sklearn_per_user(compared):
