@@ -1,13 +1,14 @@
 """Shared by the benchmarks: machine description, timing, and the JSON result file."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from pipeline.artifacts import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,7 +54,4 @@ def write(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     payload = {"benchmark": name, "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": machine(), **payload}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json(path, payload)

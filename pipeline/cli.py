@@ -17,20 +17,10 @@ from pipeline.errors import MtlrecError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of the CLI
 
 
-class StageNotImplemented(RuntimeError):
-    """A subcommand whose stage has not landed yet."""
-
-
 def _stage(module: str, function: str = "main"):
     """Runner that imports the stage module only when its subcommand runs."""
     def run(config, args):
         return getattr(importlib.import_module(module), function)(config, args)
-    return run
-
-
-def _not_implemented(issue: str):
-    def run(config, args):
-        raise StageNotImplemented(f"mtlrec {args.command}: not implemented yet ({issue})")
     return run
 
 
@@ -90,9 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     except MtlrecError as exc:
         print(f"mtlrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except StageNotImplemented as exc:
-        print(str(exc), file=sys.stderr)
-        return 3
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from pipeline.artifacts import ArtifactError, read_manifest
 from pipeline.config import ConfigError, with_overrides
 
@@ -90,7 +92,6 @@ def run(config) -> Path:
 
 def _made_with_other_config(cfg) -> bool:
     """True if the run folder exists and its config.yaml (pipeline/train.py) is not this config."""
-    import yaml
     saved = Path(cfg.train.run_dir) / "config.yaml"
     if not saved.exists():
         return False
