@@ -96,7 +96,7 @@ def recommender_exports(data_dir: str, folder: Path):
     manifest = load_data(Path(data_dir), ["watch", "rating"])
     inputs = InputPipeline(data_dir, manifest["raw_columns"])
     model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
-    batch = next(iter(inputs.dataset("candidates", 256)))
+    batch = next(iter(inputs.raw_dataset("candidates", 256)))
     model(batch)
     binary_selection(model.mmoe, {"watch": [0, 5], "rating": [9, 12]})
     paths = {"dense": export_model(model, inputs, folder / "rec_dense"),

@@ -113,6 +113,17 @@ def raw_feature_spec(raw_columns, with_labels: bool = True) -> dict:
     return {c.name: tf.io.FixedLenFeature([], tf.as_dtype(c.dtype)) for c in columns}
 
 
+def model_input_spec(raw_columns) -> dict:
+    """tf.io spec of one example's model inputs (features.transform.dense_model_inputs) and
+    labels: the columns of preprocess's materialized transformed/ splits."""
+    import tensorflow as tf
+    shapes = {"categorical": ([], tf.int64), "multi_categorical": ([MAX_VALUES], tf.int64),
+              "numeric": ([], tf.float32)}
+    spec = {name: tf.io.FixedLenFeature(*shapes[FEATURES[name].kind]) for name in active_features(raw_columns)}
+    spec.update({c.name: tf.io.FixedLenFeature([], tf.as_dtype(c.dtype)) for c in LABEL_COLUMNS.values()})
+    return spec
+
+
 def declaration_hash(raw_columns) -> str:
     """Fingerprint of everything that shapes the data of a source with these raw columns.
 

@@ -118,8 +118,8 @@ class TrainConfig(Section):
     lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
     lr_decay_rate: float = Field(0.5, gt=0, le=1)  # exponential: factor per epoch
     early_stopping_patience: int = Field(1, ge=0)  # epochs without val loss improvement; 0 = off
-    shuffle_buffer: int = Field(200_000, ge=1)  # serialized examples
-    cache: bool = True  # keep transformed batches in memory after the first epoch (pipeline/dataset.py)
+    shuffle_buffer: int = Field(1_000_000, ge=1)  # examples permuted together (capped at the split: a full shuffle)
+    cache: bool = True  # keep the parsed train/validation blocks in memory after the first epoch (pipeline/dataset.py)
     seed: int = 0
     steps_per_epoch: Union[int, None] = Field(None, ge=1)  # default: one pass over the train split
     # tf.distribute: auto = one device -> default strategy, several GPUs -> MirroredStrategy.

@@ -1,29 +1,64 @@
-"""tf.data input from the preprocess stage's artifacts: TFRecord shards + the transform graph.
+"""tf.data input from the preprocess stage's artifacts.
 
-Each element is one dict: the model inputs (raw columns through the tf.Transform graph,
-then features.transform.dense_model_inputs, exactly as the exported model does it) plus
-the label columns. Reading is interleaved in parallel, parsing and transforming are
-vectorized per batch, and everything is prefetched.
+Every element is one dict: the model inputs (raw columns through the tf.Transform graph, then
+features.transform.dense_model_inputs, exactly as the exported model does it) plus the label
+columns. Two sources:
+
+- train and validation, which the training loop reads every epoch, are materialized by
+  preprocess (transformed/<split>/): already through the transform graph, stored as blocks of
+  BLOCK_SIZE examples per record, column by column. Reading costs a parse per block, not per
+  example, and no transform (bench/train.py: the transform graph alone ran at ~2x the training
+  rate on 2 cores, so it could not stay off the critical path).
+- any split's raw tf.Examples, parsed and transformed per batch (`raw_dataset`): what the
+  exported model sees, used for evaluation-side splits (test, candidates) and the tests that
+  check the materialized blocks against the graph.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from features.spec import LABEL_COLUMNS, raw_feature_spec
+from features.spec import LABEL_COLUMNS, model_input_spec, raw_feature_spec
 from features.transform import dense_model_inputs
-from pipeline.artifacts import ArtifactError
+from pipeline.artifacts import ArtifactError, read_manifest
 
 AUTOTUNE = tf.data.AUTOTUNE
+DATA_FORMAT = 2  # of a data folder; 2: train and validation also materialized (transformed/)
+BLOCK_SIZE = 1024  # examples per materialized record
+MATERIALIZED = ("train", "validation")  # the splits preprocess writes through the transform graph
 
 
 def split_files(data_dir, split: str) -> list[str]:
+    """The raw tf.Example shards of a split."""
     files = sorted(str(p) for p in (Path(data_dir) / split).glob("*.tfrecord.gz"))
     if not files:
         raise ArtifactError(f"{Path(data_dir) / split}: no TFRecord shards for split {split!r}")
     return files
+
+
+def transformed_files(data_dir, split: str) -> list[str]:
+    """The materialized (transformed, block) shards of a split."""
+    folder = Path(data_dir) / "transformed" / split
+    files = sorted(str(p) for p in folder.glob("*.tfrecord.gz"))
+    if not files:
+        raise ArtifactError(f"{folder}: no transformed shards for split {split!r}; "
+                            f"run `mtlrec preprocess` again (older data folders lack them)")
+    return files
+
+
+def encode_block(columns: dict) -> bytes:
+    """One block of examples (column arrays, first axis = example) -> one serialized tf.Example
+    holding each column flattened. Keys sorted and deterministic serialization: same bytes on
+    every run."""
+    example = tf.train.Example()
+    for name in sorted(columns):
+        values = np.asarray(columns[name]).reshape(-1)
+        kind = "int64_list" if values.dtype.kind in "iu" else "float_list"
+        getattr(example.features.feature[name], kind).value.extend(values.tolist())
+    return example.SerializeToString(deterministic=True)
 
 
 class InputPipeline:
@@ -33,42 +68,57 @@ class InputPipeline:
         self.data_dir = str(data_dir)
         self.raw_columns = list(raw_columns)
         self.spec = raw_feature_spec(self.raw_columns)
+        # A block's columns have a leading example axis of the block's length.
+        self.block_spec = {name: tf.io.FixedLenSequenceFeature(f.shape, f.dtype, allow_missing=True)
+                           for name, f in model_input_spec(self.raw_columns).items()}
         self.tft_output = tft.TFTransformOutput(self.data_dir)
         self.transform = self.tft_output.transform_features_layer()
 
-    def _to_inputs(self, serialized):
+    def to_inputs(self, serialized):
+        """A batch of serialized raw tf.Examples -> model inputs + labels."""
         raw = tf.io.parse_example(serialized, self.spec)
         features = dense_model_inputs(self.transform({c: raw[c] for c in self.raw_columns}))
         features.update({name: raw[name] for name in LABEL_COLUMNS})
         return features
 
-    def dataset(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-                shuffle_buffer: int = 100_000, repeat: bool = False, drop_remainder: bool = False,
-                cache: bool = False) -> tf.data.Dataset:
-        """Batches of one split. Shuffling happens on the serialized records (cheap strings).
+    def raw_dataset(self, split: str, batch_size: int) -> tf.data.Dataset:
+        """Batches of a split's raw examples, in file order, transformed here."""
+        ds = tf.data.TFRecordDataset(split_files(self.data_dir, split), compression_type="GZIP")
+        return ds.batch(batch_size).map(self.to_inputs, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
-        cache=True keeps the transformed batches in memory after the first pass and reshuffles
-        their order each pass: reading, parsing and the tf.Transform graph then run once, not
-        once per epoch, so they stop competing with training for the CPU. (Batch contents
-        are drawn once; per-example reshuffling of structured examples measured slower than
-        the transform it would save.)
+    def dataset(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
+                shuffle_buffer: int = 200_000, repeat: bool = False, drop_remainder: bool = False,
+                cache: bool = False) -> tf.data.Dataset:
+        """Batches of a materialized split (train or validation).
+
+        shuffle: examples are shuffled individually, in windows of `shuffle_buffer` examples:
+        the block order is shuffled (a buffer of as many blocks), consecutive blocks are joined
+        into a window, and the window is permuted with a stateless seed (train seed, window
+        number), so every pass draws new batches and a run is reproducible. The window is at
+        most the split: a buffer at least as large shuffles the whole split, and each window
+        is then exactly one pass. Work is per block and per batch, never per example.
+        cache: keep the parsed blocks (the whole split) in memory after the first pass.
         """
-        files = split_files(self.data_dir, split)
-        ds = tf.data.Dataset.from_tensor_slices(files)
-        if shuffle:
-            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
-                           cycle_length=min(len(files), 4), num_parallel_calls=AUTOTUNE, deterministic=True)
-        if shuffle:
-            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        if repeat and not cache:
-            ds = ds.repeat()
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        ds = ds.map(self._to_inputs, num_parallel_calls=AUTOTUNE, deterministic=True)
+        files = transformed_files(self.data_dir, split)
+        ds = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(len(files), 4))
+        ds = ds.map(lambda record: tf.io.parse_single_example(record, self.block_spec),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
         if cache:
             ds = ds.cache()
-            if shuffle:
-                ds = ds.shuffle(1_000_000, seed=seed, reshuffle_each_iteration=True)  # all batches
-            if repeat:
-                ds = ds.repeat()
-        return ds.prefetch(AUTOTUNE)
+        window = max(1, min(shuffle_buffer, read_manifest(self.data_dir)["splits"][split]["examples"]))
+        if shuffle:
+            ds = ds.shuffle(-(-window // BLOCK_SIZE), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        if shuffle:
+            ds = tf.data.Dataset.zip((ds.rebatch(window), tf.data.Dataset.counter()))
+            ds = ds.map(lambda columns, number: _permuted(columns, tf.stack([tf.cast(seed, tf.int64), number])),
+                        num_parallel_calls=AUTOTUNE, deterministic=True)
+        return ds.rebatch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+
+
+def _permuted(columns: dict, seed) -> dict:
+    """The same random permutation of the examples of every column."""
+    first = next(iter(columns.values()))
+    order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(first)[0]), seed=seed)
+    return {name: tf.gather(values, order) for name, values in columns.items()}

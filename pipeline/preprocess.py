@@ -36,6 +36,7 @@ from features.spec import TASKS, active_features, declaration_hash, raw_feature_
 from features.transform import make_preprocessing_fn
 from pipeline.artifacts import MANIFEST, staged_folder, write_json
 from pipeline.config import config_hash
+from pipeline.dataset import BLOCK_SIZE, DATA_FORMAT, MATERIALIZED, InputPipeline, encode_block
 from pipeline.sampling import Catalog
 from pipeline.sources import REJECTED, SourceError, open_source
 
@@ -51,9 +52,10 @@ ANALYZE_BATCH = 10_000  # train examples per RecordBatch that tf.Transform analy
 
 
 def data_hash(data_config) -> str:
-    """Hash of the data settings that shape the output (runner options excluded)."""
-    return config_hash({k: v for k, v in data_config.model_dump(mode="json").items()
-                        if k not in ("beam_args", "output")})
+    """Hash of the data settings that shape the output (runner options excluded), and of the
+    folder's format, so a folder of an older format counts as made with other settings."""
+    return config_hash({**{k: v for k, v in data_config.model_dump(mode="json").items()
+                           if k not in ("beam_args", "output")}, "format": DATA_FORMAT})
 
 
 _COUNTERS: dict = {}
@@ -406,6 +408,35 @@ class _WriteShard(beam.DoFn):
         yield path
 
 
+class _WriteTransformedShard(beam.DoFn):
+    """One (split, shard) of pipeline.dataset.MATERIALIZED through the fitted transform graph,
+    in the raw shard's order, as blocks of BLOCK_SIZE examples (pipeline.dataset.encode_block):
+    what training reads every epoch, so it parses blocks instead of transforming examples.
+
+    Runs once the transform graph is written (the `written` side input). Deterministic bytes,
+    so a retried bundle rewrites the same file.
+    """
+
+    def __init__(self, folder, num_shards, raw_columns):
+        self.folder, self.num_shards, self.raw_columns = folder, num_shards, raw_columns
+        self.to_inputs = None
+
+    def process(self, keyed, written):
+        (split, shard), users = keyed
+        if split not in MATERIALIZED:
+            return
+        if self.to_inputs is None:  # the transform graph exists only once `written` is ready
+            self.to_inputs = tf.function(InputPipeline(self.folder, self.raw_columns).to_inputs)
+        records = [r for _, user_records in _users_in_order(users) for r in user_records]
+        path = f"{self.folder}/transformed/{split}/{split}-{shard:05d}-of-{self.num_shards:05d}.tfrecord.gz"
+        tf.io.gfile.makedirs(f"{self.folder}/transformed/{split}")
+        with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+            for start in range(0, len(records), BLOCK_SIZE):
+                columns = self.to_inputs(tf.constant(records[start:start + BLOCK_SIZE]))
+                writer.write(encode_block({name: value.numpy() for name, value in columns.items()}))
+        yield path
+
+
 class _TrainBatches(beam.DoFn):
     """The train shards' records, in file order, as Arrow RecordBatches for tf.Transform.
 
@@ -491,7 +522,9 @@ def build_pipeline(p, source, data_config, folder):
     example_io = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["mtlrec"], schema=schema)
     transform_fn = (batches, example_io.TensorAdapterConfig()) | "Analyze" >> tft_beam.AnalyzeDataset(
         make_preprocessing_fn(raw_columns))
-    _ = transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(str(folder))
+    written = transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(str(folder))
+    _ = grouped | "WriteTransformed" >> beam.ParDo(
+        _WriteTransformedShard(str(folder), shards, raw_columns), beam.pvalue.AsSingleton(written))
 
 
 def _counters(result) -> dict[str, int]:
@@ -509,8 +542,9 @@ def _manifest(source, data_config, counts, folder, raw_columns) -> dict:
         n = counts.get(f"examples:{split}", 0)
         positives = counts.get(f"positives:{split}", 0)
         files = sorted(Path(p).name for p in tf.io.gfile.glob(f"{folder}/{split}/*.tfrecord.gz")) if n else []
+        transformed = sorted(Path(p).name for p in tf.io.gfile.glob(f"{folder}/transformed/{split}/*.tfrecord.gz"))
         splits[split] = {
-            "files": files, "examples": n, "positives": positives,
+            "files": files, "transformed_files": transformed if n else [], "examples": n, "positives": positives,
             "label_rates": {"watch": positives / n if n else None, "like": counts.get(f"likes:{split}", 0) / n if n else None,
                             "rating_weight": positives / n if n else None},
             "mean_rating": counts.get(f"rating_half_stars:{split}", 0) / 2 / positives if positives else None,
@@ -518,6 +552,7 @@ def _manifest(source, data_config, counts, folder, raw_columns) -> dict:
     resolved = data_config.model_dump(mode="json")
     return {
         "kind": "mtlrec-data",
+        "format": DATA_FORMAT,
         "source": {"name": source.info.name, "layout": source.info.layout, "location": source.info.location,
                    "files": source.info.files, "rating_scale": [source.info.scale.low, source.info.scale.high,
                                                                  source.info.scale.step]},

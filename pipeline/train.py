@@ -26,7 +26,7 @@ from features.transform import categorical_sizes
 from models.experts import gate_diagnostics
 from models.recommender import ModelSpec, MultiTaskRecommender
 from pipeline.artifacts import ArtifactError, read_json, read_manifest, write_json
-from pipeline.dataset import InputPipeline
+from pipeline.dataset import DATA_FORMAT, InputPipeline
 from pipeline.export import export_model
 
 keras = tf.keras
@@ -45,6 +45,9 @@ def run_dir_of(config) -> Path:
 def load_data(data_dir: Path, tasks) -> dict:
     """The data manifest, refused when it does not match this code's feature declaration."""
     manifest = read_manifest(data_dir)
+    if manifest.get("format") != DATA_FORMAT:
+        raise ArtifactError(f"{data_dir}: data folder format {manifest.get('format', 1)}, this code reads format "
+                            f"{DATA_FORMAT}; run `mtlrec preprocess` again")
     expected = declaration_hash(manifest["raw_columns"])
     if manifest["declaration_hash"] != expected:
         raise ArtifactError(

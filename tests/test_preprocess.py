@@ -45,6 +45,32 @@ def test_embedded_manifest(embedded_data):
     assert ((train.like == 1) == ((train.watch == 1) & (train.rating >= 4.0))).all()
 
 
+def test_materialized_splits_equal_the_transform_graph_on_the_raw_shards(embedded_data):
+    """transformed/<split> (written by preprocess, what training reads) holds exactly what the
+    transform graph gives on the raw shards, example by example, shard by shard, in order."""
+    from pipeline.dataset import BLOCK_SIZE, InputPipeline
+    folder, manifest = embedded_data
+    inputs = InputPipeline(folder, manifest["raw_columns"])
+    for split in ("train", "validation"):
+        names = manifest["splits"][split]["transformed_files"]
+        assert names == manifest["splits"][split]["files"]
+        total = 0
+        for name in names:
+            blocks = list(tf.data.TFRecordDataset(str(folder / "transformed" / split / name), "GZIP").map(
+                lambda record: tf.io.parse_single_example(record, inputs.block_spec)))
+            assert all(len(b["watch"]) == BLOCK_SIZE for b in blocks[:-1]) and 0 < len(blocks[-1]["watch"]) <= BLOCK_SIZE
+            raw = tf.data.TFRecordDataset(str(folder / split / name), "GZIP").batch(100_000).map(inputs.to_inputs)
+            expected = raw.get_single_element()
+            assert set(blocks[0]) == set(expected)
+            for key, values in expected.items():
+                got = tf.concat([b[key] for b in blocks], axis=0)
+                assert got.dtype == values.dtype, key
+                np.testing.assert_array_equal(got.numpy(), values.numpy(), err_msg=key)
+            total += len(expected["watch"])
+        assert total == manifest["splits"][split]["examples"]
+    assert manifest["splits"]["test"]["transformed_files"] == []  # evaluated through the exported model
+
+
 def test_split_is_by_time_per_user(embedded_data):
     folder, _ = embedded_data
     positives = _positives(folder)
@@ -204,7 +230,7 @@ def test_same_seed_gives_identical_bytes(ml1m_with_bad_rows):
     assert any(str(f).startswith("train/") for f in files)
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     for name in files:
-        if name.parts[0] in SPLITS or name.parts[0] in ("rejected",) or name.name == "manifest.json" \
+        if name.parts[0] in (*SPLITS, "transformed", "rejected") or name.name == "manifest.json" \
                 or "assets" in name.parts:
             assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
