@@ -20,6 +20,8 @@ from pipeline.train import model_spec
 MTLREC = Path(sys.executable).parent / "mtlrec"
 # The experts each task is forced to select; 0, 2, 4, 6 and 7 are selected by nobody.
 CHOICE = {"watch": [1, 3], "rating": [3, 5], "like": [1, 5]}
+# Two independent groups of tasks (watch + like share 1 and 3; rating alone uses 5 and 6).
+DISJOINT = {"watch": [1, 3], "rating": [5, 6], "like": [1, 3]}
 STATIC_GATES = {
     "dselect_k": ["model.gate.type=dselect_k", "model.gate.k=2", "model.gate.gamma=1.0"],
     "topk": ["model.gate.type=topk", "model.gate.k=2", "model.gate.per_example=false"],
@@ -27,10 +29,10 @@ STATIC_GATES = {
 }
 
 
-def _force_selection(model, gate_type):
-    """Set each static gate's parameters so that it selects exactly CHOICE[task]."""
+def _force_selection(model, gate_type, choice):
+    """Set each static gate's parameters so that it selects exactly choice[task]."""
     for task, gate in model.mmoe.gates.items():
-        chosen = CHOICE[task]
+        chosen = choice[task]
         if gate_type == "dselect_k":  # one selector per chosen expert, with binary bits
             bits = [[1.0 if (e >> j) & 1 else -1.0 for j in range(gate.num_bits)] for e in chosen]
             gate.z.assign(np.array(bits) * gate.gamma)
@@ -46,18 +48,32 @@ def _raw(data_dir, manifest, n=200):
     return {c: tf.constant(frame[c].to_numpy()) for c in manifest["raw_columns"]}
 
 
-@pytest.mark.parametrize("gate_type", list(STATIC_GATES))
-def test_sparse_export_matches_dense_and_drops_unselected_experts(embedded_data, tmp_path, gate_type):
+def test_tasks_sharing_no_expert_form_independent_groups():
+    from models.sparse import expert_groups
+    tasks = {"a": [1, 3], "b": [3, 5], "c": [7, 8], "d": [8, 9], "e": [2]}
+    assert expert_groups(tasks, 5) == [(["a", "b"], [1, 3, 5]), (["c", "d"], [7, 8, 9]), (["e"], [2])]
+    # At most max_groups: largest groups first, each into the bin with the fewest experts
+    # (ties: the first); tasks keep their order.
+    assert expert_groups(tasks, 2) == [(["a", "b", "e"], [1, 2, 3, 5]), (["c", "d"], [7, 8, 9])]
+    assert expert_groups(tasks, 1) == [(["a", "b", "c", "d", "e"], [1, 2, 3, 5, 7, 8, 9])]
+    # A task that bridges two groups merges them.
+    assert expert_groups({"a": [1], "b": [2], "c": [2, 1]}, 2) == [(["a", "b", "c"], [1, 2])]
+
+
+@pytest.mark.parametrize("gate_type, choice", [(g, CHOICE) for g in STATIC_GATES] + [("dselect_k", DISJOINT)])
+def test_sparse_export_matches_dense_and_drops_unselected_experts(embedded_data, tmp_path, gate_type, choice):
     data_dir, manifest = embedded_data
     config = load_config(None, ["model.num_experts=8", "model.expert_units=[16]", *STATIC_GATES[gate_type]])
     inputs = InputPipeline(data_dir, manifest["raw_columns"])
     model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
     raw = _raw(data_dir, manifest)
     model(dense_model_inputs(inputs.transform(raw)))  # build
-    _force_selection(model, gate_type)
+    _force_selection(model, gate_type, choice)
 
     sparse = SparseRecommender(model)
-    assert sparse.selection.kept == [1, 3, 5] and sparse.selection.dropped == [0, 2, 4, 6, 7]
+    kept = sorted({e for experts in choice.values() for e in experts})
+    assert sparse.selection.kept == kept and sparse.selection.dropped == sorted(set(range(8)) - set(kept))
+    assert len(sparse.mmoe.groups) == (2 if choice is DISJOINT else 1)
     dense_path = export_model(model, inputs, tmp_path / "dense")
     sparse_path = export_model(sparse, inputs, tmp_path / "sparse")
     dense_out = tf.saved_model.load(str(dense_path)).signatures["serving_default"](**raw)
@@ -67,17 +83,15 @@ def test_sparse_export_matches_dense_and_drops_unselected_experts(embedded_data,
         np.testing.assert_allclose(sparse_out[task].numpy(), dense_out[task].numpy(), atol=1e-5, rtol=0)
 
     # The dropped experts' weights are not in the sparse SavedModel's variables.
-    def expert_kernels(path):  # the only rank-3 variable: stacked expert kernels [experts, d_in, units]
+    def expert_kernels(path):  # the rank-3 variables: stacked expert kernels [experts, d_in, units]
         reader = tf.train.load_checkpoint(str(Path(path) / "variables" / "variables"))
-        names = [n for n, shape in reader.get_variable_to_shape_map().items() if len(shape) == 3]
-        assert len(names) == 1, names
-        return reader.get_tensor(names[0])
+        names = sorted(n for n, shape in reader.get_variable_to_shape_map().items() if len(shape) == 3)
+        return np.concatenate([reader.get_tensor(n) for n in names])
 
-    full, kept = expert_kernels(dense_path), expert_kernels(sparse_path)
-    assert full.shape[0] == 8 and kept.shape[0] == 3
-    np.testing.assert_array_equal(kept, full[[1, 3, 5]])
-    for dropped in (0, 2, 4, 6, 7):
-        assert not any(np.array_equal(full[dropped], k) for k in kept)
+    full, saved = expert_kernels(dense_path), expert_kernels(sparse_path)
+    assert full.shape[0] == 8 and saved.shape[0] == len(kept)
+    saved_experts = sorted(e for e in range(8) for k in saved if np.array_equal(full[e], k))
+    assert saved_experts == kept  # each kept expert saved once, no dropped one
 
 
 def test_cli_sparse_export_of_a_trained_run(embedded_data, tmp_path):
