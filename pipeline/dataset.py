@@ -87,7 +87,7 @@ class InputPipeline:
         return ds.batch(batch_size).map(self.to_inputs, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
     def dataset(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-                shuffle_buffer: int = 200_000, repeat: bool = False, drop_remainder: bool = False,
+                shuffle_buffer: int = 1_000_000, repeat: bool = False, drop_remainder: bool = False,
                 cache: bool = False) -> tf.data.Dataset:
         """Batches of a materialized split (train or validation).
 
@@ -105,8 +105,8 @@ class InputPipeline:
                     num_parallel_calls=AUTOTUNE, deterministic=True)
         if cache:
             ds = ds.cache()
-        window = max(1, min(shuffle_buffer, read_manifest(self.data_dir)["splits"][split]["examples"]))
         if shuffle:
+            window = max(1, min(shuffle_buffer, read_manifest(self.data_dir)["splits"][split]["examples"]))
             ds = ds.shuffle(-(-window // BLOCK_SIZE), seed=seed, reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()

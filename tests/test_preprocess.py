@@ -54,7 +54,7 @@ def test_materialized_splits_equal_the_transform_graph_on_the_raw_shards(embedde
     for split in ("train", "validation"):
         names = manifest["splits"][split]["transformed_files"]
         assert names == manifest["splits"][split]["files"]
-        total = 0
+        total, first_blocks = 0, None
         for name in names:
             blocks = list(tf.data.TFRecordDataset(str(folder / "transformed" / split / name), "GZIP").map(
                 lambda record: tf.io.parse_single_example(record, inputs.block_spec)))
@@ -62,12 +62,17 @@ def test_materialized_splits_equal_the_transform_graph_on_the_raw_shards(embedde
             raw = tf.data.TFRecordDataset(str(folder / split / name), "GZIP").batch(100_000).map(inputs.to_inputs)
             expected = raw.get_single_element()
             assert set(blocks[0]) == set(expected)
+            first_blocks = first_blocks or blocks[0]
             for key, values in expected.items():
                 got = tf.concat([b[key] for b in blocks], axis=0)
                 assert got.dtype == values.dtype, key
                 np.testing.assert_array_equal(got.numpy(), values.numpy(), err_msg=key)
             total += len(expected["watch"])
         assert total == manifest["splits"][split]["examples"]
+        # raw_dataset (the raw shards transformed per batch, in file order) starts with the same examples.
+        first = next(iter(inputs.raw_dataset(split, 64)))
+        for key, values in first.items():
+            np.testing.assert_array_equal(values.numpy(), first_blocks[key].numpy()[:64], err_msg=key)
     assert manifest["splits"]["test"]["transformed_files"] == []  # evaluated through the exported model
 
 
