@@ -82,9 +82,9 @@ class ModelConfig(Section):
     expert_dropout: float = Field(0.0, ge=0, lt=1)
     tower_units: Units = Field(default_factory=lambda: [32])  # hidden layers of each task's tower
     # The gate every task uses, unless task_gates names another for that task.
-    # entropy_weight 0.01: picked on validation loss (seed 0, {1e-3, 1e-2, 1e-1, 1}) for the embedded
-    # default; with 1e-3 no selector became binary within the default 4 epochs.
-    gate: GateConfig = DSelectKGateConfig(type="dselect_k", entropy_weight=0.01)
+    # entropy_weight 1: picked on validation loss (seed 0, {1e-3, 1e-2, 1e-1, 1}) for the embedded
+    # default (README, Results); with 1e-3 static selectors did not all become binary within 4 epochs.
+    gate: GateConfig = DSelectKGateConfig(type="dselect_k", entropy_weight=1.0)
     task_gates: dict[str, GateConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -193,7 +193,7 @@ def _compare_variants() -> dict:
         "topk": {"model": {"gate": {"type": "topk", "k": 2, "per_example": True}}},
         # Entropy weights picked on validation loss only (README, "Results").
         "dselect_k_static": {"model": {"gate": {"type": "dselect_k", "k": 2, "per_example": False,
-                                                "entropy_weight": 0.01}}},
+                                                "entropy_weight": 1.0}}},
         "dselect_k_per_example": {"model": {"gate": {"type": "dselect_k", "k": 2, "per_example": True,
                                                      "entropy_weight": 0.1}}},
         "shared_bottom": {"model": {"architecture": "shared_bottom"}},
