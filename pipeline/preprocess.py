@@ -426,7 +426,8 @@ class _WriteTransformedShard(beam.DoFn):
         if split not in MATERIALIZED:
             return
         if self.to_inputs is None:  # the transform graph exists only once `written` is ready
-            self.to_inputs = tf.function(InputPipeline(self.folder, self.raw_columns).to_inputs)
+            self.to_inputs = tf.function(InputPipeline(self.folder, self.raw_columns).to_inputs,
+                                         input_signature=[tf.TensorSpec([None], tf.string)])  # one trace
         records = [r for _, user_records in _users_in_order(users) for r in user_records]
         path = f"{self.folder}/transformed/{split}/{split}-{shard:05d}-of-{self.num_shards:05d}.tfrecord.gz"
         tf.io.gfile.makedirs(f"{self.folder}/transformed/{split}")
