@@ -7,15 +7,15 @@ of the trained StackedExperts into smaller ones, so the dropped experts' variabl
 even saved -- and mixes, per task, only that task's experts with its fixed weights. Tasks
 that share no expert can get separate StackedExperts: independent ops that TensorFlow runs
 concurrently on the CPU's cores, where one matmul over all kept experts was too narrow to
-use both (bench/serving.py, 2 tasks of 2 experts each, 2 cores: 0.52x the dense latency
-against 0.62x as one matmul). More groups than cores were slower (8 such tasks: 1.18x
-against 1.08x), hence at most PARALLEL_GROUPS groups.
+use both (bench/serving.py, 2 tasks of 2 experts each, 2 cores, batch 256: 0.46-0.51x the
+dense latency against 0.58-0.65x as one matmul). More groups than cores were slower (8 such
+tasks in 8 groups: 1.18x against 1.08x as one), hence at most PARALLEL_GROUPS groups.
 
 Per-example sparse gates (Top-k, DSelect-k) select at most k experts per example.
 bench/serving.py measured, at our model size (16 experts of 256 units, k=2, batch 256),
 that computing each expert only on the examples that selected it (dynamic_partition ->
-one matmul per expert -> dynamic_stitch) takes 0.37x the time of computing every expert for
-every example, so the sparse export does that. It stays exact when a selector is not yet
+one matmul per expert -> dynamic_stitch) takes 0.66-0.85x the time of computing every expert
+for every example, so the sparse export does that. It stays exact when a selector is not yet
 binary for some input: it then takes, per batch, as many experts per example as the
 densest example has nonzero weights. Per-example softmax gates are dense: refused.
 """
@@ -115,8 +115,8 @@ class SparseMMoE(tf.Module):
             self.all_experts = mmoe.experts
         # Per group (module docstring): its kept experts, and per task the positions of its
         # experts in the group (None when it uses all of them, in order: no gather) and weights.
-        # (A [tasks, experts] mixing matrix applied by einsum measured slower: 0.63x -> 1.46x
-        # the dense latency with 8 tasks, as the einsum transposes the expert outputs.)
+        # (A [tasks, experts] mixing matrix applied by einsum measured slower, 8 tasks as one group:
+        # 1.46x the dense latency against 1.07-1.16x, as the einsum transposes the expert outputs.)
         self.groups = []
         task_experts = {t: s["experts"] for t, s in self.static.items()}
         for i, (tasks, experts) in enumerate(expert_groups(task_experts, max_groups)):
