@@ -45,8 +45,8 @@ NAMESPACE = "mtlrec"
 # Streams of per-user randomness: one per purpose, so changing one never shifts another.
 STREAM = {"train": 1, "validation": 2, "test": 3, "candidates": 4, "user_sample": 5}
 # Runner defaults when the user passes none. bench/preprocess.py (2 shared cores): in-memory
-# took 0.84x the wall time of multi-process with 2 workers on the embedded data (54 s vs 64 s)
-# and 0.90x on 10^6 generated ratings (4.7 vs 5.2 min), with less CPU (see its JSON).
+# took 0.78x the wall time of multi-process with 2 workers on the embedded data (40 s vs 51 s)
+# and 0.94x on 10^6 generated ratings (3.5 vs 3.7 min), with less CPU (see its JSON).
 DEFAULT_BEAM_ARGS = ["--direct_running_mode=in_memory"]
 ANALYZE_BATCH = 10_000  # train examples per RecordBatch that tf.Transform analyzes
 
