@@ -89,6 +89,14 @@ def generic_exports(num_tasks: int, folder: Path, input_dim: int = INPUT_DIM, un
     return paths, selection
 
 
+def generic_latency(num_tasks: int, folder: Path, calls: int, input_dim: int = INPUT_DIM, units=tuple(UNITS)) -> dict:
+    """Latency of the generic dense and sparse exports, batch 1 and 256, and the experts kept."""
+    paths, selection = generic_exports(num_tasks, folder, input_dim, units)
+    serve = {name: tf.saved_model.load(str(p)).signatures["serving_default"] for name, p in paths.items()}
+    feeds = {b: {"x": tf.random.normal([b, input_dim])} for b in (1, 256)}
+    return {"kept_experts": len(selection.kept), "latency": latency(serve, feeds, calls)}
+
+
 def recommender_exports(data_dir: str, folder: Path):
     from features.spec import raw_feature_spec
     from models.recommender import MultiTaskRecommender
@@ -161,18 +169,11 @@ def main():
     results = {"generic_mmoe": {}, "recommender": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for num_tasks in (2, 8):
-            paths, selection = generic_exports(num_tasks, Path(tmp))
-            serve = {name: tf.saved_model.load(str(p)).signatures["serving_default"] for name, p in paths.items()}
-            feeds = {b: {"x": tf.random.normal([b, INPUT_DIM])} for b in (1, 256)}
-            results["generic_mmoe"][f"{num_tasks}_tasks"] = {
-                "kept_experts": len(selection.kept), "latency": latency(serve, feeds, args.calls)}
+            results["generic_mmoe"][f"{num_tasks}_tasks"] = generic_latency(num_tasks, Path(tmp), args.calls)
         # Where FLOPs dominate the fixed per-call cost: 4x wider inputs and experts (2 tasks).
-        paths, selection = generic_exports(2, Path(tmp), WIDE_INPUT_DIM, WIDE_UNITS)
-        serve = {name: tf.saved_model.load(str(p)).signatures["serving_default"] for name, p in paths.items()}
-        feeds = {b: {"x": tf.random.normal([b, WIDE_INPUT_DIM])} for b in (1, 256)}
         results["generic_mmoe_wide"] = {"2_tasks": {
-            "input_dim": WIDE_INPUT_DIM, "expert_units": WIDE_UNITS, "kept_experts": len(selection.kept),
-            "latency": latency(serve, feeds, max(40, args.calls // 5))}}
+            "input_dim": WIDE_INPUT_DIM, "expert_units": WIDE_UNITS,
+            **generic_latency(2, Path(tmp), max(40, args.calls // 5), WIDE_INPUT_DIM, WIDE_UNITS)}}
         paths, raw = recommender_exports(args.data, Path(tmp))
         serve = {name: tf.saved_model.load(str(p)).signatures["serving_default"] for name, p in paths.items()}
         feeds = {1: {k: v[:1] for k, v in raw.items()}, 256: raw}

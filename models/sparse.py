@@ -109,7 +109,7 @@ class SparseMMoE(tf.Module):
 
     def __init__(self, mmoe: MMoE, selection: Selection, max_groups: int = PARALLEL_GROUPS, name="sparse_mmoe"):
         super().__init__(name=name)
-        self.static = {t: s for t, s in selection.tasks.items() if not s["per_example"]}
+        static = {t: s for t, s in selection.tasks.items() if not s["per_example"]}
         self.per_example_gates = {t: mmoe.gates[t] for t, s in selection.tasks.items() if s["per_example"]}
         if self.per_example_gates:  # they may pick any expert: keep the trained experts as they are
             self.all_experts = mmoe.experts
@@ -118,14 +118,14 @@ class SparseMMoE(tf.Module):
         # (A [tasks, experts] mixing matrix applied by einsum measured slower, 8 tasks as one group:
         # 1.46x the dense latency against 1.07-1.16x, as the einsum transposes the expert outputs.)
         self.groups = []
-        task_experts = {t: s["experts"] for t, s in self.static.items()}
+        task_experts = {t: s["experts"] for t, s in static.items()}
         for i, (tasks, experts) in enumerate(expert_groups(task_experts, max_groups)):
             position = {expert: j for j, expert in enumerate(experts)}
             mixing = {}
             for t in tasks:
-                index = [position[e] for e in self.static[t]["experts"]]
+                index = [position[e] for e in static[t]["experts"]]
                 mixing[t] = (None if index == list(range(len(experts))) else tf.constant(index, tf.int32),
-                             tf.constant(self.static[t]["weights"], tf.float32))
+                             tf.constant(static[t]["weights"], tf.float32))
             self.groups.append((copy_experts(mmoe.experts, experts, name=f"kept_experts_{i}"), mixing))
 
     def __call__(self, x):
