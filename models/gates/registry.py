@@ -77,9 +77,9 @@ def register_gate(layer):
         name = config.type_name()
         if _CONFIGS.get(name, config) is not config:
             raise ValueError(f"gate type {name!r} is already registered ({_CONFIGS[name].__name__})")
-        config.layer = layer
         if not isinstance(layer, str):
             _check_layer(config, layer)
+        config.layer = layer
         _CONFIGS[name] = config
         return config
     return register
