@@ -207,7 +207,7 @@ class CompareConfig(Section):
 
 # ---------------------------------------------------------------- synthetic benchmark (issue #6)
 class SyntheticDataConfig(Section):
-    """The generator of pipeline/synthetic_data.py: T tasks in C clusters."""
+    """The generator of pipeline/synthetic/data.py: T tasks in C clusters."""
     tasks: int = Field(128, ge=2)
     clusters: int = Field(8, ge=1)
     input_dim: int = Field(16, ge=1)
@@ -230,7 +230,8 @@ class SyntheticDataConfig(Section):
 class SyntheticGridConfig(Section):
     """Hyperparameter grid: every gate gets `points` points (the same budget), drawn (seeded)
     from the product of the axes that apply to it. learning_rate applies to every gate; gamma
-    and entropy_weight to dselect_k only (an empty list keeps each gate's own value)."""
+    and entropy_weight to the gates whose config has that field, i.e. dselect_k (an empty list
+    keeps each gate's own value)."""
     points: int = Field(4, ge=1)
     seed: int = Field(100, ge=0)  # draws the points and seeds every grid run (apart from the reported seeds)
     learning_rate: list[Annotated[float, Field(gt=0)]] = Field(
@@ -254,7 +255,7 @@ def _synthetic_gates() -> dict:
 
 
 class SyntheticConfig(Section):
-    """`mtlrec synthetic`: static gates per task on clustered synthetic tasks (see pipeline/synthetic.py)."""
+    """`mtlrec synthetic`: static gates per task on clustered synthetic tasks (see pipeline/synthetic/)."""
     data: SyntheticDataConfig = SyntheticDataConfig()
     num_experts: int = Field(16, ge=2)
     expert_units: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 4], min_length=1)
