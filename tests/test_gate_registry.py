@@ -10,7 +10,7 @@ import tensorflow as tf
 from pydantic import Field, ValidationError
 
 from models.gates import (
-    ENTROPY_SCHEDULES, DSelectKGateConfig, Gate, GateConfig, SoftmaxGateConfig, TopKGateConfig, build_gate,
+    ENTROPY_SCHEDULES, GATES, DSelectKGateConfig, Gate, GateConfig, SoftmaxGateConfig, TopKGateConfig, build_gate,
     gate_class, gate_types, parse_gate_config, register_gate, unregister_gate)
 from pipeline.config import ConfigError, load_config
 from test_train import SMALL
@@ -50,7 +50,7 @@ def first_k():
 
 
 def test_a_gate_registered_at_run_time_validates_everywhere(first_k):
-    assert gate_types()[-1] == "first_k" and gate_class("first_k") is FirstKGate
+    assert gate_types()[-1] == "first_k" and gate_class("first_k") is FirstKGate and GATES["first_k"] is FirstKGate
     config = load_config(None, ["model.gate.type=first_k", "model.gate.k=2",
                                 "model.task_gates.rating={type: first_k, k: 3}",
                                 "synthetic.gates.first={type: first_k}"])
@@ -70,7 +70,8 @@ def test_a_gate_registered_at_run_time_validates_everywhere(first_k):
 
 def test_unregistered_types_are_unknown(first_k):
     unregister_gate("first_k")
-    with pytest.raises(ConfigError, match=r"model.gate.type: unknown gate type 'first_k'; known: softmax, topk, dselect_k$"):
+    known = "softmax, topk, dselect_k"
+    with pytest.raises(ConfigError, match=rf"model.gate.type: unknown gate type 'first_k'; known: {known}$"):
         load_config(None, ["model.gate.type=first_k"])
 
 
@@ -114,7 +115,7 @@ def test_registration_checks_the_pairing():
         register_gate(layer=FirstKGate)(Orphan)  # FirstKGate belongs to FirstKConfig
     with pytest.raises(ValueError, match="'topk' is already registered"):
         register_gate(layer=FirstKGate)(type("Imposter", (TopKGateConfig,), {}))
-    assert "orphan" not in gate_types()
+    assert "orphan" not in gate_types() and "orphan" not in GATES
     with pytest.raises(ValueError, match="unknown gate type 'orphan'"):
         build_gate("orphan", 4)
 

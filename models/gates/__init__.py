@@ -14,8 +14,8 @@ Adding a gate: a GateConfig subclass with `type: Literal["<name>"]`, decorated w
 import importlib
 
 from models.gates.registry import (
-    GATE_TYPE_ERROR, GateConfig, build_gate, gate_class, gate_config_class, gate_types, parse_gate_config, register_gate,
-    unregister_gate)
+    GATE_TYPE_ERROR, GATES, GateConfig, build_gate, gate_class, gate_config_class, gate_types, parse_gate_config,
+    register_gate, unregister_gate)
 from models.gates.softmax_config import SoftmaxGateConfig
 from models.gates.topk_config import TopKGateConfig
 from models.gates.dselect_k_config import ENTROPY_SCHEDULES, DSelectKGateConfig
@@ -32,7 +32,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "GATE_TYPE_ERROR", "GateConfig", "build_gate", "gate_class", "gate_config_class", "gate_types", "parse_gate_config",
-    "register_gate", "unregister_gate", "SoftmaxGateConfig", "TopKGateConfig", "ENTROPY_SCHEDULES",
+    "GATE_TYPE_ERROR", "GATES", "GateConfig", "build_gate", "gate_class", "gate_config_class", "gate_types",
+    "parse_gate_config", "register_gate", "unregister_gate", "SoftmaxGateConfig", "TopKGateConfig", "ENTROPY_SCHEDULES",
     "DSelectKGateConfig", *_LAYERS,
 ]

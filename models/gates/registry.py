@@ -110,6 +110,24 @@ def gate_class(gate_type: str):
     return config.layer
 
 
+class _GateClasses(Mapping):
+    """gate type -> gate class, a read-only view of the registry; a class is imported when looked up."""
+
+    def __getitem__(self, gate_type: str):
+        if gate_type not in _CONFIGS:
+            raise KeyError(gate_type)
+        return gate_class(gate_type)
+
+    def __iter__(self):
+        return iter(_CONFIGS)
+
+    def __len__(self) -> int:
+        return len(_CONFIGS)
+
+
+GATES = _GateClasses()
+
+
 def build_gate(gate_type: str, num_experts: int, **params):
     """Make a gate by its config name (e.g. "softmax", "topk", "dselect_k")."""
     return gate_class(gate_type)(num_experts=num_experts, **params)
@@ -125,7 +143,8 @@ def parse_gate_config(value) -> GateConfig:
     if isinstance(value, GateConfig):
         return value
     if not isinstance(value, Mapping):  # the error pydantic gives for a model field
-        raise ValidationError.from_exception_data("gate", [{"type": "model_attributes_type", "loc": (), "input": value}])
+        error = {"type": "model_attributes_type", "loc": (), "input": value}
+        raise ValidationError.from_exception_data("gate", [error])
     known = ", ".join(_CONFIGS)
     if "type" not in value:
         raise _type_error((), value, "needs a 'type', one of {known}", known=known)
@@ -143,5 +162,6 @@ def _type_error(loc: tuple, bad_input, template: str, **context) -> ValidationEr
 
 def _check_layer(config, layer):
     if getattr(layer, "config_class", None) is not config:
-        raise TypeError(f"{getattr(layer, '__name__', layer)!r} must be a gate class with config_class = {config.__name__}")
+        name = getattr(layer, "__name__", layer)
+        raise TypeError(f"{name!r} must be a gate class with config_class = {config.__name__}")
     return layer
