@@ -7,7 +7,7 @@ this noisy shared machine.
     python -m bench.gates [--experts 8 16 64 128] [--tasks 2 16] [--modes graph xla] [--rounds 5]
                           [--baseline GITREF]
 
---baseline also times the MMoE and gates of a git commit (models/experts.py, models/gates.py) in
+--baseline also times the MMoE and gates of a git commit (models/experts.py, models/gates/) in
 the same rounds: "baseline_median_ms" and "speedup_over_baseline" (its time / the current time).
 """
 from __future__ import annotations

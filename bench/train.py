@@ -102,23 +102,27 @@ def cached_batches(inputs, batch):
 
 # ---------------------------------------------------------------- the models of another commit
 def baseline_mmoe(ref: str):
-    """MMoE (with its gates) from models/experts.py and models/gates.py as of git `ref`, importable
-    next to the current code: before/after in one process. Returns (MMoE class, commit)."""
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", ref], check=True, capture_output=True,
-                            text=True).stdout.strip()
+    """MMoE (with its gates) from models/ as of git `ref`, importable next to the current code as
+    the package `baseline_models`: before/after in one process. Returns (MMoE class, commit)."""
+    commit = _git("rev-parse", ref).strip()
     folder = Path(tempfile.mkdtemp(prefix="mtlrec_baseline_"))
-    package = folder / "baseline_models"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    for name in ("gates", "experts"):
-        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:models/{name}.py"], check=True,
-                                capture_output=True, text=True).stdout
-        source = (source.replace('package="mtlrec"', 'package="mtlrec_baseline"')  # no clash in Keras' registry
-                  .replace("from models.gates import", "from baseline_models.gates import"))
-        (package / f"{name}.py").write_text(source)
+    for path in _git("ls-tree", "-r", "--name-only", commit, "models/").split():
+        if not path.endswith(".py"):
+            continue
+        source = (_git("show", f"{commit}:{path}")
+                  .replace('package="mtlrec"', 'package="mtlrec_baseline"')  # no clash in Keras' registry
+                  .replace("from models import", "from baseline_models import"))
+        source = re.sub(r"(?<![\w.])models\.", "baseline_models.", source)  # imports and import paths
+        target = folder / "baseline_models" / Path(path).relative_to("models")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(source)
     sys.path.insert(0, str(folder))
     from baseline_models.experts import MMoE
     return MMoE, commit
+
+
+def _git(*args) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True, text=True).stdout
 
 
 @contextlib.contextmanager
@@ -223,7 +227,7 @@ def main():
     parser.add_argument("--modes", nargs="+", choices=["graph", "xla"], default=["graph", "xla"],
                         help="train step as a graph, and/or XLA-compiled (train.jit_compile)")
     parser.add_argument("--baseline", metavar="GITREF",
-                        help="also time the models (models/gates.py, experts.py) of this commit, graph mode")
+                        help="also time the models (models/gates/, experts.py) of this commit, graph mode")
     parser.add_argument("--profile", action="store_true",
                         help="profile softmax and per-example DSelect-k (each mode, and the baseline)")
     parser.add_argument("--profile-steps", type=int, default=10)

@@ -6,9 +6,7 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
-from models.gates import GATES, DSelectKGate, Gate, build_gate
-
-GATE_NAMES = {cls: name for name, cls in GATES.items()}
+from models.gates import Gate, build_gate
 
 keras = tf.keras
 
@@ -98,12 +96,12 @@ class MMoE(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs, training=None):
-        # Gates mix in float32 (see models/gates.py), also under mixed precision.
+        # Gates mix in float32 (see models/gates/base.py), also under mixed precision.
         expert_outputs = tf.cast(self.experts(inputs, training=training), tf.float32)
         batch = tf.shape(expert_outputs)[0]
         tasks, weights = [], []
         # One routing matmul and one op sequence per group, not per task: with the flat layout of
-        # DSelect-k (models/gates.py) measured -7% MMoE forward+backward time for per-example
+        # DSelect-k (models/gates/dselect_k.py) measured -7% MMoE forward+backward time for per-example
         # DSelect-k, -3% for softmax (3 tasks, 8 experts, batch 1024, CPU).
         for group in _groups(self.gates):
             gates = [self.gates[t] for t in group]
@@ -134,21 +132,18 @@ def _groups(gates: Mapping[str, Gate]) -> list[list[str]]:
 
 def gate_diagnostics(gates: Mapping[str, Gate], routing_inputs=None) -> dict[str, dict]:
     """Per task: the gate's expert weights (mean over examples for per-example gates), how many
-    experts get nonzero weight, and for DSelect-k the fraction of selectors already binary
-    (each binary selector puts all its mass on one expert: its choice is locked)."""
+    experts get nonzero weight, and the gate's own entries (Gate.diagnostics: for DSelect-k the
+    fraction of selectors already binary)."""
     out = {}
     for task, gate in gates.items():
         routing = routing_inputs if gate.per_example else None
         weights = gate.expert_weights(routing).numpy()
         per_example = weights.reshape(-1, gate.num_experts)
         entry = {
-            "type": GATE_NAMES[type(gate)], "per_example": gate.per_example, "k": getattr(gate, "k", None),
+            "type": gate.gate_type, "per_example": gate.per_example, "k": getattr(gate, "k", None),
             "weights": per_example.mean(axis=0).tolist(),
             "nonzero_experts": float((per_example > 0).sum(axis=1).mean()),  # per example, averaged
             "experts_used": int((per_example > 0).any(axis=0).sum()),  # by any example
         }
-        if isinstance(gate, DSelectKGate):
-            selectors = gate.selector_outputs(routing).numpy()
-            entry["binary_selectors"] = float((selectors.max(axis=-1) == 1.0).mean())
-        out[task] = entry
+        out[task] = {**entry, **gate.diagnostics(routing)}
     return out

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from models.experts import GATE_NAMES, MMoE, StackedExperts
+from models.experts import MMoE, StackedExperts
 from models.recommender import to_predictions
 
 
@@ -56,10 +56,10 @@ class Selection:
 def select_experts(mmoe: MMoE) -> Selection:
     tasks = {}
     for task, gate in mmoe.gates.items():
-        name = GATE_NAMES[type(gate)]
+        name = gate.gate_type
         if gate.per_example:
-            if name == "softmax":
-                raise SparseExportError(f"task {task!r} has a per-example softmax gate: every expert has nonzero "
+            if not gate.exactly_sparse:
+                raise SparseExportError(f"task {task!r} has a per-example {name} gate: every expert has nonzero "
                                         f"weight for every example, so there is nothing to skip")
             tasks[task] = {"gate": name, "per_example": True, "experts": list(range(gate.num_experts)),
                            "weights": f"per example, at most k={gate.k} nonzero once trained"}

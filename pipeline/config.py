@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, ValidationError, model_validator
+from pydantic_core import core_schema
 
 from features.spec import FEATURES, TASKS
+from models.gates import GATE_TYPE_ERROR, parse_gate_config
 from pipeline.errors import MtlrecError
 
 
@@ -30,34 +32,17 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-# ---------------------------------------------------------------- gates (models/gates.py)
-class SoftmaxGateConfig(Section):
-    type: Literal["softmax"]
-    per_example: bool = True
+# ---------------------------------------------------------------- gates (models/gates/)
+def _gate_schema(source, handler) -> core_schema.CoreSchema:
+    """A gate's settings: validated by the gate registry on its `type` (not a static Union, so that a
+    gate registered at run time is accepted too) into that gate's config model, e.g.
+    DSelectKGateConfig (models/gates/dselect_k_config.py), and dumped as that model."""
+    dump = core_schema.plain_serializer_function_ser_schema(
+        lambda gate, info: gate.model_dump(mode=info.mode), info_arg=True)
+    return core_schema.no_info_plain_validator_function(parse_gate_config, serialization=dump)
 
 
-class TopKGateConfig(Section):
-    type: Literal["topk"]
-    k: int = Field(2, ge=1)
-    per_example: bool = True
-    noise: bool = True
-    load_balance_weight: float = Field(0.0, ge=0)
-
-
-class DSelectKGateConfig(Section):
-    type: Literal["dselect_k"]
-    k: int = Field(2, ge=1)
-    gamma: float = Field(1.0, gt=0)
-    per_example: bool = False
-    entropy_weight: float = Field(1e-3, ge=0)
-    entropy_schedule: Literal["constant", "linear", "delayed"] = "constant"
-    entropy_warmup_steps: int = Field(0, ge=0)
-    unreachable_weight: float = Field(1.0, ge=0)
-
-
-GateConfig = Annotated[Union[SoftmaxGateConfig, TopKGateConfig, DSelectKGateConfig],
-                       Field(discriminator="type")]
-GATE_TYPES = ("softmax", "topk", "dselect_k")
+GateSettings = Annotated[Any, GetPydanticSchema(_gate_schema)]
 
 
 Units = list[Annotated[int, Field(ge=1)]]
@@ -84,8 +69,8 @@ class ModelConfig(Section):
     # The gate every task uses, unless task_gates names another for that task.
     # entropy_weight 1: picked on validation loss (seed 0, {1e-3, 1e-2, 1e-1, 1}) for the embedded
     # default (README, Results); with 1e-3 static selectors did not all become binary within 4 epochs.
-    gate: GateConfig = DSelectKGateConfig(type="dselect_k", entropy_weight=1.0)
-    task_gates: dict[str, GateConfig] = Field(default_factory=dict)
+    gate: GateSettings = parse_gate_config({"type": "dselect_k", "entropy_weight": 1.0})
+    task_gates: dict[str, GateSettings] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -222,7 +207,7 @@ class CompareConfig(Section):
 
 # ---------------------------------------------------------------- synthetic benchmark (issue #6)
 class SyntheticDataConfig(Section):
-    """The generator of pipeline/synthetic_data.py: T tasks in C clusters."""
+    """The generator of pipeline/synthetic/data.py: T tasks in C clusters."""
     tasks: int = Field(128, ge=2)
     clusters: int = Field(8, ge=1)
     input_dim: int = Field(16, ge=1)
@@ -245,7 +230,8 @@ class SyntheticDataConfig(Section):
 class SyntheticGridConfig(Section):
     """Hyperparameter grid: every gate gets `points` points (the same budget), drawn (seeded)
     from the product of the axes that apply to it. learning_rate applies to every gate; gamma
-    and entropy_weight to dselect_k only (an empty list keeps each gate's own value)."""
+    and entropy_weight to the gates whose config has that field, i.e. dselect_k (an empty list
+    keeps each gate's own value)."""
     points: int = Field(4, ge=1)
     seed: int = Field(100, ge=0)  # draws the points and seeds every grid run (apart from the reported seeds)
     learning_rate: list[Annotated[float, Field(gt=0)]] = Field(
@@ -253,19 +239,23 @@ class SyntheticGridConfig(Section):
     gamma: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0, 10.0])
     entropy_weight: list[Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: [0.01, 0.1])
 
+    def gate_axes(self, gate) -> dict[str, list]:
+        """The axes that are settings of this gate (gamma, entropy_weight: those its config has)."""
+        return {name: getattr(self, name) for name in ("gamma", "entropy_weight") if name in type(gate).model_fields}
+
 
 def _synthetic_gates() -> dict:
     return {
-        "softmax": SoftmaxGateConfig(type="softmax", per_example=False),
-        "topk_1": TopKGateConfig(type="topk", k=1, per_example=False),
-        "topk_2": TopKGateConfig(type="topk", k=2, per_example=False),
-        "dselect_k_1": DSelectKGateConfig(type="dselect_k", k=1),
-        "dselect_k_2": DSelectKGateConfig(type="dselect_k", k=2),
+        "softmax": parse_gate_config({"type": "softmax", "per_example": False}),
+        "topk_1": parse_gate_config({"type": "topk", "k": 1, "per_example": False}),
+        "topk_2": parse_gate_config({"type": "topk", "k": 2, "per_example": False}),
+        "dselect_k_1": parse_gate_config({"type": "dselect_k", "k": 1}),
+        "dselect_k_2": parse_gate_config({"type": "dselect_k", "k": 2}),
     }
 
 
 class SyntheticConfig(Section):
-    """`mtlrec synthetic`: static gates per task on clustered synthetic tasks (see pipeline/synthetic.py)."""
+    """`mtlrec synthetic`: static gates per task on clustered synthetic tasks (see pipeline/synthetic/)."""
     data: SyntheticDataConfig = SyntheticDataConfig()
     num_experts: int = Field(16, ge=2)
     expert_units: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 4], min_length=1)
@@ -273,7 +263,7 @@ class SyntheticConfig(Section):
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(256, ge=1)
     seeds: int = Field(5, ge=1)                   # reported runs use seeds 0 .. seeds-1
-    gates: dict[str, GateConfig] = Field(default_factory=_synthetic_gates)  # named static variants
+    gates: dict[str, GateSettings] = Field(default_factory=_synthetic_gates)  # named static variants
     compare: list[str] = Field(default_factory=lambda: list(_synthetic_gates()), min_length=1)
     grid: SyntheticGridConfig = SyntheticGridConfig()
     sweep_tasks: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [8, 32])
@@ -291,9 +281,7 @@ class SyntheticConfig(Section):
                 raise ValueError(f"gates.{name}.per_example must be false: the study compares static per-task gates")
             if getattr(gate, "k", 1) > self.num_experts:
                 raise ValueError(f"gates.{name}.k={gate.k} exceeds num_experts={self.num_experts}")
-            axes = [self.grid.learning_rate]
-            if gate.type == "dselect_k":
-                axes += [a for a in (self.grid.gamma, self.grid.entropy_weight) if a]
+            axes = [self.grid.learning_rate, *(v for v in self.grid.gate_axes(gate).values() if v)]
             size = math.prod(len(set(a)) for a in axes)
             if size < self.grid.points:
                 raise ValueError(f"grid.points={self.grid.points} exceeds the {size} distinct grid points "
@@ -374,20 +362,15 @@ def _read_yaml(path: str | Path) -> dict:
 
 
 def _describe(error: dict) -> str:
-    # Drop the discriminated union's tag, which pydantic inserts after the field name.
-    raw = [str(p) for p in error["loc"]]
-    loc = [p for i, p in enumerate(raw) if not (p in GATE_TYPES and i > 0 and (
-        raw[i - 1] == "gate" or (i > 1 and raw[i - 2] in ("gates", "task_gates"))))]
-    # Union members are named in the path too (e.g. "constrained-int"); keep the field only.
+    # Union members are named in the path (e.g. "constrained-int"); keep the field only.
+    loc = [str(p) for p in error["loc"]]
     loc = [p for p in loc if not (p.startswith("constrained-") or p in ("int", "float", "str", "none"))]
     key = ".".join(loc) or "<top level>"
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"unknown key {key}"
-    if kind == "union_tag_not_found":
-        return f"{key}: needs a 'type', one of {', '.join(GATE_TYPES)}"
-    if kind == "union_tag_invalid":
-        return f"{key}.type: unknown gate type {error['input'].get('type')!r}; known: {', '.join(GATE_TYPES)}"
+    if kind == GATE_TYPE_ERROR:  # a missing or unknown gate type: the message says it all
+        return f"{key}: {error['msg']}"
     if kind == "value_error":  # from a cross-field check; the input would be a whole section
         return f"{key}: {error['msg'].removeprefix('Value error, ')}"
     return f"{key}: {error['msg']} (got {error.get('input')!r})"

@@ -1,4 +1,5 @@
-"""The gate library against independent numpy computations and hand-derived cases."""
+"""The gate library against the numpy reference of DSelect-k (models/gates/reference.py), independent
+numpy computations and hand-derived cases."""
 import math
 import tempfile
 
@@ -6,35 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.gates import DSelectKGate, TopKGate, build_gate, smooth_step
+from models.gates import DSelectKGate, TopKGate, build_gate, reference, smooth_step
 
 
-# ---------------------------------------------------------------- numpy references
-def np_smooth_step(t, gamma):
-    t = np.asarray(t, dtype=np.float64)
-    cubic = -2 * t**3 / gamma**3 + 3 * t / (2 * gamma) + 0.5
-    return np.where(t <= -gamma / 2, 0.0, np.where(t >= gamma / 2, 1.0, cubic))
-
-
+# ---------------------------------------------------------------- numpy helpers
 def np_softmax(x):
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def np_selectors(z, gamma):
-    """r(z)_i = prod_j (S(z_j) if bit j of i else 1 - S(z_j)), written as plain loops."""
-    m = z.shape[-1]
-    s = np_smooth_step(z, gamma)
-    r = np.ones(z.shape[:-1] + (2**m,))
-    for i in range(2**m):
-        for j in range(m):
-            r[..., i] *= s[..., j] if (i >> j) & 1 else 1.0 - s[..., j]
-    return r
-
-
-def np_dselect_weights(z, alpha, num_experts, gamma):
-    r = np_selectors(z, gamma)
-    return (np_softmax(alpha)[..., None] * r).sum(axis=-2)[..., :num_experts]
 
 
 def dense_np(layer, x):
@@ -60,7 +39,7 @@ def test_smooth_step_exact_outside_band_and_continuous():
     edges = tf.constant([-gamma / 2 + eps, gamma / 2 - eps])
     np.testing.assert_allclose(smooth_step(edges, gamma).numpy(), [0, 1], atol=1e-6)
     grid = np.linspace(-1, 1, 2001, dtype=np.float32)
-    np.testing.assert_allclose(smooth_step(tf.constant(grid), gamma).numpy(), np_smooth_step(grid, gamma), atol=1e-6)
+    np.testing.assert_allclose(smooth_step(tf.constant(grid), gamma).numpy(), reference.smooth_step(grid, gamma), atol=1e-6)
     assert np.all(np.diff(smooth_step(tf.constant(grid), gamma).numpy()) >= 0)
 
 
@@ -80,7 +59,7 @@ CASES = [(n, k) for n in (2, 3, 4, 5, 8, 16, 128) for k in (1, 2, 4)]
 
 
 @pytest.mark.parametrize("num_experts,k", CASES)
-def test_dselect_static_weights_match_numpy(num_experts, k):
+def test_dselect_static_weights_match_reference(num_experts, k):
     gamma = 1.3
     gate = DSelectKGate(num_experts, k, gamma=gamma)
     rng = np.random.default_rng(num_experts * 10 + k)
@@ -91,7 +70,7 @@ def test_dselect_static_weights_match_numpy(num_experts, k):
     gate.z.assign(z)
     gate.alpha.assign(alpha)
     weights = gate.expert_weights().numpy()
-    expected = np_dselect_weights(z, alpha, num_experts, gamma)
+    expected = reference.weights(z, alpha, num_experts, gamma)
     np.testing.assert_allclose(weights, expected, atol=1e-6)
     assert weights.shape == (num_experts,) and np.all(weights >= 0)
     if num_experts == 2**m:
@@ -105,7 +84,7 @@ def test_dselect_static_weights_match_numpy(num_experts, k):
 
 
 @pytest.mark.parametrize("num_experts,k", CASES)
-def test_dselect_per_example_weights_match_numpy(num_experts, k):
+def test_dselect_per_example_weights_match_reference(num_experts, k):
     gamma = 1.0
     gate = DSelectKGate(num_experts, k, gamma=gamma, per_example=True)
     rng = np.random.default_rng(num_experts * 10 + k)
@@ -117,7 +96,7 @@ def test_dselect_per_example_weights_match_numpy(num_experts, k):
     out = dense_np(layer, x)  # [z (k*m) | alpha (k)]
     z, alpha = out[:, : k * m].reshape(6, k, m), out[:, k * m:]
     weights = gate.expert_weights(tf.constant(x)).numpy()
-    np.testing.assert_allclose(weights, np_dselect_weights(z, alpha, num_experts, gamma), atol=1e-5)
+    np.testing.assert_allclose(weights, reference.weights(z, alpha, num_experts, gamma), atol=1e-5)
     assert weights.shape == (6, num_experts) and np.all(weights >= 0)
     if num_experts == 2**m:
         np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
@@ -129,23 +108,70 @@ def test_dselect_initialization_is_near_uniform():
     np.testing.assert_allclose(gate.expert_weights().numpy(), 1 / 16, rtol=0.05)
 
 
-def np_entropy(r):
-    return -np.sum(np.where(r > 0, r * np.log(np.where(r > 0, r, 1.0)), 0.0), axis=-1)
-
-
-def test_dselect_regularization_matches_numpy():
-    num_experts, k, gamma, weight = 5, 2, 1.0, 0.3
+# ---------------------------------------------------------------- DSelect-k regularization
+@pytest.mark.parametrize("num_experts,k", [(5, 2), (8, 2), (6, 1), (3, 3)])
+def test_dselect_static_regularization_matches_reference(num_experts, k):
+    gamma, weight = 1.0, 0.3
     gate = DSelectKGate(num_experts, k, gamma=gamma, entropy_weight=weight, unreachable_weight=0.7)
-    z = np.array([[0.1, -0.2, 0.3], [-0.4, 0.05, 2.0]])
+    z = np.random.default_rng(k).uniform(-0.7, 0.7, size=gate.z.shape)  # some bits past the band: exactly 0 or 1
     gate.z.assign(z)
     gate(tf.zeros([2, num_experts, 3]), training=True)
-    r = np_selectors(z, gamma)
-    entropy = np_entropy(r).sum()
-    unreachable = np.sum(1.0 / r[:, :num_experts].sum(axis=1) - 1.0)
-    np.testing.assert_allclose(float(gate.losses[0]), weight * entropy + 0.7 * unreachable, rtol=1e-5)
+    expected = reference.regularizer(z, num_experts, gamma, weight, unreachable_weight=0.7)
+    np.testing.assert_allclose(float(gate.losses[0]), expected, rtol=1e-5)
     # No regularization at inference.
     gate(tf.zeros([2, num_experts, 3]), training=False)
     assert not gate.losses
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+@pytest.mark.parametrize("num_experts,k", [(4, 2), (6, 2), (5, 1), (16, 2)])
+def test_dselect_per_example_regularization_matches_reference(num_experts, k, schedule):
+    """Per-example gating: the loss is the mean over the batch of each example's regularizer; under
+    the linear schedule, the 5th training call of a 10-step warm-up has half the entropy weight."""
+    gamma, weight = 2.0, 0.4
+    gate = DSelectKGate(num_experts, k, gamma=gamma, per_example=True, entropy_weight=weight,
+                        entropy_schedule=schedule, entropy_warmup_steps=10, unreachable_weight=0.5)
+    rng = np.random.default_rng(num_experts * 10 + k)
+    x = rng.normal(size=(7, 5)).astype(np.float32)
+    gate.build_routing([None, 5])
+    layer = gate.selector_dense
+    # z mostly inside the band, some bits past it (exactly 0 or 1).
+    layer.set_weights([0.25 * rng.normal(size=w.shape) for w in layer.get_weights()])
+    gate.step.assign(4)  # training calls so far; this call counts itself before it weighs the entropy
+    gate(tf.zeros([7, num_experts, 1]), tf.constant(x), training=True)
+    m = gate.num_bits
+    z = dense_np(layer, x)[:, : k * m].reshape(7, k, m)  # [batch, k, m]
+    # Away from the fast gate's clamp of the reachable mass at 1e-6, where it departs from the formula.
+    assert reference.selector(z, gamma)[..., :num_experts].sum(-1).min() > 1e-3
+    entropy_weight = weight * (0.5 if schedule == "linear" else 1.0)
+    expected = reference.regularizer(z, num_experts, gamma, entropy_weight, unreachable_weight=0.5).mean()
+    np.testing.assert_allclose(float(gate.losses[0]), expected, rtol=1e-5)
+
+
+def test_reference_hand_case():
+    """3 experts (m = 2 bits, codes 0-3, code 3 unreachable), gamma 2, k = 2 selectors:
+    selector 1 has z = (1, -1), past the band: S = (1, 0), all its mass on code 0b01 = expert 1;
+    selector 2 has z = (0, 0): S = (1/2, 1/2), mass 1/4 on each of the 4 codes;
+    alpha = (0, log 3): softmax = (1/4, 3/4).
+    weights = 1/4 (0, 1, 0) + 3/4 (1/4, 1/4, 1/4) = (3/16, 7/16, 3/16), summing to 13/16: the 3/16
+    on code 3 is not renormalized away. Entropy: 0 + log 4. Unreachable penalty: (1/1 - 1) + (1/(3/4) - 1)
+    = 1/3."""
+    z, alpha, gamma = np.array([[1.0, -1.0], [0.0, 0.0]]), np.array([0.0, np.log(3.0)]), 2.0
+    np.testing.assert_allclose(reference.selector(z, gamma), [[0, 1, 0, 0], [0.25, 0.25, 0.25, 0.25]])
+    np.testing.assert_allclose(reference.weights(z, alpha, 3, gamma), [3 / 16, 7 / 16, 3 / 16])
+    assert reference.entropy(z, gamma) == pytest.approx(np.log(4.0))
+    assert reference.unreachable_penalty(z, 3, gamma) == pytest.approx(1 / 3)
+    # The smooth step inside the band: S(1/2) with gamma 2 is -2/64 + 3/8 + 1/2 = 0.84375.
+    np.testing.assert_allclose(reference.selector(np.array([0.5, -1.0]), gamma), [0.15625, 0.84375, 0, 0])
+    # The fast gate gives the same numbers, and exact zeros where the reference has them.
+    gate = DSelectKGate(3, 2, gamma=gamma, entropy_weight=0.1, unreachable_weight=2.0)
+    gate.z.assign(z)
+    gate.alpha.assign(alpha)
+    np.testing.assert_allclose(gate.expert_weights().numpy(), [3 / 16, 7 / 16, 3 / 16], rtol=1e-6)
+    selectors = gate.selector_outputs().numpy()
+    np.testing.assert_array_equal(selectors[0], [0, 1, 0, 0])
+    gate(tf.zeros([1, 3, 1]), training=True)
+    assert float(gate.losses[0]) == pytest.approx(0.1 * np.log(4.0) + 2.0 / 3, rel=1e-6)
 
 
 def test_dselect_entropy_schedules():

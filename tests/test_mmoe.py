@@ -17,11 +17,26 @@ GATES = {
 TASKS = ("a", "b", "c")
 
 
-def _spread(block, rng):
-    """Weights spread beyond DSelect-k's smooth-step band, so some selectors are binary."""
-    for variable in block.trainable_variables:
-        if "experts" not in variable.name:
-            variable.assign(rng.normal(size=variable.shape).astype(np.float32))
+def _spread(block, x, rng):
+    """Gate weights spread beyond DSelect-k's smooth-step band, so some selectors are binary.
+
+    A DSelect-k selector that puts almost, but not exactly, all its mass on codes >= num_experts
+    is redrawn: its unreachable-code penalty 1/reachable has gradients ~1/reachable^2 (up to 2e5
+    seen here), which amplify the float32 rounding of the reachable sum, summed in a different
+    order by the grouped and the per-gate matmuls, to 5e-4 relative: a test of the grouping would
+    be one of rounding. Reachable mass exactly 0 (a binary selector on unreachable codes) stays:
+    the penalty's clamp makes it exact.
+    """
+    for gate in block.gates.values():
+        while True:
+            for variable in gate.trainable_variables:
+                variable.assign(rng.normal(size=variable.shape).astype(np.float32))
+            if gate.gate_type != "dselect_k":
+                break
+            selectors = gate.selector_outputs(x if gate.per_example else None).numpy()
+            reachable = selectors[..., :gate.num_experts].sum(axis=-1)
+            if not np.any((reachable > 0) & (reachable < 0.05)):
+                break
 
 
 @pytest.mark.parametrize("num_experts", [6, 8])
@@ -36,7 +51,7 @@ def test_grouped_gates_match_each_gate_alone(gates, num_experts):
     block = MMoE(num_experts, [4], gates)
     x = tf.constant(rng.normal(size=(16, 5)).astype(np.float32))
     block(x)  # build
-    _spread(block, rng)
+    _spread(block, x, rng)
     for training in (False, True):
         steps = [g.step.numpy() for g in block.gates.values() if hasattr(g, "step")]
         with tf.GradientTape(persistent=True) as tape:

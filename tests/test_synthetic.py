@@ -11,13 +11,14 @@ import tensorflow as tf
 from scipy import stats
 from sklearn.metrics import adjusted_rand_score
 
-from models.gates import DSelectKGate, SoftmaxGate, TopKGate
+from models.gates import parse_gate_config
 from pipeline.config import Config, ConfigError, SyntheticGridConfig, load_config
-from pipeline.synthetic import (
-    RunSpec, TaskRoutedMoE, adjusted_rand_index, compare_dselect_topk, grid_points, oracle_assignment,
-    pair_agreement, selected_experts, selection_labels, sort_for_display, sparsity_notes, train_run,
-    verdict_lines)
-from pipeline.synthetic_data import generate
+from pipeline.synthetic.data import generate
+from pipeline.synthetic.model import TaskRoutedMoE
+from pipeline.synthetic.recovery import adjusted_rand_index, pair_agreement, selected_experts, selection_labels
+from pipeline.synthetic.report import sort_for_display, sparsity_notes, verdict_lines
+from pipeline.synthetic.study import compare_dselect_topk, grid_points
+from pipeline.synthetic.training import RunSpec, oracle_assignment, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 MTLREC = Path(sys.executable).parent / "mtlrec"
@@ -87,6 +88,15 @@ def test_true_clusters_beat_sharing_nothing():
     assert oracle["test_mse"] - floor < 0.75 * (alone["test_mse"] - floor)
 
 
+def test_generator_and_metrics_import_without_tensorflow():
+    """The package, its generator and its metrics are numpy only; so are the config and its gates."""
+    code = ("import sys, pipeline.synthetic, pipeline.synthetic.data, pipeline.synthetic.recovery, pipeline.config; "
+            "pipeline.config.load_config(None, ['synthetic.gates.topk_2.k=3']); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 # ---------------------------------------------------------------- recovery metrics
 def test_ari_hand_cases():
     # true {0,1},{2,3} vs pred {0,1,2},{3}: index 1, row pairs 2, column pairs 3, E = 2*3/6 = 1,
@@ -141,10 +151,9 @@ def test_pair_agreement_hand_cases():
 
 def test_selected_experts_rules():
     w = np.array([[0.0, 0.7, 0.3, 0.0], [0.25, 0.25, 0.25, 0.25], [0.4, 0.3, 0.2, 0.1]])
-    np.testing.assert_array_equal(selected_experts(w, "dselect_k"), w > 0)
-    np.testing.assert_array_equal(selected_experts(w, "topk"), w > 0)
-    # softmax: strictly more than the uniform share 1/4.
-    np.testing.assert_array_equal(selected_experts(w, "softmax"),
+    np.testing.assert_array_equal(selected_experts(w, exactly_sparse=True), w > 0)  # Top-k, DSelect-k
+    # Not exactly sparse (softmax): strictly more than the uniform share 1/4.
+    np.testing.assert_array_equal(selected_experts(w, exactly_sparse=False),
                                   [[0, 1, 1, 0], [0, 0, 0, 0], [1, 1, 0, 0]])
 
 
@@ -187,19 +196,21 @@ def test_sparsity_notes_flag_gates_short_of_k():
 
 
 # ---------------------------------------------------------------- the task-routed gates are T static gates
-def _static_gate(gate_type, n, row, k, gamma):
-    if gate_type == "softmax":
-        gate = SoftmaxGate(n, per_example=False)
-        gate.logits.assign(row)
-    elif gate_type == "topk":
-        gate = TopKGate(n, k, per_example=False, noise=False)
-        gate.logits.assign(row)
-    else:
-        gate = DSelectKGate(n, k, gamma=gamma, entropy_weight=0.05)
-        m = gate.num_bits
-        gate.z.assign(row[: k * m].reshape(k, m))
-        gate.alpha.assign(row[k * m:])
-    return gate
+def _static_twin(gate, row):
+    """The static gate with the settings of `gate` (a per-example gate) whose parameters are one row of
+    its routing kernels: its trainable weights in order, flattened (the layout of models/gates/base.py)."""
+    static = type(gate).from_config({**gate.get_config(), "per_example": False, "name": "static"})
+    offset = 0
+    for variable in static.trainable_weights:
+        variable.assign(row[offset:offset + variable.shape.num_elements()].reshape(variable.shape))
+        offset += variable.shape.num_elements()
+    assert offset == row.size
+    return static
+
+
+def _flat(grads, variables):
+    """Gradients flattened per example row; None (a parameter the loss does not use) as zeros."""
+    return [np.zeros(v.shape) if g is None else tf.convert_to_tensor(g).numpy() for g, v in zip(grads, variables)]
 
 
 @pytest.mark.parametrize("gate_type,n", [("softmax", 8), ("topk", 8), ("dselect_k", 8), ("dselect_k", 6)])
@@ -212,17 +223,18 @@ def test_task_routed_gates_equal_independent_static_gates(gate_type, n):
         gate.update(k=k, gamma=gamma, entropy_weight=0.05)
     model = TaskRoutedMoE(t, n, [5, 3], gate=gate)
     model.build_and_initialize(4)
-    dense = {"softmax": "logits_dense", "topk": "logits_dense", "dselect_k": "selector_dense"}[gate_type]
-    kernel = getattr(model.gate, dense).kernel
+    kernels = [layer.kernel for layer in model.gate.routing_layers()]
     # Biases are zero and not trained: each task's row alone is its gate.
     assert all(float(tf.reduce_max(tf.abs(b))) == 0 for b in model._frozen())
     assert not {v.ref() for v in model._frozen()} & {v.ref() for v in model.training_variables()}
     rng = np.random.default_rng(0)
-    rows = rng.uniform(-0.6, 0.6, size=kernel.shape).astype(np.float32)
+    widths = [kernel.shape[1] for kernel in kernels]
+    rows = rng.uniform(-0.6, 0.6, size=(t, sum(widths))).astype(np.float32)
+    for kernel, part in zip(kernels, np.split(rows, np.cumsum(widths)[:-1], axis=1)):
+        kernel.assign(part)
     x = tf.constant(rng.normal(size=(5, 4)), tf.float32)
     c = rng.normal(size=(t, n)).astype(np.float32)  # a probe that makes every weight matter
-    kernel.assign(rows)
-    statics = [_static_gate(gate_type, n, rows[i], k, gamma) for i in range(t)]
+    statics = [_static_twin(model.gate, rows[i]) for i in range(t)]
     expected = np.stack([g.expert_weights().numpy() for g in statics])
     np.testing.assert_allclose(model.expert_weights().numpy(), expected, atol=1e-6)
 
@@ -232,7 +244,7 @@ def test_task_routed_gates_equal_independent_static_gates(gate_type, n):
         model(x, training=True)
         reg = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
         probe = reg + tf.reduce_sum(model.gate.expert_weights(model.task_ids) * c)
-    grad_rows = tape.gradient(probe, kernel)
+    grad_rows = np.concatenate(_flat(tape.gradient(probe, kernels), kernels), axis=1)
     static_regs, static_grads = [], []
     for i, g in enumerate(statics):
         with tf.GradientTape() as tape:
@@ -240,14 +252,12 @@ def test_task_routed_gates_equal_independent_static_gates(gate_type, n):
             r = tf.add_n(g.losses) if g.losses else tf.constant(0.0)
             p = r / t + tf.reduce_sum(g.expert_weights() * c[i])
         static_regs.append(float(r))
-        static_grads.append(tape.gradient(p, g.trainable_variables))
+        grads = _flat(tape.gradient(p, g.trainable_weights), g.trainable_weights)
+        static_grads.append(np.concatenate([grad.reshape(-1) for grad in grads]))
     assert float(reg) == pytest.approx(np.mean(static_regs), rel=1e-5, abs=1e-7)
     if gate_type == "dselect_k":
         assert float(reg) > 0
-        want = np.stack([np.concatenate([gz.numpy().reshape(-1), ga.numpy()]) for gz, ga in static_grads])
-    else:
-        want = np.stack([g[0].numpy() for g in static_grads])
-    np.testing.assert_allclose(tf.convert_to_tensor(grad_rows).numpy(), want, atol=1e-5)
+    np.testing.assert_allclose(grad_rows, np.stack(static_grads), atol=1e-5)
 
 
 def test_task_routed_gates_start_as_static_gates_start():
@@ -266,16 +276,18 @@ def test_task_routed_gates_start_as_static_gates_start():
 # ---------------------------------------------------------------- grid and config
 def test_grid_gives_every_gate_the_same_budget():
     grid = SyntheticGridConfig(points=3, learning_rate=[0.01, 0.03, 0.1], gamma=[1.0, 5.0], entropy_weight=[0.0, 0.1])
-    soft, dsel = grid_points("softmax", grid), grid_points("dselect_k", grid)
+    softmax, dselect_k = parse_gate_config({"type": "softmax"}), parse_gate_config({"type": "dselect_k"})
+    soft, dsel = grid_points(grid, softmax), grid_points(grid, dselect_k)
     assert len(soft) == len(dsel) == 3
     assert soft == [{"learning_rate": v} for v in (0.01, 0.03, 0.1)]
     assert all(set(p) == {"learning_rate", "gamma", "entropy_weight"} for p in dsel)
-    assert len({tuple(p.values()) for p in dsel}) == 3 and dsel == grid_points("dselect_k", grid)
+    assert len({tuple(p.values()) for p in dsel}) == 3 and dsel == grid_points(grid, dselect_k)
     # An empty axis is not searched.
     no_gamma = grid.model_copy(update={"gamma": []})
-    assert set(grid_points("dselect_k", no_gamma)[0]) == {"learning_rate", "entropy_weight"}
-    with pytest.raises(ValueError, match="grid.points=4"):
-        grid_points("softmax", grid, 4)
+    assert set(grid_points(no_gamma, dselect_k)[0]) == {"learning_rate", "entropy_weight"}
+    assert grid_points(grid, None) == soft  # fixed weights (the oracle): learning rates only
+    with pytest.raises(ValueError, match="grid.points=4 exceeds the 3 grid points of a softmax gate"):
+        grid_points(grid, softmax, 4)
 
 
 @pytest.mark.parametrize("override,message", [

@@ -1,32 +1,18 @@
-"""Mixture-of-experts gates with one interface: Softmax (MMoE), noisy Top-k, DSelect-k.
+"""DSelect-k (Hazimeh et al., NeurIPS 2021): a smooth gate that becomes exactly k-sparse.
 
-Every gate is a Keras layer called as
-
-    gate(expert_outputs, routing_inputs=None, training=...)  ->  mixture [batch, dim]
-
-where `expert_outputs` is the stacked expert outputs [batch, num_experts, dim] and
-`routing_inputs` is [batch, features] for per-example gating, or None for a static
-(task-only) gate. `gate.expert_weights(routing_inputs)` returns the mixture weights,
-[batch, num_experts] or [num_experts] for a static gate.
-
-Gate weights are always computed in float32, also under the mixed_float16 and
-mixed_bfloat16 policies: each gate pins its own dtype policy to float32 (as TF
-recommends for softmax-like layers), so inputs are cast up, and the mixture is
-returned in float32 for the next (mixed-precision) layer to cast down.
-The mixture is one batched matmul; no call path loops over experts in Python.
-
-MMoE (models/experts.py) computes the gates of all tasks that share a type and settings as
-one group (`group_weights_and_loss`): one routing matmul and one op sequence for all of them.
-On CPU each TF op costs ~10 us of executor overhead, which at these sizes outweighs the
-arithmetic, so the gates are written to use few ops (measured in bench/train.py).
+This is the fast form, written for CPU op overhead (flat rows, 0/1 exponent matrices, custom
+gradients; measured in bench/gates.py and bench/train.py). models/gates/reference.py writes
+the same formula plainly in numpy, and tests/test_gates.py checks this gate against it.
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import tensorflow as tf
+
+from models.gates.base import Gate, _dense_group
+from models.gates.dselect_k_config import ENTROPY_SCHEDULES, DSelectKGateConfig
 
 keras = tf.keras
 
@@ -87,204 +73,6 @@ def _safe_logs(probs):
     return logs(probs)
 
 
-def _dense_group(layers, inputs):
-    """Several Dense layers (no activation) applied to the same inputs as ONE matmul over their
-    concatenated kernels: [batch, sum of their units]. The layers must be built (Gate.build_routing)."""
-    if len(layers) == 1:
-        return layers[0](inputs)
-    kernel = tf.concat([layer.kernel for layer in layers], axis=1)
-    bias = tf.concat([layer.bias for layer in layers], axis=0)
-    return tf.nn.bias_add(tf.matmul(inputs, kernel), bias)
-
-
-def _cv_squared(x):
-    """Squared coefficient of variation, the load-balancing measure of Shazeer et al."""
-    mean = tf.reduce_mean(x)
-    return tf.math.reduce_variance(x) / (tf.square(mean) + 1e-10)
-
-
-class Gate(keras.layers.Layer):
-    """Shared plumbing: float32 weights, the einsum mixture, regularization via add_loss."""
-
-    def __init__(self, num_experts: int, per_example: bool, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        if int(num_experts) < 2:
-            raise ValueError(f"{type(self).__name__}: num_experts must be >= 2, got {num_experts}")
-        self.num_experts = int(num_experts)
-        self.per_example = bool(per_example)
-
-    # Subclasses implement: _gate(routing_inputs, training) -> (weights, regularization loss),
-    # and list the Dense layers they apply to the routing inputs in routing_layers().
-    def _gate(self, routing_inputs, training):
-        raise NotImplementedError
-
-    def routing_layers(self) -> list:
-        return []
-
-    def build_routing(self, input_shape):
-        """Create the routing layers' variables for routing inputs of this shape (a group
-        computation reads their kernels without calling them)."""
-        for layer in self.routing_layers():
-            if not layer.built:
-                with tf.name_scope(self.name), tf.name_scope(layer.name):
-                    layer.build(tf.TensorShape(input_shape))
-        self.built = True
-
-    def group_key(self):
-        """Gates with equal keys (same class and settings) can be computed as one group."""
-        config = {k: v for k, v in self.get_config().items() if k != "name"}
-        return type(self).__name__, json.dumps(config, sort_keys=True, default=str)
-
-    @classmethod
-    def group_weights_and_loss(cls, gates, routing_inputs=None, training=False):
-        """weights_and_loss of several gates with one group_key, as one computation where the
-        class supports it: (weights [batch, G, n], or [G, n] if static; summed loss or None).
-        This default computes the gates one by one."""
-        results = [gate.weights_and_loss(routing_inputs, training) for gate in gates]
-        losses = [loss for _, loss in results if loss is not None]
-        return tf.stack([w for w, _ in results], axis=-2), (tf.add_n(losses) if losses else None)
-
-    def _check_routing(self, routing_inputs):
-        if self.per_example and routing_inputs is None:
-            raise ValueError(f"{self.name}: a per-example gate needs routing_inputs [batch, features]")
-        if not self.per_example and routing_inputs is not None:
-            raise ValueError(f"{self.name}: a static gate takes no routing_inputs (got a tensor)")
-        return None if routing_inputs is None else tf.cast(routing_inputs, tf.float32)
-
-    def weights_and_loss(self, routing_inputs=None, training=False):
-        """(mixture weights [batch, n] or [n] if static, regularization loss or None), without
-        mixing: MMoE mixes all its tasks with one matmul. The caller adds the loss."""
-        return self._gate(self._check_routing(routing_inputs), bool(training))
-
-    def call(self, expert_outputs, routing_inputs=None, training=None):
-        weights, reg_loss = self.weights_and_loss(routing_inputs, training)
-        if reg_loss is not None:
-            self.add_loss(reg_loss)
-        expert_outputs = tf.cast(expert_outputs, tf.float32)
-        if not self.per_example:
-            weights = tf.broadcast_to(weights, [tf.shape(expert_outputs)[0], self.num_experts])
-        # One batched matmul [b, 1, n] x [b, n, d]; on CPU it measured ~1.5x faster than the
-        # equivalent einsum, which adds transposes.
-        return tf.squeeze(tf.matmul(weights[:, None, :], expert_outputs), axis=1)
-
-    def expert_weights(self, routing_inputs=None):
-        """Mixture weights at inference: [batch, num_experts], or [num_experts] if static."""
-        weights, _ = self._gate(self._check_routing(routing_inputs), False)
-        return weights
-
-    def get_config(self):
-        return {**super().get_config(), "num_experts": self.num_experts, "per_example": self.per_example}
-
-
-@keras.utils.register_keras_serializable(package="mtlrec")
-class SoftmaxGate(Gate):
-    """The dense MMoE gate: w = softmax(A x + b), or softmax(b) when static."""
-
-    def __init__(self, num_experts: int, per_example: bool = True, **kwargs):
-        super().__init__(num_experts, per_example, **kwargs)
-        if self.per_example:
-            self.logits_dense = keras.layers.Dense(self.num_experts, dtype="float32", name="logits")
-        else:
-            self.logits = self.add_weight(name="logits", shape=[self.num_experts], initializer="zeros")
-
-    def routing_layers(self):
-        return [self.logits_dense] if self.per_example else []
-
-    def _gate(self, routing_inputs, training):
-        logits = self.logits_dense(routing_inputs) if self.per_example else self.logits
-        return tf.nn.softmax(logits, axis=-1), None
-
-    @classmethod
-    def group_weights_and_loss(cls, gates, routing_inputs=None, training=False):
-        if gates[0].per_example:
-            routing_inputs = gates[0]._check_routing(routing_inputs)
-            flat = _dense_group([g.logits_dense for g in gates], routing_inputs)
-            logits = tf.reshape(flat, [-1, len(gates), gates[0].num_experts])
-        else:
-            logits = tf.stack([g.logits for g in gates])
-        return tf.nn.softmax(logits, axis=-1), None
-
-
-@keras.utils.register_keras_serializable(package="mtlrec")
-class TopKGate(Gate):
-    """Noisy top-k gating (Shazeer et al., 2017).
-
-    Logits A x + b; in training only, Gaussian noise scaled by softplus(W_noise x) is
-    added. The k largest logits are kept, softmax is taken over them and every other
-    weight is exactly 0, so each example has exactly k nonzero weights. The optional
-    load-balancing loss is load_balance_weight * (CV^2(importance) + CV^2(load)), with
-    Shazeer's smooth estimate of the load when noise is on.
-    """
-
-    def __init__(self, num_experts: int, k: int, per_example: bool = True, noise: bool = True,
-                 load_balance_weight: float = 0.0, **kwargs):
-        super().__init__(num_experts, per_example, **kwargs)
-        if not 1 <= int(k) <= self.num_experts:
-            raise ValueError(f"TopKGate: k must be in [1, num_experts={self.num_experts}], got {k}")
-        self.k = int(k)
-        self.noise = bool(noise)
-        self.load_balance_weight = float(load_balance_weight)
-        if self.per_example:
-            self.logits_dense = keras.layers.Dense(self.num_experts, dtype="float32", name="logits")
-            self.noise_dense = keras.layers.Dense(
-                self.num_experts, dtype="float32", kernel_initializer="zeros", name="noise")
-        else:
-            # Small random logits break the tie between experts at the start.
-            self.logits = self.add_weight(
-                name="logits", shape=[self.num_experts],
-                initializer=keras.initializers.RandomNormal(stddev=0.01))
-            self.noise_logits = self.add_weight(name="noise", shape=[self.num_experts], initializer="zeros")
-
-    def routing_layers(self):
-        return [self.logits_dense, self.noise_dense] if self.per_example else []
-
-    def _gate(self, routing_inputs, training):
-        if self.per_example:
-            clean = self.logits_dense(routing_inputs)
-            noise_std = tf.nn.softplus(self.noise_dense(routing_inputs))
-        else:
-            clean = self.logits[None, :]
-            noise_std = tf.nn.softplus(self.noise_logits)[None, :]
-        noisy = training and self.noise
-        logits = clean + tf.random.normal(tf.shape(clean)) * noise_std if noisy else clean
-
-        top_values, top_indices = tf.math.top_k(logits, k=self.k)
-        top_weights = tf.nn.softmax(top_values, axis=-1)  # [b, k]
-        # Scatter the k weights back to their experts with a one-hot contraction.
-        weights = tf.einsum("bk,bkn->bn", top_weights, tf.one_hot(top_indices, self.num_experts))
-
-        reg = None
-        if training and self.load_balance_weight > 0:
-            importance = tf.reduce_sum(weights, axis=0)
-            if noisy and self.k < self.num_experts:
-                load = tf.reduce_sum(self._load(clean, logits, noise_std), axis=0)
-                reg = self.load_balance_weight * (_cv_squared(importance) + _cv_squared(load))
-            else:
-                reg = self.load_balance_weight * _cv_squared(importance)
-        if not self.per_example:
-            weights = weights[0]
-        return weights, reg
-
-    def _load(self, clean, noisy, noise_std):
-        """P(expert i stays in the top k when its noise is redrawn), Shazeer et al. eq. 8-10."""
-        top = tf.math.top_k(noisy, k=self.k + 1).values
-        threshold_if_in = top[:, self.k:self.k + 1]  # the (k+1)-th value: the bar to stay in
-        threshold_if_out = top[:, self.k - 1:self.k]  # the k-th value: the bar to get in
-        is_in = noisy > threshold_if_in
-        std = noise_std + 1e-9
-        prob_if_in = 0.5 * tf.math.erfc(-(clean - threshold_if_in) / (std * math.sqrt(2.0)))
-        prob_if_out = 0.5 * tf.math.erfc(-(clean - threshold_if_out) / (std * math.sqrt(2.0)))
-        return tf.where(is_in, prob_if_in, prob_if_out)
-
-    def get_config(self):
-        return {**super().get_config(), "k": self.k, "noise": self.noise,
-                "load_balance_weight": self.load_balance_weight}
-
-
-ENTROPY_SCHEDULES = ("constant", "linear", "delayed")
-
-
 @keras.utils.register_keras_serializable(package="mtlrec")
 class DSelectKGate(Gate):
     """DSelect-k (Hazimeh et al., NeurIPS 2021): a smooth gate that becomes exactly k-sparse.
@@ -309,6 +97,9 @@ class DSelectKGate(Gate):
       unreachable_weight * sum_l (1 / sum_{i<n} r(z_l)_i - 1), which is 0 exactly when all
       mass is on real experts and pushes it back there before the selectors lock.
     """
+
+    config_class = DSelectKGateConfig
+    exactly_sparse = True  # once its selectors are binary; before that, its weights may all be nonzero
 
     def __init__(self, num_experts: int, k: int, gamma: float = 1.0, per_example: bool = False,
                  entropy_weight: float = 1e-3, entropy_schedule: str = "constant",
@@ -371,6 +162,19 @@ class DSelectKGate(Gate):
 
     def routing_layers(self):
         return [self.selector_dense] if self.per_example else []
+
+    def initialize_static_rows(self):
+        # Row t: static gate t's [z (k*m) | alpha (k)]. The kernel's initializer already drew z the
+        # way a static z starts (uniform in +-gamma/100); alpha starts at 0.
+        kernel = self.selector_dense.kernel
+        z_size = self.k * self.num_bits
+        kernel.assign(tf.concat([kernel[:, :z_size], tf.zeros([kernel.shape[0], self.k])], axis=1))
+
+    def diagnostics(self, routing_inputs=None):
+        """The fraction of selectors already binary: each puts all its mass on one code, so its
+        choice is locked (a binary selector has zero gradient)."""
+        selectors = self.selector_outputs(routing_inputs).numpy()  # [(batch,) k, 2^m]
+        return {"binary_selectors": float((selectors.max(axis=-1) == 1.0).mean())}
 
     def selector_outputs(self, routing_inputs=None):
         """r(z_l) over all 2^m codes: [k, 2^m] static, [batch, k, 2^m] per-example."""
@@ -456,13 +260,3 @@ class DSelectKGate(Gate):
                 "entropy_weight": self.entropy_weight, "entropy_schedule": self.entropy_schedule,
                 "entropy_warmup_steps": self.entropy_warmup_steps,
                 "unreachable_weight": self.unreachable_weight}
-
-
-GATES = {"softmax": SoftmaxGate, "topk": TopKGate, "dselect_k": DSelectKGate}
-
-
-def build_gate(gate_type: str, num_experts: int, **params) -> Gate:
-    """Make a gate by its config name ("softmax", "topk", "dselect_k")."""
-    if gate_type not in GATES:
-        raise ValueError(f"unknown gate type {gate_type!r}; known: {', '.join(sorted(GATES))}")
-    return GATES[gate_type](num_experts=num_experts, **params)
