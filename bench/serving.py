@@ -104,11 +104,12 @@ def recommender_exports(data_dir: str, folder: Path):
     from pipeline.config import load_config
     from pipeline.dataset import InputPipeline, split_files
     from pipeline.export import export_model
-    from pipeline.train import load_data, model_spec
+    from pipeline.manifest import read_training_manifest
+    from pipeline.train import model_spec
     config = load_config(None, [f"model.num_experts={NUM_EXPERTS}", f"model.expert_units={UNITS}",
                                 "model.tasks={watch: {weight: 1.0}, rating: {weight: 1.0}}",
                                 "model.gate.type=dselect_k", f"model.gate.k={K}"])
-    manifest = load_data(Path(data_dir), ["watch", "rating"])
+    manifest = read_training_manifest(Path(data_dir), ["watch", "rating"])
     inputs = InputPipeline(data_dir, manifest["raw_columns"])
     model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
     batch = next(iter(inputs.raw_dataset("candidates", 256)))

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.artifacts import ArtifactError, read_manifest
+from pipeline.artifacts import ArtifactError
 from pipeline.config import ConfigError, with_overrides
+from pipeline.manifest import data_hash, read_manifest
 
 RUN_SECTIONS = ("data", "model", "train")  # the config sections a run's results depend on
 
@@ -39,7 +40,7 @@ def ensure_data(config) -> Path:
     folder = data_dir_of(config)
     try:
         manifest = read_manifest(folder)
-        if manifest.get("config_hash") == preprocess.data_hash(config.data):
+        if manifest.get("config_hash") == data_hash(config.data):
             log(f"compare: reusing {folder} (same data config)")
             return folder
         log(f"compare: {folder} was made with other data settings; preprocessing again")

@@ -21,13 +21,13 @@ from pathlib import Path
 import tensorflow as tf
 import yaml
 
-from features.spec import declaration_hash
 from features.transform import categorical_sizes
 from models.experts import gate_diagnostics
 from models.recommender import ModelSpec, MultiTaskRecommender
-from pipeline.artifacts import ArtifactError, read_json, read_manifest, write_json
-from pipeline.dataset import DATA_FORMAT, InputPipeline
+from pipeline.artifacts import ArtifactError, read_json, write_json
+from pipeline.dataset import InputPipeline
 from pipeline.export import export_model
+from pipeline.manifest import read_training_manifest
 
 keras = tf.keras
 TRAIN_DONE = "train.json"
@@ -40,23 +40,6 @@ def data_dir_of(config) -> Path:
 
 def run_dir_of(config) -> Path:
     return Path(config.train.run_dir or Path(config.workdir) / "models" / "default")
-
-
-def load_data(data_dir: Path, tasks) -> dict:
-    """The data manifest, refused when it does not match this code's feature declaration."""
-    manifest = read_manifest(data_dir)
-    if manifest.get("format") != DATA_FORMAT:
-        raise ArtifactError(f"{data_dir}: data folder format {manifest.get('format', 1)}, this code reads format "
-                            f"{DATA_FORMAT}; run `mtlrec preprocess` again")
-    expected = declaration_hash(manifest["raw_columns"])
-    if manifest["declaration_hash"] != expected:
-        raise ArtifactError(
-            f"{data_dir}: made with an incompatible feature declaration (hash {manifest['declaration_hash'][:12]}, "
-            f"this code declares {expected[:12]}); run `mtlrec preprocess` again")
-    missing = [t for t in tasks if t not in manifest["tasks"]]
-    if missing:
-        raise ArtifactError(f"{data_dir}: has no labels for task(s) {', '.join(missing)}")
-    return manifest
 
 
 # ---------------------------------------------------------------- tf.distribute
@@ -193,7 +176,7 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
     """Train, export and write the run folder; resumes from its backup if one exists."""
     train_config = config.train
     data_dir, run_dir = data_dir_of(config), run_dir_of(config)
-    manifest = load_data(data_dir, list(config.model.tasks))
+    manifest = read_training_manifest(data_dir, list(config.model.tasks))
     strategy = make_strategy(train_config)
     set_precision(train_config.mixed_precision)
     keras.utils.set_random_seed(train_config.seed)
