@@ -53,7 +53,8 @@ from bench.common import write
 from pipeline.config import load_config
 from pipeline.dataset import InputPipeline
 from pipeline.manifest import read_training_manifest
-from pipeline.train import make_optimizer, model_spec
+from pipeline.modeling import model_spec
+from pipeline.train import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {

@@ -35,6 +35,7 @@ from features.spec import raw_feature_spec
 from features.transform import make_preprocessing_fn
 from pipeline.artifacts import MANIFEST, staged_folder, write_json
 from pipeline.manifest import SPLITS, build_manifest
+from pipeline.runs import preprocess_output_of
 from pipeline.sampling import Catalog
 from pipeline.shards import TrainBatches, WriteShard, WriteTransformedShard, file_order, shard_names, shard_of
 from pipeline.sources import REJECTED, SourceError, open_source
@@ -332,7 +333,7 @@ def run(config, output=None, beam_args=()) -> dict:
     """Run the stage; returns the manifest. Raises SourceError for unusable input."""
     data_config = config.data
     source = open_source(data_config)  # fails fast, before any folder exists
-    final = str(output or data_config.output or f"{config.workdir}/data")  # a string: pathlib breaks gs://
+    final = str(output or preprocess_output_of(config))  # a string: pathlib breaks gs://
     args = list(data_config.beam_args) + list(beam_args)
     if not any(a.startswith("--runner") or a.startswith("--direct_running_mode") for a in args):
         args = DEFAULT_BEAM_ARGS + args
