@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.artifacts import atomic_write, read_json
-from pipeline.config import validate
+from pipeline.config import to_yaml, validate
 
 CONFIG = "config.yaml"
 DATA_MANIFEST = "data_manifest.json"
@@ -94,7 +94,7 @@ def is_evaluated(run_dir) -> bool:
 
 # ---------------------------------------------------------------- reading and writing
 def write_config(run_dir, config) -> None:
-    atomic_write(Path(run_dir) / CONFIG, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())
+    atomic_write(Path(run_dir) / CONFIG, to_yaml(config).encode())
 
 
 def read_config(run_dir):
