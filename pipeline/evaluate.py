@@ -44,7 +44,8 @@ def score_candidates(run_dir: Path, batch_size: int = 8192) -> pd.DataFrame:
         frames.append(pd.DataFrame({
             "user_id": batch["user_id"].numpy(), "watch": batch["watch"].numpy(),
             "rating": batch["rating"].numpy(), "like": batch["like"].numpy(),
-            **{f"pred_{t}": p.numpy() for t, p in predictions.items()}}))
+            # In the run's task order: a loaded signature returns its outputs in no fixed order.
+            **{f"pred_{t}": predictions[t].numpy() for t in summary["tasks"]}}))
     return pd.concat(frames, ignore_index=True)
 
 
