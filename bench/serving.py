@@ -99,18 +99,18 @@ def generic_latency(num_tasks: int, folder: Path, calls: int, input_dim: int = I
 
 def recommender_exports(data_dir: str, folder: Path):
     from features.spec import raw_feature_spec
-    from models.recommender import MultiTaskRecommender
     from models.sparse import SparseRecommender
     from pipeline.config import load_config
     from pipeline.dataset import InputPipeline, split_files
     from pipeline.export import export_model
-    from pipeline.train import load_data, model_spec
+    from pipeline.manifest import read_training_manifest
+    from pipeline.modeling import build_model
     config = load_config(None, [f"model.num_experts={NUM_EXPERTS}", f"model.expert_units={UNITS}",
                                 "model.tasks={watch: {weight: 1.0}, rating: {weight: 1.0}}",
                                 "model.gate.type=dselect_k", f"model.gate.k={K}"])
-    manifest = load_data(Path(data_dir), ["watch", "rating"])
+    manifest = read_training_manifest(Path(data_dir), ["watch", "rating"])
     inputs = InputPipeline(data_dir, manifest["raw_columns"])
-    model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
+    model = build_model(config, manifest, inputs)
     batch = next(iter(inputs.raw_dataset("candidates", 256)))
     model(batch)
     binary_selection(model.mmoe, {"watch": [0, 5], "rating": [9, 12]})

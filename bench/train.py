@@ -52,7 +52,9 @@ import tensorflow as tf
 from bench.common import write
 from pipeline.config import load_config
 from pipeline.dataset import InputPipeline
-from pipeline.train import load_data, make_optimizer, model_spec
+from pipeline.manifest import read_training_manifest
+from pipeline.modeling import model_spec
+from pipeline.train import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -236,7 +238,7 @@ def main():
     load_start = os.getloadavg()
 
     base = load_config(None, [f"train.data={args.data}", f"train.batch_size={args.batch}", *args.set])
-    manifest = load_data(args.data, list(base.model.tasks))
+    manifest = read_training_manifest(args.data, list(base.model.tasks))
     inputs = InputPipeline(args.data, manifest["raw_columns"])
     train_examples = manifest["splits"]["train"]["examples"]
     at_read_time = inputs.raw_dataset("train", args.batch)  # the raw shards through the transform graph

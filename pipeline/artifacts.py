@@ -1,4 +1,4 @@
-"""Artifacts on disk: atomic files and folders, JSON, and the data manifest.
+"""Artifacts on disk: atomic files and folders, and JSON.
 
 A stage writes into a hidden temporary sibling and renames it into place only when it
 has succeeded, so a crash or kill leaves at most a `.<name>.tmp-*` folder that no later
@@ -120,15 +120,3 @@ def staged_folder(final):
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
-
-
-def read_manifest(folder, required=("source", "splits", "raw_columns", "features", "declaration_hash")) -> dict:
-    """The manifest of a preprocessed data folder, checked for the keys later stages need."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ArtifactError(f"{folder}: no such data folder (run `mtlrec preprocess` first)")
-    manifest = read_json(folder / MANIFEST, "data manifest (was `mtlrec preprocess` run to completion?)")
-    missing = [key for key in required if key not in manifest]
-    if missing:
-        raise ArtifactError(f"{folder / MANIFEST}: not a valid data manifest, missing {', '.join(missing)}")
-    return manifest

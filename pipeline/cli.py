@@ -1,17 +1,21 @@
 """`mtlrec`: one entry point, one subcommand per stage.
 
-Every subcommand takes `--config FILE.yaml` and repeated `--set key=value`. Stage modules
-are imported only when their subcommand runs, so `--help` and config errors stay instant
-(TensorFlow takes seconds to import).
+Every subcommand takes `--config FILE.yaml` and repeated `--set key=value` over the defaults,
+which live in code (pipeline/config.py; `mtlrec config` prints them resolved). Stage modules
+are imported only when their subcommand runs, so `--help`, `mtlrec config` and config errors
+stay instant (TensorFlow takes seconds to import).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.metadata
 import os
 import sys
+from pathlib import Path
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, load_config, to_yaml
 from pipeline.errors import MtlrecError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of the CLI
@@ -22,6 +26,21 @@ def _stage(module: str, function: str = "main"):
     def run(config, args):
         return getattr(importlib.import_module(module), function)(config, args)
     return run
+
+
+def print_config(config, args) -> int:
+    sys.stdout.write(to_yaml(config))
+    return 0
+
+
+def version() -> str:
+    """The installed package's version; from a checkout that is not installed, setup.py's."""
+    try:
+        return importlib.metadata.version("mtlrec")
+    except importlib.metadata.PackageNotFoundError:
+        setup = ast.parse((Path(__file__).resolve().parents[1] / "setup.py").read_text())
+        return next(keyword.value.value for node in ast.walk(setup) if isinstance(node, ast.Call)
+                    for keyword in node.keywords if keyword.arg == "version")
 
 
 # name -> (help, runner). Runners take (config, parsed args) and return an exit code.
@@ -38,6 +57,8 @@ COMMANDS = {
                "select", _stage("pipeline.export")),
     "synthetic": ("the synthetic expert-selection benchmark (the paper's study)",
                   _stage("pipeline.synthetic")),
+    "config": ("print the resolved config (defaults <- --config file <- --set) as YAML; "
+               "it loads back with --config", print_config),
 }
 
 
@@ -54,10 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtlrec",
         description="Multi-task recommender pipeline with DSelect-k, Top-k and softmax (MMoE) gates.")
+    parser.add_argument("--version", action="version", version=f"mtlrec {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, _) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.add_argument("--config", metavar="FILE.yaml", help="YAML config (defaults: configs/default.yaml)")
+        cmd.add_argument("--config", metavar="FILE.yaml",
+                         help="YAML file of settings; the others keep their defaults (`mtlrec config` prints all)")
         cmd.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                          help="override one config key, e.g. --set model.gate.k=2 (repeatable)")
         for flags, kwargs in EXTRA_ARGUMENTS.get(name, []):

@@ -1,8 +1,9 @@
 """`mtlrec compare`: the main job. Preprocess once, train and evaluate every gate variant with
 every seed on identical data and candidate lists, then write the comparison report.
 
-    <workdir>/data                          preprocessed once; reused while its config hash matches
-    <workdir>/compare/<variant>/seed<k>/    one run folder each (pipeline/train.py, pipeline/evaluate.py)
+    <data folder>                           train.data, data.output or <workdir>/data: preprocessed
+                                            once, reused while its config hash matches
+    <workdir>/compare/<variant>/seed<k>/    one run folder each (pipeline/runs.py)
     <compare.output or workdir/report>/     summary.json, report.md, report.html, plots
 
 A run counts as finished once its eval.json exists; re-running after an interruption skips
@@ -17,51 +18,45 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from pipeline.artifacts import ArtifactError, read_manifest
+from pipeline import runs
+from pipeline.artifacts import ArtifactError
 from pipeline.config import ConfigError, with_overrides
-
-RUN_SECTIONS = ("data", "model", "train")  # the config sections a run's results depend on
+from pipeline.manifest import data_hash, read_manifest
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def data_dir_of(config) -> Path:
-    return Path(config.data.output or Path(config.workdir) / "data")
-
-
 def ensure_data(config) -> Path:
     """The preprocessed data of this config: reused when its manifest's config hash matches."""
-    from pipeline import preprocess
-    folder = data_dir_of(config)
+    folder = runs.data_dir_of(config)
     try:
         manifest = read_manifest(folder)
-        if manifest.get("config_hash") == preprocess.data_hash(config.data):
+        if manifest.get("config_hash") == data_hash(config.data):
             log(f"compare: reusing {folder} (same data config)")
             return folder
         log(f"compare: {folder} was made with other data settings; preprocessing again")
     except ArtifactError:
         log(f"compare: preprocessing into {folder}")
+    from pipeline import preprocess  # Beam and tf.Transform: imported only when there is work for them
     preprocess.run(config, output=str(folder))
     return folder
 
 
 def run_configs(config, data_dir: Path) -> dict[tuple[str, int], object]:
     """(variant, seed) -> the full config of that run, all validated before anything trains."""
-    runs = {}
+    configs = {}
     for name, changes in config.compare.variants.items():
         for seed in config.compare.seeds:
-            run_dir = Path(config.workdir) / "compare" / name / f"seed{seed}"
+            run_dir = runs.compare_run_dir(config, name, seed)
             try:
-                runs[name, seed] = with_overrides(config, {
+                configs[name, seed] = with_overrides(config, {
                     **changes, "train": {**changes.get("train", {}), "seed": seed, "run_dir": str(run_dir),
                                          "data": str(data_dir)}})
             except ConfigError as exc:
                 raise ConfigError(f"compare.variants.{name}: {exc}") from None
-    return runs
+    return configs
 
 
 def run(config) -> Path:
@@ -69,36 +64,25 @@ def run(config) -> Path:
     from pipeline.compare_report import write_report
     started = time.perf_counter()
     data_dir = ensure_data(config)
-    runs = run_configs(config, data_dir)
-    for (name, seed), cfg in runs.items():
-        if _made_with_other_config(cfg):
+    configs = run_configs(config, data_dir)
+    for (name, seed), cfg in configs.items():
+        if runs.made_with_other_config(cfg.train.run_dir, cfg):
             log(f"compare: {name} seed {seed} was run with other settings; starting it over")
             shutil.rmtree(cfg.train.run_dir)
-    todo = [(key, cfg) for key, cfg in runs.items() if not (Path(cfg.train.run_dir) / evaluate.EVAL).exists()]
-    log(f"compare: {len(runs)} runs ({len(config.compare.variants)} variants x {len(config.compare.seeds)} seeds), "
-        f"{len(runs) - len(todo)} already finished")
+    todo = [(key, cfg) for key, cfg in configs.items() if not runs.is_evaluated(cfg.train.run_dir)]
+    log(f"compare: {len(configs)} runs ({len(config.compare.variants)} variants x {len(config.compare.seeds)} seeds), "
+        f"{len(configs) - len(todo)} already finished")
     for i, ((name, seed), cfg) in enumerate(todo, start=1):
         run_dir = Path(cfg.train.run_dir)
         log(f"compare: [{i}/{len(todo)}] {name} seed {seed} ({len(todo) - i} left after this, "
             f"{time.perf_counter() - started:.0f} s so far)")
-        if not (run_dir / train.TRAIN_DONE).exists():
+        if not runs.is_trained(run_dir):
             train.run(cfg)
         evaluate.run(run_dir)
-    output = Path(config.compare.output or Path(config.workdir) / "report")
-    write_report(config, runs, data_dir, output)
+    output = runs.report_dir_of(config)
+    write_report(config, configs, data_dir, output)
     log(f"compare: report in {output} ({time.perf_counter() - started:.0f} s)")
     return output
-
-
-def _made_with_other_config(cfg) -> bool:
-    """True if the run folder exists and its config.yaml (pipeline/train.py) is not this config."""
-    saved = Path(cfg.train.run_dir) / "config.yaml"
-    if not saved.exists():
-        return False
-    # Only what the run trains and evaluates on: editing another variant or the report settings
-    # (the compare section) leaves it valid.
-    saved, current = yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json")
-    return any(saved.get(section) != current[section] for section in RUN_SECTIONS)
 
 
 def main(config, args) -> int:

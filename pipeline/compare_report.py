@@ -9,7 +9,6 @@ against the k it was asked for.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ import pandas as pd
 
 from pipeline import report as rp
 from pipeline.artifacts import read_json, staged_folder
-from pipeline.evaluate import EVAL, EVAL_USERS
+from pipeline.manifest import read_manifest
+from pipeline.runs import EVAL, EVAL_USERS, GATES, read_history
 from pipeline.significance import holm, paired_wilcoxon
 
 LOWER_IS_BETTER = {"rmse", "mae", "logloss", "pooled_rmse", "pooled_mae"}
@@ -45,8 +45,8 @@ def collect(runs: dict) -> dict:
         entry["seeds"].append(seed)
         entry["values"].append(_run_values(read_json(run_dir / EVAL, "evaluation")))
         entry["users"].append(pd.read_csv(run_dir / EVAL_USERS).set_index("user_id"))
-        entry["gates"].append(read_json(run_dir / "gates.json", "gate diagnostics"))
-        entry["history"].append(json.loads((run_dir / "history.json").read_text())["epochs"])
+        entry["gates"].append(read_json(run_dir / GATES, "gate diagnostics"))
+        entry["history"].append(read_history(run_dir))
     return variants
 
 
@@ -109,7 +109,7 @@ def write_report(config, runs: dict, data_dir: Path, output: Path) -> Path:
     variants = collect(runs)
     summary = summarize(variants)
     tests = significance(config, variants)
-    manifest = read_json(Path(data_dir) / "manifest.json", "data manifest")
+    manifest = read_manifest(data_dir)
     names = list(variants)
     tasks = [t for t in config.model.tasks if t in summary[names[0]]["tasks"]]  # in config order
     with staged_folder(output) as folder:

@@ -402,6 +402,11 @@ def with_overrides(config: Config, update: dict) -> Config:
     return validate(merge(config.model_dump(mode="json"), update))
 
 
+def to_yaml(config: Config) -> str:
+    """The whole resolved config as YAML, in schema order: `load_config` of it gives `config` back."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
 def config_hash(section: BaseModel | dict) -> str:
     """Stable hash of a config (section): sha256 of its canonical JSON."""
     tree = section.model_dump(mode="json") if isinstance(section, BaseModel) else section

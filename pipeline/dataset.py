@@ -23,10 +23,10 @@ import tensorflow_transform as tft
 
 from features.spec import LABEL_COLUMNS, model_input_spec, raw_feature_spec
 from features.transform import dense_model_inputs
-from pipeline.artifacts import ArtifactError, read_manifest
+from pipeline.artifacts import ArtifactError
+from pipeline.manifest import read_manifest
 
 AUTOTUNE = tf.data.AUTOTUNE
-DATA_FORMAT = 2  # of a data folder; 2: train and validation also materialized (transformed/)
 BLOCK_SIZE = 1024  # examples per materialized record
 MATERIALIZED = ("train", "validation")  # the splits preprocess writes through the transform graph
 

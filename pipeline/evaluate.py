@@ -22,22 +22,19 @@ import pandas as pd
 import tensorflow as tf
 
 from features.spec import TASKS, raw_feature_spec
-from pipeline import metrics
-from pipeline.artifacts import atomic_write, read_json, write_json
+from pipeline import metrics, runs
+from pipeline.artifacts import atomic_write, write_json
 from pipeline.dataset import split_files
-from pipeline.train import read_train_summary
 
 KS = (5, 10, 20)
-EVAL = "eval.json"
-EVAL_USERS = "eval_users.csv"
 
 
 def score_candidates(run_dir: Path, batch_size: int = 8192) -> pd.DataFrame:
     """Every candidate row: user, labels, and the exported model's prediction per task."""
-    summary = read_train_summary(run_dir)
-    manifest = read_json(run_dir / "data_manifest.json", "data manifest copy")
+    summary = runs.read_train_summary(run_dir)
+    manifest = runs.read_data_manifest(run_dir)
     spec = raw_feature_spec(manifest["raw_columns"])
-    serve = tf.saved_model.load(str(run_dir / "export")).signatures["serving_default"]
+    serve = tf.saved_model.load(str(run_dir / runs.EXPORT)).signatures["serving_default"]
     files = split_files(summary["data"], "candidates")
     data = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size).map(
         lambda s: tf.io.parse_example(s, spec)).prefetch(tf.data.AUTOTUNE)
@@ -47,7 +44,8 @@ def score_candidates(run_dir: Path, batch_size: int = 8192) -> pd.DataFrame:
         frames.append(pd.DataFrame({
             "user_id": batch["user_id"].numpy(), "watch": batch["watch"].numpy(),
             "rating": batch["rating"].numpy(), "like": batch["like"].numpy(),
-            **{f"pred_{t}": p.numpy() for t, p in predictions.items()}}))
+            # In the run's task order: a loaded signature returns its outputs in no fixed order.
+            **{f"pred_{t}": predictions[t].numpy() for t in summary["tasks"]}}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -99,18 +97,17 @@ def run(run_dir) -> dict:
         per_user, pointwise = task_metrics(task, arrays[f"pred_{task}"], arrays, mask, pooled)
         result["tasks"][task] = {"per_user": metrics.summarize(per_user), "pooled": pointwise}
         per_user_table.update({f"{task}/{name}": values for name, values in per_user.items()})
-    atomic_write(run_dir / EVAL_USERS, pd.DataFrame(per_user_table).to_csv(index=False).encode())
-    write_json(run_dir / EVAL, result)  # last: the run is evaluated
+    atomic_write(run_dir / runs.EVAL_USERS, pd.DataFrame(per_user_table).to_csv(index=False).encode())
+    write_json(run_dir / runs.EVAL, result)  # last: the run is evaluated
     return result
 
 
 def main(config, args) -> int:
-    from pipeline.train import run_dir_of
-    run_dir = Path(args.run) if args.run else run_dir_of(config)
+    run_dir = Path(args.run) if args.run else runs.run_dir_of(config)
     result = run(run_dir)
     for task, values in result["tasks"].items():
         shown = {k: v["mean"] for k, v in values["per_user"].items() if k in ("ndcg@10", "gauc", "rmse")}
         shown.update(values["pooled"])
         print(f"evaluate: {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), file=sys.stderr)
-    print(f"evaluate: wrote {run_dir / EVAL}", file=sys.stderr)
+    print(f"evaluate: wrote {run_dir / runs.EVAL}", file=sys.stderr)
     return 0

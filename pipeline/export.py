@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from features.spec import raw_feature_spec
 from features.transform import dense_model_inputs
+from pipeline import runs
 from pipeline.artifacts import write_json
 from pipeline.errors import MtlrecError
 
@@ -66,24 +67,22 @@ def export_run(run_dir, sparse: bool = False) -> Path:
     which experts were kept and why in <run>/sparse_export.json.
     """
     from models.sparse import SparseExportError, SparseRecommender
-    from pipeline.train import restore_model
     run_dir = Path(run_dir)
-    model, inputs = restore_model(run_dir)
+    model, inputs = runs.restore_model(run_dir)
     if not sparse:
-        return export_model(model, inputs, run_dir / "export")
+        return export_model(model, inputs, run_dir / runs.EXPORT)
     try:
         sparse_model = SparseRecommender(model)
     except SparseExportError as exc:
         raise ExportError(f"{run_dir}: {exc}") from None
-    path = export_model(sparse_model, inputs, run_dir / "export_sparse")
-    write_json(run_dir / "sparse_export.json", {"export": str(path), **sparse_model.selection.to_json()})
+    path = export_model(sparse_model, inputs, run_dir / runs.EXPORT_SPARSE)
+    write_json(run_dir / runs.SPARSE_EXPORT, {"export": str(path), **sparse_model.selection.to_json()})
     return path
 
 
 def main(config, args) -> int:
     import sys
-    from pipeline.train import run_dir_of
-    run_dir = Path(args.run) if args.run else run_dir_of(config)
+    run_dir = Path(args.run) if args.run else runs.run_dir_of(config)
     path = export_run(run_dir, sparse=args.sparse)
     print(f"export: wrote {path}", file=sys.stderr)
     return 0

@@ -8,6 +8,10 @@
                 -> tf.Transform analyzers fitted on the train split -> transform graph
                 -> manifest.json (counts, label rates, config and its hash)
 
+Its parts: pipeline/sources.py reads the rows, pipeline/sampling.py draws the items,
+pipeline/tfexample.py encodes the examples, pipeline/shards.py writes the files and
+pipeline/manifest.py describes the result; this module wires them into one Beam pipeline.
+
 Everything is written into a temporary folder that is renamed into place on success (on an
 object store, in place, with the manifest written last: pipeline/artifacts.py).
 Any Beam runner works: pipeline options pass through (`data.beam_args` or after `--`).
@@ -17,11 +21,7 @@ runner, the number of workers or the order of elements.
 from __future__ import annotations
 
 import json
-import operator
-import struct
 import sys
-import zlib
-from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
@@ -29,18 +29,18 @@ import tensorflow as tf
 import tensorflow_transform.beam as tft_beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_transform.tf_metadata import schema_utils
-from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
 from tfx_bsl.public import tfxio
 
-from features.spec import TASKS, active_features, declaration_hash, raw_feature_spec
+from features.spec import raw_feature_spec
 from features.transform import make_preprocessing_fn
 from pipeline.artifacts import MANIFEST, staged_folder, write_json
-from pipeline.config import config_hash
-from pipeline.dataset import BLOCK_SIZE, DATA_FORMAT, MATERIALIZED, InputPipeline, encode_block
+from pipeline.manifest import SPLITS, build_manifest
+from pipeline.runs import preprocess_output_of
 from pipeline.sampling import Catalog
+from pipeline.shards import TrainBatches, WriteShard, WriteTransformedShard, file_order, shard_names, shard_of
 from pipeline.sources import REJECTED, SourceError, open_source
+from pipeline.tfexample import ExampleEncoder
 
-SPLITS = ("train", "validation", "test", "candidates")
 NAMESPACE = "mtlrec"
 # Streams of per-user randomness: one per purpose, so changing one never shifts another.
 STREAM = {"train": 1, "validation": 2, "test": 3, "candidates": 4, "user_sample": 5}
@@ -49,13 +49,6 @@ STREAM = {"train": 1, "validation": 2, "test": 3, "candidates": 4, "user_sample"
 # and 0.94x on 10^6 generated ratings (3.5 vs 3.7 min), with less CPU (see its JSON).
 DEFAULT_BEAM_ARGS = ["--direct_running_mode=in_memory"]
 ANALYZE_BATCH = 10_000  # train examples per RecordBatch that tf.Transform analyzes
-
-
-def data_hash(data_config) -> str:
-    """Hash of the data settings that shape the output (runner options excluded), and of the
-    folder's format, so a folder of an older format counts as made with other settings."""
-    return config_hash({**{k: v for k, v in data_config.model_dump(mode="json").items()
-                           if k not in ("beam_args", "output")}, "format": DATA_FORMAT})
 
 
 _COUNTERS: dict = {}
@@ -211,7 +204,7 @@ class _SampleExamples(beam.DoFn):
             _counter(f"positives:{split}").inc(int(positive.sum()))
             _counter(f"likes:{split}").inc(int(sum(columns["like"])))
             _counter(f"rating_half_stars:{split}").inc(sum(int(round(2 * r)) for r in columns["rating"]))
-            yield split, user_id, _file_order(self.encoder.encode(columns), np.asarray(columns["timestamp"]), items)
+            yield split, user_id, file_order(self.encoder.encode(columns), np.asarray(columns["timestamp"]), items)
 
     def _draws(self, user_id, parts, catalog):
         """Per split: (split, rows, row index, item, positive?, request time or None) per example,
@@ -265,208 +258,7 @@ class _SampleExamples(beam.DoFn):
         return columns
 
 
-# ---------------------------------------------------------------- tf.Example bytes
-def _varint(n: int) -> bytes:
-    """Protobuf base-128 varint; a negative int64 as its 64-bit two's complement."""
-    n &= 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_VARINTS = [_varint(n) for n in range(1 << 14)]  # the lengths an example's parts have (two bytes at most)
-
-
-def _delimited(payload: bytes) -> bytes:
-    return _varint(len(payload)) + payload
-
-
-# tf.train.Feature holding one value: int64_list (field 3), float_list (2) or bytes_list (1).
-def _int64_feature(value) -> bytes:
-    return b"\x1a" + _delimited(b"\x0a" + _delimited(_varint(operator.index(value))))
-
-
-def _bytes_feature(value) -> bytes:
-    return b"\x0a" + _delimited(b"\x0a" + _delimited(value if isinstance(value, bytes) else value.encode("utf-8")))
-
-
-_FLOAT = struct.Struct("<f")
-
-
-class ExampleEncoder:
-    """Columns of scalar features -> serialized tf.Examples, equal to protobuf's deterministic
-    serialization (map keys in its order), so the bytes do not depend on the process.
-
-    tf.Transform's ExampleProtoCoder is pure Python per feature, and the deterministic
-    re-serialization its varying map order needed cost as much again. A feature's bytes
-    depend only on its name and value: each (column, value) is encoded once and an example
-    is the concatenation of its columns' pieces, behind a length prefix.
-    """
-    MEMO_SIZE = 1 << 16  # encoded values kept per column
-
-    def __init__(self, feature_spec):
-        self.heads, self.encoders, sample = {}, {}, {}
-        for name, spec in feature_spec.items():
-            key = b"\x0a" + _delimited(name.encode()) + b"\x12"  # map entry: the key (field 1), the Feature (2)
-            if spec.dtype == tf.float32:  # fixed size: one head for every value, then the float's 4 bytes
-                entry = key + b"\x08\x12\x06\x0a\x04"  # Feature of 8 bytes: float_list of 6: packed value
-                self.heads[name] = b"\x0a" + _varint(len(entry) + 4) + entry
-                sample[name] = 1.0
-            else:
-                self.heads[name] = key
-                self.encoders[name] = _int64_feature if spec.dtype == tf.int64 else _bytes_feature
-                sample[name] = 1 if spec.dtype == tf.int64 else "x"
-        self.memo = {name: {} for name in self.encoders}
-        # Protobuf's deterministic key order is its own (not plain sorting): read it off a sample.
-        reference = _protobuf_example(feature_spec, sample)
-        self.order = sorted(feature_spec, key=lambda name: reference.index(self._column(name, [sample[name]])[0]))
-        if self.encode({name: [value] for name, value in sample.items()}) != [reference]:
-            raise RuntimeError("ExampleEncoder disagrees with protobuf's serialization of tf.Example")
-
-    def _column(self, name, values) -> list[bytes]:
-        """Each value's map entry (tag, length, entry) of feature `name`."""
-        head, encode = self.heads[name], self.encoders.get(name)
-        if encode is None:
-            return [head + _FLOAT.pack(value) for value in values]
-        memo = self.memo[name]
-        if len(memo) > self.MEMO_SIZE:
-            memo.clear()
-        out = []
-        for value in values:
-            piece = memo.get(value)
-            if piece is None:
-                piece = memo[value] = b"\x0a" + _delimited(head + _delimited(encode(value)))
-            out.append(piece)
-        return out
-
-    def encode(self, columns) -> list[bytes]:
-        """{feature: [value per example]} -> [tf.Example bytes per example]."""
-        pieces = [self._column(name, columns[name]) for name in self.order]
-        bodies = list(map(b"".join, zip(*pieces)))
-        return [b"\x0a" + (_VARINTS[n] if n < len(_VARINTS) else _varint(n)) + body
-                for n, body in zip(map(len, bodies), bodies)]
-
-
-def _protobuf_example(feature_spec, values) -> bytes:
-    example = tf.train.Example()
-    for name, value in values.items():
-        feature = example.features.feature[name]
-        dtype = feature_spec[name].dtype
-        if dtype == tf.int64:
-            feature.int64_list.value.append(value)
-        elif dtype == tf.float32:
-            feature.float_list.value.append(value)
-        else:
-            feature.bytes_list.value.append(value.encode("utf-8"))
-    return example.SerializeToString(deterministic=True)
-
-
-def _file_order(records, times, items) -> list[bytes]:
-    """A user's records sorted by (timestamp, item), then bytes: the order in the written files."""
-    order = np.lexsort((items, times))
-    out = [records[i] for i in order]
-    times, items = times[order], items[order]
-    tied = np.flatnonzero((times[1:] == times[:-1]) & (items[1:] == items[:-1]))  # out[j] ~ out[j + 1]
-    if len(tied):  # an item drawn twice for one time: order those by bytes
-        gaps = np.flatnonzero(np.diff(tied) > 1)
-        for first, last in zip(np.r_[tied[0], tied[gaps + 1]], np.r_[tied[gaps], tied[-1]]):
-            out[first:last + 2] = sorted(out[first:last + 2])
-    return out
-
-
-# ---------------------------------------------------------------- deterministic output
-def _shard_of(user_id, num_shards):
-    return zlib.crc32(str(user_id).encode()) % num_shards
-
-
-def _users_in_order(users):
-    return sorted(users, key=lambda user: user[0])
-
-
-class _WriteShard(beam.DoFn):
-    """All examples of one (split, shard), sorted, into one gzip TFRecord file.
-
-    Sorting (users by id, each user's records already in file order) makes the bytes
-    independent of the runner's element order; a retried bundle rewrites identical bytes,
-    so the write is idempotent.
-    """
-
-    def __init__(self, folder, num_shards):
-        self.folder, self.num_shards = folder, num_shards
-
-    def process(self, keyed):
-        (split, shard), users = keyed
-        path = f"{self.folder}/{split}/{split}-{shard:05d}-of-{self.num_shards:05d}.tfrecord.gz"
-        tf.io.gfile.makedirs(f"{self.folder}/{split}")
-        with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-            for _, records in _users_in_order(users):
-                for serialized in records:
-                    writer.write(serialized)
-        yield path
-
-
-class _WriteTransformedShard(beam.DoFn):
-    """One (split, shard) of pipeline.dataset.MATERIALIZED through the fitted transform graph,
-    in the raw shard's order, as blocks of BLOCK_SIZE examples (pipeline.dataset.encode_block):
-    what training reads every epoch, so it parses blocks instead of transforming examples.
-
-    Runs once the transform graph is written (the `written` side input). Deterministic bytes,
-    so a retried bundle rewrites the same file.
-    """
-
-    def __init__(self, folder, num_shards, raw_columns):
-        self.folder, self.num_shards, self.raw_columns = folder, num_shards, raw_columns
-        self.to_inputs = None
-
-    def process(self, keyed, written):
-        (split, shard), users = keyed
-        if split not in MATERIALIZED:
-            return
-        if self.to_inputs is None:  # the transform graph exists only once `written` is ready
-            self.to_inputs = tf.function(InputPipeline(self.folder, self.raw_columns).to_inputs,
-                                         input_signature=[tf.TensorSpec([None], tf.string)])  # one trace
-        records = [r for _, user_records in _users_in_order(users) for r in user_records]
-        path = f"{self.folder}/transformed/{split}/{split}-{shard:05d}-of-{self.num_shards:05d}.tfrecord.gz"
-        tf.io.gfile.makedirs(f"{self.folder}/transformed/{split}")
-        with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-            for start in range(0, len(records), BLOCK_SIZE):
-                columns = self.to_inputs(tf.constant(records[start:start + BLOCK_SIZE]))
-                writer.write(encode_block({name: value.numpy() for name, value in columns.items()}))
-        yield path
-
-
-class _TrainBatches(beam.DoFn):
-    """The train shards' records, in file order, as Arrow RecordBatches for tf.Transform.
-
-    Fixed-size batches of the sorted shards: the analyzers see the same batches under any
-    runner (quantiles are approximate and depend on the batching), and large ones, as
-    tf.Transform's per-batch work (a TF call, one element per distinct vocabulary token)
-    is what it costs.
-    """
-
-    def __init__(self, schema, batch_size):
-        self.schema, self.batch_size = schema.SerializeToString(), batch_size
-
-    def setup(self):
-        self.decoder = ExamplesToRecordBatchDecoder(self.schema)
-
-    def process(self, keyed):
-        (split, _), users = keyed
-        if split != "train":
-            return
-        batch = []
-        for _, records in _users_in_order(users):
-            batch += records
-            while len(batch) >= self.batch_size:
-                yield self.decoder.DecodeBatch(batch[:self.batch_size])
-                del batch[:self.batch_size]
-        if batch:
-            yield self.decoder.DecodeBatch(batch)
-
-
+# ---------------------------------------------------------------- rejected rows
 def _write_rejected(keyed, folder):
     _, records = keyed
     path = f"{folder}/rejected/rejected.jsonl"
@@ -514,18 +306,18 @@ def build_pipeline(p, source, data_config, folder):
 
     shards = data_config.num_shards
     grouped = (examples | "ByShard" >> beam.MapTuple(
-        lambda split, user, records: ((split, _shard_of(user, shards)), (user, records)))
+        lambda split, user, records: ((split, shard_of(user, shards)), (user, records)))
                | "GroupShards" >> beam.GroupByKey())
-    _ = grouped | "WriteShards" >> beam.ParDo(_WriteShard(str(folder), shards))
+    _ = grouped | "WriteShards" >> beam.ParDo(WriteShard(str(folder), shards))
 
     # tf.Transform analyzers see the train split only: no validation/test label leaks.
-    batches = grouped | "TrainBatches" >> beam.ParDo(_TrainBatches(schema, ANALYZE_BATCH))
+    batches = grouped | "TrainBatches" >> beam.ParDo(TrainBatches(schema, ANALYZE_BATCH))
     example_io = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["mtlrec"], schema=schema)
     transform_fn = (batches, example_io.TensorAdapterConfig()) | "Analyze" >> tft_beam.AnalyzeDataset(
         make_preprocessing_fn(raw_columns))
     written = transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(str(folder))
     _ = grouped | "WriteTransformed" >> beam.ParDo(
-        _WriteTransformedShard(str(folder), shards, raw_columns), beam.pvalue.AsSingleton(written))
+        WriteTransformedShard(str(folder), shards, raw_columns), beam.pvalue.AsSingleton(written))
 
 
 def _counters(result) -> dict[str, int]:
@@ -537,52 +329,11 @@ def _counters(result) -> dict[str, int]:
     return totals
 
 
-def _manifest(source, data_config, counts, folder, raw_columns) -> dict:
-    splits = {}
-    for split in SPLITS:
-        n = counts.get(f"examples:{split}", 0)
-        positives = counts.get(f"positives:{split}", 0)
-        files = sorted(Path(p).name for p in tf.io.gfile.glob(f"{folder}/{split}/*.tfrecord.gz")) if n else []
-        transformed = sorted(Path(p).name for p in tf.io.gfile.glob(f"{folder}/transformed/{split}/*.tfrecord.gz"))
-        splits[split] = {
-            "files": files, "transformed_files": transformed if n else [], "examples": n, "positives": positives,
-            "label_rates": {"watch": positives / n if n else None, "like": counts.get(f"likes:{split}", 0) / n if n else None,
-                            "rating_weight": positives / n if n else None},
-            "mean_rating": counts.get(f"rating_half_stars:{split}", 0) / 2 / positives if positives else None,
-        }
-    resolved = data_config.model_dump(mode="json")
-    return {
-        "kind": "mtlrec-data",
-        "format": DATA_FORMAT,
-        "source": {"name": source.info.name, "layout": source.info.layout, "location": source.info.location,
-                   "files": source.info.files, "rating_scale": [source.info.scale.low, source.info.scale.high,
-                                                                 source.info.scale.step]},
-        "input_rows": counts.get("input_rows", 0),
-        "accepted_rows": counts.get("accepted_rows", 0),
-        "rejected_rows": counts.get("rejected_rows", 0),
-        "sampled_out_rows": counts.get("sampled_out_rows", 0),
-        "metadata_rejected_rows": counts.get("metadata_rejected_rows", 0),
-        "duplicates": {"exact": counts.get("exact_duplicate_rows", 0),
-                       "repeated_pairs": counts.get("repeated_pair_rows", 0)},
-        "unfilled": {"negatives": counts.get("unfilled_negatives", 0),  # user had seen every item available then
-                     "candidates": counts.get("unfilled_candidates", 0)},
-        "users": counts.get("users", 0), "train_only_users": counts.get("train_only_users", 0),
-        "test_users": counts.get("test_users", 0), "items": counts.get("items", 0),
-        "splits": splits,
-        "tasks": {name: {"kind": t.kind, "label": t.label, "weight": t.weight} for name, t in TASKS.items()},
-        "raw_columns": raw_columns,
-        "features": active_features(raw_columns),
-        "declaration_hash": declaration_hash(raw_columns),
-        "config": resolved,
-        "config_hash": data_hash(data_config),
-    }
-
-
 def run(config, output=None, beam_args=()) -> dict:
     """Run the stage; returns the manifest. Raises SourceError for unusable input."""
     data_config = config.data
     source = open_source(data_config)  # fails fast, before any folder exists
-    final = str(output or data_config.output or f"{config.workdir}/data")  # a string: pathlib breaks gs://
+    final = str(output or preprocess_output_of(config))  # a string: pathlib breaks gs://
     args = list(data_config.beam_args) + list(beam_args)
     if not any(a.startswith("--runner") or a.startswith("--direct_running_mode") for a in args):
         args = DEFAULT_BEAM_ARGS + args
@@ -600,7 +351,9 @@ def run(config, output=None, beam_args=()) -> dict:
             where = source.info.files[0] if source.info.files else source.info.location
             raise SourceError(f"{where}: no valid rows "
                               f"({counts.get('rejected_rows', 0)} rejected of {counts.get('input_rows', 0)})")
-        manifest = _manifest(source, data_config, counts, folder, list(source.info.raw_columns))
+        shards = {split: {"files": shard_names(folder, split),
+                          "transformed_files": shard_names(folder, split, transformed=True)} for split in SPLITS}
+        manifest = build_manifest(source.info, data_config, counts, shards)
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
         write_json(f"{folder}/{MANIFEST}", manifest)  # last: its presence marks the folder complete

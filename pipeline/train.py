@@ -1,14 +1,8 @@
 """`mtlrec train`: one multi-task model on one preprocessed data folder -> a complete run folder.
 
-    <run_dir>/config.yaml          the resolved config
-             data_manifest.json    the manifest of the data it trained on
-             checkpoints/          weights after every epoch
-             backup/               BackupAndRestore state: a killed run resumes from here
-             tensorboard/          per-task losses and metrics, gate diagnostics
-             history.json          one record per epoch (kept across restarts)
-             gates.json            gate diagnostics per epoch, and of the exported model
-             export/               SavedModel: raw features in, one output per task out
-             train.json            written last: marks the run complete (best epoch, timings)
+The run folder's layout (config.yaml, checkpoints/, backup/, history.json, gates.json, export/,
+and train.json written last) is described in pipeline/runs.py; a killed run resumes from its
+backup when started again.
 """
 from __future__ import annotations
 
@@ -19,44 +13,16 @@ import uuid
 from pathlib import Path
 
 import tensorflow as tf
-import yaml
 
-from features.spec import declaration_hash
-from features.transform import categorical_sizes
 from models.experts import gate_diagnostics
-from models.recommender import ModelSpec, MultiTaskRecommender
-from pipeline.artifacts import ArtifactError, read_json, read_manifest, write_json
-from pipeline.dataset import DATA_FORMAT, InputPipeline
+from pipeline import runs
+from pipeline.artifacts import ArtifactError, read_json, write_json
+from pipeline.dataset import InputPipeline
 from pipeline.export import export_model
+from pipeline.manifest import read_training_manifest
+from pipeline.modeling import build_model, set_precision
 
 keras = tf.keras
-TRAIN_DONE = "train.json"
-
-
-# ---------------------------------------------------------------- where things are
-def data_dir_of(config) -> Path:
-    return Path(config.train.data or config.data.output or Path(config.workdir) / "data")
-
-
-def run_dir_of(config) -> Path:
-    return Path(config.train.run_dir or Path(config.workdir) / "models" / "default")
-
-
-def load_data(data_dir: Path, tasks) -> dict:
-    """The data manifest, refused when it does not match this code's feature declaration."""
-    manifest = read_manifest(data_dir)
-    if manifest.get("format") != DATA_FORMAT:
-        raise ArtifactError(f"{data_dir}: data folder format {manifest.get('format', 1)}, this code reads format "
-                            f"{DATA_FORMAT}; run `mtlrec preprocess` again")
-    expected = declaration_hash(manifest["raw_columns"])
-    if manifest["declaration_hash"] != expected:
-        raise ArtifactError(
-            f"{data_dir}: made with an incompatible feature declaration (hash {manifest['declaration_hash'][:12]}, "
-            f"this code declares {expected[:12]}); run `mtlrec preprocess` again")
-    missing = [t for t in tasks if t not in manifest["tasks"]]
-    if missing:
-        raise ArtifactError(f"{data_dir}: has no labels for task(s) {', '.join(missing)}")
-    return manifest
 
 
 # ---------------------------------------------------------------- tf.distribute
@@ -95,27 +61,7 @@ def make_strategy(train_config) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-# ---------------------------------------------------------------- model
-def set_precision(mixed_precision: str) -> None:
-    """The Keras dtype policy for models built from here on ("none" = float32)."""
-    keras.mixed_precision.set_global_policy("float32" if mixed_precision == "none" else mixed_precision)
-
-
-def model_spec(config, manifest, tft_output) -> ModelSpec:
-    m = config.model
-    missing = sorted(set(m.features or ()) - set(manifest["features"]))
-    if missing:
-        raise ArtifactError(f"model.features: the data has no {', '.join(missing)} "
-                            f"(it provides {', '.join(manifest['features'])})")
-    features = [f for f in manifest["features"] if m.features is None or f in m.features]
-    return ModelSpec(
-        features=features, categorical_sizes=categorical_sizes(tft_output, features),
-        tasks={t: c.weight for t, c in m.tasks.items()},
-        gates={t: m.gate_for(t).model_dump() for t in m.tasks}, architecture=m.architecture,
-        id_embedding_dim=m.id_embedding_dim, side_embedding_dim=m.side_embedding_dim, num_experts=m.num_experts,
-        expert_units=m.expert_units, expert_dropout=m.expert_dropout, tower_units=m.tower_units)
-
-
+# ---------------------------------------------------------------- optimizer
 def make_optimizer(train_config, steps_per_epoch: int):
     lr = train_config.learning_rate
     if train_config.lr_schedule == "cosine":
@@ -138,10 +84,10 @@ class EpochRecords(keras.callbacks.Callback):
 
     def __init__(self, run_dir: Path, diagnostics_inputs, session: str):
         super().__init__()
-        self.history_path, self.gates_path = run_dir / "history.json", run_dir / "gates.json"
+        self.history_path, self.gates_path = run_dir / runs.HISTORY, run_dir / runs.GATES
         self.inputs = diagnostics_inputs
         self.session = session
-        self.writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "gates"))
+        self.writer = tf.summary.create_file_writer(str(run_dir / runs.TENSORBOARD / "gates"))
         self.history = self._load(self.history_path)
         self.gates = self._load(self.gates_path)
 
@@ -192,16 +138,16 @@ class _Recorder(keras.callbacks.Callback):
 def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr, flush=True)) -> dict:
     """Train, export and write the run folder; resumes from its backup if one exists."""
     train_config = config.train
-    data_dir, run_dir = data_dir_of(config), run_dir_of(config)
-    manifest = load_data(data_dir, list(config.model.tasks))
+    data_dir, run_dir = runs.data_dir_of(config), runs.run_dir_of(config)
+    manifest = read_training_manifest(data_dir, list(config.model.tasks))
     strategy = make_strategy(train_config)
     set_precision(train_config.mixed_precision)
     keras.utils.set_random_seed(train_config.seed)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / TRAIN_DONE).unlink(missing_ok=True)  # this folder is complete only when we finish
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    write_json(run_dir / "data_manifest.json", manifest)
+    (run_dir / runs.TRAIN_DONE).unlink(missing_ok=True)  # this folder is complete only when we finish
+    runs.write_config(run_dir, config)
+    write_json(run_dir / runs.DATA_MANIFEST, manifest)
 
     inputs = InputPipeline(data_dir, manifest["raw_columns"])
     batch = train_config.batch_size
@@ -213,15 +159,15 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
     diagnostics_inputs = [b for b in val_ds.take(train_config.diagnostics_batches)]
 
     with strategy.scope():
-        model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
+        model = build_model(config, manifest, inputs)
         model.compile(optimizer=make_optimizer(train_config, steps), jit_compile=train_config.jit_compile)
 
     session = uuid.uuid4().hex[:8]
     recorder = _Recorder()
     fit_callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "checkpoints" / "epoch-{epoch:03d}"), save_weights_only=True),
-        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch", profile_batch=0),
+        keras.callbacks.BackupAndRestore(str(run_dir / runs.BACKUP)),
+        keras.callbacks.ModelCheckpoint(str(run_dir / runs.CHECKPOINTS / runs.CHECKPOINT), save_weights_only=True),
+        keras.callbacks.TensorBoard(str(run_dir / runs.TENSORBOARD), update_freq="epoch", profile_batch=0),
         EpochRecords(run_dir, diagnostics_inputs, session),
         recorder,
         *callbacks,
@@ -236,13 +182,13 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
     seconds = time.perf_counter() - started
 
     # Export the best validation epoch (early stopping may have run past it).
-    history = json.loads((run_dir / "history.json").read_text())["epochs"]
+    history = runs.read_history(run_dir)
     best = min(history, key=lambda r: r["val_loss"])
-    model.load_weights(str(run_dir / "checkpoints" / f"epoch-{best['epoch']:03d}")).expect_partial()
-    gates = json.loads((run_dir / "gates.json").read_text())
+    model.load_weights(str(runs.checkpoint(run_dir, best["epoch"]))).expect_partial()
+    gates = read_json(run_dir / runs.GATES, "gate diagnostics")
     gates["exported"] = {"epoch": best["epoch"], "tasks": diagnose(model, diagnostics_inputs)}
-    write_json(run_dir / "gates.json", gates)
-    export_model(model, inputs, run_dir / "export")
+    write_json(run_dir / runs.GATES, gates)
+    export_model(model, inputs, run_dir / runs.EXPORT)
 
     summary = {
         "run_dir": str(run_dir), "data": str(data_dir), "epochs": len(history), "best_epoch": best["epoch"],
@@ -251,30 +197,10 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
         "replicas": strategy.num_replicas_in_sync, "mixed_precision": train_config.mixed_precision,
         "tasks": list(config.model.tasks), "data_config_hash": manifest["config_hash"],
     }
-    write_json(run_dir / TRAIN_DONE, summary)  # last: the run folder is complete
+    write_json(run_dir / runs.TRAIN_DONE, summary)  # last: the run folder is complete
     log(f"train: {run_dir.name}: best epoch {best['epoch']} (val_loss {best['val_loss']:.4f}), "
-        f"{seconds:.0f} s, exported to {run_dir / 'export'}")
+        f"{seconds:.0f} s, exported to {run_dir / runs.EXPORT}")
     return summary
-
-
-def restore_model(run_dir):
-    """The trained Keras model of a completed run (best epoch), with its InputPipeline."""
-    from pipeline.config import validate
-    run_dir = Path(run_dir)
-    summary = read_train_summary(run_dir)
-    config = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), source=str(run_dir / "config.yaml"))
-    manifest = read_json(run_dir / "data_manifest.json", "data manifest copy")
-    inputs = InputPipeline(summary["data"], manifest["raw_columns"])
-    set_precision(config.train.mixed_precision)
-    model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
-    model(next(iter(inputs.dataset("validation", 8))))  # build every layer, so the restore is immediate
-    model.load_weights(str(run_dir / "checkpoints" / f"epoch-{summary['best_epoch']:03d}")).expect_partial()
-    return model, inputs
-
-
-def read_train_summary(run_dir) -> dict:
-    """The summary of a completed run; an error if the run never finished."""
-    return read_json(Path(run_dir) / TRAIN_DONE, "completed training run (train.json)")
 
 
 def main(config, args) -> int:

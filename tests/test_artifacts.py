@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from features.spec import raw_feature_spec
 from pipeline.artifacts import MANIFEST, read_json, staged_folder, write_json
-from pipeline.preprocess import ExampleEncoder
+from pipeline.tfexample import ExampleEncoder
 
 
 def test_staged_folder_replaces_only_on_success(tmp_path):

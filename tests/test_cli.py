@@ -1,4 +1,6 @@
 """The `mtlrec` entry point and the config loader, driven as a user would."""
+import importlib.metadata
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +74,60 @@ def test_yaml_round_trip(tmp_path):
     path = tmp_path / "dump.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     assert load_config(path) == config
+
+
+def test_version_is_the_installed_one():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"mtlrec {importlib.metadata.version('mtlrec')}"
+
+
+def test_version_from_a_checkout_is_setup_pys(monkeypatch):
+    from pipeline import cli
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert cli.version() == re.search(r'version="([^"]+)"', (REPO / "setup.py").read_text()).group(1)
+
+
+def test_config_prints_the_defaults_from_code(tmp_path):
+    result = run_cli("config")
+    assert result.returncode == 0 and result.stderr == ""
+    dumped = tmp_path / "defaults.yaml"
+    dumped.write_text(result.stdout)
+    assert load_config(dumped) == Config()
+    assert yaml.safe_load(result.stdout)["model"]["gate"]["type"] == "dselect_k"
+
+
+def test_config_resolves_file_then_set_and_loads_back(tmp_path):
+    settings = tmp_path / "mine.yaml"
+    settings.write_text("model:\n  num_experts: 6\n  gate: {type: topk, k: 3}\ntrain:\n  epochs: 9\n")
+    result = run_cli("config", "--config", str(settings), "--set", "train.epochs=2", "--set", "workdir=/tmp/w")
+    assert result.returncode == 0
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["model"]["num_experts"] == 6 and resolved["model"]["gate"]["k"] == 3
+    assert resolved["train"]["epochs"] == 2 and resolved["workdir"] == "/tmp/w"
+    assert resolved["data"]["source"] == "embedded"  # untouched: the default
+    dumped = tmp_path / "resolved.yaml"
+    dumped.write_text(result.stdout)
+    assert load_config(dumped) == load_config(settings, ["train.epochs=2", "workdir=/tmp/w"])
+    again = run_cli("config", "--config", str(dumped))
+    assert again.returncode == 0 and again.stdout == result.stdout  # a resolved config is a fixed point
+
+
+def test_config_rejects_bad_keys_like_every_subcommand(tmp_path):
+    result = run_cli("config", "--set", "model.gate.bogus=1")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == ["mtlrec config: config error: --set: unknown key model.gate.bogus"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epoch: 3\n")
+    result = run_cli("config", "--config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"mtlrec config: config error: {bad}: unknown key train.epoch"]
+
+
+def test_config_help_names_where_the_defaults_are():
+    text = " ".join(run_cli("train", "--help").stdout.split())
+    assert "configs/default.yaml" not in text and "`mtlrec config` prints all" in text

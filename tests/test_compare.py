@@ -27,7 +27,8 @@ def _compare_config(workdir, data_dir, *overrides):
 
 
 def config_of(config, variant, seed):
-    from pipeline.compare import data_dir_of, run_configs
+    from pipeline.compare import run_configs
+    from pipeline.runs import data_dir_of
     return run_configs(config, data_dir_of(config))[variant, seed].model_dump(mode="json")
 
 

@@ -290,13 +290,13 @@ def test_tfds_source_with_mock_data(tmp_path):
 
 # ---------------------------------------------------------------- failures
 def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
-    from pipeline import preprocess
+    from pipeline import shards
 
     def broken(self, keyed):
         raise RuntimeError("disk full (injected)")
         yield  # pragma: no cover
 
-    monkeypatch.setattr(preprocess._WriteShard, "process", broken)
+    monkeypatch.setattr(shards.WriteShard, "process", broken)
     folder = write_ml1m(tmp_path / "files", ratings(num_users=6, per_user=8))
     with pytest.raises(Exception, match="disk full"):
         run_preprocess(tmp_path / "run", "data.source=grouplens", f"data.path={folder}")

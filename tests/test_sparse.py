@@ -15,7 +15,7 @@ from models.sparse import SparseRecommender
 from pipeline.config import load_config
 from pipeline.dataset import InputPipeline
 from pipeline.export import export_model, export_run
-from pipeline.train import model_spec
+from pipeline.modeling import model_spec
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
 # The experts each task is forced to select; 0, 2, 4, 6 and 7 are selected by nobody.

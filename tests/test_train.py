@@ -112,7 +112,7 @@ print(json.dumps(out))
 
 @pytest.mark.parametrize("policy", ["none", "mixed_bfloat16"])
 def test_export_serves_raw_features_without_our_packages(embedded_data, tmp_path, policy):
-    from pipeline.train import restore_model
+    from pipeline.runs import restore_model
     data_dir, manifest = embedded_data
     run_dir = tmp_path / "run"
     _train(data_dir, run_dir, "train.epochs=1", f"train.mixed_precision={policy}",

@@ -1,0 +1,106 @@
+"""The manifest of a preprocessed data folder: what it holds, made from what, in which format.
+
+`mtlrec preprocess` writes <data>/manifest.json last (its presence marks the folder complete):
+row counts (input = accepted + rejected + sampled out), per split its shard files, example
+and positive counts and label rates, the tasks, raw columns and active features, the hash of
+the feature declaration, and the resolved data config with its hash. Later stages read it
+through here and refuse a folder made by an incompatible version of the code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from features.spec import TASKS, active_features, declaration_hash
+from pipeline.artifacts import MANIFEST, ArtifactError, read_json
+from pipeline.config import config_hash
+
+DATA_FORMAT = 2  # of a data folder; 2: train and validation also materialized (transformed/)
+SPLITS = ("train", "validation", "test", "candidates")
+REQUIRED = ("source", "splits", "raw_columns", "features", "declaration_hash")
+
+
+def data_hash(data_config) -> str:
+    """Hash of the data settings that shape the output (runner options excluded), and of the
+    folder's format, so a folder of an older format counts as made with other settings."""
+    return config_hash({**{k: v for k, v in data_config.model_dump(mode="json").items()
+                           if k not in ("beam_args", "output")}, "format": DATA_FORMAT})
+
+
+def build_manifest(source_info, data_config, counts: dict[str, int], shards: dict[str, dict]) -> dict:
+    """The manifest of a finished preprocess run.
+
+    Args:
+      source_info: the source's SourceInfo (pipeline/sources.py).
+      data_config: the `data` config section it ran with.
+      counts: the stage's Beam counters by name (pipeline/preprocess.py), e.g. "accepted_rows",
+        "examples:train"; a counter that never fired is absent and counts 0.
+      shards: split -> {"files": [...], "transformed_files": [...]}, the shard file names written.
+    """
+    raw_columns = list(source_info.raw_columns)
+    splits = {}
+    for split in SPLITS:
+        n = counts.get(f"examples:{split}", 0)
+        positives = counts.get(f"positives:{split}", 0)
+        splits[split] = {
+            "files": shards[split]["files"] if n else [],
+            "transformed_files": shards[split]["transformed_files"] if n else [],
+            "examples": n, "positives": positives,
+            "label_rates": {"watch": positives / n if n else None, "like": counts.get(f"likes:{split}", 0) / n if n else None,
+                            "rating_weight": positives / n if n else None},
+            "mean_rating": counts.get(f"rating_half_stars:{split}", 0) / 2 / positives if positives else None,
+        }
+    return {
+        "kind": "mtlrec-data",
+        "format": DATA_FORMAT,
+        "source": {"name": source_info.name, "layout": source_info.layout, "location": source_info.location,
+                   "files": source_info.files, "rating_scale": [source_info.scale.low, source_info.scale.high,
+                                                                source_info.scale.step]},
+        "input_rows": counts.get("input_rows", 0),
+        "accepted_rows": counts.get("accepted_rows", 0),
+        "rejected_rows": counts.get("rejected_rows", 0),
+        "sampled_out_rows": counts.get("sampled_out_rows", 0),
+        "metadata_rejected_rows": counts.get("metadata_rejected_rows", 0),
+        "duplicates": {"exact": counts.get("exact_duplicate_rows", 0),
+                       "repeated_pairs": counts.get("repeated_pair_rows", 0)},
+        "unfilled": {"negatives": counts.get("unfilled_negatives", 0),  # user had seen every item available then
+                     "candidates": counts.get("unfilled_candidates", 0)},
+        "users": counts.get("users", 0), "train_only_users": counts.get("train_only_users", 0),
+        "test_users": counts.get("test_users", 0), "items": counts.get("items", 0),
+        "splits": splits,
+        "tasks": {name: {"kind": t.kind, "label": t.label, "weight": t.weight} for name, t in TASKS.items()},
+        "raw_columns": raw_columns,
+        "features": active_features(raw_columns),
+        "declaration_hash": declaration_hash(raw_columns),
+        "config": data_config.model_dump(mode="json"),
+        "config_hash": data_hash(data_config),
+    }
+
+
+def read_manifest(folder, required=REQUIRED) -> dict:
+    """The manifest of a preprocessed data folder, checked for the keys later stages need."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: no such data folder (run `mtlrec preprocess` first)")
+    manifest = read_json(folder / MANIFEST, "data manifest (was `mtlrec preprocess` run to completion?)")
+    missing = [key for key in required if key not in manifest]
+    if missing:
+        raise ArtifactError(f"{folder / MANIFEST}: not a valid data manifest, missing {', '.join(missing)}")
+    return manifest
+
+
+def read_training_manifest(data_dir, tasks) -> dict:
+    """The manifest of a data folder to train `tasks` on; refused when the folder's format or
+    feature declaration is not this code's, or it has no labels for a task."""
+    manifest = read_manifest(data_dir)
+    if manifest.get("format") != DATA_FORMAT:
+        raise ArtifactError(f"{data_dir}: data folder format {manifest.get('format', 1)}, this code reads format "
+                            f"{DATA_FORMAT}; run `mtlrec preprocess` again")
+    expected = declaration_hash(manifest["raw_columns"])
+    if manifest["declaration_hash"] != expected:
+        raise ArtifactError(
+            f"{data_dir}: made with an incompatible feature declaration (hash {manifest['declaration_hash'][:12]}, "
+            f"this code declares {expected[:12]}); run `mtlrec preprocess` again")
+    missing = [t for t in tasks if t not in manifest["tasks"]]
+    if missing:
+        raise ArtifactError(f"{data_dir}: has no labels for task(s) {', '.join(missing)}")
+    return manifest
