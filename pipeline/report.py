@@ -180,12 +180,14 @@ def heatmap(path, matrix, row_labels: list[str], col_labels: list[str], title: s
 
 
 def heatmaps(path, panels: dict[str, object], row_labels: list[str], col_labels: list[str], title: str,
-             vmin: float | None = None, vmax: float | None = None) -> Path:
+             vmin: float | None = None, vmax: float | None = None, digits: int | None = None) -> Path:
     """Side-by-side heatmaps of [rows, cols] matrices (e.g. one per seed) on one colour scale.
 
     Args:
-      panels: panel title -> [rows, cols] matrix, drawn left to right.
+      panels: panel title -> [rows, cols] matrix, drawn left to right; rows share the labels
+        of the first panel.
       vmin, vmax: ends of the colour scale; by default the range of all panels' finite values.
+      digits: decimals of the numbers in the cells; by default 4 significant digits.
     """
     if not panels:
         raise ValueError("heatmaps needs at least one panel")
@@ -201,12 +203,13 @@ def heatmaps(path, panels: dict[str, object], row_labels: list[str], col_labels:
     # Size grows with the matrix up to a cap; past ~40 rows the labels are thinned instead.
     width = min(16.0, max(4.0, 0.6 * cols + 2))
     height = min(12.0, max(3.0, 0.5 * rows + 1.5))
-    fig, axes = plt.subplots(1, len(matrices), figsize=(min(24.0, width * len(matrices)), height), squeeze=False)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(min(24.0, width * len(matrices)), height), squeeze=False,
+                             sharey=True, layout="constrained")
     col_step, row_step = max(1, cols // 40), max(1, rows // 40)
+    axes[0][0].set_yticks(np.arange(0, rows, row_step), row_labels[::row_step])
     for ax, (name, matrix) in zip(axes[0], matrices.items()):
         image = ax.imshow(matrix, cmap="viridis", aspect="auto", vmin=vmin, vmax=vmax)
         ax.set_xticks(np.arange(0, cols, col_step), col_labels[::col_step])
-        ax.set_yticks(np.arange(0, rows, row_step), row_labels[::row_step])
         ax.set_title(name)
         if matrix.size <= _MAX_ANNOTATED_CELLS:
             # Dark text on the bright half of the colormap, light text on the dark half.
@@ -214,7 +217,8 @@ def heatmaps(path, panels: dict[str, object], row_labels: list[str], col_labels:
             for r in range(rows):
                 for c in range(cols):
                     value = matrix[r, c]
-                    ax.text(c, r, _cell_text(float(value)), ha="center", va="center", fontsize=8,
+                    text = _cell_text(float(value)) if digits is None or np.isnan(value) else f"{value:.{digits}f}"
+                    ax.text(c, r, text, ha="center", va="center", fontsize=8,
                             color="black" if value > mid else "white")
     fig.colorbar(image, ax=list(axes[0]))
     fig.suptitle(title)

@@ -96,12 +96,15 @@ def test_heatmaps_share_one_colour_scale_across_panels(tmp_path, monkeypatch):
     figures = spy_on_figures(monkeypatch)
     panels = {"seed 0": [[1.0, 0.0], [0.5, 0.5]], "seed 1": [[0.0, 1.0], [0.2, 0.8]], "seed 2": [[0.3, 0.7], [1, 0]]}
     assert_png(heatmaps(tmp_path / "seeds.png", panels, ["watch", "rating"], ["e0", "e1"], "per seed",
-                        vmin=0.0, vmax=1.0))
+                        vmin=0.0, vmax=1.0, digits=2))
     images = [ax.images[0] for ax in figures[0].axes if ax.images]
     assert [im.axes.get_title() for im in images] == ["seed 0", "seed 1", "seed 2"]
     assert all(im.get_clim() == (0.0, 1.0) for im in images)
     np.testing.assert_array_equal(images[1].get_array(), [[0.0, 1.0], [0.2, 0.8]])
-    assert [len(im.axes.texts) for im in images] == [4, 4, 4]
+    assert [t.get_text() for t in images[1].axes.texts] == ["0.00", "1.00", "0.20", "0.80"]
+    # Task labels once, on the left panel: inner panels would print them over their neighbour.
+    assert [[t.get_text() for t in im.axes.get_yticklabels() if t.get_visible() and t.get_text()]
+            for im in images] == [["watch", "rating"], [], []]
     # Without vmin/vmax the scale spans every panel's values, not each panel's own.
     heatmaps(tmp_path / "auto.png", {"a": [[0.1, 0.2]], "b": [[0.3, 0.9]]}, ["t"], ["e0", "e1"], "auto")
     assert all(ax.images[0].get_clim() == (0.1, 0.9) for ax in figures[1].axes if ax.images)
