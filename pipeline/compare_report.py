@@ -1,190 +1,217 @@
 """The gate comparison report: summary.json, report.md / report.html and PNG plots.
 
-Per variant and task, every metric as mean and std over seeds (each seed's value is the
-mean over test users). The significance section tests each focus variant (DSelect-k)
-against every other variant, paired over users: each user's metric is averaged over
-seeds per variant, then a Wilcoxon signed-rank test; p-values are Holm-corrected over all
-the comparisons of the report. Sparsity: the nonzero experts each gate realized per task,
-against the k it was asked for.
+The numbers come from pipeline/compare_results.py; this module lays them out:
+  - per task, every metric as mean ± std over seeds (each seed's value is the mean over test users);
+  - the seed-aware comparison of each focus variant (DSelect-k) with every other variant: a
+    table and, per task and metric, a forest plot of the differences with their 95% intervals;
+  - per seed, the sparsity each gate realized and its expert weights (never averaged over seeds).
+
+summary.json is a function of the run folders' results and the config alone (no timings, no
+absolute paths, keys in the config's order): the same compare gives the same bytes.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline import report as rp
-from pipeline.artifacts import read_json, staged_folder
+from pipeline.artifacts import is_url, staged_folder
+from pipeline.compare_results import (
+    ALPHA, CONFIDENCE, LOWER_IS_BETTER, better_direction, collect, metric_label, significance_table, summarize)
 from pipeline.manifest import read_manifest
-from pipeline.runs import EVAL, EVAL_USERS, GATES, read_history
-from pipeline.significance import holm, paired_wilcoxon
 
-LOWER_IS_BETTER = {"rmse", "mae", "logloss", "pooled_rmse", "pooled_mae"}
 TABLE_METRICS = {"binary": ["ndcg@5", "ndcg@10", "ndcg@20", "recall@10", "mrr", "gauc", "auc", "logloss"],
                  "regression": ["ndcg@5", "ndcg@10", "rmse", "mae", "pooled_rmse"]}
-PLOT_METRICS = {"binary": ["ndcg@10", "recall@10", "gauc"], "regression": ["ndcg@10", "rmse"]}
 
 
-def _run_values(evaluation: dict) -> dict[str, dict[str, float]]:
-    """task -> metric -> value of one run (per-user means and pooled values together)."""
-    out = {}
-    for task, values in evaluation["tasks"].items():
-        out[task] = {k: v["mean"] for k, v in values["per_user"].items()}
-        out[task].update(values["pooled"])
-    return out
+def _header(metric: str) -> str:
+    return f"{metric_label(metric)} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
 
 
-def collect(runs: dict) -> dict:
-    """Everything the report needs, read from the finished run folders."""
-    variants = {}
-    for (name, seed), cfg in runs.items():
-        run_dir = Path(cfg.train.run_dir)
-        entry = variants.setdefault(name, {"config": cfg, "seeds": [], "values": [], "users": [], "gates": [],
-                                           "history": []})
-        entry["seeds"].append(seed)
-        entry["values"].append(_run_values(read_json(run_dir / EVAL, "evaluation")))
-        entry["users"].append(pd.read_csv(run_dir / EVAL_USERS).set_index("user_id"))
-        entry["gates"].append(read_json(run_dir / GATES, "gate diagnostics"))
-        entry["history"].append(read_history(run_dir))
-    return variants
+def _num(value, digits: int = 4, sign: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:{'+' if sign else ''}.{digits}f}"
 
 
-def summarize(variants: dict) -> dict:
-    out = {}
-    for name, entry in variants.items():
-        tasks = {}
-        for task in entry["values"][0]:
-            tasks[task] = {}
-            for metric in entry["values"][0][task]:
-                values = np.array([v[task][metric] for v in entry["values"]], dtype=float)
-                tasks[task][metric] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))
-                                       if len(values) > 1 else 0.0, "n_seeds": len(values)}
-        cfg = entry["config"].model
-        sparsity = {}
-        if cfg.architecture == "mmoe":
-            for task in tasks:
-                gate = cfg.gate_for(task)
-                nonzero = [g["exported"]["tasks"][task]["nonzero_experts"] for g in entry["gates"]]
-                sparsity[task] = {"type": gate.type, "per_example": gate.per_example, "k": getattr(gate, "k", None),
-                                  "num_experts": cfg.num_experts, "nonzero_experts": float(np.mean(nonzero)),
-                                  "nonzero_experts_std": float(np.std(nonzero, ddof=1)) if len(nonzero) > 1 else 0.0}
-                binary = [g["exported"]["tasks"][task].get("binary_selectors") for g in entry["gates"]]
-                if binary[0] is not None:
-                    sparsity[task]["binary_selectors"] = float(np.mean(binary))
-        out[name] = {"architecture": cfg.architecture, "seeds": entry["seeds"], "tasks": tasks,
-                     "nonzero_experts": sparsity}
-    return out
+def _pct(value) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:+.2f}%"
 
 
-def significance(config, variants: dict) -> list[dict]:
-    """Each focus variant against every other variant, paired over users, Holm-corrected."""
-    tests = []
-    for focus in config.compare.focus:
-        for other in variants:
-            if other == focus or other in config.compare.focus[: config.compare.focus.index(focus)]:
-                continue
-            for task, metric_names in config.compare.test_metrics.items():
-                for metric in metric_names:
-                    column = f"{task}/{metric}"
-                    if column not in variants[focus]["users"][0] or column not in variants[other]["users"][0]:
-                        continue
-                    a = pd.concat([u[column] for u in variants[focus]["users"]], axis=1).mean(axis=1)
-                    b = pd.concat([u[column] for u in variants[other]["users"]], axis=1).mean(axis=1)
-                    a, b = a.align(b, join="inner")
-                    result = paired_wilcoxon(a.to_numpy(), b.to_numpy())
-                    tests.append({"focus": focus, "baseline": other, "task": task, "metric": metric,
-                                  "focus_mean": float(np.nanmean(a)), "baseline_mean": float(np.nanmean(b)), **result})
-    for test, adjusted in zip(tests, holm([t["p_value"] for t in tests])):
-        test["p_holm"] = adjusted
-        test["lower_is_better"] = test["metric"] in LOWER_IS_BETTER
-    return tests
+def _p(value) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3g}"
 
 
-def _fmt(stats) -> str:
-    return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+def _per_seed(values) -> str:
+    """One value per seed, as '2 / 2 / 3' (seed order of the table header)."""
+    return " / ".join(f"{v:.3g}" for v in values)
+
+
+def _folder_in_workdir(folder, workdir) -> str | None:
+    """The data folder relative to the workdir, or None outside it: summary.json stores no
+    absolute path (the same compare elsewhere must give the same file)."""
+    if is_url(folder) or is_url(workdir):
+        prefix = str(workdir).rstrip("/") + "/"
+        return str(folder)[len(prefix):] if str(folder).startswith(prefix) else None
+    try:
+        return Path(folder).resolve().relative_to(Path(workdir).resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _metric_tables(doc, summary: dict, names: list[str], tasks: list[str]) -> None:
+    for task in tasks:
+        available = summary[names[0]]["tasks"][task]
+        kind = "binary" if "gauc" in available else "regression"
+        columns = [m for m in TABLE_METRICS[kind] if m in available]
+        bold = set()
+        for c, metric in enumerate(columns, start=1):
+            means = [summary[n]["tasks"][task][metric]["mean"] for n in names]
+            bold.add((int(np.nanargmin(means) if metric in LOWER_IS_BETTER else np.nanargmax(means)), c))
+        rows = [[n, *[f"{summary[n]['tasks'][task][m]['mean']:.4f} ± {summary[n]['tasks'][task][m]['std']:.4f}"
+                      for m in columns]] for n in names]
+        doc.heading(f"Task: {task}")
+        doc.table(["variant", *[_header(m) for m in columns]], rows, bold)
+
+
+def _verdict(t: dict) -> str:
+    if not t["seed_variance_estimable"]:
+        return "not tested (1 seed)"
+    return f"{t[t['better']]} better" if t["significant"] else "no significant difference"
+
+
+def _significance_section(doc, folder: Path, tests: list[dict], n_seeds: int) -> None:
+    doc.heading("DSelect-k against each baseline (seed-aware test)")
+    doc.paragraph(
+        "Each row compares a focus variant (DSelect-k) with another variant on one per-user metric. Difference = "
+        "focus − baseline in the metric's own units, a mean over seeds and test users, with its 95% confidence "
+        "interval; rel. diff = difference / |baseline|; ↑ higher is better, ↓ lower is better. The test "
+        "(seed_aware_test in pipeline/significance.py) accounts for both sources of variation between reruns: "
+        "which training seeds made the models (seeds are not paired between variants) and which users are in the "
+        "test set (users are paired). p-values are Holm-corrected over all rows of this table; a difference counts "
+        f"as significant only if its Holm p < {ALPHA} (bold). Seeds agreeing: in how many seed indices the two "
+        f"runs differ in the same direction as the mean; with {n_seeds} seeds, {n_seeds}/{n_seeds} happens with "
+        f"probability 1/{2 ** (n_seeds - 1)} when the variants are equal, so on its own it is weak evidence. "
+        "Users: test users with a value in every run of both variants (dropped: users some run lacks).")
+    if n_seeds < 2:
+        doc.paragraph("With one seed per variant the variance between seeds cannot be estimated: no comparison "
+                      "is tested (p n/a). Use at least 3 seeds (compare.seeds).")
+    doc.paragraph(
+        f"What {n_seeds} seed(s) can and cannot show: in the simulation documented in pipeline/significance.py "
+        "(650 users, seed-to-seed std 0.004 of a run's mean), the test keeps false positives at or below 5%, and "
+        "finds a difference with 80% power only from ~0.016 with 3 seeds (~5% of an NDCG@10 of 0.3) or ~0.010 "
+        "with 5 seeds; differences of 0.3-1% are out of reach of both. A row without a significant difference "
+        "therefore does not show that two gates are equal: its interval shows which differences remain possible. "
+        "More seeds narrow the intervals.")
+    found = [t for t in tests if t["significant"]]
+    doc.paragraph(f"Significant at Holm p < {ALPHA}: " + ("; ".join(
+        f"{t['focus']} vs {t['baseline']}, {t['task']} {metric_label(t['metric'])}: {_num(t['mean_diff'], sign=True)}"
+        f" ({_pct(t['relative_diff'])}), {_verdict(t)}" for t in found) if found else "none") + ".")
+    rows = [[t["focus"], t["baseline"], t["task"], _header(t["metric"]), _num(t["focus_mean"]),
+             _num(t["baseline_mean"]),
+             f"{_num(t['mean_diff'], sign=True)} [{_num(t['ci_low'], sign=True)}, {_num(t['ci_high'], sign=True)}]",
+             _pct(t["relative_diff"]), _p(t["p_value"]), _p(t["p_holm"]),
+             f"{t['sign_agree']}/{t['sign_pairs']}",
+             f"{t['n_users']}" + (f" ({t['n_users_dropped']} dropped)" if t["n_users_dropped"] else ""), _verdict(t)]
+            for t in tests]
+    doc.table(["focus", "baseline", "task", "metric", "focus mean", "baseline mean",
+               f"difference [{CONFIDENCE:.0%} CI]", "rel. diff", "p", "p (Holm)", "seeds agreeing", "users",
+               "verdict"], rows, {(i, c) for i, t in enumerate(tests) if t["significant"] for c in (9, 12)})
+
+    for task, metric in dict.fromkeys((t["task"], t["metric"]) for t in tests):
+        rows = [t for t in tests if (t["task"], t["metric"]) == (task, metric)]
+        label = metric_label(metric)
+        favours = "< 0" if metric in LOWER_IS_BETTER else "> 0"
+        png = rp.forest_plot(
+            folder / f"differences_{task}_{metric.replace('@', '')}.png",
+            [f"{t['focus']} − {t['baseline']}" for t in rows],
+            *([t[k] for t in rows] for k in ("mean_diff", "ci_low", "ci_high")),
+            f"{task} {label}: {better_direction(metric)}",
+            f"{label} difference, focus − baseline ({favours} favours the focus)",
+            highlight=[t["significant"] for t in rows],
+            notes=[f"{_pct(t['relative_diff'])}, Holm p {_p(t['p_holm'])}, "
+                   f"{t['sign_agree']}/{t['sign_pairs']} seeds" for t in rows])
+        doc.figure(png, f"{task} {label}: differences with {CONFIDENCE:.0%} confidence intervals "
+                        f"(red: significant at Holm p < {ALPHA}; dashed line: no difference)")
+
+
+def _gates_section(doc, folder: Path, summary: dict, names: list[str], tasks: list[str]) -> None:
+    mmoe = [n for n in names if summary[n]["gates"]]
+    if not mmoe:
+        return
+    doc.heading("Realized sparsity, per seed")
+    doc.paragraph("For the exported model (best epoch) of each seed, never averaged over seeds (different seeds "
+                  "may pick different experts): nonzero experts per task (per-example gates: per example, averaged "
+                  "over validation examples), experts used by any example, and binary selectors: the share of "
+                  "DSelect-k selectors locked onto one expert.")
+    rows = []
+    for n in mmoe:
+        seeds = ", ".join(str(s) for s in summary[n]["seeds"])
+        for task, g in summary[n]["gates"].items():
+            rows.append([n, seeds, task, f"{g['type']} {'per-example' if g['per_example'] else 'static'}",
+                         g["k"] if g["k"] is not None else f"all {g['num_experts']}", _per_seed(g["nonzero_experts"]),
+                         _per_seed(g["experts_used"]),
+                         _per_seed(g["binary_selectors"]) if "binary_selectors" in g else ""])
+    doc.table(["variant", "seeds", "task", "gate", "k asked", "nonzero experts", "experts used", "binary selectors"],
+              rows)
+
+    curves = {}
+    for n in mmoe:
+        gates = summary[n]["gates"]
+        experts = [f"e{i}" for i in range(gates[tasks[0]]["num_experts"])]
+        panels = {f"seed {s}": [gates[t]["weights"][i] for t in tasks] for i, s in enumerate(summary[n]["seeds"])}
+        png = rp.heatmaps(folder / f"expert_weights_{n}.png", panels, tasks, experts,
+                          f"{n}: expert weights by task, one panel per seed", vmin=0.0, vmax=1.0,
+                          digits=2)
+        doc.figure(png, f"{n}: expert weights by task, per seed (exported model)")
+        per_seed = summary[n]["nonzero_by_epoch"]  # [seeds][epochs]
+        epochs = min(len(h) for h in per_seed)
+        curves[n] = (list(range(1, epochs + 1)), np.mean([h[:epochs] for h in per_seed], axis=0).tolist())
+    png = rp.line_chart(folder / "sparsity_per_epoch.png", curves, "Nonzero experts per task, by epoch",
+                        "epoch", "nonzero experts (mean over tasks and seeds)")
+    doc.figure(png, "Sparsity per epoch (a trend: mean over tasks and seeds)")
 
 
 def write_report(config, runs: dict, data_dir: Path, output: Path) -> Path:
+    """Read the finished runs and write summary.json, report.md, report.html and plots to `output`.
+
+    Args:
+      config: the compare's config (compare.focus, compare.test_metrics, compare.seeds).
+      runs: (variant, seed) -> run config, from pipeline.compare.run_configs; every run evaluated.
+      data_dir: the preprocessed data folder the runs trained on.
+      output: the report folder; replaced whole once everything is written.
+    """
     variants = collect(runs)
-    summary = summarize(variants)
-    tests = significance(config, variants)
-    manifest = read_manifest(data_dir)
     names = list(variants)
-    tasks = [t for t in config.model.tasks if t in summary[names[0]]["tasks"]]  # in config order
+    first = variants[names[0]]
+    tasks = [t for t in config.model.tasks if t in first["values"][0]]  # in config order
+    summary = summarize(variants, tasks)
+    tested_metrics = {task: metrics for task, metrics in config.compare.test_metrics.items() if task in tasks}
+    tests = significance_table({n: variants[n]["users"] for n in names}, config.compare.focus, tested_metrics)
+    manifest = read_manifest(data_dir)
     with staged_folder(output) as folder:
         doc = rp.Report("Gate comparison: DSelect-k vs Top-k vs softmax (MMoE)")
-        first = variants[names[0]]["config"]
+        cfg = first["config"]
         doc.paragraph(
             f"Data: {manifest['source']['location']} ({manifest['accepted_rows']} ratings, {manifest['users']} users, "
             f"{manifest['items']} items); {manifest['test_users']} test users, each ranked on a fixed list of their "
-            f"test interactions + {first.data.candidates.negatives} sampled never-interacted items. "
+            f"test interactions + {cfg.data.candidates.negatives} sampled never-interacted items. "
             f"{len(config.compare.seeds)} seeds per variant (seeds {config.compare.seeds}); up to "
-            f"{first.train.epochs} epochs, early stopping on validation loss, the best validation epoch is evaluated. "
-            f"Values: mean ± std over seeds of the per-user mean. Best per column in bold.")
-        for task in tasks:
-            kind = "binary" if "gauc" in summary[names[0]]["tasks"][task] else "regression"
-            columns = [m for m in TABLE_METRICS[kind] if m in summary[names[0]]["tasks"][task]]
-            rows, bold = [], set()
-            for c, metric in enumerate(columns, start=1):
-                means = [summary[n]["tasks"][task][metric]["mean"] for n in names]
-                best = int(np.nanargmin(means) if metric in LOWER_IS_BETTER else np.nanargmax(means))
-                bold.add((best, c))
-            for n in names:
-                rows.append([n, *[_fmt(summary[n]["tasks"][task][m]) for m in columns]])
-            doc.heading(f"Task: {task}")
-            doc.table(["variant", *columns], rows, bold)
-            plot_metrics = [m for m in PLOT_METRICS[kind] if m in columns]
-            png = rp.bar_chart(folder / f"metrics_{task}.png", plot_metrics,
-                               {n: ([summary[n]["tasks"][task][m]["mean"] for m in plot_metrics],
-                                    [summary[n]["tasks"][task][m]["std"] for m in plot_metrics]) for n in names},
-                               f"{task}: mean ± std over seeds", "value")
-            doc.figure(png, f"{task}: metrics per variant (error bars: std over seeds)")
-
-        doc.heading("DSelect-k against each baseline (paired over users)")
-        doc.paragraph("Each user's metric is averaged over seeds per variant; Wilcoxon signed-rank test over users; "
-                      "p-values Holm-corrected over all rows of this table. Relative difference = (focus - baseline) / "
-                      "|baseline|; for rmse lower is better.")
-        doc.table(["focus", "baseline", "task", "metric", "focus", "baseline", "rel. diff", "p", "p (Holm)", "users"],
-                  [[t["focus"], t["baseline"], t["task"], t["metric"], f"{t['focus_mean']:.4f}",
-                    f"{t['baseline_mean']:.4f}", f"{100 * t['relative_diff']:+.2f}%", f"{t['p_value']:.3g}",
-                    f"{t['p_holm']:.3g}", t["n_users"]] for t in tests],
-                  {(i, 8) for i, t in enumerate(tests) if t["p_holm"] < 0.05})
-
-        doc.heading("Realized sparsity")
-        doc.paragraph("Nonzero experts per task of the exported model (per-example gates: per example, averaged), "
-                      "mean over seeds, against the k asked for. Binary selectors: the share of DSelect-k selectors "
-                      "that have locked onto one expert.")
-        sparse_rows = []
-        for n in names:
-            for task, s in summary[n]["nonzero_experts"].items():
-                sparse_rows.append([n, task, s["type"] + (" per-example" if s["per_example"] else " static"),
-                                    s["k"] if s["k"] is not None else f"all {s['num_experts']}",
-                                    f"{s['nonzero_experts']:.2f} ± {s['nonzero_experts_std']:.2f}",
-                                    f"{s['binary_selectors']:.2f}" if "binary_selectors" in s else ""])
-        doc.table(["variant", "task", "gate", "k asked", "nonzero experts", "binary selectors"], sparse_rows)
-
-        curves = {}
-        for n in names:
-            if summary[n]["architecture"] != "mmoe":
-                continue
-            entry = variants[n]
-            weights = np.mean([[g["exported"]["tasks"][t]["weights"] for t in tasks] for g in entry["gates"]], axis=0)
-            png = rp.heatmap(folder / f"expert_weights_{n}.png", weights, tasks,
-                             [f"e{i}" for i in range(weights.shape[1])], f"{n}: expert weights by task (mean over seeds)")
-            doc.figure(png, f"{n}: expert weights by task")
-            epochs = min(len(g["epochs"]) for g in entry["gates"])
-            per_epoch = [np.mean([np.mean([g["epochs"][e]["tasks"][t]["nonzero_experts"] for t in tasks])
-                                  for g in entry["gates"]]) for e in range(epochs)]
-            curves[n] = (list(range(1, epochs + 1)), per_epoch)
-        if curves:
-            png = rp.line_chart(folder / "sparsity_per_epoch.png", curves, "Nonzero experts per task, by epoch",
-                                "epoch", "nonzero experts (mean over tasks and seeds)")
-            doc.figure(png, "Sparsity per epoch")
-
+            f"{cfg.train.epochs} epochs, early stopping on validation loss, the best validation epoch is evaluated. "
+            f"Values: mean ± std over seeds of the per-user mean; ↑ higher is better, ↓ lower is better. Best mean "
+            f"per column in bold: a description, not a test (see the seed-aware comparison below).")
+        _metric_tables(doc, summary, names, tasks)
+        _significance_section(doc, folder, tests, len(config.compare.seeds))
+        _gates_section(doc, folder, summary, names, tasks)
         rp.write_json(folder / "summary.json", {
-            "variants": summary, "significance": tests, "seeds": config.compare.seeds,
-            "data": {"folder": str(data_dir), "config_hash": manifest["config_hash"], "users": manifest["users"],
+            "variants": summary, "significance": tests,
+            "test": {"method": "pipeline.significance.seed_aware_test", "confidence": CONFIDENCE, "alpha": ALPHA,
+                     "correction": "holm over all comparisons"},
+            "seeds": config.compare.seeds,
+            "data": {"folder_in_workdir": _folder_in_workdir(data_dir, config.workdir),
+                     "config_hash": manifest["config_hash"], "users": manifest["users"],
                      "test_users": manifest["test_users"], "items": manifest["items"]},
             "variant_changes": config.compare.variants})
         doc.write(folder)

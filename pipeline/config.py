@@ -190,7 +190,8 @@ class CompareConfig(Section):
     # name -> config changes applied on top of this config (any section; a gate mapping replaces).
     variants: dict[str, dict[str, Any]] = Field(default_factory=_compare_variants, min_length=2)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    # Variants tested against every other variant, paired over users (Wilcoxon + Holm).
+    # Variants tested against every other variant: seed-aware test over seeds and users, Holm-corrected
+    # (pipeline/compare_results.py).
     focus: list[str] = Field(default_factory=lambda: ["dselect_k_static", "dselect_k_per_example"])
     # Per-user metrics that get a paired test, per task.
     test_metrics: dict[str, list[str]] = Field(default_factory=lambda: {

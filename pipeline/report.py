@@ -149,7 +149,8 @@ class Report:
 def _save(fig, path) -> Path:
     buffer = io.BytesIO()
     try:
-        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+        # No "Software" text chunk: the same plot gives the same bytes under any matplotlib.
+        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     finally:
         plt.close(fig)
     return _atomic_write(path, buffer.getvalue())
@@ -175,28 +176,91 @@ def bar_chart(path, groups: list[str], series: dict[str, tuple], title: str, yla
 
 def heatmap(path, matrix, row_labels: list[str], col_labels: list[str], title: str) -> Path:
     """A [rows, cols] matrix (e.g. expert weights by task) as coloured cells."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    if matrix.shape != (len(row_labels), len(col_labels)):
-        raise ValueError(f"matrix shape {matrix.shape} does not match the labels "
-                         f"({len(row_labels)}, {len(col_labels)})")
-    rows, cols = matrix.shape
+    return heatmaps(path, {"": matrix}, row_labels, col_labels, title)
+
+
+def heatmaps(path, panels: dict[str, object], row_labels: list[str], col_labels: list[str], title: str,
+             vmin: float | None = None, vmax: float | None = None, digits: int | None = None) -> Path:
+    """Side-by-side heatmaps of [rows, cols] matrices (e.g. one per seed) on one colour scale.
+
+    Args:
+      panels: panel title -> [rows, cols] matrix, drawn left to right; rows share the labels
+        of the first panel.
+      vmin, vmax: ends of the colour scale; by default the range of all panels' finite values.
+      digits: decimals of the numbers in the cells; by default 4 significant digits.
+    """
+    if not panels:
+        raise ValueError("heatmaps needs at least one panel")
+    matrices = {name: np.asarray(m, dtype=np.float64) for name, m in panels.items()}
+    for name, matrix in matrices.items():
+        if matrix.shape != (len(row_labels), len(col_labels)):
+            raise ValueError(f"panel {name!r}: matrix shape {matrix.shape} does not match the labels "
+                             f"({len(row_labels)}, {len(col_labels)})")
+    rows, cols = len(row_labels), len(col_labels)
+    finite = np.concatenate([m[np.isfinite(m)] for m in matrices.values()])
+    vmin = (finite.min() if finite.size else 0.0) if vmin is None else vmin
+    vmax = (finite.max() if finite.size else 1.0) if vmax is None else vmax
     # Size grows with the matrix up to a cap; past ~40 rows the labels are thinned instead.
-    fig, ax = plt.subplots(figsize=(min(16.0, max(4.0, 0.6 * cols + 2)), min(12.0, max(3.0, 0.5 * rows + 1.5))))
-    image = ax.imshow(matrix, cmap="viridis", aspect="auto")
-    fig.colorbar(image, ax=ax)
+    width = min(16.0, max(4.0, 0.6 * cols + 2))
+    height = min(12.0, max(3.0, 0.5 * rows + 1.5))
+    fig, axes = plt.subplots(1, len(matrices), figsize=(min(24.0, width * len(matrices)), height), squeeze=False,
+                             sharey=True, layout="constrained")
     col_step, row_step = max(1, cols // 40), max(1, rows // 40)
-    ax.set_xticks(np.arange(0, cols, col_step), col_labels[::col_step])
-    ax.set_yticks(np.arange(0, rows, row_step), row_labels[::row_step])
+    axes[0][0].set_yticks(np.arange(0, rows, row_step), row_labels[::row_step])
+    for ax, (name, matrix) in zip(axes[0], matrices.items()):
+        image = ax.imshow(matrix, cmap="viridis", aspect="auto", vmin=vmin, vmax=vmax)
+        ax.set_xticks(np.arange(0, cols, col_step), col_labels[::col_step])
+        ax.set_title(name)
+        if matrix.size <= _MAX_ANNOTATED_CELLS:
+            # Dark text on the bright half of the colormap, light text on the dark half.
+            mid = (vmin + vmax) / 2
+            for r in range(rows):
+                for c in range(cols):
+                    value = matrix[r, c]
+                    text = _cell_text(float(value)) if digits is None or np.isnan(value) else f"{value:.{digits}f}"
+                    ax.text(c, r, text, ha="center", va="center", fontsize=8,
+                            color="black" if value > mid else "white")
+    fig.colorbar(image, ax=list(axes[0]))
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def forest_plot(path, labels: list[str], estimates, lows, highs, title: str, xlabel: str,
+                highlight=None, notes=None) -> Path:
+    """Estimates with their confidence intervals, one row per label, and a line at zero.
+
+    Made for paired differences: the reader sees how far each interval is from 0 on the
+    metric's own scale. A row whose interval is NaN (not estimable) shows its point only.
+
+    Args:
+      labels: one per row, drawn top to bottom.
+      estimates, lows, highs: [rows] point estimates and interval ends.
+      highlight: [rows] booleans; True rows are drawn in a strong colour (e.g. significant).
+      notes: [rows] short texts printed right of the plot (e.g. relative difference and p).
+    """
+    estimates, lows, highs = (np.asarray(v, dtype=np.float64) for v in (estimates, lows, highs))
+    n = len(labels)
+    if not n or not estimates.shape == lows.shape == highs.shape == (n,):
+        raise ValueError(f"forest_plot needs one estimate, low and high per label ({n} labels); got "
+                         f"{estimates.shape}, {lows.shape}, {highs.shape}")
+    highlight = [False] * n if highlight is None else list(highlight)
+    notes = [""] * n if notes is None else list(notes)
+    if len(highlight) != n or len(notes) != n:
+        raise ValueError(f"forest_plot needs one highlight flag and one note per label ({n} labels)")
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.45 * n))
+    y = np.arange(n)[::-1]  # first label on top
+    ax.axvline(0.0, color="black", linewidth=0.8, linestyle="--")
+    for row in range(n):
+        colour = "tab:red" if highlight[row] else "tab:blue"
+        if np.isfinite(lows[row]) and np.isfinite(highs[row]):
+            ax.plot([lows[row], highs[row]], [y[row]] * 2, color=colour, linewidth=2)
+        ax.plot(estimates[row], y[row], "o", color=colour)
+        ax.annotate(notes[row], (1.02, y[row]), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    ax.set_yticks(y, labels)
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
-    if matrix.size <= _MAX_ANNOTATED_CELLS:
-        # Dark text on the bright half of the colormap, light text on the dark half.
-        finite = matrix[np.isfinite(matrix)]
-        mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-        for r in range(rows):
-            for c in range(cols):
-                value = matrix[r, c]
-                ax.text(c, r, _cell_text(float(value)), ha="center", va="center", fontsize=8,
-                        color="black" if value > mid else "white")
+    ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 

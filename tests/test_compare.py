@@ -41,6 +41,71 @@ def compared(embedded_data, tmp_path_factory):
     return config, workdir, compare.run(config)
 
 
+def _hand_made_users(rng, shift: dict, seeds=3, users=80):
+    """variant -> per seed an eval_users frame (rows shuffled), and variant -> column -> [seeds, users]."""
+    ids = np.arange(1000, 1000 + users)
+    base = {"watch/ndcg@10": rng.uniform(0.2, 0.8, users), "rating/rmse": rng.uniform(0.5, 1.5, users)}
+    frames, arrays = {}, {}
+    for variant, offsets in shift.items():
+        arrays[variant] = {c: np.stack([base[c] + offsets.get(c, 0.0) + rng.normal(0, 0.002)  # seed effect
+                                        + rng.normal(0, 0.02, users) for _ in range(seeds)]) for c in base}
+        frames[variant] = [pd.DataFrame({"user_id": ids, **{c: arrays[variant][c][s] for c in base}})
+                           .sample(frac=1.0, random_state=int(rng.integers(1 << 30))).set_index("user_id")
+                           for s in range(seeds)]
+    return ids, frames, arrays
+
+
+def test_significance_table_on_hand_made_per_user_values():
+    from pipeline.compare_results import significance_table
+    from pipeline.significance import seed_aware_test
+    rng = np.random.default_rng(7)
+    ids, frames, arrays = _hand_made_users(rng, {
+        "dselect_k": {"watch/ndcg@10": 0.03, "rating/rmse": -0.05}, "softmax": {}, "topk": {}})
+    # User 1003 is missing from one softmax run; user 1010 has no value in one dselect_k run.
+    frames["softmax"][1] = frames["softmax"][1].drop(index=1003)
+    frames["dselect_k"][2].loc[1010, "watch/ndcg@10"] = np.nan
+    tests = significance_table(frames, ["dselect_k"], {"watch": ["ndcg@10"], "rating": ["rmse"]})
+    assert [(t["baseline"], t["task"], t["metric"]) for t in tests] == [
+        ("softmax", "watch", "ndcg@10"), ("softmax", "rating", "rmse"),
+        ("topk", "watch", "ndcg@10"), ("topk", "rating", "rmse")]
+    for t in tests:
+        column = f"{t['task']}/{t['metric']}"
+        # Independently: the generating arrays, without the users some run of the pair lacks.
+        missing = ({1003} if t["baseline"] == "softmax" else set()) | ({1010} if t["task"] == "watch" else set())
+        kept = ~np.isin(ids, list(missing))
+        a, b = arrays["dselect_k"][column][:, kept], arrays[t["baseline"]][column][:, kept]
+        assert t["n_users"] == kept.sum() and t["n_users_dropped"] == len(missing)
+        assert t["mean_diff"] == pytest.approx(a.mean() - b.mean(), abs=1e-12)
+        assert t["relative_diff"] == pytest.approx((a.mean() - b.mean()) / b.mean(), abs=1e-12)
+        assert t["focus_mean"] == pytest.approx(a.mean()) and t["baseline_mean"] == pytest.approx(b.mean())
+        expected = seed_aware_test(a, b)
+        assert (t["ci_low"], t["p_value"]) == pytest.approx((expected["ci_low"], expected["p_value"]), rel=1e-9)
+        true_shift = 0.03 if t["metric"] == "ndcg@10" else -0.05
+        assert t["ci_low"] < true_shift < t["ci_high"]
+        assert t["sign_agree"] == t["sign_pairs"] == 3
+        assert t["significant"] and t["better"] == "focus"  # higher NDCG, lower RMSE
+        assert t["lower_is_better"] == (t["metric"] == "rmse")
+    # Holm over the 4 rows, checked by hand.
+    p = np.array([t["p_value"] for t in tests])
+    order = np.argsort(p)
+    expected = np.minimum(1, np.maximum.accumulate(p[order] * (4 - np.arange(4))))
+    np.testing.assert_allclose([tests[i]["p_holm"] for i in order], expected)
+
+
+def test_significance_table_keeps_equal_variants_equal_and_names_missing_metrics():
+    from pipeline.compare_results import significance_table
+    rng = np.random.default_rng(8)
+    _, frames, _ = _hand_made_users(rng, {"dselect_k": {}, "softmax": {}, "dselect_k_per_example": {}}, seeds=2)
+    # Two focus variants: their pair is tested once; nothing differs, so nothing is significant.
+    tests = significance_table(frames, ["dselect_k", "dselect_k_per_example"], {"watch": ["ndcg@10"]})
+    assert [(t["focus"], t["baseline"]) for t in tests] == [
+        ("dselect_k", "softmax"), ("dselect_k", "dselect_k_per_example"), ("dselect_k_per_example", "softmax")]
+    assert not any(t["significant"] for t in tests) and all(t["better"] is None for t in tests)
+    assert all(0 <= t["p_value"] <= t["p_holm"] <= 1 for t in tests)
+    with pytest.raises(ValueError, match="'watch/ndcg@11'"):
+        significance_table(frames, ["dselect_k"], {"watch": ["ndcg@11"]})
+
+
 def test_summary_holds_every_gate_task_metric(compared):
     config, _, report = compared
     summary = json.loads((report / "summary.json").read_text())
@@ -53,29 +118,65 @@ def test_summary_holds_every_gate_task_metric(compared):
             for metric in expected:
                 stats = variant["tasks"][task][metric]
                 assert stats["n_seeds"] == 2 and np.isfinite(stats["mean"]) and stats["std"] >= 0
-        for task, sparsity in variant["nonzero_experts"].items():
-            assert 1 <= sparsity["nonzero_experts"] <= 4
+        assert list(variant["gates"]) == ["watch", "rating", "like"]  # config order
+        for task, gate in variant["gates"].items():  # one value per seed, never a mean over seeds
+            assert len(gate["nonzero_experts"]) == len(gate["experts_used"]) == len(gate["weights"]) == 2
+            assert all(1 <= n <= 4 for n in gate["nonzero_experts"])
+            assert all(len(w) == 4 and sum(w) == pytest.approx(1, abs=1e-4) for w in gate["weights"])
+    assert len(summary["variants"]["dselect_k_static"]["gates"]["watch"]["binary_selectors"]) == 2
     tests = summary["significance"]
     assert {(t["task"], t["metric"]) for t in tests} == {("watch", "ndcg@10"), ("rating", "ndcg@10"),
                                                          ("rating", "rmse"), ("like", "ndcg@10")}
     for t in tests:
+        assert (t["focus"], t["baseline"]) == ("dselect_k_static", "softmax")
         assert 0 <= t["p_value"] <= t["p_holm"] <= 1 and t["n_users"] > 10
+        assert t["ci_low"] <= t["mean_diff"] <= t["ci_high"]
+        assert t["sign_pairs"] == 2 and 0 <= t["sign_agree"] <= 2
+        assert t["n_seeds_focus"] == t["n_seeds_baseline"] == 2
+        assert t["significant"] == (t["p_holm"] < 0.05)
+        means = summary["variants"]
+        assert t["mean_diff"] == pytest.approx(means["dselect_k_static"]["tasks"][t["task"]][t["metric"]]["mean"]
+                                               - means["softmax"]["tasks"][t["task"]][t["metric"]]["mean"], abs=1e-9)
+    assert summary["data"]["folder_in_workdir"] is None  # the shared test data lies outside this workdir
 
 
 def test_report_files_and_plots(compared):
     _, _, report = compared
     md = (report / "report.md").read_text()
     html = (report / "report.html").read_text()
-    for text in ("Task: watch", "Task: rating", "DSelect-k against each baseline", "p (Holm)", "Realized sparsity"):
+    for text in ("Task: watch", "Task: rating", "DSelect-k against each baseline (seed-aware test)", "p (Holm)",
+                 "seeds agreeing", "difference [95% CI]", "training seeds", "What 2 seed(s) can and cannot show",
+                 "Realized sparsity, per seed", "RMSE ↓", "NDCG@10 ↑"):
         assert text in md and text in html
     assert "**" in md and "<strong>" in html  # best values in bold
     pngs = sorted(report.glob("*.png"))
-    assert {p.name for p in pngs} >= {"metrics_watch.png", "metrics_rating.png", "metrics_like.png",
-                                      "expert_weights_softmax.png", "expert_weights_dselect_k_static.png",
-                                      "sparsity_per_epoch.png"}
+    assert {p.name for p in pngs} == {
+        "differences_watch_ndcg10.png", "differences_rating_ndcg10.png", "differences_rating_rmse.png",
+        "differences_like_ndcg10.png", "expert_weights_softmax.png", "expert_weights_dselect_k_static.png",
+        "sparsity_per_epoch.png"}  # no bar charts from 0 any more
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f"({png.name})" in md and "data:image/png;base64," in html
+        assert f"({png.name})" in md
+    assert html.count("data:image/png;base64,") == len(pngs)
+    assert "rating RMSE: differences with 95% confidence intervals" in md
+    assert "expert weights by task, per seed" in md
+
+
+def test_report_is_rebuilt_byte_identical(compared, tmp_path, monkeypatch):
+    """write_report twice from the same finished runs, the second from another cwd: same summary.json."""
+    from pipeline.compare import run_configs
+    from pipeline.compare_report import write_report
+    from pipeline.runs import data_dir_of
+    config, workdir, _ = compared
+    data_dir = data_dir_of(config)
+    first = write_report(config, run_configs(config, data_dir), data_dir, tmp_path / "one")
+    monkeypatch.chdir(workdir)
+    second = write_report(config, run_configs(config, data_dir), data_dir, tmp_path / "two")
+    text = (first / "summary.json").read_bytes()
+    assert (second / "summary.json").read_bytes() == text
+    assert str(tmp_path).encode() not in text and str(workdir).encode() not in text  # no absolute paths
+    for png in first.glob("*.png"):  # matplotlib's version stamp is left out, so the plots repeat too
+        assert (second / png.name).read_bytes() == png.read_bytes()
 
 
 def test_second_compare_trains_nothing(compared):
@@ -154,5 +255,10 @@ def test_paper_config_runs_on_ml1m_layout(tmp_path):
     report = compare.run(config)
     summary = json.loads((report / "summary.json").read_text())
     assert set(summary["variants"]["topk"]["tasks"]) == {"watch", "rating"}
+    # One seed: the seed variance is unknown, so nothing is tested (not a falsely small p).
+    assert {(t["task"], t["metric"]) for t in summary["significance"]} == {("watch", "ndcg@10"), ("rating", "ndcg@10"),
+                                                                           ("rating", "rmse")}
+    assert all(t["p_value"] is None and t["p_holm"] is None and not t["significant"] for t in summary["significance"])
+    assert "not tested (1 seed)" in (report / "report.md").read_text()
     run_config = (tmp_path / "run" / "compare" / "topk" / "seed0" / "config.yaml").read_text()
     assert "id_embedding_dim: 128" in run_config and "expert_dropout: 0.5" in run_config

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline import report as report_module
-from pipeline.report import Report, bar_chart, heatmap, line_chart, write_json
+from pipeline.report import Report, bar_chart, forest_plot, heatmap, heatmaps, line_chart, write_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -56,6 +56,67 @@ def test_heatmap_annotates_only_small_matrices(tmp_path, monkeypatch):
     assert texts == [6, 0]
 
 
+def spy_on_figures(monkeypatch):
+    """The figures the plot helpers save, kept open for inspection."""
+    figures = []
+    real_save = report_module._save
+
+    def spy(fig, path):
+        figures.append(fig)
+        fig.canvas.draw()  # resolve tick labels before _save closes the figure
+        return real_save(fig, path)
+
+    monkeypatch.setattr(report_module, "_save", spy)
+    return figures
+
+
+def test_forest_plot_shows_intervals_around_a_zero_line(tmp_path, monkeypatch):
+    figures = spy_on_figures(monkeypatch)
+    path = forest_plot(tmp_path / "forest.png", ["a - b", "a - c", "a - d"], [0.004, -0.002, 0.01],
+                       [0.001, -0.006, np.nan], [0.007, 0.002, np.nan], "watch NDCG@10: higher is better",
+                       "NDCG@10 difference", highlight=[True, False, False],
+                       notes=["+1.0%, Holm p 0.01", "-0.5%, Holm p 1", "one seed"])
+    assert_png(path)
+    ax = figures[0].axes[0]
+    labels = {t.get_text(): t.get_position()[1] for t in ax.get_yticklabels()}
+    assert labels["a - b"] > labels["a - c"] > labels["a - d"]  # first row on top
+    low, high = ax.get_xlim()
+    assert low < -0.006 and high > 0.01  # every interval and the zero line are in view
+    zero_lines = [line for line in ax.lines if list(line.get_xdata()) == [0, 0]]
+    assert len(zero_lines) == 1
+    intervals = [line for line in ax.lines if len(line.get_xdata()) == 2 and line not in zero_lines]
+    assert sorted(tuple(line.get_xdata()) for line in intervals) == [(-0.006, 0.002), (0.001, 0.007)]  # not d's
+    colours = {tuple(line.get_xdata()): line.get_color() for line in intervals}
+    assert colours[(0.001, 0.007)] != colours[(-0.006, 0.002)]  # the highlighted row stands out
+    assert [t.get_text() for t in ax.texts] == ["+1.0%, Holm p 0.01", "-0.5%, Holm p 1", "one seed"]
+    assert ax.get_xlabel() == "NDCG@10 difference" and ax.get_title() == "watch NDCG@10: higher is better"
+
+
+def test_heatmaps_share_one_colour_scale_across_panels(tmp_path, monkeypatch):
+    figures = spy_on_figures(monkeypatch)
+    panels = {"seed 0": [[1.0, 0.0], [0.5, 0.5]], "seed 1": [[0.0, 1.0], [0.2, 0.8]], "seed 2": [[0.3, 0.7], [1, 0]]}
+    assert_png(heatmaps(tmp_path / "seeds.png", panels, ["watch", "rating"], ["e0", "e1"], "per seed",
+                        vmin=0.0, vmax=1.0, digits=2))
+    images = [ax.images[0] for ax in figures[0].axes if ax.images]
+    assert [im.axes.get_title() for im in images] == ["seed 0", "seed 1", "seed 2"]
+    assert all(im.get_clim() == (0.0, 1.0) for im in images)
+    np.testing.assert_array_equal(images[1].get_array(), [[0.0, 1.0], [0.2, 0.8]])
+    assert [t.get_text() for t in images[1].axes.texts] == ["0.00", "1.00", "0.20", "0.80"]
+    # Task labels once, on the left panel: inner panels would print them over their neighbour.
+    assert [[t.get_text() for t in im.axes.get_yticklabels() if t.get_visible() and t.get_text()]
+            for im in images] == [["watch", "rating"], [], []]
+    # Without vmin/vmax the scale spans every panel's values, not each panel's own.
+    heatmaps(tmp_path / "auto.png", {"a": [[0.1, 0.2]], "b": [[0.3, 0.9]]}, ["t"], ["e0", "e1"], "auto")
+    assert all(ax.images[0].get_clim() == (0.1, 0.9) for ax in figures[1].axes if ax.images)
+
+
+def test_the_same_plot_gives_the_same_png_bytes(tmp_path):
+    args = (["a - b"], [0.01], [0.0], [0.02], "t", "x")
+    first = forest_plot(tmp_path / "1.png", *args).read_bytes()
+    assert forest_plot(tmp_path / "2.png", *args).read_bytes() == first
+    assert b"Software" not in first and b"Matplotlib" not in first
+
+
 def test_plot_helpers_reject_mismatched_input(tmp_path):
     with pytest.raises(ValueError):
         bar_chart(tmp_path / "b.png", ["watch", "like"], {"g": ([0.1], [0.0])}, "t", "y")
@@ -63,6 +124,14 @@ def test_plot_helpers_reject_mismatched_input(tmp_path):
         heatmap(tmp_path / "h.png", [[1.0, 2.0]], ["a", "b"], ["x", "y"], "t")
     with pytest.raises(ValueError):
         line_chart(tmp_path / "l.png", {"g": ([1, 2], [0.1])}, "t", "x", "y")
+    with pytest.raises(ValueError, match="panel 'seed 1'"):
+        heatmaps(tmp_path / "h.png", {"seed 0": [[1.0]], "seed 1": [[1.0, 0.0]]}, ["a"], ["x"], "t")
+    with pytest.raises(ValueError):
+        heatmaps(tmp_path / "h.png", {}, ["a"], ["x"], "t")
+    with pytest.raises(ValueError):
+        forest_plot(tmp_path / "f.png", ["a", "b"], [0.1], [0.0], [0.2], "t", "x")
+    with pytest.raises(ValueError):
+        forest_plot(tmp_path / "f.png", ["a"], [0.1], [0.0], [0.2], "t", "x", notes=["n", "m"])
     assert list(tmp_path.iterdir()) == []
 
 
