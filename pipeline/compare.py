@@ -7,7 +7,7 @@ every seed on identical data and candidate lists, then write the comparison repo
     <compare.output or workdir/report>/     summary.json, report.md, report.html, plots
 
 A run counts as finished once its eval.json exists; re-running after an interruption skips
-finished runs, and a run killed mid-training resumes from its backup. A run folder whose
+finished runs, and a run killed mid-training resumes after its last completed epoch. A run folder whose
 config.yaml differs from the run's current config (the config file was edited) is started
 over, so a report never mixes results of old and new settings.
 """

@@ -106,6 +106,8 @@ class TrainConfig(Section):
     shuffle_buffer: int = Field(1_000_000, ge=1)  # examples permuted together (capped at the split: a full shuffle)
     cache: bool = True  # keep the parsed train/validation blocks in memory after the first epoch (pipeline/dataset.py)
     seed: int = 0
+    # Same command, same bytes: tf.config.experimental.enable_op_determinism() (some GPU ops get slower).
+    deterministic: bool = True
     steps_per_epoch: Union[int, None] = Field(None, ge=1)  # default: one pass over the train split
     # tf.distribute: auto = one device -> default strategy, several GPUs -> MirroredStrategy.
     strategy: Literal["auto", "default", "mirrored", "tpu", "multi_worker"] = "auto"

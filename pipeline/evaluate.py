@@ -91,7 +91,7 @@ def run(run_dir) -> dict:
     users, arrays, mask = candidate_arrays(pooled["user_id"].to_numpy(), columns)
 
     per_user_table = {"user_id": users}
-    result = {"run_dir": str(run_dir), "users": int(len(users)), "candidates": int(mask.sum()), "ks": list(KS),
+    result = {"users": int(len(users)), "candidates": int(mask.sum()), "ks": list(KS),
               "tasks": {}}
     for task in tasks:
         per_user, pointwise = task_metrics(task, arrays[f"pred_{task}"], arrays, mask, pooled)

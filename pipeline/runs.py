@@ -6,7 +6,8 @@ A run folder holds one model trained on one preprocessed data folder. `mtlrec tr
     <run_dir>/config.yaml          the resolved config                                  train
              data_manifest.json    a copy of the manifest of the data it trained on     train
              checkpoints/          weights after every epoch (epoch-001, ...)           train
-             backup/               BackupAndRestore state: a killed run resumes here    train
+             state/                the state after the last completed epoch: a killed   train
+                                   run resumes from it exactly (pipeline/resume.py)
              tensorboard/          per-task losses and metrics, gate diagnostics        train
              history.json          one record per epoch (kept across restarts)          train
              gates.json            gate diagnostics per epoch, and of the exported one  train
@@ -41,7 +42,6 @@ CONFIG = "config.yaml"
 DATA_MANIFEST = "data_manifest.json"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT = "epoch-{epoch:03d}"  # in CHECKPOINTS; Keras's ModelCheckpoint fills in the epoch
-BACKUP = "backup"
 TENSORBOARD = "tensorboard"
 HISTORY = "history.json"
 GATES = "gates.json"

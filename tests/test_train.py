@@ -91,6 +91,106 @@ def test_interrupted_run_resumes_without_repeating_epochs(embedded_data, tmp_pat
     assert history[0]["session"] != history[1]["session"] == history[2]["session"]
 
 
+KILLER = """
+import os, signal, sys
+import features  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
+from pipeline import train
+from pipeline.config import load_config
+
+
+class KillAt(tf.keras.callbacks.Callback):
+    # SIGKILL this process after `step` training batches: a real kill, in the middle of an epoch.
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.seen = step, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+train.run(load_config(None, sys.argv[2:]), callbacks=[KillAt(int(sys.argv[1]))])
+"""
+
+
+def test_killed_run_resumes_to_the_same_evaluation(embedded_data, tmp_path):
+    """A run SIGKILLed mid-epoch and started again ends byte for byte like an uninterrupted one:
+    the same eval.json. Top-k's noise and dropout draw random numbers every step, so their
+    random streams must be restored too, not only weights and optimizer."""
+    data_dir, _ = embedded_data
+    overrides = [*SMALL, f"train.data={data_dir}", "train.epochs=3", "model.gate.type=topk", "model.gate.k=2",
+                 "model.expert_dropout=0.2"]
+
+    def mtlrec(*args):
+        result = subprocess.run([str(MTLREC), *args], capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    def sets(run):
+        return sum([["--set", o] for o in [*overrides, f"train.run_dir={run}"]], [])
+
+    mtlrec("train", *sets(tmp_path / "whole"))
+    mtlrec("evaluate", "--run", str(tmp_path / "whole"))
+
+    killed = subprocess.run([sys.executable, "-c", KILLER, "22", *overrides, f"train.run_dir={tmp_path / 'killed'}"],
+                            capture_output=True, text=True, timeout=900)  # step 22 of 45: in epoch 2
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    progress = json.loads((tmp_path / "killed" / "state" / "progress.json").read_text())
+    assert progress["epoch"] == 1 and not (tmp_path / "killed" / "train.json").exists()
+    resumed = mtlrec("train", *sets(tmp_path / "killed"))
+    assert "resuming after epoch 1" in resumed.stderr
+    mtlrec("evaluate", "--run", str(tmp_path / "killed"))
+
+    for name in ("eval.json", "eval_users.csv"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    losses = [[r["val_loss"] for r in json.loads((tmp_path / run / "history.json").read_text())["epochs"]]
+              for run in ("whole", "killed")]
+    assert losses[0] == losses[1] and len(losses[0]) == 3
+
+
+def test_run_folder_of_other_settings_is_refused(embedded_data, tmp_path):
+    """Resuming a folder trained with other settings would mix two runs: refused, never overwritten."""
+    data_dir, _ = embedded_data
+    _train(data_dir, tmp_path, "train.epochs=1")
+    with pytest.raises(ArtifactError, match="holds a run made with other settings"):
+        _train(data_dir, tmp_path, "train.epochs=1", "train.learning_rate=0.01")
+
+
+def test_only_the_chief_writes_the_run_folder(embedded_data, tmp_path, monkeypatch):
+    """Under a multi-worker strategy every worker trains; a non-chief (simulated) writes nothing there."""
+    from pipeline import train
+    data_dir, _ = embedded_data
+    monkeypatch.setattr(train, "is_chief", lambda strategy: False)
+    summary = _train(data_dir, tmp_path / "run", "train.epochs=2")
+    assert summary == {"chief": False, "epochs_this_session": [1, 2]}
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_chief_follows_the_tf_config_roles():
+    from pipeline.train import is_chief
+
+    class Resolver:  # what MultiWorkerMirroredStrategy reads from TF_CONFIG
+        def __init__(self, task_type, task_id, cluster):
+            self.task_type, self.task_id, self.cluster = task_type, task_id, cluster
+
+        def cluster_spec(self):
+            return tf.train.ClusterSpec(self.cluster)
+
+    class Strategy:
+        def __init__(self, resolver):
+            self.cluster_resolver = resolver
+
+    assert is_chief(tf.distribute.get_strategy())  # one process: it writes
+    workers = {"worker": ["a:1", "b:1"]}
+    assert is_chief(Strategy(Resolver("worker", 0, workers))) and not is_chief(Strategy(Resolver("worker", 1, workers)))
+    with_chief = {"chief": ["c:1"], "worker": ["a:1"]}
+    assert is_chief(Strategy(Resolver("chief", 0, with_chief)))
+    assert not is_chief(Strategy(Resolver("worker", 0, with_chief)))
+
+
 def _raw_inputs(data_dir, manifest, n=64):
     from fixtures import read_split
     frame = read_split(data_dir, "candidates").head(n)
