@@ -262,3 +262,19 @@ def test_paper_config_runs_on_ml1m_layout(tmp_path):
     assert "not tested (1 seed)" in (report / "report.md").read_text()
     run_config = (tmp_path / "run" / "compare" / "topk" / "seed0" / "config.yaml").read_text()
     assert "id_embedding_dim: 128" in run_config and "expert_dropout: 0.5" in run_config
+
+
+def test_same_compare_in_fresh_processes_gives_identical_summary(embedded_data, tmp_path):
+    """Issue 12: the same command gives the same bytes -- training (op determinism, seeded
+    streams), evaluation and the report. Two workdirs, so nothing is reused between the two."""
+    data_dir, _ = embedded_data
+    sets = sum([["--set", o] for o in [f"data.output={data_dir}", *EMBEDDED_OVERRIDES, *FAST, TWO_GATES,
+                                       "compare.focus=[dselect_k_static]", "compare.seeds=[0, 1]"]], [])
+    summaries = []
+    for name in ("first", "second"):
+        result = subprocess.run([str(MTLREC), "compare", "--set", f"workdir={tmp_path / name}", *sets],
+                                capture_output=True, text=True, timeout=1800)
+        assert result.returncode == 0, result.stderr[-3000:]
+        summaries.append((tmp_path / name / "report" / "summary.json").read_bytes())
+    assert summaries[0] == summaries[1]
+    assert json.loads(summaries[0])["significance"]  # the statistics are part of what must repeat
