@@ -226,8 +226,9 @@ class TuneConfig(Section):
     trials: int = Field(20, ge=1)  # finished trials (complete + pruned) per variant
     variants: Union[list[str], None] = Field(None, min_length=2)  # null = every compare.variants entry
     # On the per-epoch val_loss. Successive halving (rungs at epochs 1, 3, 9: the best third goes on)
-    # by measurement: on the embedded data, epoch 1's val_loss ranked every variant's trials as
-    # their best epoch did, and a trial stopped after epoch 1 costs about half a complete one.
+    # by measurement on the embedded data: epoch 1's val_loss ordered 18 of 20 pairs of trials of
+    # one variant as their best epoch did (the other two were within 0.011 at epoch 1), and a
+    # trial stopped after epoch 1 cost half the CPU time of a complete one (16.5 s against 34 s).
     pruner: Literal["successive_halving", "median", "none"] = "successive_halving"
     seed: int = 0  # seeds the sampler (per variant and trial); trials train with train.seed
     learning_rate: list[Annotated[float, Field(gt=0)]] = Field(  # [low, high], log scale, every variant
