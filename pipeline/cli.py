@@ -47,6 +47,8 @@ def version() -> str:
 COMMANDS = {
     "preprocess": ("Beam + tf.Transform: source data -> TFRecords, transform graph, manifest "
                    "(Beam pipeline options go after --)", _stage("pipeline.preprocess")),
+    "tune": ("equal-budget Optuna tuning of every compare variant on validation loss; writes "
+             "<workdir>/tune/best.yaml for `compare --config` (resumes when started again)", _stage("pipeline.tune")),
     "train": ("train one multi-task model (TFRS, tf.distribute) on preprocessed data; "
               "a killed run resumes when started again", _stage("pipeline.train")),
     "evaluate": ("score the fixed candidate lists with a run's exported model; writes eval.json",

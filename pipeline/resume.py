@@ -46,10 +46,11 @@ class RunState:
       out_dir: where this process writes (the run folder, or a scratch folder on a non-chief worker).
       model: the built model, with its optimizer built.
       patience: epochs without a validation-loss improvement before stopping; 0 = never stop early.
+      save: False keeps the bookkeeping (records, early stopping) but saves no state to resume from.
     """
 
-    def __init__(self, run_dir: Path, out_dir: Path, model, patience: int):
-        self.run_dir, self.out_dir, self.patience = Path(run_dir), Path(out_dir), patience
+    def __init__(self, run_dir: Path, out_dir: Path, model, patience: int, save: bool = True):
+        self.run_dir, self.out_dir, self.patience, self.save = Path(run_dir), Path(out_dir), patience, save
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
         self.progress = {"epoch": 0, "best_epoch": None, "best_val_loss": None, "wait": 0, "stopped": False,
                          "checkpoint": None}
@@ -87,6 +88,9 @@ class RunState:
         else:
             progress["wait"] += 1
         progress["stopped"] = bool(self.patience) and progress["wait"] >= self.patience
+        if not self.save:
+            self.progress = progress
+            return progress["stopped"]
         prefix = f"{STATE}/epoch-{epoch:03d}"
         self.checkpoint.write(str(self.out_dir / prefix))
         progress["checkpoint"] = prefix

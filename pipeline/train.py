@@ -64,6 +64,11 @@ def make_strategy(train_config) -> tf.distribute.Strategy:
 
 
 # ---------------------------------------------------------------- optimizer
+def epoch_steps(train_config, manifest) -> int:
+    """train.steps_per_epoch, or one pass over the train split."""
+    return train_config.steps_per_epoch or max(1, manifest["splits"]["train"]["examples"] // train_config.batch_size)
+
+
 def make_optimizer(train_config, steps_per_epoch: int):
     lr = train_config.learning_rate
     if train_config.lr_schedule == "cosine":
@@ -95,7 +100,8 @@ def diagnose(model, inputs) -> dict:
     return gate_diagnostics(model.mmoe.gates, x)
 
 
-def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr, flush=True)) -> dict:
+def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr, flush=True),
+        scratch: bool = False) -> dict:
     """Train, export and write the run folder.
 
     A run folder that holds an unfinished run of the same settings is resumed exactly: from the
@@ -107,6 +113,9 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
       callbacks: extra Keras callbacks (e.g. the tuner's pruning reporter); they run after the
         epoch's state is saved.
       log: where progress lines go.
+      scratch: a tuning trial, which needs only the returned validation losses and whose folder
+        is deleted afterwards: no checkpoints, no resumable state, no SavedModel, no train.json
+        (so the folder never counts as a complete run). The export alone was ~1/6 of a run.
     Returns:
       The run summary written to train.json.
     """
@@ -132,7 +141,7 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
 
     inputs = InputPipeline(data_dir, manifest["raw_columns"])
     batch = train_config.batch_size
-    steps = train_config.steps_per_epoch or max(1, manifest["splits"]["train"]["examples"] // batch)
+    steps = epoch_steps(train_config, manifest)
     val_ds = inputs.dataset("validation", batch, cache=train_config.cache)
     diagnostics_inputs = [b for b in val_ds.take(train_config.diagnostics_batches)]
 
@@ -142,9 +151,9 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
         # Every variable exists before a saved state is restored into it.
         model(diagnostics_inputs[0])
         model.optimizer.build(model.trainable_variables)
-    state = resume.RunState(run_dir, out_dir, model, train_config.early_stopping_patience)
+    state = resume.RunState(run_dir, out_dir, model, train_config.early_stopping_patience, save=not scratch)
     start = state.restore()
-    epoch_end = EpochEnd(state, out_dir, diagnostics_inputs)
+    epoch_end = EpochEnd(state, out_dir, diagnostics_inputs, save_weights=not scratch)
     log(f"train: {run_dir.name}: {config.model.architecture}, gate {config.model.gate.type}, "
         f"{strategy.num_replicas_in_sync} replica(s), {steps} steps/epoch, up to {train_config.epochs} epochs"
         + (f", resuming after epoch {start}" if start else ""))
@@ -164,9 +173,12 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
         shutil.rmtree(out_dir, ignore_errors=True)
         return {"chief": False, "epochs_this_session": epoch_end.trained}
 
-    # Export the best validation epoch (early stopping may have run past it).
     history = runs.read_history(run_dir)
     best = history[state.progress["best_epoch"] - 1]
+    if scratch:
+        return {"epochs": len(history), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
+                "epochs_this_session": epoch_end.trained}
+    # Export the best validation epoch (early stopping may have run past it).
     model.load_weights(str(runs.checkpoint(run_dir, best["epoch"]))).expect_partial()
     gates = read_json(run_dir / runs.GATES, "gate diagnostics")
     gates["exported"] = {"epoch": best["epoch"], "tasks": diagnose(model, diagnostics_inputs)}
@@ -194,9 +206,9 @@ class EpochEnd(keras.callbacks.Callback):
     and early stopping. A callback that raises after it (a pruned trial, a crash) leaves a
     complete epoch behind."""
 
-    def __init__(self, state, out_dir: Path, diagnostics_inputs):
+    def __init__(self, state, out_dir: Path, diagnostics_inputs, save_weights: bool = True):
         super().__init__()
-        self.state, self.out_dir, self.inputs = state, out_dir, diagnostics_inputs
+        self.state, self.out_dir, self.inputs, self.save_weights = state, out_dir, diagnostics_inputs, save_weights
         self.session = uuid.uuid4().hex[:8]
         self.writer = tf.summary.create_file_writer(str(out_dir / runs.TENSORBOARD / "gates"))
         self.trained = []  # epochs (1-based) this process trained
@@ -206,7 +218,8 @@ class EpochEnd(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        self.model.save_weights(str(runs.checkpoint(self.out_dir, epoch + 1)))
+        if self.save_weights:
+            self.model.save_weights(str(runs.checkpoint(self.out_dir, epoch + 1)))
         diagnostics = diagnose(self.model, self.inputs)
         with self.writer.as_default(step=epoch + 1):
             for task, d in diagnostics.items():
