@@ -33,10 +33,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from pipeline.artifacts import atomic_write, read_json
-from pipeline.config import to_yaml, validate
+from pipeline.config import load_yaml, to_yaml, validate
 
 CONFIG = "config.yaml"
 DATA_MANIFEST = "data_manifest.json"
@@ -100,7 +98,7 @@ def write_config(run_dir, config) -> None:
 def read_config(run_dir):
     """The validated Config the run was trained with."""
     path = Path(run_dir) / CONFIG
-    return validate(yaml.safe_load(path.read_text()), source=str(path))
+    return validate(load_yaml(path.read_text()), source=str(path))
 
 
 def made_with_other_config(run_dir, config) -> bool:
@@ -113,7 +111,7 @@ def made_with_other_config(run_dir, config) -> bool:
     saved = Path(run_dir) / CONFIG
     if not saved.exists():
         return False
-    saved, current = yaml.safe_load(saved.read_text()), config.model_dump(mode="json")
+    saved, current = load_yaml(saved.read_text()), config.model_dump(mode="json")
     return any(saved.get(section) != current[section] for section in RUN_SECTIONS)
 
 

@@ -12,6 +12,7 @@ from sklearn.metrics import ndcg_score, roc_auc_score
 
 from conftest import EMBEDDED_OVERRIDES
 from fixtures import ratings, write_ml1m
+from pipeline.artifacts import ArtifactError
 from pipeline.config import load_config
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
@@ -188,12 +189,16 @@ def test_second_compare_trains_nothing(compared):
     assert {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")} == finished
     assert all(p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/train.json"))
 
-    # A run made with other settings (as if the config had changed since) is started over, alone.
+    # A run made with other settings (as if the config had changed since) is never deleted silently:
+    # compare stops before any work, naming it; with --force it is started over, alone.
     stale = workdir / "compare" / "softmax" / "seed1"
     saved = yaml.safe_load((stale / "config.yaml").read_text())
     saved["train"]["learning_rate"] *= 2
     (stale / "config.yaml").write_text(yaml.safe_dump(saved))
-    compare.run(config)
+    with pytest.raises(ArtifactError, match=r"softmax/seed1: made with other settings; rerun with --force"):
+        compare.run(config)
+    assert {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")} == finished
+    compare.run(config, force=True)
     after = {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")}
     assert {p for p in finished if after[p] != finished[p]} == {stale / "eval.json"}
     assert yaml.safe_load((stale / "config.yaml").read_text()) == config_of(config, "softmax", 1)
@@ -240,6 +245,24 @@ def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
     assert result.returncode == 2
     assert "compare.variants.bad" in result.stderr and "unknown gate type 'top3'" in result.stderr
     assert not (tmp_path / "compare").exists()
+    # Before any work: with no data yet, nothing is preprocessed either.
+    result = subprocess.run(
+        [str(MTLREC), "compare", "--set", f"workdir={tmp_path / 'fresh'}", *sum([["--set", o] for o in EMBEDDED_OVERRIDES], []),
+         "--set", "compare.variants={good: {model: {gate: {type: softmax}}}, bad: {model: {gate: {k: 0, type: topk}}}}",
+         "--set", "compare.focus=[good]"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "compare.variants.bad" in result.stderr and "gate.k" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "fresh").exists()
+
+
+def test_data_folder_of_other_settings_is_kept_without_force(embedded_data, tmp_path):
+    """Pointing compare at a data folder made with other data settings stops before any work."""
+    from pipeline import compare
+    data_dir, _ = embedded_data
+    before = (data_dir / "manifest.json").read_bytes()
+    config = _compare_config(tmp_path, data_dir, "data.candidates.negatives=31")
+    with pytest.raises(ArtifactError, match="holds data made with other data settings.*--force"):
+        compare.run(config)
+    assert (data_dir / "manifest.json").read_bytes() == before and not (tmp_path / "compare").exists()
 
 
 def test_paper_config_runs_on_ml1m_layout(tmp_path):
