@@ -75,6 +75,9 @@ EXTRA_ARGUMENTS = {
     "compare": [(("--force",), {"action": "store_true",
                                 "help": "replace run folders and the data folder made with other settings "
                                         "(without it they are kept and compare stops)"})],
+    "tune": [(("--force",), {"action": "store_true",
+                             "help": "preprocess again into a data folder made with other settings "
+                                     "(without it tune stops)"})],
 }
 
 

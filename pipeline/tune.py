@@ -168,14 +168,16 @@ class _Progress:
         log(f"tune: {variant} [{slot + 1}/{self.trials}] {outcome}, {seconds:.0f} s; ~{left / 60:.0f} min left")
 
 
-def run(config) -> Path:
-    """Tune every variant, then write best.yaml and the report; returns best.yaml's path."""
+def run(config, force: bool = False) -> Path:
+    """Tune every variant, then write best.yaml and the report; returns best.yaml's path.
+
+    force: preprocess again into a data folder made with other settings (as `mtlrec compare --force`)."""
     from pipeline import train
     from pipeline.compare import ensure_data
     from pipeline.tune_report import write_report
     storage = storage_of(config)
     names = tuned_variants(config)  # config errors before the minutes of preprocessing
-    data_dir = ensure_data(config)
+    data_dir = ensure_data(config, force)
     bases = variant_configs(config, names, data_dir)
     manifest = read_manifest(data_dir)
     settings = TunerSettings(storage=str(storage), trials=config.tune.trials, seed=config.tune.seed,
@@ -228,5 +230,5 @@ def _write_best(config, bases: dict, summaries: dict) -> Path:
 
 
 def main(config, args) -> int:
-    print(run(config))
+    print(run(config, force=args.force))
     return 0
