@@ -18,7 +18,7 @@ from typing import Callable
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.rows import (HALF_STARS, MAX_AGE, METADATA, REJECTED, UNDECODABLE_ROW, WHOLE_STARS, RatingScale,
+from pipeline.rows import (HALF_STARS, LINE, MAX_AGE, METADATA, REJECTED, UNDECODABLE_ROW, WHOLE_STARS, RatingScale,
                            SourceError, SourceInfo, check_rating, parse_int, rejection, title_year)
 from pipeline.textfiles import SNIFF_BYTES, TextLines, check_not_wide, line_ending, read_head, read_lines
 
@@ -161,10 +161,8 @@ class _ParseRatings(beam.DoFn):
 
     def __init__(self, file, separator, order, scale):
         self.file, self.separator, self.order, self.scale = file, separator, order, scale
-        self.input_rows = beam.metrics.Metrics.counter("mtlrec", "input_rows")
 
     def process(self, raw: bytes, items, users):
-        self.input_rows.inc()
         if raw.startswith(codecs.BOM_UTF8):  # first line without a header (or files concatenated)
             raw = raw[len(codecs.BOM_UTF8):]
         raw = raw.rstrip(b"\r")
@@ -184,6 +182,7 @@ class _ParseRatings(beam.DoFn):
             if self.separator == ",":
                 fields = [f.strip().strip('"') for f in fields]
             row = check_rating(*(fields[i] for i in self.order), scale=self.scale)
+            row[LINE] = line
             yield join_metadata(row, items, users)
         except ValueError as reason:
             yield beam.pvalue.TaggedOutput(REJECTED, rejection(self.file, line, str(reason)))

@@ -22,10 +22,8 @@ class _ParseRecords(beam.DoFn):
 
     def __init__(self, file, scale):
         self.file, self.scale = file, scale
-        self.input_rows = beam.metrics.Metrics.counter("mtlrec", "input_rows")
 
     def process(self, record):
-        self.input_rows.inc()
         try:
             row = check_rating(record["user_id"], record["item_id"], record["rating"], record["timestamp"], self.scale)
             row.update({k: v for k, v in record.items() if k not in row})

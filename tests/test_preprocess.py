@@ -200,7 +200,7 @@ def ml1m_with_bad_rows(tmp_path_factory):
 
 
 def test_row_conservation_and_rejection_reasons(ml1m_with_bad_rows):
-    root, _, _, total, manifest = ml1m_with_bad_rows
+    root, folder, _, total, manifest = ml1m_with_bad_rows
     assert manifest["input_rows"] == total
     assert manifest["input_rows"] == manifest["accepted_rows"] + manifest["rejected_rows"]
     assert manifest["rejected_rows"] == len(BAD_LINES) + 2
@@ -212,7 +212,14 @@ def test_row_conservation_and_rejection_reasons(ml1m_with_bad_rows):
                      "expected 4 fields, found 3", "movie id 999 is not in the movie file",
                      "exact duplicate", "repeated (user, movie) pair"):
         assert expected in reasons
-    assert all(r["file"] for r in rejected)
+    # Every rejected row is an original line of ratings.dat, duplicates included; the kept
+    # one of a repeated pair is the later interaction.
+    lines = (folder / "ratings.dat").read_text().splitlines()
+    assert all(r["file"] == str(folder / "ratings.dat") and r["row"] in lines for r in rejected)
+    by_kind = {r["kind"]: r["row"] for r in rejected if r["kind"] != "row"}
+    dup = ratings(num_users=14, num_items=30, per_user=12)[5]
+    assert by_kind == {"exact_duplicate": f"{dup[0]}::{dup[1]}::{int(dup[2])}::{dup[3]}",
+                       "repeated_pair": f"{dup[0]}::{dup[1]}::{int(dup[2])}::{dup[3]}"}
 
 
 def test_ml1m_demographics_and_layout(ml1m_with_bad_rows):
@@ -227,12 +234,23 @@ def test_ml1m_demographics_and_layout(ml1m_with_bad_rows):
     assert row.year == 1980 + row.item_id % 30 and row.genres == "|".join(meta[row.item_id][1])
 
 
-def test_same_seed_gives_identical_bytes(ml1m_with_bad_rows):
+class _NoMetrics:
+    """What a runner that reports no metrics (some do so only on a best-effort basis) returns."""
+
+    def query(self, _filter=None):
+        return {"counters": [], "distributions": [], "gauges": []}
+
+
+def test_same_seed_gives_identical_bytes_without_runner_metrics(ml1m_with_bad_rows, monkeypatch):
+    """A second run, on a runner that reports no Beam metrics, writes the same bytes as the
+    first: the manifest's counts come from the pipeline's own PCollections."""
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
     root, _, overrides, _, _ = ml1m_with_bad_rows
+    monkeypatch.setattr(fn_runner.RunnerResult, "metrics", lambda self: _NoMetrics())
     run_preprocess(root / "run2", *overrides)
     first, second = root / "run1/data", root / "run2/data"
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert any(str(f).startswith("train/") for f in files)
+    assert any(str(f).startswith("train/") for f in files) and Path("manifest.json") in files
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     for name in files:
         if name.parts[0] in (*SPLITS, "transformed", "rejected") or name.name == "manifest.json" \
@@ -249,6 +267,7 @@ def test_other_grouplens_layouts(tmp_path, layout):
                               "data.candidates.negatives=5", "data.split.test=2", "data.split.validation=1")
     assert manifest["source"]["layout"] == layout
     assert manifest["accepted_rows"] == len(rows) and manifest["rejected_rows"] == 0
+    assert (tmp_path / "run/data/rejected/rejected.jsonl").read_text() == ""  # written, and empty
     assert ("gender" in manifest["features"]) == (layout == "ml-100k")
     train = read_split(tmp_path / "run/data", "train")
     positives = train[train.watch == 1]
