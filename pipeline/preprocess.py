@@ -6,6 +6,7 @@
                    each test user's fixed candidate list (test interactions + N items)
                 -> raw tf.Examples, gzip TFRecord shards per split, written deterministically
                 -> tf.Transform analyzers fitted on the train split -> transform graph
+                   (with the same bytes on every run: pipeline/stable_savedmodel.py)
                 -> manifest.json (counts, label rates, config and its hash)
 
 Its parts: pipeline/sources.py reads the rows, pipeline/sampling.py draws the items,
@@ -42,6 +43,7 @@ from pipeline.runs import preprocess_output_of
 from pipeline.sampling import Catalog
 from pipeline.shards import TrainBatches, WriteShard, WriteTransformedShard, file_order, shard_names, shard_of
 from pipeline.sources import open_source
+from pipeline.stable_savedmodel import canonicalize
 from pipeline.tfexample import ExampleEncoder
 
 # Streams of per-user randomness: one per purpose, so changing one never shifts another.
@@ -319,7 +321,8 @@ def build_pipeline(p, source, data_config, folder):
     example_io = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["mtlrec"], schema=schema)
     transform_fn = (batches, example_io.TensorAdapterConfig()) | "Analyze" >> tft_beam.AnalyzeDataset(
         make_preprocessing_fn(raw_columns))
-    written = transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(str(folder))
+    written = (transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(str(folder))
+               | "StableTransformBytes" >> beam.Map(lambda _: canonicalize(f"{folder}/transform_fn")))
     _ = grouped | "WriteTransformed" >> beam.ParDo(
         WriteTransformedShard(str(folder), shards, raw_columns), beam.pvalue.AsSingleton(written))
 
