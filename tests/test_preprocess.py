@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -297,14 +298,78 @@ def test_tfds_source_with_mock_data(tmp_path):
         }
         return tf.data.Dataset.from_tensor_slices(records)
 
-    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    prepared = []
+
+    def download_and_prepare(self, *args, **kwargs):  # mock_data's no-op, recorded
+        prepared.append(self.name)
+
+    # An unprepared builder (mock_data points it at a folder without files): prepared, then read.
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset), mock.patch.object(
+            tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare):
         manifest = run_preprocess(tmp_path, "data.source=tfds", "data.tfds_name=movielens/100k-ratings",
                                   "data.candidates.negatives=5", "data.split.test=2", "data.split.validation=1")
+    assert prepared == ["movielens"]
     assert manifest["source"]["layout"] == "movielens/100k-ratings"
-    assert manifest["accepted_rows"] == len(rows)
+    assert manifest["accepted_rows"] == manifest["input_rows"] == len(rows)
     assert {"gender", "occupation", "zip_prefix", "age"} <= set(manifest["features"])
     train = read_split(tmp_path / "data", "train")
     assert set(train.gender) == {"M", "F"} and (train.year[train.watch == 1] == 1995).all()
+
+
+def _grouplens_download(tmp_path, rows, monkeypatch):
+    """TFDS's download of ml-100k.zip, served from a fixture folder (no network in tests)."""
+    import tensorflow_datasets as tfds
+    write_ml100k(tmp_path / "download" / "ml-100k", rows)
+    urls = []
+
+    def download_and_extract(self, url):
+        urls.append(url)
+        return str(tmp_path / "download")
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", download_and_extract)
+    return urls
+
+
+def test_tfds_builder_is_prepared_on_first_use(tmp_path, monkeypatch):
+    """An unprepared builder is downloaded and prepared, then read from its files with
+    tfds.beam.ReadFromTFDS; a prepared one is not downloaded again."""
+    import tensorflow_datasets as tfds
+    rows = ratings(num_users=8, num_items=20, per_user=10)
+    urls = _grouplens_download(tmp_path, rows, monkeypatch)
+    read, read_from_tfds = [], tfds.beam.ReadFromTFDS
+    monkeypatch.setattr(tfds.beam, "ReadFromTFDS", lambda builder, split: read.append(split) or
+                        read_from_tfds(builder, split))
+    manifest = run_preprocess(tmp_path / "run", "data.source=tfds", "data.tfds_name=movielens/100k-ratings",
+                              f"data.tfds_data_dir={tmp_path / 'tfds'}", "data.candidates.negatives=5",
+                              "data.split.test=2", "data.split.validation=1")
+    assert urls == ["https://files.grouplens.org/datasets/movielens/ml-100k.zip"] and read == ["train"]
+    assert manifest["input_rows"] == manifest["accepted_rows"] == len(rows)
+    train = read_split(tmp_path / "run/data", "train")
+    positives = train[train.watch == 1]
+    expected = {(u, i): r for u, i, r, _ in rows}
+    assert all(expected[(row.user_id, row.item_id)] == row.rating for row in positives.itertuples())
+    assert tfds.builder("movielens/100k-ratings", data_dir=str(tmp_path / "tfds")).is_prepared()
+
+
+def test_tfds_without_network_fails_with_one_line(tmp_path, monkeypatch, capsys):
+    import requests
+    import tensorflow_datasets as tfds
+
+    from pipeline.cli import main
+
+    def offline(self, url):
+        raise requests.exceptions.ConnectionError(f"Max retries exceeded with url: {url}\n(more detail)")
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", offline)
+    code = main(["preprocess", "--set", "data.source=tfds", "--set", "data.tfds_name=movielens/1m-ratings",
+                 "--set", f"data.tfds_data_dir={tmp_path / 'tfds'}", "--set", f"workdir={tmp_path}"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mtlrec")]
+    builder_dir = tfds.builder("movielens/1m-ratings", data_dir=str(tmp_path / "tfds")).data_dir
+    assert code == 2 and lines == [
+        f"mtlrec preprocess: error: data.tfds_name 'movielens/1m-ratings': not prepared in {builder_dir} and the "
+        "download failed (ConnectionError: Max retries exceeded with url: "
+        "https://files.grouplens.org/datasets/movielens/ml-1m.zip)"]
+    assert not (tmp_path / "data").exists()
 
 
 # ---------------------------------------------------------------- failures
