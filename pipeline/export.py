@@ -29,16 +29,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
-from features.spec import ENTITY_KEYS, raw_feature_spec, request_columns
+from features.spec import ENTITY_KEYS, RAW_COLUMNS, raw_feature_spec, request_columns
 from features.transform import dense_model_inputs
 from pipeline import runs
 from pipeline.artifacts import ArtifactError, write_json
 from pipeline.config import ExportConfig
 from pipeline.errors import MtlrecError
 from pipeline.manifest import read_manifest
-from pipeline.tables import EntityTable, read_tables
+from pipeline.tables import read_tables
 
 RANK_OUTPUTS = ("score", "top_k")  # beside one output per task
 
@@ -53,6 +54,43 @@ def rank_weights(model, options) -> dict[str, float]:
     if unknown:
         raise ExportError(f"export.rank_weights: {', '.join(unknown)} not among the model's tasks ({', '.join(tasks)})")
     return {t: float(options.rank_weights.get(t, 0.0)) for t in tasks}
+
+
+def _unknown(column: str):
+    default = RAW_COLUMNS[column].default
+    return default.encode() if isinstance(default, str) else default  # strings are read back as bytes
+
+
+class EntityTable(tf.Module):
+    """One entity's table inside the served model: ids [N] -> {column: values [N]}.
+
+    Held as variables (saved with the model, no graph-size limit): the sorted ids and each
+    column with one extra last row, the column's "unknown" default, which an id absent from the
+    table gets. Looked up by binary search, so the table needs no hash-table resource.
+
+    Args:
+      ids: [R] the entity's ids, sorted and distinct (pipeline.tables.read_tables).
+      columns: {raw column: [R] its value per id}; declared in features/spec.py with a default.
+      name: the entity, e.g. "item".
+    """
+
+    def __init__(self, ids: np.ndarray, columns: dict[str, np.ndarray], name: str):
+        super().__init__(name=name)
+        if len(ids) == 0:
+            raise ValueError(f"the {name} table is empty")
+        if np.any(np.diff(ids) <= 0):
+            raise ValueError(f"the {name} table's ids are not sorted and distinct")
+        self.size = len(ids)
+        self.ids = tf.Variable(ids.astype(np.int64), trainable=False, name="ids")  # [R]
+        self.columns = {c: tf.Variable(np.append(values, _unknown(c)), trainable=False, name=c)
+                        for c, values in columns.items()}  # each [R + 1]
+
+    def __call__(self, ids):
+        """ids [N] int64 -> {column: [N]}."""
+        position = tf.searchsorted(self.ids, ids)  # [N] in [0, R]
+        found = tf.gather(self.ids, tf.minimum(position, self.size - 1)) == ids  # [N]
+        row = tf.where(found, position, self.size)  # [N]: R = the unknown row
+        return {c: tf.gather(values, row) for c, values in self.columns.items()}
 
 
 class ServingModule(tf.Module):

@@ -8,8 +8,8 @@ belongs to which entity, and which id keys its table, is declared in features/sp
 
     preprocess:  train examples (what the analyzers see) --TrainTables--> {entity: {id: values}}
                  --WriteTables--> <data>/tables/<entity>.tfrecord.gz (one tf.Example per id, by id)
-                 candidates split --with_table_columns--> entity columns from the tables
-    export:      read_tables -> EntityTable (variables in the SavedModel) -> candidate_rows
+                 candidates split --CandidatesFromTables--> entity columns from the tables
+    export:      read_tables -> pipeline.export.EntityTable (variables in the SavedModel)
 
 Built from the TRAIN split only, the same examples the user and item vocabularies are fitted
 on: an id in a table is an id the model was trained on (including items the train split saw
@@ -42,7 +42,6 @@ def table_spec(raw_columns, entity: str) -> dict:
     return {name: spec[name] for name in [ENTITY_KEYS[entity], *entity_columns(raw_columns)[entity]]}
 
 
-# ---------------------------------------------------------------- preprocess (Beam)
 def _column(batch, name) -> list:
     """One value per example of a RecordBatch column of single-valued lists."""
     return batch.column(batch.schema.get_field_index(name)).flatten().to_pylist()
@@ -137,7 +136,6 @@ class CandidatesFromTables(beam.DoFn):
         return self.encoder.encode(columns)
 
 
-# ---------------------------------------------------------------- reading, and serving
 def read_tables(data_dir, manifest) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
     """{entity: (sorted ids [R], {column: values [R]})} of a data folder's tables."""
     raw_columns = manifest["raw_columns"]
@@ -153,35 +151,3 @@ def read_tables(data_dir, manifest) -> dict[str, tuple[np.ndarray, dict[str, np.
                    for name, parts in columns.items()}
         out[entity] = (columns.pop(record["key"]), columns)
     return out
-
-
-def _unknown(column: str):
-    default = RAW_COLUMNS[column].default
-    return default.encode() if isinstance(default, str) else default  # strings are read back as bytes
-
-
-class EntityTable(tf.Module):
-    """One entity's table inside the served model: ids [N] -> {column: values [N]}.
-
-    Held as variables (saved with the model, no graph-size limit): the sorted ids and each
-    column with one extra last row, the column's "unknown" default, which an id absent from the
-    table gets. Looked up by binary search, so the table needs no hash-table resource.
-    """
-
-    def __init__(self, ids: np.ndarray, columns: dict[str, np.ndarray], name: str):
-        super().__init__(name=name)
-        if len(ids) == 0:
-            raise ValueError(f"the {name} table is empty")
-        if np.any(np.diff(ids) <= 0):
-            raise ValueError(f"the {name} table's ids are not sorted and distinct")
-        self.size = len(ids)
-        self.ids = tf.Variable(ids.astype(np.int64), trainable=False, name="ids")  # [R]
-        self.columns = {c: tf.Variable(np.append(values, _unknown(c)), trainable=False, name=c)
-                        for c, values in columns.items()}  # each [R + 1]
-
-    def __call__(self, ids):
-        """ids [N] int64 -> {column: [N]}."""
-        position = tf.searchsorted(self.ids, ids)  # [N] in [0, R]
-        found = tf.gather(self.ids, tf.minimum(position, self.size - 1)) == ids  # [N]
-        row = tf.where(found, position, self.size)  # [N]: R = the unknown row
-        return {c: tf.gather(values, row) for c, values in self.columns.items()}

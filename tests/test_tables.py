@@ -9,7 +9,8 @@ import tensorflow as tf
 from conftest import run_preprocess
 from features.spec import ENTITY_KEYS, RAW_COLUMNS, entity_columns, request_columns
 from fixtures import ratings, read_split, users, write_ml1m
-from pipeline.tables import EntityTable, read_tables
+from pipeline.export import EntityTable
+from pipeline.tables import read_tables
 
 
 def test_every_raw_column_belongs_to_an_entity():
