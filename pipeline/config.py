@@ -320,6 +320,16 @@ class SyntheticConfig(Section):
         return self
 
 
+# ---------------------------------------------------------------- export (pipeline/export.py)
+class ExportConfig(Section):
+    """The exported model's `rank` signature: its defaults, which a request can override
+    (rank_with_options)."""
+    # task -> weight of its score in rank's combined score (tasks left out: 0);
+    # null = the model's loss weights (model.tasks.<task>.weight)
+    rank_weights: Union[dict[str, float], None] = None
+    top_k: int = Field(10, ge=1)  # candidates returned in rank's top_k (fewer if fewer were sent)
+
+
 class Config(Section):
     workdir: str = "runs/default"
     data: DataConfig = DataConfig()
@@ -328,6 +338,14 @@ class Config(Section):
     compare: CompareConfig = CompareConfig()
     tune: TuneConfig = TuneConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
+    export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _rank_weights_name_trained_tasks(self):
+        unknown = sorted(set(self.export.rank_weights or ()) - set(self.model.tasks))
+        if unknown:
+            raise ValueError(f"export.rank_weights names tasks that are not trained: {', '.join(unknown)}")
+        return self
 
 
 # ---------------------------------------------------------------- loading

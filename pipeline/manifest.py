@@ -10,14 +10,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from features.spec import TASKS, active_features, declaration_hash
+from features.spec import ENTITY_KEYS, TASKS, active_features, declaration_hash, entity_columns
 from pipeline.artifacts import MANIFEST, ArtifactError, read_json
 from pipeline.config import config_hash
 from pipeline.rows import EXACT_DUPLICATE, METADATA, REPEATED_PAIR, ROW, UNDECODABLE_ROW
 
-DATA_FORMAT = 2  # of a data folder; 2: train and validation also materialized (transformed/)
+# Of a data folder; 2: train and validation also materialized (transformed/); 3: the user and
+# item feature tables (tables/), from which the candidate lists take their user and item columns.
+DATA_FORMAT = 3
 SPLITS = ("train", "validation", "test", "candidates")
 REQUIRED = ("source", "splits", "raw_columns", "features", "declaration_hash")
+
+
+def table_file(entity: str) -> str:
+    """The file of an entity's feature table (pipeline/tables.py), relative to the data folder."""
+    return f"tables/{entity}.tfrecord.gz"
+
+
+def describe_tables(raw_columns, counts: dict[str, int]) -> dict:
+    """The manifest's record of the feature tables: {entity: {key, columns, file, rows}}."""
+    return {entity: {"key": ENTITY_KEYS[entity], "columns": columns, "file": table_file(entity),
+                     "rows": counts.get(f"table_rows:{entity}", 0)}
+            for entity, columns in entity_columns(raw_columns).items()}
 
 
 def data_hash(data_config) -> str:
@@ -93,6 +107,7 @@ def build_manifest(source_info, data_config, counts: dict[str, int], shards: dic
         "raw_columns": raw_columns,
         "features": active_features(raw_columns),
         "declaration_hash": declaration_hash(raw_columns),
+        "tables": describe_tables(raw_columns, counts),
         "config": data_config.model_dump(mode="json"),
         "config_hash": data_hash(data_config),
     }

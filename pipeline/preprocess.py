@@ -44,6 +44,7 @@ from pipeline.sampling import Catalog
 from pipeline.shards import TrainBatches, WriteShard, WriteTransformedShard, file_order, shard_names, shard_of
 from pipeline.sources import open_source
 from pipeline.stable_savedmodel import canonicalize
+from pipeline.tables import CandidatesFromTables, TrainTables, WriteTables
 from pipeline.tfexample import ExampleEncoder
 
 # Streams of per-user randomness: one per purpose, so changing one never shifts another.
@@ -314,10 +315,15 @@ def build_pipeline(p, source, data_config, folder):
     grouped = (examples | "ByShard" >> beam.MapTuple(
         lambda split, user, records: ((split, shard_of(user, shards)), (user, records)))
                | "GroupShards" >> beam.GroupByKey())
-    _ = grouped | "WriteShards" >> beam.ParDo(WriteShard(str(folder), shards))
 
     # tf.Transform analyzers see the train split only: no validation/test label leaks.
     batches = grouped | "TrainBatches" >> beam.ParDo(TrainBatches(schema, ANALYZE_BATCH))
+    # The user and item feature tables of the served model, from the same train examples; the
+    # candidate lists take their user and item columns from them (pipeline/tables.py).
+    tables = batches | "TrainTables" >> beam.CombineGlobally(TrainTables(raw_columns))
+    _ = tables | "WriteTables" >> beam.ParDo(WriteTables(str(folder), raw_columns))
+    _ = (grouped | "CandidatesFromTables" >> beam.ParDo(CandidatesFromTables(raw_columns), beam.pvalue.AsSingleton(tables))
+         | "WriteShards" >> beam.ParDo(WriteShard(str(folder), shards)))
     example_io = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["mtlrec"], schema=schema)
     transform_fn = (batches, example_io.TensorAdapterConfig()) | "Analyze" >> tft_beam.AnalyzeDataset(
         make_preprocessing_fn(raw_columns))

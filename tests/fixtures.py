@@ -105,3 +105,21 @@ def recode(path: Path, bom: bool = False, ending: str = "\n", replace: dict[byte
         data = data.replace(old, new)
     path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + data)
     return path
+
+
+def untrained_model(data_dir, manifest, *overrides):
+    """A built, untrained MultiTaskRecommender of the default config (with overrides) on a data
+    folder, and the folder's InputPipeline: random weights, so outputs depend on every input."""
+    import tensorflow as tf
+
+    from features.transform import dense_model_inputs
+    from models.recommender import MultiTaskRecommender
+    from pipeline.config import load_config
+    from pipeline.dataset import InputPipeline
+    from pipeline.modeling import model_spec
+    config = load_config(None, list(overrides))
+    inputs = InputPipeline(data_dir, manifest["raw_columns"])
+    model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
+    frame = read_split(data_dir, "candidates").head(8)
+    model(dense_model_inputs(inputs.transform({c: tf.constant(frame[c].to_numpy()) for c in manifest["raw_columns"]})))
+    return model, inputs

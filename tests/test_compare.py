@@ -235,6 +235,61 @@ def test_evaluation_matches_sklearn_per_user(compared):
         per_user["watch/ndcg@10"].mean())
 
 
+def _assert_close(got, expected, where=""):
+    """Nested results equal to 1e-5 (numbers) or exactly (the rest); JSON's null is NaN."""
+    if isinstance(expected, dict):
+        assert set(got) == set(expected), where
+        for key in expected:
+            _assert_close(got[key], expected[key], f"{where}/{key}")
+    elif isinstance(expected, (float, int)) or expected is None:
+        as_float = [np.nan if v is None else float(v) for v in (got, expected)]
+        np.testing.assert_allclose(*as_float, atol=1e-5, rtol=0, err_msg=where)
+    else:
+        assert got == expected, where
+
+
+def test_evaluate_through_rank_equals_the_rows_scored_one_by_one(compared):
+    """`mtlrec evaluate` ranks each test user's list with one `rank` call (ids only). Scoring the
+    candidate rows (every raw column) with `serving_default` gives the same predictions to 1e-5
+    in batches of any size, and, fed one list per call, the same bits and so the same metrics.
+
+    (Items unknown to the train tables share every feature, so their scores tie; a 1-ulp
+    difference between kernels of different batch shapes would break such ties one way or the
+    other and move e.g. GAUC by ~1e-4, although no score moved by more than 1.2e-7.)
+    """
+    import tensorflow as tf
+
+    from pipeline.dataset import split_files
+    from pipeline.evaluate import evaluation, score_candidates
+    config, workdir, _ = compared
+    run_dir = workdir / "compare" / "softmax" / "seed0"
+    result = subprocess.run([str(MTLREC), "evaluate", "--run", str(run_dir)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    evaluated = json.loads((run_dir / "eval.json").read_text())
+
+    ranked = score_candidates(run_dir)
+    serve = tf.saved_model.load(str(run_dir / "export")).signatures["serving_default"]
+    records = np.array(list(tf.data.TFRecordDataset(split_files(config.data.output, "candidates"), "GZIP")
+                            .as_numpy_iterator()), dtype=object)
+    tasks = ("watch", "rating", "like")
+    in_batches = {t: np.concatenate([serve(examples=tf.constant(records[i:i + 500]))[t].numpy()
+                                     for i in range(0, len(records), 500)]) for t in tasks}
+    per_list = {t: np.zeros(len(records), np.float32) for t in tasks}
+    users = ranked["user_id"].to_numpy()
+    for user in np.unique(users):
+        rows = np.flatnonzero(users == user)
+        scores = serve(examples=tf.constant(records[rows]))
+        for t in tasks:
+            per_list[t][rows] = scores[t].numpy()
+    for t in tasks:
+        np.testing.assert_allclose(ranked[f"pred_{t}"], in_batches[t], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(ranked[f"pred_{t}"], per_list[t], atol=1e-5, rtol=0)
+    expected, _ = evaluation(ranked.assign(**{f"pred_{t}": per_list[t] for t in tasks}))
+    assert evaluated["users"] == expected["users"] > 10
+    _assert_close({k: v for k, v in evaluated.items() if k != "run_dir"}, expected)
+
+
 def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
     data_dir, _ = embedded_data
     result = subprocess.run(

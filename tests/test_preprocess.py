@@ -252,7 +252,7 @@ def test_same_seed_gives_identical_bytes_without_runner_metrics(ml1m_with_bad_ro
     run_preprocess(root / "run2", *overrides)
     first, second = root / "run1/data", root / "run2/data"
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert {"train", "transformed", "rejected", "transform_fn", "transformed_metadata"} <= {f.parts[0] for f in files}
+    assert {"train", "transformed", "rejected", "tables", "transform_fn", "transformed_metadata"} <= {f.parts[0] for f in files}
     assert {Path("transform_fn/saved_model.pb"), Path("transform_fn/fingerprint.pb"), Path("manifest.json")} <= set(files)
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     differ = [str(name) for name in files if (first / name).read_bytes() != (second / name).read_bytes()]

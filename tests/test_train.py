@@ -192,9 +192,12 @@ def test_chief_follows_the_tf_config_roles():
 
 
 def _raw_inputs(data_dir, manifest, n=64):
+    """The first n candidate rows: raw columns, and the same rows as serialized tf.Examples."""
     from fixtures import read_split
+    from pipeline.dataset import split_files
     frame = read_split(data_dir, "candidates").head(n)
-    return {c: frame[c].to_numpy() for c in manifest["raw_columns"]}
+    records = list(tf.data.TFRecordDataset(split_files(data_dir, "candidates"), "GZIP").take(n).as_numpy_iterator())
+    return {c: frame[c].to_numpy() for c in manifest["raw_columns"]}, np.array(records, dtype=object)
 
 
 EXPORT_CHECK = """
@@ -203,35 +206,63 @@ import numpy as np
 import tensorflow as tf
 assert "pipeline" not in sys.modules and "models" not in sys.modules
 raw = dict(np.load(sys.argv[2], allow_pickle=True))
+records = raw.pop("records")
 raw = {k: tf.constant(v.astype(object) if v.dtype.kind in "OUS" else v) for k, v in raw.items()}
-serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-out = {k: v.numpy().tolist() for k, v in serve(**raw).items()}
-print(json.dumps(out))
+signatures = tf.saved_model.load(sys.argv[1]).signatures
+first = raw["user_id"] == raw["user_id"][0]  # one user's candidates: one ranking request
+out = {"serve_raw": signatures["serve_raw"](**raw),
+       "serving_default": signatures["serving_default"](examples=tf.constant(records)),
+       "rank": signatures["rank"](user_id=raw["user_id"][0], timestamp=raw["timestamp"][0],
+                                  item_ids=tf.boolean_mask(raw["item_id"], first))}
+print(json.dumps({name: {k: v.numpy().tolist() for k, v in outputs.items()} for name, outputs in out.items()}))
 """
 
 
+def _serve_without_our_packages(export_dir, raw, records, tmp_path) -> dict:
+    np.savez(tmp_path / "raw.npz", records=records, **raw)
+    result = subprocess.run([sys.executable, "-c", EXPORT_CHECK, str(export_dir), str(tmp_path / "raw.npz")],
+                            capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("policy", ["none", "mixed_bfloat16"])
-def test_export_serves_raw_features_without_our_packages(embedded_data, tmp_path, policy):
+def test_export_serves_without_our_packages(embedded_data, tmp_path, policy):
+    """Every signature from tf.saved_model.load alone: tf.Examples, raw tensors and a ranking
+    request give the model's predictions; rank's defaults come from the config's export section."""
     from pipeline.runs import restore_model
     data_dir, manifest = embedded_data
     run_dir = tmp_path / "run"
     _train(data_dir, run_dir, "train.epochs=1", f"train.mixed_precision={policy}",
            "model.gate.type=dselect_k", "model.gate.per_example=true")
-    raw = _raw_inputs(data_dir, manifest)
-    np.savez(tmp_path / "raw.npz", **raw)
-    result = subprocess.run([sys.executable, "-c", EXPORT_CHECK, str(run_dir / "export"), str(tmp_path / "raw.npz")],
-                            capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    served = json.loads(result.stdout.strip().splitlines()[-1])
+    raw, records = _raw_inputs(data_dir, manifest)
+    served = _serve_without_our_packages(run_dir / "export", raw, records, tmp_path)
 
     model, inputs = restore_model(run_dir)
     from features.transform import dense_model_inputs
     features = dense_model_inputs(inputs.transform({k: tf.constant(v) for k, v in raw.items()}))
     # As a graph, like the export: under bfloat16, eager and graph kernels round differently.
     expected = tf.function(lambda f: model(f, training=False))(features)
-    assert set(served) == {"watch", "rating", "like"}
-    for task, values in served.items():
-        np.testing.assert_allclose(values, expected[task].numpy(), atol=1e-5, rtol=0)
+    first = raw["user_id"] == raw["user_id"][0]
+    assert 10 < first.sum() < len(first)
+    for name, rows in (("serve_raw", slice(None)), ("serving_default", slice(None)), ("rank", first)):
+        assert set(served[name]) == ({"watch", "rating", "like"} | ({"score", "top_k"} if name == "rank" else set()))
+        for task in ("watch", "rating", "like"):
+            np.testing.assert_allclose(served[name][task], expected[task].numpy()[rows], atol=1e-5, rtol=0)
+    score = sum(np.array(served["rank"][t], np.float64) for t in ("watch", "rating", "like"))  # loss weights 1
+    np.testing.assert_allclose(served["rank"]["score"], score, atol=1e-5, rtol=0)
+    assert served["rank"]["top_k"] == np.argsort(-np.array(served["rank"]["score"]), kind="stable")[:10].tolist()
+
+    if policy == "none":  # `mtlrec export` with other rank defaults
+        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir), "--set", "export.rank_weights={like: 2.0}",
+                                 "--set", "export.top_k=3"], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        ranked = _serve_without_our_packages(run_dir / "export", raw, records, tmp_path)["rank"]
+        np.testing.assert_allclose(ranked["score"], 2 * np.array(ranked["like"]), atol=1e-6, rtol=0)
+        assert ranked["top_k"] == np.argsort(-np.array(ranked["like"]), kind="stable")[:3].tolist()
+        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir), "--set", "export.rank_weights={clicks: 1}"],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 2 and "export.rank_weights names tasks that are not trained: clicks" in result.stderr
 
 
 def test_mirrored_strategy_on_two_logical_cpus(embedded_data, tmp_path):
@@ -288,7 +319,7 @@ def test_bad_data_folders_and_gate_names(embedded_data, tmp_path):
     with pytest.raises(ArtifactError, match="incompatible feature declaration"):
         _train(fake, tmp_path / "run")
     (fake / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "format"}))
-    with pytest.raises(ArtifactError, match="format 1, this code reads format 2; run `mtlrec preprocess` again"):
+    with pytest.raises(ArtifactError, match="format 1, this code reads format 3; run `mtlrec preprocess` again"):
         _train(fake, tmp_path / "run")
     result = subprocess.run([str(MTLREC), "train", "--set", "model.gate.type=sparsemax"], capture_output=True,
                             text=True, timeout=300)
