@@ -3,7 +3,8 @@
 Every subcommand takes `--config FILE.yaml` and repeated `--set key=value` over the defaults,
 which live in code (pipeline/config.py; `mtlrec config` prints them resolved). Stage modules
 are imported only when their subcommand runs, so `--help`, `mtlrec config` and config errors
-stay instant (TensorFlow takes seconds to import).
+stay instant (TensorFlow takes seconds to import). The terminal shows each stage's own lines;
+`--verbose` adds the libraries' logs (pipeline/terminal.py).
 """
 from __future__ import annotations
 
