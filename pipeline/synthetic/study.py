@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.synthetic.data import SyntheticData, generate
 from pipeline.synthetic.recovery import DENSE_SELECTION
 from pipeline.synthetic.training import RunSpec, oracle_assignment, train_run
+from pipeline.terminal import time_left
 
 
 def grid_points(grid, gate=None, points: int | None = None) -> list[dict]:
@@ -106,7 +107,8 @@ def run_study(cfg, progress: Callable[[str], None] = lambda message: None) -> tu
         done += 1
         shown = ", ".join(f"{k}={v:g}" for k, v in point.items())
         elapsed = time.perf_counter() - started
-        progress(f"[{done}/{total}, {total - done} left, {elapsed:.0f}s] {label} T={data_.num_tasks} "
+        progress(f"[{done}/{total}, {total - done} left, {elapsed:.0f}s, {time_left(elapsed / done * (total - done))}] "
+                 f"{label} T={data_.num_tasks} "
                  f"{name} seed={seed} ({shown}): val {result['val_mse']:.4f} test {result['test_mse']:.4f} "
                  f"ARI {result['ari']:.3f} in {result['seconds']:.1f}s")
         return result
