@@ -39,7 +39,7 @@ def compared(embedded_data, tmp_path_factory):
     data_dir, _ = embedded_data
     workdir = tmp_path_factory.mktemp("compare")
     config = _compare_config(workdir, data_dir)
-    return config, workdir, compare.run(config)
+    return config, workdir, Path(compare.run(config))
 
 
 def _hand_made_users(rng, shift: dict, seeds=3, users=80):
