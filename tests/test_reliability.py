@@ -49,7 +49,7 @@ def tiny(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        assert cli.main(["preprocess", *sets("workdir=w", f"data.path={files}", *DATA)]) == 0
+        assert cli.main(["preprocess", *sets("workdir=w", f"data.path={files.name}", *DATA)]) == 0
         left = {name: folder.exists() for name, folder in planted.items()}
         assert cli.main(["train", *sets("workdir=w", "train.run_dir=w/run", "train.data=w/data", *TRAIN)]) == 0
     finally:
@@ -75,6 +75,8 @@ def test_run_folder_stores_no_cwd_relative_path(tiny):
     assert summary["data"] == "../data"  # relative to the run folder
     assert summary["run_dir"] == str(root / "w/run")
     assert f"run_dir: {root / 'w/run'}\n" in (root / "w/run/config.yaml").read_text()
+    source = json.loads((root / "w/data/manifest.json").read_text())["source"]  # data.path was "files"
+    assert source["location"] == str(root / "files") and source["files"][0].startswith(f"{root / 'files'}/")
 
 
 def test_evaluate_a_run_by_absolute_path_from_another_directory(tiny, tmp_path):
