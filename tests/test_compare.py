@@ -330,7 +330,7 @@ def test_paper_config_runs_on_ml1m_layout(tmp_path):
         "compare.seeds=[0]", "compare.variants={topk: {model: {gate: {type: topk, k: 2}}}, "
         "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}", "compare.focus=[dselect_k_static]"])
     assert list(config.model.tasks) == ["watch", "rating"] and config.model.num_experts == 16
-    report = compare.run(config)
+    report = Path(compare.run(config))
     summary = json.loads((report / "summary.json").read_text())
     assert set(summary["variants"]["topk"]["tasks"]) == {"watch", "rating"}
     # One seed: the seed variance is unknown, so nothing is tested (not a falsely small p).
