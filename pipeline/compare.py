@@ -11,15 +11,16 @@ finished runs, and a run killed mid-training resumes after its last completed ep
 never mixes results of old and new settings: a run folder whose config.yaml differs from the
 run's current config (the config file was edited), or a data folder of other data settings, is
 refused before any work, and replaced only with --force.
+
+One compare per workdir at a time: it holds the workdir's lock, and the data folder's while it
+checks or preprocesses it (pipeline/locks.py); a second one stops at once, naming the first.
 """
 from __future__ import annotations
 
-import shutil
 import sys
 import time
-from pathlib import Path
 
-from pipeline import runs
+from pipeline import locks, runs, storage
 from pipeline.artifacts import ArtifactError
 from pipeline.config import ConfigError, with_overrides
 from pipeline.manifest import data_hash, read_manifest
@@ -30,12 +31,17 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def ensure_data(config, force: bool = False) -> Path:
+def ensure_data(config, force: bool = False) -> str:
     """The preprocessed data of this config: reused when its manifest's config hash matches.
 
     A complete data folder made with other settings (or by an older version) is replaced only with
     `force`, an error otherwise: it may be the only copy of another dataset's preprocessing."""
     folder = runs.data_dir_of(config)
+    with locks.hold(folder, "data folder"):  # preprocess, nested, takes it again
+        return _ensure_data(config, folder, force)
+
+
+def _ensure_data(config, folder: str, force: bool) -> str:
     check_data_folder(config, force)
     try:
         if read_manifest(folder).get("config_hash") == data_hash(config.data):
@@ -61,7 +67,7 @@ def check_data_folder(config, force: bool) -> None:
                             f"with --force to preprocess again into it, or set another data.output or workdir")
 
 
-def run_configs(config, data_dir: Path) -> dict[tuple[str, int], object]:
+def run_configs(config, data_dir: str) -> dict[tuple[str, int], object]:
     """(variant, seed) -> the full config of that run, all validated before anything trains."""
     configs = {}
     for name, changes in config.compare.variants.items():
@@ -69,24 +75,29 @@ def run_configs(config, data_dir: Path) -> dict[tuple[str, int], object]:
             run_dir = runs.compare_run_dir(config, name, seed)
             try:
                 configs[name, seed] = with_overrides(config, {
-                    **changes, "train": {**changes.get("train", {}), "seed": seed, "run_dir": str(run_dir),
+                    **changes, "train": {**changes.get("train", {}), "seed": seed, "run_dir": run_dir,
                                          "data": str(data_dir)}})
             except ConfigError as exc:
                 raise ConfigError(f"compare.variants.{name}: {exc}") from None
     return configs
 
 
-def run(config, force: bool = False) -> Path:
+def run(config, force: bool = False) -> str:
     """Preprocess (or reuse the data), train and evaluate every variant x seed, write the report.
 
     Every variant's config is validated, and every earlier result checked, before any work:
     results of other settings (a run folder whose config.yaml differs, a data folder of other data
     settings) are replaced only with `force`; without it, one error names them.
     """
-    from pipeline.compare_report import write_report
-    started = time.perf_counter()
     data_dir = runs.data_dir_of(config)
     configs = run_configs(config, data_dir)
+    with locks.hold(config.workdir, "workdir"):
+        return _run(config, data_dir, configs, force)
+
+
+def _run(config, data_dir: str, configs: dict, force: bool) -> str:
+    from pipeline.compare_report import write_report
+    started = time.perf_counter()
     stale = [key for key, cfg in configs.items() if runs.made_with_other_config(cfg.train.run_dir, cfg)]
     if stale and not force:
         (name, seed), more = stale[0], len(stale) - 1
@@ -97,13 +108,14 @@ def run(config, force: bool = False) -> Path:
     from pipeline import evaluate, train  # TensorFlow: imported once the settings are known to be usable
     for name, seed in stale:
         log(f"compare: {name} seed {seed} was run with other settings; starting it over (--force)")
-        shutil.rmtree(configs[name, seed].train.run_dir)
+        with locks.hold(configs[name, seed].train.run_dir, "run folder"):  # not while another process trains it
+            storage.rmtree(configs[name, seed].train.run_dir)
     todo = [(key, cfg) for key, cfg in configs.items() if not runs.is_evaluated(cfg.train.run_dir)]
     log(f"compare: {len(configs)} runs ({len(config.compare.variants)} variants x {len(config.compare.seeds)} seeds), "
         f"{len(configs) - len(todo)} already finished")
     runs_started = time.perf_counter()
     for i, ((name, seed), cfg) in enumerate(todo, start=1):
-        run_dir = Path(cfg.train.run_dir)
+        run_dir = cfg.train.run_dir
         now = time.perf_counter()
         # Time left at this session's pace, once one run has finished.
         pace = f", {time_left((now - runs_started) / (i - 1) * (len(todo) - i + 1))}" if i > 1 else ""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import report as rp
-from pipeline.artifacts import is_url, staged_folder
+from pipeline.artifacts import is_url, local_staging
 from pipeline.compare_results import (
     ALPHA, CONFIDENCE, LOWER_IS_BETTER, better_direction, collect, metric_label, significance_table, summarize)
 from pipeline.manifest import read_manifest
@@ -174,7 +174,7 @@ def _gates_section(doc, folder: Path, summary: dict, names: list[str], tasks: li
     doc.figure(png, "Sparsity per epoch (a trend: mean over tasks and seeds)")
 
 
-def write_report(config, runs: dict, data_dir: Path, output: Path) -> Path:
+def write_report(config, runs: dict, data_dir: str, output: str) -> str:
     """Read the finished runs and write summary.json, report.md, report.html and plots to `output`.
 
     Args:
@@ -191,7 +191,7 @@ def write_report(config, runs: dict, data_dir: Path, output: Path) -> Path:
     tested_metrics = {task: metrics for task, metrics in config.compare.test_metrics.items() if task in tasks}
     tests = significance_table({n: variants[n]["users"] for n in names}, config.compare.focus, tested_metrics)
     manifest = read_manifest(data_dir)
-    with staged_folder(output) as folder:
+    with local_staging(output) as folder:
         doc = rp.Report("Gate comparison: DSelect-k vs Top-k vs softmax (MMoE)")
         cfg = first["config"]
         doc.paragraph(

@@ -12,11 +12,10 @@ table's comparisons, and a comparison counts as significant only if its Holm p <
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
+from pipeline import storage
 from pipeline.artifacts import ArtifactError, read_json
 from pipeline.runs import EVAL, EVAL_USERS, GATES
 from pipeline.significance import holm, seed_aware_test
@@ -47,8 +46,9 @@ def _run_values(evaluation: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def _read_users(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path).set_index("user_id")
+def _read_users(path: str) -> pd.DataFrame:
+    with storage.open_file(path) as handle:
+        frame = pd.read_csv(handle).set_index("user_id")
     if frame.index.has_duplicates:
         raise ArtifactError(f"{path}: user_id {frame.index[frame.index.duplicated()][0]} appears more than once")
     return frame
@@ -63,12 +63,12 @@ def collect(runs: dict) -> dict:
     """
     variants = {}
     for (name, seed), cfg in runs.items():
-        run_dir = Path(cfg.train.run_dir)
+        run_dir = cfg.train.run_dir
         entry = variants.setdefault(name, {"config": cfg, "seeds": [], "values": [], "users": [], "gates": []})
         entry["seeds"].append(seed)
-        entry["values"].append(_run_values(read_json(run_dir / EVAL, "evaluation")))
-        entry["users"].append(_read_users(run_dir / EVAL_USERS))
-        entry["gates"].append(read_json(run_dir / GATES, "gate diagnostics"))
+        entry["values"].append(_run_values(read_json(storage.join(run_dir, EVAL), "evaluation")))
+        entry["users"].append(_read_users(storage.join(run_dir, EVAL_USERS)))
+        entry["gates"].append(read_json(storage.join(run_dir, GATES), "gate diagnostics"))
     return variants
 
 

@@ -14,6 +14,8 @@ import json
 import apache_beam as beam
 import tensorflow as tf
 
+from pipeline import storage
+
 COUNTS = "counts"  # tag of the count dicts a step yields beside its main output
 
 
@@ -46,8 +48,7 @@ def count_elements(pcoll, name: str):
 
 def _write(counts, path):
     tf.io.gfile.makedirs(path.rpartition("/")[0])
-    with tf.io.gfile.GFile(path, "w") as handle:  # the same bytes if a retried bundle writes again
-        handle.write(json.dumps(counts, sort_keys=True))
+    storage.write_bytes(path, json.dumps(counts, sort_keys=True).encode())  # a retried bundle: the same bytes
     return path
 
 

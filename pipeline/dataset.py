@@ -15,14 +15,13 @@ columns. Two sources:
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from features.spec import LABEL_COLUMNS, model_input_spec, raw_feature_spec
 from features.transform import dense_model_inputs
+from pipeline import storage
 from pipeline.artifacts import ArtifactError
 from pipeline.manifest import read_manifest
 
@@ -33,16 +32,16 @@ MATERIALIZED = ("train", "validation")  # the splits preprocess writes through t
 
 def split_files(data_dir, split: str) -> list[str]:
     """The raw tf.Example shards of a split."""
-    files = sorted(str(p) for p in (Path(data_dir) / split).glob("*.tfrecord.gz"))
+    files = storage.glob(storage.join(data_dir, split, "*.tfrecord.gz"))
     if not files:
-        raise ArtifactError(f"{Path(data_dir) / split}: no TFRecord shards for split {split!r}")
+        raise ArtifactError(f"{storage.join(data_dir, split)}: no TFRecord shards for split {split!r}")
     return files
 
 
 def transformed_files(data_dir, split: str) -> list[str]:
     """The materialized (transformed, block) shards of a split."""
-    folder = Path(data_dir) / "transformed" / split
-    files = sorted(str(p) for p in folder.glob("*.tfrecord.gz"))
+    folder = storage.join(data_dir, "transformed", split)
+    files = storage.glob(storage.join(folder, "*.tfrecord.gz"))
     if not files:
         raise ArtifactError(f"{folder}: no transformed shards for split {split!r}; "
                             f"run `mtlrec preprocess` again (older data folders lack them)")

@@ -19,14 +19,13 @@ one row per test user, so that gates can be compared with paired tests over user
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
 from features.spec import ENTITY_KEYS, TASKS, raw_feature_spec, request_columns
-from pipeline import metrics, runs
+from pipeline import locks, metrics, runs, storage
 from pipeline.artifacts import ArtifactError, atomic_write, write_json
 from pipeline.dataset import split_files
 
@@ -63,13 +62,13 @@ def requests(columns: dict[str, np.ndarray], request_names: list[str]):
         yield rows, request, columns[ENTITY_KEYS["item"]][rows]
 
 
-def score_candidates(run_dir: Path) -> pd.DataFrame:
+def score_candidates(run_dir: str) -> pd.DataFrame:
     """Every candidate row, in file order: user, labels, and the exported model's prediction
     per task, each user's list scored by one call of the export's `rank` signature."""
     summary = runs.read_train_summary(run_dir)
     manifest = runs.read_data_manifest(run_dir)
-    rank = tf.saved_model.load(str(run_dir / runs.EXPORT)).signatures["rank"]
-    columns = read_candidates(summary["data"], manifest["raw_columns"])
+    rank = tf.saved_model.load(storage.join(run_dir, runs.EXPORT)).signatures["rank"]
+    columns = read_candidates(runs.data_dir_of_run(run_dir, summary), manifest["raw_columns"])
     request_names = [ENTITY_KEYS["user"], *request_columns(manifest["raw_columns"])]
     # In the run's task order: a loaded signature returns its outputs in no fixed order.
     predictions = {t: np.zeros(len(columns["watch"]), np.float32) for t in summary["tasks"]}
@@ -131,20 +130,21 @@ def evaluation(pooled: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
 
 
 def run(run_dir) -> dict:
-    run_dir = Path(run_dir)
-    result, per_user = evaluation(score_candidates(run_dir))
-    result = {"run_dir": str(run_dir), **result}
-    atomic_write(run_dir / runs.EVAL_USERS, per_user.to_csv(index=False).encode())
-    write_json(run_dir / runs.EVAL, result)  # last: the run is evaluated
+    run_dir = str(run_dir)
+    with locks.hold(run_dir, "run folder"):
+        result, per_user = evaluation(score_candidates(run_dir))
+        result = {"run_dir": storage.absolute(run_dir), **result}
+        atomic_write(storage.join(run_dir, runs.EVAL_USERS), per_user.to_csv(index=False).encode())
+        write_json(storage.join(run_dir, runs.EVAL), result)  # last: the run is evaluated
     return result
 
 
 def main(config, args) -> int:
-    run_dir = Path(args.run) if args.run else runs.run_dir_of(config)
+    run_dir = args.run or runs.run_dir_of(config)
     result = run(run_dir)
     for task, values in result["tasks"].items():
         shown = {k: v["mean"] for k, v in values["per_user"].items() if k in ("ndcg@10", "gauc", "rmse")}
         shown.update(values["pooled"])
         print(f"evaluate: {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), file=sys.stderr)
-    print(f"evaluate: wrote {run_dir / runs.EVAL}", file=sys.stderr)
+    print(f"evaluate: wrote {storage.join(run_dir, runs.EVAL)}", file=sys.stderr)
     return 0

@@ -26,15 +26,14 @@ needed.
 """
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+import os
 
 import numpy as np
 import tensorflow as tf
 
 from features.spec import ENTITY_KEYS, RAW_COLUMNS, raw_feature_spec, request_columns
 from features.transform import dense_model_inputs
-from pipeline import runs
+from pipeline import locks, runs, storage
 from pipeline.artifacts import ArtifactError, write_json
 from pipeline.config import ExportConfig
 from pipeline.errors import MtlrecError
@@ -179,8 +178,12 @@ class ServingModule(tf.Module):
                 "rank_with_options": self.rank_with_options}
 
 
-def export_model(model, inputs, path: Path, options=None) -> Path:
+def export_model(model, inputs, path: str, options=None) -> str:
     """Write the SavedModel to a temporary sibling, then rename it into place.
+
+    On an object store, where a folder cannot be renamed, the old export is removed and the
+    new one written in place (train.json or sparse_export.json, written after it, say it is
+    complete).
 
     Args:
       model: the trained MultiTaskRecommender, or its SparseRecommender.
@@ -188,14 +191,22 @@ def export_model(model, inputs, path: Path, options=None) -> Path:
       path: the SavedModel folder to (re)place.
       options: the config's `export` section (rank's default weights and K); None: the defaults.
     """
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    path = str(path)
     options = options or ExportConfig()
     module = ServingModule(model, inputs, rank_weights(model, options), options.top_k)
-    tf.saved_model.save(module, str(tmp), signatures=module.signatures())
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    if storage.is_url(path):
+        storage.rmtree(path)
+        tf.saved_model.save(module, path, signatures=module.signatures())
+        return path
+    tmp = storage.join(storage.parent(path), f".{storage.name(path)}.tmp")
+    storage.rmtree(tmp)  # a killed export's: the caller holds the run folder's lock
+    try:
+        tf.saved_model.save(module, tmp, signatures=module.signatures())
+    except BaseException:
+        storage.rmtree(tmp)  # e.g. a full disk: leave nothing half-written
+        raise
+    storage.rmtree(path)
+    os.rename(tmp, path)
     return path
 
 
@@ -211,22 +222,24 @@ def export_run(run_dir, sparse: bool = False, options=None) -> Path:
     `export` section (None: the defaults).
     """
     from models.sparse import SparseExportError, SparseRecommender
-    run_dir = Path(run_dir)
-    model, inputs = runs.restore_model(run_dir)
-    if not sparse:
-        return export_model(model, inputs, run_dir / runs.EXPORT, options)
-    try:
-        sparse_model = SparseRecommender(model)
-    except SparseExportError as exc:
-        raise ExportError(f"{run_dir}: {exc}") from None
-    path = export_model(sparse_model, inputs, run_dir / runs.EXPORT_SPARSE, options)
-    write_json(run_dir / runs.SPARSE_EXPORT, {"export": str(path), **sparse_model.selection.to_json()})
+    run_dir = str(run_dir)
+    with locks.hold(run_dir, "run folder"):
+        model, inputs = runs.restore_model(run_dir)
+        if not sparse:
+            return export_model(model, inputs, storage.join(run_dir, runs.EXPORT), options)
+        try:
+            sparse_model = SparseRecommender(model)
+        except SparseExportError as exc:
+            raise ExportError(f"{run_dir}: {exc}") from None
+        path = export_model(sparse_model, inputs, storage.join(run_dir, runs.EXPORT_SPARSE), options)
+        write_json(storage.join(run_dir, runs.SPARSE_EXPORT),
+                   {"export": runs.EXPORT_SPARSE, **sparse_model.selection.to_json()})  # relative to the run
     return path
 
 
 def main(config, args) -> int:
     import sys
-    run_dir = Path(args.run) if args.run else runs.run_dir_of(config)
+    run_dir = args.run or runs.run_dir_of(config)
     path = export_run(run_dir, sparse=args.sparse, options=config.export)
     print(f"export: wrote {path}", file=sys.stderr)
     return 0

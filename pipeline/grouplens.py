@@ -18,6 +18,7 @@ from typing import Callable
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import storage
 from pipeline.rows import (HALF_STARS, LINE, MAX_AGE, METADATA, REJECTED, UNDECODABLE_ROW, WHOLE_STARS, RatingScale,
                            SourceError, SourceInfo, check_rating, parse_int, rejection, title_year)
 from pipeline.textfiles import SNIFF_BYTES, TextLines, check_not_wide, line_ending, read_head, read_lines
@@ -245,7 +246,7 @@ class GroupLens:
     """A GroupLens folder. Movies and users are side inputs; ratings are read by the runner."""
 
     def __init__(self, folder: str):
-        self.folder = folder.rstrip("/")
+        self.folder = storage.absolute(folder).rstrip("/")  # the manifest records no cwd-relative path
         self.layout = layout = detect_layout(self.folder)
         self.metadata_rejected: list[dict] = []
         self.ratings = self._path(layout.ratings)

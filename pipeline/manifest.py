@@ -8,9 +8,8 @@ through here and refuse a folder made by an incompatible version of the code.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from features.spec import ENTITY_KEYS, TASKS, active_features, declaration_hash, entity_columns
+from pipeline import storage
 from pipeline.artifacts import MANIFEST, ArtifactError, read_json
 from pipeline.config import config_hash
 from pipeline.rows import EXACT_DUPLICATE, METADATA, REPEATED_PAIR, ROW, UNDECODABLE_ROW
@@ -115,13 +114,12 @@ def build_manifest(source_info, data_config, counts: dict[str, int], shards: dic
 
 def read_manifest(folder, required=REQUIRED) -> dict:
     """The manifest of a preprocessed data folder, checked for the keys later stages need."""
-    folder = Path(folder)
-    if not folder.is_dir():
+    if not storage.isdir(folder):
         raise ArtifactError(f"{folder}: no such data folder (run `mtlrec preprocess` first)")
-    manifest = read_json(folder / MANIFEST, "data manifest (was `mtlrec preprocess` run to completion?)")
+    manifest = read_json(storage.join(folder, MANIFEST), "data manifest (was `mtlrec preprocess` run to completion?)")
     missing = [key for key in required if key not in manifest]
     if missing:
-        raise ArtifactError(f"{folder / MANIFEST}: not a valid data manifest, missing {', '.join(missing)}")
+        raise ArtifactError(f"{storage.join(folder, MANIFEST)}: not a valid data manifest, missing {', '.join(missing)}")
     return manifest
 
 

@@ -22,19 +22,24 @@ runner, the number of workers or the order of elements.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sys
+import tempfile
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform.beam as tft_beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_transform.tf_metadata import schema_utils
 from tfx_bsl.public import tfxio
 
 from features.spec import raw_feature_spec
 from features.transform import make_preprocessing_fn
+from pipeline import locks, storage
 from pipeline.artifacts import MANIFEST, staged_folder, write_json
 from pipeline.counting import COUNTS, count_elements, read_counts, write_counts
 from pipeline.manifest import SPLITS, build_manifest
@@ -43,6 +48,7 @@ from pipeline.runs import preprocess_output_of
 from pipeline.sampling import Catalog
 from pipeline.shards import TrainBatches, WriteShard, WriteTransformedShard, file_order, shard_names, shard_of
 from pipeline.sources import open_source
+from pipeline.storage import copy_tree
 from pipeline.stable_savedmodel import canonicalize
 from pipeline.tables import CandidatesFromTables, TrainTables, WriteTables
 from pipeline.tfexample import ExampleEncoder
@@ -266,8 +272,7 @@ def _write_rejected(records, folder):
     path = f"{folder}/rejected/rejected.jsonl"
     tf.io.gfile.makedirs(f"{folder}/rejected")
     lines = sorted(json.dumps(r, sort_keys=True) for r in records)
-    with tf.io.gfile.GFile(path, "w") as handle:
-        handle.write("".join(line + "\n" for line in lines))
+    storage.write_bytes(path, "".join(line + "\n" for line in lines).encode())
     counts = {}
     for record in records:
         counts[f"rejected:{record['kind']}"] = counts.get(f"rejected:{record['kind']}", 0) + 1
@@ -275,8 +280,11 @@ def _write_rejected(records, folder):
 
 
 # ---------------------------------------------------------------- the pipeline
-def build_pipeline(p, source, data_config, folder):
-    """Wire the whole stage into pipeline `p`, writing under `folder`."""
+def build_pipeline(p, source, data_config, folder, scratch=None):
+    """Wire the whole stage into pipeline `p`, writing under `folder`.
+
+    scratch: a local folder, when `folder` is on a file system without folder renames that Beam
+    does not know (TF's ram://): tf.Transform writes the transform there, and it is copied up."""
     raw_columns = list(source.info.raw_columns)
     schema = schema_utils.schema_from_feature_spec(raw_feature_spec(raw_columns))
 
@@ -327,7 +335,10 @@ def build_pipeline(p, source, data_config, folder):
     example_io = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["mtlrec"], schema=schema)
     transform_fn = (batches, example_io.TensorAdapterConfig()) | "Analyze" >> tft_beam.AnalyzeDataset(
         make_preprocessing_fn(raw_columns))
-    written = (transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(str(folder))
+    # tf.Transform publishes by renaming folders: where that is impossible, it writes locally.
+    transform_dir = f"{scratch}/transform" if scratch else str(folder)
+    written = (transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(transform_dir)
+               | "PublishTransform" >> beam.Map(lambda _: scratch and copy_tree(transform_dir, str(folder)))
                | "StableTransformBytes" >> beam.Map(lambda _: canonicalize(f"{folder}/transform_fn")))
     _ = grouped | "WriteTransformed" >> beam.ParDo(
         WriteTransformedShard(str(folder), shards, raw_columns), beam.pvalue.AsSingleton(written))
@@ -338,6 +349,22 @@ def counts_path(folder) -> str:
     return f"{folder}/tmp/counts.json"
 
 
+@contextlib.contextmanager
+def _beam_temp(folder: str):
+    """Where Beam and tf.Transform keep temporary files: <folder>/tmp, unless Beam has no file
+    system for the folder's scheme (TF's ram://, used in tests): then a local folder, removed after."""
+    try:
+        FileSystems.get_filesystem(folder)
+    except ValueError:
+        local = tempfile.mkdtemp(prefix="mtlrec-beam-")
+        try:
+            yield local
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        return
+    yield f"{folder}/tmp"
+
+
 def run(config, output=None, beam_args=()) -> dict:
     """Run the stage; returns the manifest. Raises SourceError for unusable input."""
     data_config = config.data
@@ -346,13 +373,13 @@ def run(config, output=None, beam_args=()) -> dict:
     args = list(data_config.beam_args) + list(beam_args)
     if not any(a.startswith("--runner") or a.startswith("--direct_running_mode") for a in args):
         args = DEFAULT_BEAM_ARGS + args
-    with staged_folder(final) as staged:
+    with locks.hold(final, "data folder"), staged_folder(final) as staged, _beam_temp(str(staged)) as beam_temp:
         folder, tmp = str(staged), f"{staged}/tmp"
-        temp = {} if any(a.startswith("--temp_location") for a in args) else {"temp_location": tmp}
+        temp = {} if any(a.startswith("--temp_location") for a in args) else {"temp_location": beam_temp}
         options = PipelineOptions(args, save_main_session=False, **temp)  # keyword options override flags
         pipeline = beam.Pipeline(options=options)
-        with tft_beam.Context(temp_dir=tmp, force_tf_compat_v1=False):
-            build_pipeline(pipeline, source, data_config, folder)
+        with tft_beam.Context(temp_dir=beam_temp, force_tf_compat_v1=False):
+            build_pipeline(pipeline, source, data_config, folder, None if beam_temp == tmp else beam_temp)
         pipeline.run().wait_until_finish()
         shards = {split: {"files": shard_names(folder, split),
                           "transformed_files": shard_names(folder, split, transformed=True)} for split in SPLITS}

@@ -19,18 +19,18 @@ again from the saved state, and history.json / gates.json keep the saved epochs 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import tensorflow as tf
 
-from pipeline import runs
+from pipeline import runs, storage
+from pipeline.storage import join
 from pipeline.artifacts import ArtifactError, read_json, write_json
 
 STATE = "state"
 PROGRESS = "progress.json"
 
 
-def check_settings(run_dir: Path, config) -> None:
+def check_settings(run_dir: str, config) -> None:
     """Refuse to continue a run folder that holds a run of other settings: resuming it would
     mix two runs, and starting over would destroy it."""
     if runs.made_with_other_config(run_dir, config):
@@ -49,8 +49,8 @@ class RunState:
       save: False keeps the bookkeeping (records, early stopping) but saves no state to resume from.
     """
 
-    def __init__(self, run_dir: Path, out_dir: Path, model, patience: int, save: bool = True):
-        self.run_dir, self.out_dir, self.patience, self.save = Path(run_dir), Path(out_dir), patience, save
+    def __init__(self, run_dir: str, out_dir: str, model, patience: int, save: bool = True):
+        self.run_dir, self.out_dir, self.patience, self.save = str(run_dir), str(out_dir), patience, save
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
         self.progress = {"epoch": 0, "best_epoch": None, "best_val_loss": None, "wait": 0, "stopped": False,
                          "checkpoint": None}
@@ -62,22 +62,22 @@ class RunState:
 
     def restore(self) -> int:
         """Load the saved state, if any, into the model and optimizer; returns the completed epochs."""
-        path = self.run_dir / STATE / PROGRESS
-        if not path.exists():
+        path = join(self.run_dir, STATE, PROGRESS)
+        if not storage.exists(path):
             return 0
         self.progress = read_json(path, "training progress")
-        self.checkpoint.read(str(self.run_dir / self.progress["checkpoint"])).assert_existing_objects_matched()
+        self.checkpoint.read(join(self.run_dir, self.progress["checkpoint"])).assert_existing_objects_matched()
         done = self.progress["epoch"]
-        self.history = [r for r in _records(self.run_dir / runs.HISTORY) if r["epoch"] <= done]
-        self.gates = [r for r in _records(self.run_dir / runs.GATES) if r["epoch"] <= done]
+        self.history = [r for r in _records(join(self.run_dir, runs.HISTORY)) if r["epoch"] <= done]
+        self.gates = [r for r in _records(join(self.run_dir, runs.GATES)) if r["epoch"] <= done]
         return done
 
     def record(self, epoch: int, history: dict, gates: dict) -> None:
         """Append an epoch's history and gate diagnostics (history.json, gates.json)."""
         self.history = [r for r in self.history if r["epoch"] < epoch] + [history]
         self.gates = [r for r in self.gates if r["epoch"] < epoch] + [gates]
-        write_json(self.out_dir / runs.HISTORY, {"epochs": self.history})
-        write_json(self.out_dir / runs.GATES, {"epochs": self.gates})
+        write_json(join(self.out_dir, runs.HISTORY), {"epochs": self.history})
+        write_json(join(self.out_dir, runs.GATES), {"epochs": self.gates})
 
     def end_epoch(self, epoch: int, val_loss: float) -> bool:
         """Save the state after `epoch` (1-based); returns True when early stopping says stop."""
@@ -92,19 +92,19 @@ class RunState:
             self.progress = progress
             return progress["stopped"]
         prefix = f"{STATE}/epoch-{epoch:03d}"
-        self.checkpoint.write(str(self.out_dir / prefix))
+        self.checkpoint.write(join(self.out_dir, prefix))
         progress["checkpoint"] = prefix
-        write_json(self.out_dir / STATE / PROGRESS, progress)  # last: the state of `epoch` is complete
+        write_json(join(self.out_dir, STATE, PROGRESS), progress)  # last: the state of `epoch` is complete
         _remove_checkpoint(self.out_dir, self.progress["checkpoint"])  # the previous epoch's, now superseded
         self.progress = progress
         return progress["stopped"]
 
 
-def _records(path: Path) -> list[dict]:
-    return read_json(path, "training records")["epochs"] if path.exists() else []
+def _records(path: str) -> list[dict]:
+    return read_json(path, "training records")["epochs"] if storage.exists(path) else []
 
 
-def _remove_checkpoint(folder: Path, prefix) -> None:
+def _remove_checkpoint(folder: str, prefix) -> None:
     if prefix:
-        for file in folder.glob(f"{prefix}.*"):
-            file.unlink(missing_ok=True)
+        for file in storage.glob(join(folder, f"{prefix}.*")):
+            storage.remove(file)

@@ -26,15 +26,22 @@ Where the folders are, from a config:
     compare runs   <workdir>/compare/<variant>/seed<k>/                        compare_run_dir
     compare report compare.output, or <workdir>/report                         report_dir_of
 
+Every folder is a string that may be local or remote (gs://...): pathlib would break the
+remote ones (pipeline/storage.py). No cwd-relative path is stored: config.yaml holds absolute
+paths, and train.json the data folder relative to the run folder, so a run is found again from
+any working directory, and a workdir moved as a whole still works.
+
 Restoring a run's model imports TensorFlow and the model code only when it is called:
 reading a run's results does not need them.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
+from pipeline import storage
 from pipeline.artifacts import atomic_write, read_json
 from pipeline.config import load_yaml, to_yaml, validate
+from pipeline.storage import join
 
 CONFIG = "config.yaml"
 DATA_MANIFEST = "data_manifest.json"
@@ -52,82 +59,122 @@ SPARSE_EXPORT = "sparse_export.json"
 # The config sections a run's results depend on: a saved config that differs in one of them
 # belongs to other settings.
 RUN_SECTIONS = ("data", "model", "train")
+# Where things are, not what they are: a run moved, or addressed by another path, is the same run.
+PATH_FIELDS = {"train": ("run_dir", "data"), "data": ("output",)}
+# Every field holding a local path: stored absolute. (data.path and data.tfds_data_dir say which
+# source data a run used: settings, compared as absolute paths.)
+LOCAL_PATHS = {"": ("workdir",), "data": ("path", "tfds_data_dir", "output"), "train": ("data", "run_dir"),
+               "compare": ("output",), "tune": ("storage",)}
 
 
 # ---------------------------------------------------------------- where the folders are
-def run_dir_of(config) -> Path:
-    return Path(config.train.run_dir or Path(config.workdir) / "models" / "default")
+def run_dir_of(config) -> str:
+    return config.train.run_dir or join(config.workdir, "models", "default")
 
 
 def preprocess_output_of(config) -> str:
-    """Where `mtlrec preprocess` writes by default (a string: pathlib breaks gs://)."""
-    return config.data.output or f"{config.workdir}/data"
+    """Where `mtlrec preprocess` writes by default."""
+    return config.data.output or join(config.workdir, "data")
 
 
-def data_dir_of(config) -> Path:
+def data_dir_of(config) -> str:
     """The data folder a run of `config` trains on; `mtlrec compare` also preprocesses into it."""
-    return Path(config.train.data or preprocess_output_of(config))
+    return config.train.data or preprocess_output_of(config)
 
 
-def compare_run_dir(config, variant: str, seed: int) -> Path:
-    return Path(config.workdir) / "compare" / variant / f"seed{seed}"
+def compare_run_dir(config, variant: str, seed: int) -> str:
+    return join(config.workdir, "compare", variant, f"seed{seed}")
 
 
-def report_dir_of(config) -> Path:
-    return Path(config.compare.output or Path(config.workdir) / "report")
+def report_dir_of(config) -> str:
+    return config.compare.output or join(config.workdir, "report")
 
 
-def checkpoint(run_dir, epoch: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / CHECKPOINT.format(epoch=epoch)
+def checkpoint(run_dir, epoch: int) -> str:
+    return join(run_dir, CHECKPOINTS, CHECKPOINT.format(epoch=epoch))
+
+
+def stored_data_path(run_dir, data_dir) -> str:
+    """How train.json records the data folder: relative to the run folder when both are local
+    (a workdir moved as a whole keeps working), else absolute."""
+    if storage.is_url(run_dir) or storage.is_url(data_dir):
+        return storage.absolute(data_dir)
+    return os.path.relpath(os.path.abspath(data_dir), os.path.abspath(run_dir))
+
+
+def data_dir_of_run(run_dir, summary: dict) -> str:
+    """The data folder a completed run trained on, from its train.json (see stored_data_path)."""
+    data = summary["data"]
+    return data if storage.is_url(data) or os.path.isabs(data) else os.path.normpath(join(run_dir, data))
 
 
 # ---------------------------------------------------------------- state
 def is_trained(run_dir) -> bool:
-    return (Path(run_dir) / TRAIN_DONE).exists()
+    return storage.exists(join(run_dir, TRAIN_DONE))
 
 
 def is_evaluated(run_dir) -> bool:
-    return (Path(run_dir) / EVAL).exists()
+    return storage.exists(join(run_dir, EVAL))
 
 
 # ---------------------------------------------------------------- reading and writing
+def absolute_paths(tree: dict) -> dict:
+    """A config tree (model_dump) with every local path field absolute (LOCAL_PATHS)."""
+    tree = {section: dict(values) if isinstance(values, dict) else values for section, values in tree.items()}
+    for section, fields in LOCAL_PATHS.items():
+        node = tree if not section else tree.get(section)
+        for field in fields:
+            if isinstance(node, dict) and node.get(field):
+                node[field] = storage.absolute(node[field])
+    return tree
+
+
 def write_config(run_dir, config) -> None:
-    atomic_write(Path(run_dir) / CONFIG, to_yaml(config).encode())
+    """config.yaml: the resolved config, its paths absolute."""
+    tree = absolute_paths(config.model_dump(mode="json"))
+    atomic_write(join(run_dir, CONFIG), to_yaml(validate(tree, source="run config")).encode())
 
 
 def read_config(run_dir):
     """The validated Config the run was trained with."""
-    path = Path(run_dir) / CONFIG
-    return validate(load_yaml(path.read_text()), source=str(path))
+    path = join(run_dir, CONFIG)
+    return validate(load_yaml(storage.read_text(path)), source=str(path))
+
+
+def _settings(tree: dict) -> dict:
+    """The RUN_SECTIONS of a config tree, paths absolute, without PATH_FIELDS."""
+    tree = absolute_paths(tree)
+    return {section: {k: v for k, v in (tree.get(section) or {}).items() if k not in PATH_FIELDS.get(section, ())}
+            for section in RUN_SECTIONS}
 
 
 def made_with_other_config(run_dir, config) -> bool:
     """True if the run folder has a saved config that differs from `config` in RUN_SECTIONS.
 
     Only what the run trains and evaluates on counts: editing another compare variant or the
-    report settings leaves a run valid. The saved config is compared as YAML, unvalidated, so a
-    config of an older version of the code counts as different instead of failing.
+    report settings leaves a run valid, and so does moving it or naming it by another path
+    (PATH_FIELDS). The saved config is compared as YAML, unvalidated, so a config of an older
+    version of the code counts as different instead of failing.
     """
-    saved = Path(run_dir) / CONFIG
-    if not saved.exists():
+    saved = join(run_dir, CONFIG)
+    if not storage.exists(saved):
         return False
-    saved, current = load_yaml(saved.read_text()), config.model_dump(mode="json")
-    return any(saved.get(section) != current[section] for section in RUN_SECTIONS)
+    return _settings(load_yaml(storage.read_text(saved))) != _settings(config.model_dump(mode="json"))
 
 
 def read_train_summary(run_dir) -> dict:
     """The summary of a completed run (train.json); an error if the run never finished."""
-    return read_json(Path(run_dir) / TRAIN_DONE, "completed training run (train.json)")
+    return read_json(join(run_dir, TRAIN_DONE), "completed training run (train.json)")
 
 
 def read_data_manifest(run_dir) -> dict:
     """The run's copy of the manifest of the data it trained on."""
-    return read_json(Path(run_dir) / DATA_MANIFEST, "data manifest copy")
+    return read_json(join(run_dir, DATA_MANIFEST), "data manifest copy")
 
 
 def read_history(run_dir) -> list[dict]:
     """One record per trained epoch: its number, losses and metrics."""
-    return read_json(Path(run_dir) / HISTORY, "training history")["epochs"]
+    return read_json(join(run_dir, HISTORY), "training history")["epochs"]
 
 
 def restore_model(run_dir):
@@ -142,9 +189,9 @@ def restore_model(run_dir):
     from pipeline.modeling import build_model, set_precision
     summary = read_train_summary(run_dir)
     config, manifest = read_config(run_dir), read_data_manifest(run_dir)
-    inputs = InputPipeline(summary["data"], manifest["raw_columns"])
+    inputs = InputPipeline(data_dir_of_run(run_dir, summary), manifest["raw_columns"])
     set_precision(config.train.mixed_precision)
     model = build_model(config, manifest, inputs)
     model(next(iter(inputs.dataset("validation", 8))))  # build every layer, so the restore is immediate
-    model.load_weights(str(checkpoint(run_dir, summary["best_epoch"]))).expect_partial()
+    model.load_weights(checkpoint(run_dir, summary["best_epoch"])).expect_partial()
     return model, inputs

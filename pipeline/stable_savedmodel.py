@@ -27,6 +27,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from tensorflow.core.protobuf import fingerprint_pb2, saved_model_pb2
 from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 
+from pipeline import storage
+
 _UID_NAME = re.compile(r"(.*_)(\d+)")
 
 
@@ -121,8 +123,7 @@ def canonicalize(saved_model_dir: str) -> str:
         gradients = sorted(library.gradient, key=lambda g: (g.function_name, g.gradient_func))
         del library.gradient[:]
         library.gradient.extend(gradients)
-    with tf.io.gfile.GFile(path, "wb") as handle:
-        handle.write(model.SerializeToString(deterministic=True))
+    storage.write_bytes(path, model.SerializeToString(deterministic=True))
     _write_fingerprint(saved_model_dir)
     return saved_model_dir
 
@@ -134,5 +135,4 @@ def _write_fingerprint(saved_model_dir):
     fingerprint.ClearField("uuid")
     digest = hashlib.sha256(fingerprint.SerializeToString(deterministic=True)).digest()
     fingerprint.uuid = str(uuid.UUID(bytes=digest[:16]).int)
-    with tf.io.gfile.GFile(f"{saved_model_dir}/fingerprint.pb", "wb") as handle:
-        handle.write(fingerprint.SerializeToString(deterministic=True))
+    storage.write_bytes(f"{saved_model_dir}/fingerprint.pb", fingerprint.SerializeToString(deterministic=True))

@@ -7,17 +7,17 @@ run would (pipeline/resume.py).
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import tensorflow as tf
 
 from models.experts import gate_diagnostics
-from pipeline import resume, runs
+from pipeline import locks, resume, runs, storage
 from pipeline.artifacts import ArtifactError, read_json, write_json
 from pipeline.dataset import InputPipeline
 from pipeline.export import export_model
@@ -129,15 +129,23 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
     keras.utils.set_random_seed(train_config.seed)
 
     chief = is_chief(strategy)
+    # The chief alone writes the run folder, and holds its lock while it does (a tuning trial's
+    # scratch folder is its own, under the tune folder's lock).
+    with locks.hold(run_dir, "run folder") if chief and not scratch else contextlib.nullcontext():
+        return _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log, scratch)
+
+
+def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log, scratch) -> dict:
+    train_config = config.train
     # Non-chief workers save their (identical) state too -- saving may need every worker -- but
     # into a scratch folder that nothing reads and that is removed at the end.
-    out_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="mtlrec-worker-"))
+    out_dir = run_dir if chief else tempfile.mkdtemp(prefix="mtlrec-worker-")
     if chief:
         resume.check_settings(run_dir, config)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / runs.TRAIN_DONE).unlink(missing_ok=True)  # this folder is complete only when we finish
+        storage.makedirs(run_dir)
+        storage.remove(storage.join(run_dir, runs.TRAIN_DONE))  # this folder is complete only when we finish
         runs.write_config(run_dir, config)
-        write_json(run_dir / runs.DATA_MANIFEST, manifest)
+        write_json(storage.join(run_dir, runs.DATA_MANIFEST), manifest)
 
     inputs = InputPipeline(data_dir, manifest["raw_columns"])
     batch = train_config.batch_size
@@ -154,7 +162,7 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
     state = resume.RunState(run_dir, out_dir, model, train_config.early_stopping_patience, save=not scratch)
     start = state.restore()
     epoch_end = EpochEnd(state, out_dir, diagnostics_inputs, save_weights=not scratch)
-    log(f"train: {run_dir.name}: {config.model.architecture}, gate {config.model.gate.type}, "
+    log(f"train: {storage.name(run_dir)}: {config.model.architecture}, gate {config.model.gate.type}, "
         f"{strategy.num_replicas_in_sync} replica(s), {steps} steps/epoch, up to {train_config.epochs} epochs"
         + (f", resuming after epoch {start}" if start else ""))
     started = time.perf_counter()
@@ -164,7 +172,7 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
                                            cache=train_config.cache)
         fit_callbacks = [epoch_end, *callbacks]
         if chief:
-            fit_callbacks.append(keras.callbacks.TensorBoard(str(run_dir / runs.TENSORBOARD),
+            fit_callbacks.append(keras.callbacks.TensorBoard(storage.join(run_dir, runs.TENSORBOARD),
                                                              update_freq="epoch", profile_batch=0))
         model.fit(train_ds, epochs=train_config.epochs, initial_epoch=start, steps_per_epoch=steps,
                   validation_data=val_ds, callbacks=fit_callbacks, verbose=1 if sys.stdout.isatty() else 2)
@@ -179,24 +187,24 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
         return {"epochs": len(history), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                 "epochs_this_session": epoch_end.trained}
     # Export the best validation epoch (early stopping may have run past it).
-    model.load_weights(str(runs.checkpoint(run_dir, best["epoch"]))).expect_partial()
-    gates = read_json(run_dir / runs.GATES, "gate diagnostics")
+    model.load_weights(runs.checkpoint(run_dir, best["epoch"])).expect_partial()
+    gates = read_json(storage.join(run_dir, runs.GATES), "gate diagnostics")
     gates["exported"] = {"epoch": best["epoch"], "tasks": diagnose(model, diagnostics_inputs)}
-    write_json(run_dir / runs.GATES, gates)
-    export_model(model, inputs, run_dir / runs.EXPORT)
+    write_json(storage.join(run_dir, runs.GATES), gates)
+    export_model(model, inputs, storage.join(run_dir, runs.EXPORT))
 
     trained = epoch_end.trained
     summary = {
-        "run_dir": str(run_dir), "data": str(data_dir), "epochs": len(history), "best_epoch": best["epoch"],
+        "run_dir": storage.absolute(run_dir), "data": runs.stored_data_path(run_dir, data_dir), "epochs": len(history), "best_epoch": best["epoch"],
         "best_val_loss": best["val_loss"], "epochs_this_session": trained, "train_seconds": seconds,
         "examples_per_second": len(trained) * steps * batch / seconds if trained else None,
         "replicas": strategy.num_replicas_in_sync, "mixed_precision": train_config.mixed_precision,
         "deterministic": train_config.deterministic,
         "tasks": list(config.model.tasks), "data_config_hash": manifest["config_hash"],
     }
-    write_json(run_dir / runs.TRAIN_DONE, summary)  # last: the run folder is complete
-    log(f"train: {run_dir.name}: best epoch {best['epoch']} (val_loss {best['val_loss']:.4f}), "
-        f"{seconds:.0f} s, exported to {run_dir / runs.EXPORT}")
+    write_json(storage.join(run_dir, runs.TRAIN_DONE), summary)  # last: the run folder is complete
+    log(f"train: {storage.name(run_dir)}: best epoch {best['epoch']} (val_loss {best['val_loss']:.4f}), "
+        f"{seconds:.0f} s, exported to {storage.join(run_dir, runs.EXPORT)}")
     return summary
 
 
@@ -206,11 +214,11 @@ class EpochEnd(keras.callbacks.Callback):
     and early stopping. A callback that raises after it (a pruned trial, a crash) leaves a
     complete epoch behind."""
 
-    def __init__(self, state, out_dir: Path, diagnostics_inputs, save_weights: bool = True):
+    def __init__(self, state, out_dir: str, diagnostics_inputs, save_weights: bool = True):
         super().__init__()
         self.state, self.out_dir, self.inputs, self.save_weights = state, out_dir, diagnostics_inputs, save_weights
         self.session = uuid.uuid4().hex[:8]
-        self.writer = tf.summary.create_file_writer(str(out_dir / runs.TENSORBOARD / "gates"))
+        self.writer = tf.summary.create_file_writer(storage.join(out_dir, runs.TENSORBOARD, "gates"))
         self.trained = []  # epochs (1-based) this process trained
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -219,7 +227,7 @@ class EpochEnd(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         if self.save_weights:
-            self.model.save_weights(str(runs.checkpoint(self.out_dir, epoch + 1)))
+            self.model.save_weights(runs.checkpoint(self.out_dir, epoch + 1))
         diagnostics = diagnose(self.model, self.inputs)
         with self.writer.as_default(step=epoch + 1):
             for task, d in diagnostics.items():

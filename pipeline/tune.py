@@ -12,6 +12,9 @@ after any epoch. The test split and the candidate lists are never read.
                                       best settings: `mtlrec compare --config <workdir>/tune/best.yaml`
     <workdir>/tune/report/            report.md, report.html, summary.json, history.png
 
+One tune per tune folder at a time (its lock, pipeline/locks.py); a killed tune's scratch
+trial folders are removed when the next one starts.
+
 A study is named after the variant and a hash of everything its trials depend on (data,
 model and train settings, the variant's changes, tune.seed, pruner and learning-rate range),
 so changed settings start a new study instead of mixing results; tune.trials is not part of
@@ -30,14 +33,15 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import locks, storage
 from pipeline.artifacts import atomic_write, is_url
+from pipeline.runs import PATH_FIELDS, absolute_paths
 from pipeline.manifest import read_manifest
 from pipeline.config import ConfigError, config_hash, merge, validate, with_overrides
 from pipeline.terminal import time_left
 from pipeline.tuning import TunerSettings, TuningError, finished_count, finished_trials, run_study, summarize
 
 SEARCH_SPACE_VERSION = 2  # part of every study's name: bump it when a search space changes
-FINGERPRINT_EXCLUDES = {"train": ("run_dir", "data"), "data": ("output",)}  # paths, not settings
 
 
 def log(message: str) -> None:
@@ -108,8 +112,8 @@ def make_objective(base, context: dict, learning_rate: list[float], scratch: Pat
 
 
 # ---------------------------------------------------------------- the stage
-def tune_dir_of(config) -> Path:
-    return Path(config.workdir) / "tune"
+def tune_dir_of(config) -> str:
+    return storage.join(config.workdir, "tune")
 
 
 def storage_of(config) -> Path:
@@ -120,7 +124,7 @@ def storage_of(config) -> Path:
     if is_url(config.workdir):
         raise ConfigError(f"tune.storage: the workdir {config.workdir} is not on local disk; set tune.storage "
                           f"to a local file for the study database (SQLite needs a local disk)")
-    return (tune_dir_of(config) / "study.db").resolve()
+    return Path(tune_dir_of(config), "study.db").resolve()
 
 
 def tuned_variants(config) -> list[str]:
@@ -142,7 +146,7 @@ def variant_configs(config, names: list[str], data_dir: Path) -> dict:
 
 def study_name(name: str, base, tune_config) -> str:
     tree = base.model_dump(mode="json")
-    fingerprint = {section: {k: v for k, v in tree[section].items() if k not in FINGERPRINT_EXCLUDES.get(section, ())}
+    fingerprint = {section: {k: v for k, v in tree[section].items() if k not in PATH_FIELDS.get(section, ())}
                    for section in ("data", "model", "train")}
     fingerprint["tune"] = {"seed": tune_config.seed, "pruner": tune_config.pruner,
                            "learning_rate": tune_config.learning_rate, "space": SEARCH_SPACE_VERSION}
@@ -168,31 +172,40 @@ class _Progress:
         log(f"tune: {variant} [{slot + 1}/{self.trials}] {outcome}, {seconds:.0f} s; {time_left(left)}")
 
 
-def run(config, force: bool = False) -> Path:
+def run(config, force: bool = False) -> str:
     """Tune every variant, then write best.yaml and the report; returns best.yaml's path.
 
     force: preprocess again into a data folder made with other settings (as `mtlrec compare --force`)."""
+    database = storage_of(config)  # config errors before taking any lock
+    # run_study takes the database's lock again for each study (nested: the same lock).
+    with locks.hold(tune_dir_of(config), "tune folder"), locks.hold(database, "study database"):
+        shutil.rmtree(database.parent / "trials", ignore_errors=True)  # scratch trial runs a killed tune left
+        return _run(config, force)
+
+
+def _run(config, force: bool) -> str:
     from pipeline import train
     from pipeline.compare import ensure_data
     from pipeline.tune_report import write_report
-    storage = storage_of(config)
+    database = storage_of(config)
     names = tuned_variants(config)  # config errors before the minutes of preprocessing
     data_dir = ensure_data(config, force)
     bases = variant_configs(config, names, data_dir)
     manifest = read_manifest(data_dir)
-    settings = TunerSettings(storage=str(storage), trials=config.tune.trials, seed=config.tune.seed,
+    settings = TunerSettings(storage=str(database), trials=config.tune.trials, seed=config.tune.seed,
                              pruner=config.tune.pruner)
     study_names = {name: study_name(name, base, config.tune) for name, base in bases.items()}
     started = time.perf_counter()
     studies, todo = {}, sum(max(0, settings.trials - finished_count(settings, n)) for n in study_names.values())
-    log(f"tune: {len(bases)} variants x {settings.trials} trials, {todo} to run; studies in {storage}")
+    log(f"tune: {len(bases)} variants x {settings.trials} trials, {todo} to run; studies in {database}")
     progress = _Progress(settings.trials, todo)
     for name, base in bases.items():
         context = {"steps_per_epoch": train.epoch_steps(base.train, manifest), "epochs": base.train.epochs}
-        objective = make_objective(base, context, config.tune.learning_rate, storage.parent / "trials")
+        objective = make_objective(base, context, config.tune.learning_rate, database.parent / "trials")
         studies[name] = run_study(settings, study_names[name], objective, progress)
     summaries = {name: summarize(study) for name, study in studies.items()}
-    write_report(config, summaries, {n: finished_trials(s) for n, s in studies.items()}, tune_dir_of(config) / "report")
+    write_report(config, summaries, {n: finished_trials(s) for n, s in studies.items()},
+                 storage.join(tune_dir_of(config), "report"))
     best = _write_best(config, bases, summaries)
     log(f"tune: best settings in {best} ({time.perf_counter() - started:.0f} s)")
     return best
@@ -206,19 +219,17 @@ def best_changes(variant_changes: dict, summary: dict) -> dict:
     return merge(variant_changes, summary["best"]["user_attrs"]["changes"])
 
 
-def _write_best(config, bases: dict, summaries: dict) -> Path:
+def _write_best(config, bases: dict, summaries: dict) -> str:
     """best.yaml: the config tuned with, compare.variants = each tuned variant's best settings."""
-    tree = config.model_dump(mode="json")
-    if not is_url(tree["workdir"]):
-        tree["workdir"] = str(Path(tree["workdir"]).resolve())  # never a cwd-relative path in an artifact
+    tree = absolute_paths(config.model_dump(mode="json"))  # never a cwd-relative path in an artifact
     tree["compare"]["variants"] = {name: best_changes(config.compare.variants[name], summaries[name])
                                    for name in bases}
     tree["compare"]["focus"] = [f for f in config.compare.focus if f in bases]
     validate(tree, source="tuned config")  # a mistake here is a bug, not the user's
     header = (f"# Written by `mtlrec tune`: {config.tune.trials} trials per variant on validation loss "
-              f"(report: {tune_dir_of(config) / 'report' / 'report.md'}).\n"
+              f"(report: {storage.join(tune_dir_of(config), 'report', 'report.md')}).\n"
               f"# Run the comparison with the tuned settings: mtlrec compare --config <this file>\n")
-    path = tune_dir_of(config) / "best.yaml"
+    path = storage.join(tune_dir_of(config), "best.yaml")
     atomic_write(path, (header + yaml.safe_dump(tree, sort_keys=False)).encode("utf-8"))
     return path
 

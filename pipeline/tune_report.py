@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import report as rp
-from pipeline.artifacts import staged_folder
+from pipeline.artifacts import local_staging
 
 TOP = 5  # the best trials whose spread is reported
 
@@ -47,10 +47,10 @@ def _settings_text(params: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def write_report(config, summaries: dict, trials: dict, output: Path) -> Path:
+def write_report(config, summaries: dict, trials: dict, output: str) -> str:
     """Write the report folder (atomically) from per-variant `summarize()` dicts and finished trials."""
     tune = config.tune
-    with staged_folder(output) as folder:
+    with local_staging(output) as folder:
         folder = Path(folder)
         doc = rp.Report("Tuning: the same budget for every variant")
         doc.paragraph(

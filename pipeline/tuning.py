@@ -18,13 +18,11 @@ objective, stored in a local SQLite file so that an interrupted tuning resumes w
   it assigns brackets by hashing the trial NUMBER, and a resumed study numbers its trials
   differently from an uninterrupted one.
 
-One process per study database at a time: a lock file next to it makes a second one fail
+One process per study database at a time: its lock (pipeline/locks.py) makes a second one fail
 at once instead of marking the first one's running trial as failed.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import math
 import time
@@ -35,7 +33,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline import terminal
+from pipeline import locks, terminal
 from pipeline.artifacts import is_url
 from pipeline.errors import MtlrecError
 
@@ -146,7 +144,7 @@ def run_study(settings: TunerSettings, study_name: str, objective: Objective,
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial is ours
     path = Path(settings.storage).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(path):
+    with locks.hold(path, "study database"):
         study = optuna.create_study(study_name=study_name, storage=f"sqlite:///{path}", direction="minimize",
                                     pruner=_pruner(settings), load_if_exists=True)
         _requeue_interrupted(study)
@@ -225,20 +223,6 @@ class _WithoutFailed:
     def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
         states = tuple(states) if states is not None else tuple(s for s in TrialState if s != TrialState.FAIL)
         return self._study.get_trials(deepcopy=deepcopy, states=tuple(s for s in states if s != TrialState.FAIL))
-
-
-@contextlib.contextmanager
-def _exclusive(db: Path):
-    """Hold an exclusive lock on `<db>.lock` (released by the OS if the process dies)."""
-    with open(db.parent / f"{db.name}.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TuningError(f"{db}: another tuning process is using this study database") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------- summaries

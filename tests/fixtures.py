@@ -123,3 +123,34 @@ def untrained_model(data_dir, manifest, *overrides):
     frame = read_split(data_dir, "candidates").head(8)
     model(dense_model_inputs(inputs.transform({c: tf.constant(frame[c].to_numpy()) for c in manifest["raw_columns"]})))
     return model, inputs
+
+
+HOLDER = """
+import sys, time
+from pipeline import locks
+with locks.hold(sys.argv[1], "folder"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def hold_lock_in_another_process(folder):
+    """A live process holding the lock of `folder` (pipeline/locks.py), once this returns.
+    The caller kills it (proc.kill(); proc.wait())."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+# A tiny GroupLens run: settings for tests/test_reliability.py and tests/test_object_store.py.
+TINY_DATA = ["data.source=grouplens", "data.candidates.negatives=5", "data.split.test=2", "data.split.validation=1"]
+TINY_TRAIN = ["train.batch_size=64", "train.steps_per_epoch=3", "train.epochs=1", "train.diagnostics_batches=1",
+              "train.early_stopping_patience=0", "model.expert_units=[8]", "model.tower_units=[4]",
+              "model.num_experts=3", "model.id_embedding_dim=4"]
+
+
+def cli_sets(*overrides) -> list[str]:
+    """["--set", o1, "--set", o2, ...] for pipeline.cli.main or the mtlrec script."""
+    return [a for o in overrides for a in ("--set", o)]

@@ -39,7 +39,7 @@ def compared(embedded_data, tmp_path_factory):
     data_dir, _ = embedded_data
     workdir = tmp_path_factory.mktemp("compare")
     config = _compare_config(workdir, data_dir)
-    return config, workdir, compare.run(config)
+    return config, workdir, Path(compare.run(config))
 
 
 def _hand_made_users(rng, shift: dict, seeds=3, users=80):
@@ -330,7 +330,7 @@ def test_paper_config_runs_on_ml1m_layout(tmp_path):
         "compare.seeds=[0]", "compare.variants={topk: {model: {gate: {type: topk, k: 2}}}, "
         "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}", "compare.focus=[dselect_k_static]"])
     assert list(config.model.tasks) == ["watch", "rating"] and config.model.num_experts == 16
-    report = compare.run(config)
+    report = Path(compare.run(config))
     summary = json.loads((report / "summary.json").read_text())
     assert set(summary["variants"]["topk"]["tasks"]) == {"watch", "rating"}
     # One seed: the seed variance is unknown, so nothing is tested (not a falsely small p).

@@ -41,7 +41,7 @@ def tuned(embedded_data, tmp_path_factory):
     data_dir, _ = embedded_data
     workdir = tmp_path_factory.mktemp("tune")
     config = _config(workdir, data_dir)
-    return config, workdir, tune.run(config)
+    return config, workdir, Path(tune.run(config))
 
 
 def test_best_yaml_is_a_compare_config_with_each_variants_best_trial(tuned):

@@ -11,7 +11,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from pipeline.tuning import TunerSettings, TuningError, _exclusive, _pruner, finished_trials, run_study, summarize
+from pipeline.locks import LockError
+from pipeline.tuning import TunerSettings, TuningError, _pruner, finished_trials, run_study, summarize
+from fixtures import hold_lock_in_another_process
 
 STEPS = 4
 TRIALS = 10  # more than the 5 random start-up trials, so TPE and the pruners act
@@ -188,9 +190,13 @@ def test_summary_counts_and_spread(tmp_path):
 
 def test_one_process_per_database(tmp_path):
     config = settings(tmp_path)
-    with _exclusive(Path(config.storage)):
-        with pytest.raises(TuningError, match="another tuning process"):
+    holder = hold_lock_in_another_process(Path(config.storage).resolve())
+    try:
+        with pytest.raises(LockError, match=rf"study database .*: in use by another mtlrec process \(pid {holder.pid} "):
             run_study(config, "toy", toy)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_bad_settings_are_named(tmp_path):

@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Callable
 
 
-def run(config, output: str | Path | None = None, progress: Callable[[str], None] = lambda m: None) -> Path:
+def run(config, output: str | Path | None = None, progress: Callable[[str], None] = lambda m: None) -> str:
     """The whole study into `output` (default <workdir>/synthetic), written atomically."""
-    from pipeline.artifacts import staged_folder
+    from pipeline.artifacts import local_staging
     from pipeline.synthetic.report import write_outputs
     from pipeline.synthetic.study import run_study
 
-    out = Path(output) if output else Path(config.workdir) / "synthetic"
+    from pipeline.storage import join
+    out = str(output) if output else join(config.workdir, "synthetic")
     summary, weights = run_study(config.synthetic, progress)
-    with staged_folder(out) as folder:
+    with local_staging(out) as folder:
         write_outputs(summary, weights, folder)
     return out
 
