@@ -28,6 +28,7 @@ setup(
         "pyyaml>=6,<7",
         "scipy>=1.11,<2",
         "matplotlib>=3.8,<4",
+        "optuna>=4.0,<6",  # mtlrec tune: TPE, pruners, studies in SQLite
     ],
     extras_require={
         "test": [
