@@ -233,6 +233,7 @@ class SyntheticTuningConfig(Section):
     per-epoch validation MSE, the same number of trials per variant; the learning rate is searched
     beside the gate's own settings (its config class's `search_space`). The test split is never read."""
     trials: int = Field(8, ge=1)                  # finished trials per variant
+    oracle_trials: int = Field(4, ge=1)           # the oracle reference: only its learning rate to tune
     seed: int = Field(100, ge=0)                  # the sampler's, and the training seed of every trial
     pruner: Literal["median", "successive_halving", "none"] = "median"
     startup_trials: int = Field(4, ge=1)          # random trials before TPE models the history

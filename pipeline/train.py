@@ -15,6 +15,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from models.experts import gate_diagnostics
+from models.gates.restarts import keras_restarts
 from pipeline import runs
 from pipeline.artifacts import ArtifactError, read_json, write_json
 from pipeline.dataset import InputPipeline
@@ -161,6 +162,11 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
     with strategy.scope():
         model = build_model(config, manifest, inputs)
         model.compile(optimizer=make_optimizer(train_config, steps), jit_compile=train_config.jit_compile)
+
+    if not (run_dir / runs.BACKUP).exists():  # a resumed run goes on from the state its restarts kept
+        keras_restarts(model, lambda: inputs.dataset(
+            "train", batch, shuffle=True, seed=train_config.seed + 1, shuffle_buffer=train_config.shuffle_buffer,
+            repeat=True, drop_remainder=True), train_config.seed, log)
 
     session = uuid.uuid4().hex[:8]
     recorder = _Recorder()

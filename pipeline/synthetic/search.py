@@ -23,6 +23,8 @@ from pipeline.synthetic.data import SyntheticData
 from pipeline.synthetic.training import RunSpec, train_runs
 from pipeline.tuning import TunerSettings, run_study, summarize
 
+PRUNE_EVERY = 10  # epochs between the validation MSEs the pruner sees
+
 
 def study_name(variant: str, identity: dict) -> str:
     """The variant's study name: its name and a hash of everything its trials depend on, so that
@@ -32,7 +34,7 @@ def study_name(variant: str, identity: dict) -> str:
 
 
 def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | None, tuning, storage: str,
-                 assignment: np.ndarray | None = None, identity: dict | None = None,
+                 assignment: np.ndarray | None = None, identity: dict | None = None, trials: int | None = None,
                  progress: Callable[[str], None] = lambda line: None) -> dict:
     """Tune one variant; returns {"learning_rate", "gate_params", "study": tuner summary}.
 
@@ -44,7 +46,9 @@ def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | 
       tuning: the SyntheticTuningConfig (budget, seed, pruner, learning-rate range).
       storage: the SQLite file of the studies (local).
       identity: what else the trials depend on (e.g. the data config), hashed into the study name.
+      trials: the budget, if not tuning.trials (the oracle reference, which has only a learning rate).
     """
+    trials = tuning.trials if trials is None else trials
     config_class = gate_config_class(gate["type"]) if gate is not None else None
     context = {"steps_per_epoch": spec.steps_per_epoch(data), "epochs": spec.max_epochs}
 
@@ -52,8 +56,12 @@ def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | 
         learning_rate = trial.suggest_float("learning_rate", *tuning.learning_rate, log=True)
         params = config_class.search_space(trial, context) if config_class is not None else {}
         trial.set_user_attr("gate_params", params)
+        def report(epoch, val_mse):  # every PRUNE_EVERY epochs: a setting is not judged on its first steps
+            if epoch % PRUNE_EVERY == 0:
+                reporter.report(epoch, val_mse)
+
         [result] = train_runs(data, spec, None if gate is None else {**gate, **params}, learning_rate,
-                              [tuning.seed], assignment=assignment, report=reporter.report)
+                              [tuning.seed], assignment=assignment, report=report, score_test=False)
         trial.set_user_attr("epochs", result["epochs"])
         trial.set_user_attr("converged", result["converged"])
         return result["val_mse"]
@@ -62,11 +70,12 @@ def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | 
         shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
         state = (f"pruned at epoch {trial.last_step}" if trial.state == TrialState.PRUNED
                  else f"val {trial.value:.4f} after {trial.user_attrs.get('epochs')} epochs")
-        progress(f"tune {variant} {slot + 1}/{tuning.trials} ({shown}): {state} in {seconds:.0f}s")
+        progress(f"tune {variant} {slot + 1}/{trials} ({shown}): {state} in {seconds:.0f}s")
 
-    settings = TunerSettings(storage=storage, trials=tuning.trials, seed=tuning.seed, pruner=tuning.pruner,
+    settings = TunerSettings(storage=storage, trials=trials, seed=tuning.seed, pruner=tuning.pruner,
                              startup_trials=tuning.startup_trials)
-    name = study_name(variant, {"gate": gate, "spec": spec.__dict__, "tuning": tuning.model_dump(mode="json"),
+    name = study_name(variant, {"gate": gate, "spec": spec.__dict__,
+                                "tuning": tuning.model_dump(mode="json", exclude={"trials", "oracle_trials"}),
                                 "fixed": None if assignment is None else np.asarray(assignment).tolist(),
                                 **(identity or {})})
     summary = summarize(run_study(settings, name, objective, progress=log))

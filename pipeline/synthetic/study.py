@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -85,7 +86,8 @@ def run_study(cfg, storage: str, progress: Callable[[str], None] = lambda messag
     tuned = {}
     for name in [*(n for n in gates if n not in tuned_with), *(["oracle"] if oracle is not None else [])]:
         tuned[name] = tune_variant(name, data, spec, gates.get(name), cfg.tuning, storage,
-                                   assignment=oracle if name == "oracle" else None, identity=identity, progress=log)
+                                   assignment=oracle if name == "oracle" else None, identity=identity,
+                                   trials=cfg.tuning.oracle_trials if name == "oracle" else None, progress=log)
     for name, source in tuned_with.items():
         tuned[name] = {**tuned[source], "tuned_with": source}
     final_gates = {name: {**gate, **tuned[name]["gate_params"]} for name, gate in gates.items()}
@@ -172,8 +174,11 @@ def welch(a: np.ndarray, b: np.ndarray, higher_is_better: bool) -> dict:
     """a against b: both sides' mean ± std, the difference of means and Welch's p-value."""
     from scipy import stats
 
-    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue) if a.size > 1 and (a.std() > 0 or b.std() > 0) \
-        else float("nan")
+    p = float("nan")
+    if a.size > 1 and b.size > 1 and (np.ptp(a) > 1e-12 or np.ptp(b) > 1e-12):
+        with warnings.catch_warnings():  # nearly equal values: scipy warns, and the p-value is still defined
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
     diff = float(a.mean() - b.mean())
     better = diff > 0 if higher_is_better else diff < 0
     return {"a": mean_std(a), "b": mean_std(b), "diff": diff, "p_value": p,

@@ -66,8 +66,11 @@ EpochReport = Callable[[int, float], None]
 
 
 def train_runs(data: SyntheticData, spec: RunSpec, gate: dict | None, learning_rate: float, seeds,
-               assignment: np.ndarray | None = None, report: EpochReport | None = None) -> list[dict]:
+               assignment: np.ndarray | None = None, report: EpochReport | None = None,
+               score_test: bool = True) -> list[dict]:
     """Train one setting with every seed of `seeds` side by side; one result per seed.
+
+    score_test=False (tuning) leaves the test split unread: test MSE NaN.
 
     Seeded: tf.keras.utils.set_random_seed(seeds[0]) draws all replicas' initial weights (and
     Top-k's noise); seed s alone orders its replica's batches. So the same seeds give the same
@@ -148,7 +151,7 @@ def train_runs(data: SyntheticData, spec: RunSpec, gate: dict | None, learning_r
     binary = np.full(replicas, np.nan) if binary is None else binary.numpy().mean(axis=1)
     settled = _settled(model, rows_fn)
     val = _mse(predict, data.x_val, data.y_val, replicas)  # [S, T]
-    test = _mse(predict, data.x_test, data.y_test, replicas)
+    test = _mse(predict, data.x_test, data.y_test, replicas) if score_test else np.full((replicas, t), np.nan)
     results = []
     for s, seed in enumerate(seeds):
         w = weights[s]
@@ -159,7 +162,7 @@ def train_runs(data: SyntheticData, spec: RunSpec, gate: dict | None, learning_r
             "train_mse": float(train_mse[s]),
             "val_mse": float(val[s].mean()),
             "test_mse": float(test[s].mean()),
-            "test_mse_per_task": test[s].tolist(),
+            "test_mse_per_task": test[s].tolist() if score_test else [],
             "ari": adjusted_rand_index(data.clusters, selection_labels(selected)),
             **{f"ari_argmax_{k}": argmax_k_ari(data.clusters, w, k) for k in spec.argmax_ks},
             "pair_agreement": pair_agreement(data.clusters, selected),
