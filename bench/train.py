@@ -75,9 +75,8 @@ def first_epoch_rate(inputs, batch, examples):
     permutation, batching), start-up included."""
     steps = examples // batch
     start = time.perf_counter()
-    it = iter(inputs.dataset("train", batch, shuffle=True, repeat=True, drop_remainder=True))
-    for _ in range(steps):
-        next(it)
+    for _ in inputs.training_batches(batch, steps, 1):
+        pass
     return steps * batch / (time.perf_counter() - start)
 
 
@@ -94,8 +93,8 @@ def input_rate(dataset, batch, steps):
 
 def cached_batches(inputs, batch):
     """A warm, cached train dataset: what `fit` reads from the second epoch on."""
-    ds = inputs.dataset("train", batch, shuffle=True, repeat=True, drop_remainder=True, cache=True)
     batches_per_pass = sum(1 for _ in inputs.dataset("train", batch, drop_remainder=True, cache=True))
+    ds = inputs.training_batches(batch, batches_per_pass, 1000, cache=True)
     it = iter(ds)
     for _ in range(batches_per_pass):  # first pass: fills the cache
         next(it)

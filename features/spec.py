@@ -20,6 +20,10 @@ class RawColumn:
     dtype: str  # "int64" | "float32" | "string"
     default: object  # the value that means "unknown" (e.g. year 0), or None if always known
     description: str
+    # Who the value describes: "user" or "item" (a column of that entity's feature table, keyed
+    # by ENTITY_KEYS[entity]; the key itself belongs to its entity too), "request" (sent with
+    # each ranking request, e.g. its time) or "label".
+    entity: str
 
 
 @dataclass(frozen=True)
@@ -49,25 +53,29 @@ OOV_BUCKETS = 1  # ids unseen in the train split share one index
 MAX_VALUES = 10  # multi-valued features keep their first 10 values (MovieLens movies have <= 10 genres)
 
 RAW_COLUMNS = {c.name: c for c in [
-    RawColumn("user_id", "int64", None, "user id of the source"),
-    RawColumn("item_id", "int64", None, "movie id of the source"),
-    RawColumn("timestamp", "int64", None, "interaction time, unix seconds (request time for sampled items)"),
-    RawColumn("genres", "string", "", "movie genres joined by '|', e.g. 'Action|Comedy'"),
-    RawColumn("year", "int64", 0, "movie release year, 0 when unknown"),
-    RawColumn("gender", "string", "", "user gender (ml-100k, ml-1m)"),
-    RawColumn("age", "int64", 0, "user age or age group (ml-100k, ml-1m)"),
-    RawColumn("occupation", "string", "", "user occupation (ml-100k, ml-1m)"),
-    RawColumn("zip_code", "string", "", "user zip code (ml-100k, ml-1m)"),
+    RawColumn("user_id", "int64", None, "user id of the source", "user"),
+    RawColumn("item_id", "int64", None, "movie id of the source", "item"),
+    RawColumn("timestamp", "int64", None, "interaction time, unix seconds (request time for sampled items)",
+              "request"),
+    RawColumn("genres", "string", "", "movie genres joined by '|', e.g. 'Action|Comedy'", "item"),
+    RawColumn("year", "int64", 0, "movie release year, 0 when unknown", "item"),
+    RawColumn("gender", "string", "", "user gender (ml-100k, ml-1m)", "user"),
+    RawColumn("age", "int64", 0, "user age or age group (ml-100k, ml-1m)", "user"),
+    RawColumn("occupation", "string", "", "user occupation (ml-100k, ml-1m)", "user"),
+    RawColumn("zip_code", "string", "", "user zip code (ml-100k, ml-1m)", "user"),
 ]}
 # Every source provides these; the rest are optional.
 REQUIRED_RAW = ("user_id", "item_id", "timestamp")
 
 LABEL_COLUMNS = {c.name: c for c in [
-    RawColumn("watch", "float32", None, "1 for an observed interaction, 0 for a sampled item"),
-    RawColumn("rating", "float32", None, "the rating; 0 on sampled items"),
-    RawColumn("rating_weight", "float32", None, "1 on observed interactions, 0 on sampled items"),
-    RawColumn("like", "float32", None, "1 where rating >= the like threshold, else 0"),
+    RawColumn("watch", "float32", None, "1 for an observed interaction, 0 for a sampled item", "label"),
+    RawColumn("rating", "float32", None, "the rating; 0 on sampled items", "label"),
+    RawColumn("rating_weight", "float32", None, "1 on observed interactions, 0 on sampled items", "label"),
+    RawColumn("like", "float32", None, "1 where rating >= the like threshold, else 0", "label"),
 ]}
+
+# The id column of each entity: its feature table (pipeline/tables.py) is keyed by it.
+ENTITY_KEYS = {"user": "user_id", "item": "item_id"}
 
 TASKS = {t.name: t for t in [
     Task("watch", "binary", "watch", None, "did the user interact with the item"),
@@ -100,6 +108,23 @@ def active_features(raw_columns) -> list[str]:
     """The features a source can feed: those whose raw columns it all provides."""
     have = set(raw_columns)
     return [name for name, f in FEATURES.items() if set(f.raw) <= have]
+
+
+def entity_columns(raw_columns) -> dict[str, list[str]]:
+    """{entity: the columns of its feature table} for a source with these raw columns: the
+    entity's columns other than its key, in declaration order; an entity with none has no table."""
+    have = set(raw_columns)
+    tables = {}
+    for entity, key in ENTITY_KEYS.items():
+        columns = [c.name for c in RAW_COLUMNS.values() if c.entity == entity and c.name != key and c.name in have]
+        if columns:
+            tables[entity] = columns
+    return tables
+
+
+def request_columns(raw_columns) -> list[str]:
+    """The columns a ranking request sends besides the ids: those of entity "request"."""
+    return [c for c in raw_columns if RAW_COLUMNS[c].entity == "request"]
 
 
 def raw_feature_spec(raw_columns, with_labels: bool = True) -> dict:
@@ -136,6 +161,7 @@ def declaration_hash(raw_columns) -> str:
         "labels": [asdict(c) for c in LABEL_COLUMNS.values()],
         "features": [asdict(FEATURES[f]) for f in active],
         "tasks": [asdict(t) for t in TASKS.values()],
+        "entity_keys": ENTITY_KEYS,
         "constants": {"year_buckets": YEAR_BUCKETS, "oov_buckets": OOV_BUCKETS, "max_values": MAX_VALUES},
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()

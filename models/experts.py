@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 import tensorflow as tf
 
 from models.gates import Gate, build_gate
+from models.randomness import Dropout
 
 keras = tf.keras
 
@@ -31,7 +32,7 @@ class StackedExperts(keras.layers.Layer):
         self.dropout = float(dropout)
         self.activation = keras.activations.get(activation)
         self._activation_name = activation
-        self._dropout = keras.layers.Dropout(self.dropout) if self.dropout > 0 else None
+        self._dropout = Dropout(self.dropout) if self.dropout > 0 else None
 
     def build(self, input_shape):
         d_in = int(input_shape[-1])

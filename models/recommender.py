@@ -18,6 +18,7 @@ import tensorflow_recommenders as tfrs
 
 from features.spec import FEATURES, TASKS
 from models.experts import MMoE
+from models.randomness import Dropout
 
 keras = tf.keras
 
@@ -84,7 +85,7 @@ def _mlp(units, dropout, name):
     for i, u in enumerate(units):
         layers.append(keras.layers.Dense(u, activation="relu", name=f"{name}_dense_{i}"))
         if dropout > 0:
-            layers.append(keras.layers.Dropout(dropout))
+            layers.append(Dropout(dropout))
     return keras.Sequential(layers, name=name)
 
 

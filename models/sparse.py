@@ -179,6 +179,7 @@ class SparseRecommender(tf.Module):
         super().__init__(name="sparse_recommender")
         if model.spec.architecture != "mmoe":
             raise SparseExportError("a shared-bottom model has no experts to drop")
+        self.spec = model.spec  # of the network it was made from: its tasks and their weights
         self.selection = select_experts(model.mmoe)
         self.encoder = model.encoder
         self.towers = dict(model.towers)

@@ -12,7 +12,9 @@ import ast
 import importlib
 import importlib.metadata
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_config, to_yaml
@@ -47,6 +49,8 @@ def version() -> str:
 COMMANDS = {
     "preprocess": ("Beam + tf.Transform: source data -> TFRecords, transform graph, manifest "
                    "(Beam pipeline options go after --)", _stage("pipeline.preprocess")),
+    "tune": ("equal-budget Optuna tuning of every compare variant on validation loss; writes "
+             "<workdir>/tune/best.yaml for `compare --config` (resumes when started again)", _stage("pipeline.tune")),
     "train": ("train one multi-task model (TFRS, tf.distribute) on preprocessed data; "
               "a killed run resumes when started again", _stage("pipeline.train")),
     "evaluate": ("score the fixed candidate lists with a run's exported model; writes eval.json",
@@ -68,6 +72,12 @@ EXTRA_ARGUMENTS = {
     "evaluate": [(("--run",), {"metavar": "RUN_DIR", "help": "a trained run folder (default: train.run_dir)"})],
     "synthetic": [(("--output",), {"metavar": "DIR", "help": "result folder (default: <workdir>/synthetic)"})],
     "preprocess": [(("--output",), {"metavar": "DIR", "help": "data folder (default: data.output or <workdir>/data)"})],
+    "compare": [(("--force",), {"action": "store_true",
+                                "help": "replace run folders and the data folder made with other settings "
+                                        "(without it they are kept and compare stops)"})],
+    "tune": [(("--force",), {"action": "store_true",
+                             "help": "preprocess again into a data folder made with other settings "
+                                     "(without it tune stops)"})],
 }
 
 
@@ -88,12 +98,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_on_interrupt(command: str) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM ends the process at once, with one line.
+
+    A Python signal handler runs only when the main thread gets back to Python code: inside a long
+    TensorFlow or Beam call it waits, and code that catches exceptions broadly can swallow the
+    KeyboardInterrupt. `signal.set_wakeup_fd` instead writes the signal to a pipe from the C-level
+    handler, at once; a watcher thread reads it and exits. Stopping anywhere is safe: every stage
+    writes its artifacts atomically, and a killed stage resumes when the same command runs again.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)  # a Python handler must be set for the wakeup fd to be used
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def watch():
+        while (signum := os.read(read_end, 1)[0]) not in (signal.SIGINT, signal.SIGTERM):
+            pass  # another signal some library handles in Python: not ours
+        sys.stderr.write(f"mtlrec {command}: interrupted; rerun the same command to resume\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    threading.Thread(target=watch, name="mtlrec-interrupt", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
+    console = argv is None  # the `mtlrec` script, not a call from Python (tests, notebooks)
     argv = sys.argv[1:] if argv is None else list(argv)
     # Everything after a bare `--` is passed through to Beam as pipeline options.
     beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
     args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.beam_args = beam_args
+    if console:
+        exit_on_interrupt(args.command)
     try:
         config = load_config(args.config, args.set)
         return COMMANDS[args.command][1](config, args) or 0

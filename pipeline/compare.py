@@ -7,9 +7,10 @@ every seed on identical data and candidate lists, then write the comparison repo
     <compare.output or workdir/report>/     summary.json, report.md, report.html, plots
 
 A run counts as finished once its eval.json exists; re-running after an interruption skips
-finished runs, and a run killed mid-training resumes from its backup. A run folder whose
-config.yaml differs from the run's current config (the config file was edited) is started
-over, so a report never mixes results of old and new settings.
+finished runs, and a run killed mid-training resumes after its last completed epoch. A report
+never mixes results of old and new settings: a run folder whose config.yaml differs from the
+run's current config (the config file was edited), or a data folder of other data settings, is
+refused before any work, and replaced only with --force.
 """
 from __future__ import annotations
 
@@ -28,20 +29,35 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def ensure_data(config) -> Path:
-    """The preprocessed data of this config: reused when its manifest's config hash matches."""
+def ensure_data(config, force: bool = False) -> Path:
+    """The preprocessed data of this config: reused when its manifest's config hash matches.
+
+    A complete data folder made with other settings (or by an older version) is replaced only with
+    `force`, an error otherwise: it may be the only copy of another dataset's preprocessing."""
     folder = runs.data_dir_of(config)
+    check_data_folder(config, force)
     try:
-        manifest = read_manifest(folder)
-        if manifest.get("config_hash") == data_hash(config.data):
+        if read_manifest(folder).get("config_hash") == data_hash(config.data):
             log(f"compare: reusing {folder} (same data config)")
             return folder
-        log(f"compare: {folder} was made with other data settings; preprocessing again")
-    except ArtifactError:
+        log(f"compare: {folder} holds data of other settings; preprocessing again (--force)")
+    except ArtifactError:  # missing or incomplete: nothing finished is lost by writing it
         log(f"compare: preprocessing into {folder}")
     from pipeline import preprocess  # Beam and tf.Transform: imported only when there is work for them
     preprocess.run(config, output=str(folder))
     return folder
+
+
+def check_data_folder(config, force: bool) -> None:
+    """An error, unless `force`, if the data folder of `config` is complete but of other settings."""
+    folder = runs.data_dir_of(config)
+    try:
+        manifest = read_manifest(folder)
+    except ArtifactError:
+        return
+    if manifest.get("config_hash") != data_hash(config.data) and not force:
+        raise ArtifactError(f"{folder}: holds data made with other data settings (or by an older version); rerun "
+                            f"with --force to preprocess again into it, or set another data.output or workdir")
 
 
 def run_configs(config, data_dir: Path) -> dict[tuple[str, int], object]:
@@ -59,16 +75,28 @@ def run_configs(config, data_dir: Path) -> dict[tuple[str, int], object]:
     return configs
 
 
-def run(config) -> Path:
-    from pipeline import evaluate, train
+def run(config, force: bool = False) -> Path:
+    """Preprocess (or reuse the data), train and evaluate every variant x seed, write the report.
+
+    Every variant's config is validated, and every earlier result checked, before any work:
+    results of other settings (a run folder whose config.yaml differs, a data folder of other data
+    settings) are replaced only with `force`; without it, one error names them.
+    """
     from pipeline.compare_report import write_report
     started = time.perf_counter()
-    data_dir = ensure_data(config)
+    data_dir = runs.data_dir_of(config)
     configs = run_configs(config, data_dir)
-    for (name, seed), cfg in configs.items():
-        if runs.made_with_other_config(cfg.train.run_dir, cfg):
-            log(f"compare: {name} seed {seed} was run with other settings; starting it over")
-            shutil.rmtree(cfg.train.run_dir)
+    stale = [key for key, cfg in configs.items() if runs.made_with_other_config(cfg.train.run_dir, cfg)]
+    if stale and not force:
+        (name, seed), more = stale[0], len(stale) - 1
+        raise ArtifactError(f"{runs.compare_run_dir(config, name, seed)}{f' and {more} more run folders' if more else ''}: "
+                            f"made with other settings; rerun with --force to replace them, or use another "
+                            f"workdir (--set workdir=...)")
+    ensure_data(config, force)
+    from pipeline import evaluate, train  # TensorFlow: imported once the settings are known to be usable
+    for name, seed in stale:
+        log(f"compare: {name} seed {seed} was run with other settings; starting it over (--force)")
+        shutil.rmtree(configs[name, seed].train.run_dir)
     todo = [(key, cfg) for key, cfg in configs.items() if not runs.is_evaluated(cfg.train.run_dir)]
     log(f"compare: {len(configs)} runs ({len(config.compare.variants)} variants x {len(config.compare.seeds)} seeds), "
         f"{len(configs) - len(todo)} already finished")
@@ -86,5 +114,5 @@ def run(config) -> Path:
 
 
 def main(config, args) -> int:
-    print(run(config))
+    print(run(config, force=args.force))
     return 0

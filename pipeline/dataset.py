@@ -73,6 +73,7 @@ class InputPipeline:
                            for name, f in model_input_spec(self.raw_columns).items()}
         self.tft_output = tft.TFTransformOutput(self.data_dir)
         self.transform = self.tft_output.transform_features_layer()
+        self._block_datasets = {}
 
     def to_inputs(self, serialized):
         """A batch of serialized raw tf.Examples -> model inputs + labels."""
@@ -86,35 +87,76 @@ class InputPipeline:
         ds = tf.data.TFRecordDataset(split_files(self.data_dir, split), compression_type="GZIP")
         return ds.batch(batch_size).map(self.to_inputs, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
-    def dataset(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-                shuffle_buffer: int = 1_000_000, repeat: bool = False, drop_remainder: bool = False,
+    def dataset(self, split: str, batch_size: int, drop_remainder: bool = False,
                 cache: bool = False) -> tf.data.Dataset:
-        """Batches of a materialized split (train or validation).
+        """Batches of a materialized split (train or validation), in file order.
 
-        shuffle: examples are shuffled individually, in windows of `shuffle_buffer` examples:
-        the block order is shuffled (a buffer of as many blocks), consecutive blocks are joined
-        into a window, and the window is permuted with a stateless seed (train seed, window
-        number), so every pass draws new batches and a run is reproducible. The window is at
-        most the split: a buffer at least as large shuffles the whole split, and each window
-        is then exactly one pass. Work is per block and per batch, never per example.
-        cache: keep the parsed blocks (the whole split) in memory after the first pass.
+        cache: keep the parsed blocks (the whole split) in memory after the first full pass.
         """
-        files = transformed_files(self.data_dir, split)
-        ds = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(len(files), 4))
-        ds = ds.map(lambda record: tf.io.parse_single_example(record, self.block_spec),
-                    num_parallel_calls=AUTOTUNE, deterministic=True)
-        if cache:
-            ds = ds.cache()
-        if shuffle:
-            window = max(1, min(shuffle_buffer, read_manifest(self.data_dir)["splits"][split]["examples"]))
-            ds = ds.shuffle(-(-window // BLOCK_SIZE), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
-        if shuffle:
-            ds = tf.data.Dataset.zip((ds.rebatch(window), tf.data.Dataset.counter()))
-            ds = ds.map(lambda columns, number: _permuted(columns, tf.stack([tf.cast(seed, tf.int64), number])),
+        return self._blocks(split, cache).rebatch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+
+    def training_batches(self, batch_size: int, steps: int, epochs: int, start_epoch: int = 0, seed: int = 0,
+                         shuffle_buffer: int = 1_000_000, cache: bool = False) -> tf.data.Dataset:
+        """The train split's batches for epochs start_epoch .. epochs - 1, `steps` batches each.
+
+        Epoch e's batches depend only on (seed, e): a run resumed at epoch e reads exactly what
+        an uninterrupted run reads from epoch e on. An epoch reads passes over the split (as
+        many as its steps need); each pass delivers every example once, shuffled per example
+        in windows of `shuffle_buffer` examples: the block order is shuffled, consecutive
+        blocks are joined into a window and the window is permuted with a stateless seed. The
+        window is at most the split, so a buffer at least as large permutes the whole split.
+        Work is per block and per batch, never per example.
+
+        Args:
+          batch_size: examples per batch (the last partial batch of an epoch is dropped).
+          steps: batches per epoch.
+          epochs: the epoch after the last one delivered.
+          start_epoch: the first epoch delivered (0-based).
+          seed: the run's seed.
+          shuffle_buffer: examples permuted together.
+          cache: keep the parsed blocks in memory after the first full pass.
+        Returns:
+          A dataset of (epochs - start_epoch) * steps batches, {column: [batch_size, ...]}.
+        """
+        examples = read_manifest(self.data_dir)["splits"]["train"]["examples"]
+        window = max(1, min(shuffle_buffer, examples))
+        passes = -(-steps * batch_size // examples)  # enough passes to fill the epoch's steps
+        blocks = self._blocks("train", cache)
+        epochs_ds = []
+        for epoch in range(start_epoch, epochs):
+            one_epoch = None
+            for number in range(passes):
+                shuffled = _one_pass(blocks, window, examples, np.random.SeedSequence([seed, epoch, number]))
+                one_epoch = shuffled if one_epoch is None else one_epoch.concatenate(shuffled)
+            epochs_ds.append(one_epoch.rebatch(batch_size, drop_remainder=True).take(steps))
+        ds = epochs_ds[0]
+        for more in epochs_ds[1:]:
+            ds = ds.concatenate(more)
+        return ds.prefetch(AUTOTUNE)
+
+    def _blocks(self, split: str, cache: bool) -> tf.data.Dataset:
+        """The parsed blocks of a materialized split, in file order; one dataset per (split, cache),
+        so that a cache filled in one epoch serves the next."""
+        key = (split, cache)
+        if key not in self._block_datasets:
+            files = transformed_files(self.data_dir, split)
+            ds = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(len(files), 4))
+            ds = ds.map(lambda record: tf.io.parse_single_example(record, self.block_spec),
                         num_parallel_calls=AUTOTUNE, deterministic=True)
-        return ds.rebatch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+            self._block_datasets[key] = ds.cache() if cache else ds
+        return self._block_datasets[key]
+
+
+def _one_pass(blocks, window: int, examples: int, seeds: np.random.SeedSequence) -> tf.data.Dataset:
+    """Every example of the split once, shuffled per example in windows (see training_batches)."""
+    block_seed, permute_seed = seeds.generate_state(2, np.uint32)
+    if window < examples:  # windows are subsets: shuffle which blocks meet in a window
+        blocks = blocks.shuffle(-(-examples // BLOCK_SIZE), seed=int(block_seed), reshuffle_each_iteration=False)
+    base = tf.constant([int(permute_seed), 0], tf.int64)
+    windows = tf.data.Dataset.zip((blocks.rebatch(window), tf.data.Dataset.counter()))
+    return windows.map(
+        lambda columns, number: _permuted(columns, tf.random.experimental.stateless_fold_in(base, number)),
+        num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def _permuted(columns: dict, seed) -> dict:

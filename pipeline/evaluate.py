@@ -2,8 +2,12 @@
 
 The candidate lists (each test user's test interactions + N never-interacted items) were
 made once by the preprocess stage, so every gate and seed is scored on identical lists.
-Scores come from the exported SavedModel fed raw features: what is measured is what
-would be served. Metrics (pipeline/metrics.py) are computed per user, then averaged:
+Scores come from the exported SavedModel's `rank` signature, one call per test user with
+the user's id, the list's request time and its item ids: what is measured is what is served.
+The candidate rows' item and user columns come from the same train-only feature tables the
+model carries (pipeline/tables.py), so `rank` scores each list exactly as scoring its rows one
+by one with `serving_default` would (tests/test_compare.py checks both to 1e-5).
+Metrics (pipeline/metrics.py) are computed per user, then averaged:
 
 - watch, like (binary): NDCG@K, Recall@K, MRR, GAUC; plus pooled AUC and log loss;
 - rating: NDCG@K over the user's test interactions with graded relevance = rating; RMSE and
@@ -21,32 +25,60 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from features.spec import TASKS, raw_feature_spec
+from features.spec import ENTITY_KEYS, TASKS, raw_feature_spec, request_columns
 from pipeline import metrics, runs
-from pipeline.artifacts import atomic_write, write_json
+from pipeline.artifacts import ArtifactError, atomic_write, write_json
 from pipeline.dataset import split_files
 
 KS = (5, 10, 20)
 
 
-def score_candidates(run_dir: Path, batch_size: int = 8192) -> pd.DataFrame:
-    """Every candidate row: user, labels, and the exported model's prediction per task."""
+def read_candidates(data_dir, raw_columns) -> dict[str, np.ndarray]:
+    """The candidates split's columns (raw columns and labels), in file order."""
+    spec = raw_feature_spec(raw_columns)
+    data = tf.data.TFRecordDataset(split_files(data_dir, "candidates"), compression_type="GZIP").batch(8192).map(
+        lambda s: tf.io.parse_example(s, spec)).prefetch(tf.data.AUTOTUNE)
+    parts = {name: [] for name in spec}
+    for batch in data:
+        for name, value in batch.items():
+            parts[name].append(value.numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def requests(columns: dict[str, np.ndarray], request_names: list[str]):
+    """Each test user's candidate list as one ranking request: yields (row indices [N] into the
+    split, {request column: scalar}, item ids [N]). A list is one request (preprocess gives it
+    one request time), so a request column that varies within a list is an error."""
+    users = columns[ENTITY_KEYS["user"]]
+    order = np.argsort(users, kind="stable")
+    starts = np.flatnonzero(np.r_[True, users[order][1:] != users[order][:-1]])
+    for rows in np.split(order, starts[1:]):
+        request = {}
+        for name in request_names:
+            values = np.unique(columns[name][rows])
+            if len(values) != 1:
+                raise ArtifactError(f"candidates of user {users[rows[0]]}: {len(values)} values of {name!r} "
+                                    f"in one list (one request has one)")
+            request[name] = values[0]
+        yield rows, request, columns[ENTITY_KEYS["item"]][rows]
+
+
+def score_candidates(run_dir: Path) -> pd.DataFrame:
+    """Every candidate row, in file order: user, labels, and the exported model's prediction
+    per task, each user's list scored by one call of the export's `rank` signature."""
     summary = runs.read_train_summary(run_dir)
     manifest = runs.read_data_manifest(run_dir)
-    spec = raw_feature_spec(manifest["raw_columns"])
-    serve = tf.saved_model.load(str(run_dir / runs.EXPORT)).signatures["serving_default"]
-    files = split_files(summary["data"], "candidates")
-    data = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size).map(
-        lambda s: tf.io.parse_example(s, spec)).prefetch(tf.data.AUTOTUNE)
-    frames = []
-    for batch in data:
-        predictions = serve(**{c: batch[c] for c in manifest["raw_columns"]})
-        frames.append(pd.DataFrame({
-            "user_id": batch["user_id"].numpy(), "watch": batch["watch"].numpy(),
-            "rating": batch["rating"].numpy(), "like": batch["like"].numpy(),
-            # In the run's task order: a loaded signature returns its outputs in no fixed order.
-            **{f"pred_{t}": predictions[t].numpy() for t in summary["tasks"]}}))
-    return pd.concat(frames, ignore_index=True)
+    rank = tf.saved_model.load(str(run_dir / runs.EXPORT)).signatures["rank"]
+    columns = read_candidates(summary["data"], manifest["raw_columns"])
+    request_names = [ENTITY_KEYS["user"], *request_columns(manifest["raw_columns"])]
+    # In the run's task order: a loaded signature returns its outputs in no fixed order.
+    predictions = {t: np.zeros(len(columns["watch"]), np.float32) for t in summary["tasks"]}
+    for rows, request, items in requests(columns, request_names):
+        scores = rank(item_ids=tf.constant(items), **{k: tf.constant(v) for k, v in request.items()})
+        for t in summary["tasks"]:
+            predictions[t][rows] = scores[t].numpy()
+    return pd.DataFrame({"user_id": columns["user_id"], "watch": columns["watch"], "rating": columns["rating"],
+                         "like": columns["like"], **{f"pred_{t}": p for t, p in predictions.items()}})
 
 
 def candidate_arrays(users: np.ndarray, columns: dict[str, np.ndarray]):
@@ -83,21 +115,26 @@ def task_metrics(task: str, scores, frame_arrays, mask, pooled: pd.DataFrame):
     return per_user, {"pooled_rmse": float(np.sqrt(np.mean(error**2))), "pooled_mae": float(np.mean(np.abs(error)))}
 
 
-def run(run_dir) -> dict:
-    run_dir = Path(run_dir)
-    pooled = score_candidates(run_dir)
+def evaluation(pooled: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """Scored candidate rows (score_candidates) -> (the metrics of eval.json, one row per user)."""
     tasks = [c.removeprefix("pred_") for c in pooled.columns if c.startswith("pred_")]
     columns = {c: pooled[c].to_numpy() for c in ("watch", "rating", "like", *[f"pred_{t}" for t in tasks])}
     users, arrays, mask = candidate_arrays(pooled["user_id"].to_numpy(), columns)
 
     per_user_table = {"user_id": users}
-    result = {"run_dir": str(run_dir), "users": int(len(users)), "candidates": int(mask.sum()), "ks": list(KS),
-              "tasks": {}}
+    result = {"users": int(len(users)), "candidates": int(mask.sum()), "ks": list(KS), "tasks": {}}
     for task in tasks:
         per_user, pointwise = task_metrics(task, arrays[f"pred_{task}"], arrays, mask, pooled)
         result["tasks"][task] = {"per_user": metrics.summarize(per_user), "pooled": pointwise}
         per_user_table.update({f"{task}/{name}": values for name, values in per_user.items()})
-    atomic_write(run_dir / runs.EVAL_USERS, pd.DataFrame(per_user_table).to_csv(index=False).encode())
+    return result, pd.DataFrame(per_user_table)
+
+
+def run(run_dir) -> dict:
+    run_dir = Path(run_dir)
+    result, per_user = evaluation(score_candidates(run_dir))
+    result = {"run_dir": str(run_dir), **result}
+    atomic_write(run_dir / runs.EVAL_USERS, per_user.to_csv(index=False).encode())
     write_json(run_dir / runs.EVAL, result)  # last: the run is evaluated
     return result
 

@@ -10,13 +10,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from features.spec import TASKS, active_features, declaration_hash
+from features.spec import ENTITY_KEYS, TASKS, active_features, declaration_hash, entity_columns
 from pipeline.artifacts import MANIFEST, ArtifactError, read_json
 from pipeline.config import config_hash
+from pipeline.rows import EXACT_DUPLICATE, METADATA, REPEATED_PAIR, ROW, UNDECODABLE_ROW
 
-DATA_FORMAT = 2  # of a data folder; 2: train and validation also materialized (transformed/)
+# Of a data folder; 2: train and validation also materialized (transformed/); 3: the user and
+# item feature tables (tables/), from which the candidate lists take their user and item columns.
+DATA_FORMAT = 3
 SPLITS = ("train", "validation", "test", "candidates")
 REQUIRED = ("source", "splits", "raw_columns", "features", "declaration_hash")
+
+
+def table_file(entity: str) -> str:
+    """The file of an entity's feature table (pipeline/tables.py), relative to the data folder."""
+    return f"tables/{entity}.tfrecord.gz"
+
+
+def describe_tables(raw_columns, counts: dict[str, int]) -> dict:
+    """The manifest's record of the feature tables: {entity: {key, columns, file, rows}}."""
+    return {entity: {"key": ENTITY_KEYS[entity], "columns": columns, "file": table_file(entity),
+                     "rows": counts.get(f"table_rows:{entity}", 0)}
+            for entity, columns in entity_columns(raw_columns).items()}
 
 
 def data_hash(data_config) -> str:
@@ -26,17 +41,42 @@ def data_hash(data_config) -> str:
                            if k not in ("beam_args", "output")}, "format": DATA_FORMAT})
 
 
+def row_counts(counts: dict[str, int]) -> dict[str, int]:
+    """The manifest's row accounting from the pipeline's counts; checks that it adds up.
+
+    Rows parsed from the source are accepted, rejected as duplicates or sampled out; the other
+    input rows were rejected while parsing (blank and undecodable lines included)."""
+    rejected = {kind: counts.get(f"rejected:{kind}", 0)
+                for kind in (ROW, UNDECODABLE_ROW, EXACT_DUPLICATE, REPEATED_PAIR, METADATA)}
+    parsed = counts.get("parsed_rows", 0)
+    out = {"input_rows": parsed + rejected[ROW] + rejected[UNDECODABLE_ROW],
+           "accepted_rows": counts.get("accepted_rows", 0),
+           "rejected_rows": sum(rejected.values()) - rejected[METADATA],
+           "sampled_out_rows": counts.get("sampled_out_rows", 0),
+           "metadata_rejected_rows": rejected[METADATA],
+           "undecodable_rows": rejected[UNDECODABLE_ROW],
+           "duplicates": {"exact": rejected[EXACT_DUPLICATE], "repeated_pairs": rejected[REPEATED_PAIR]}}
+    if out["input_rows"] != out["accepted_rows"] + out["rejected_rows"] + out["sampled_out_rows"]:
+        raise RuntimeError(f"row counts do not add up: {out} from {counts}")  # a bug, not bad input
+    return out
+
+
 def build_manifest(source_info, data_config, counts: dict[str, int], shards: dict[str, dict]) -> dict:
     """The manifest of a finished preprocess run.
 
     Args:
-      source_info: the source's SourceInfo (pipeline/sources.py).
+      source_info: the source's SourceInfo (pipeline/rows.py).
       data_config: the `data` config section it ran with.
-      counts: the stage's Beam counters by name (pipeline/preprocess.py), e.g. "accepted_rows",
-        "examples:train"; a counter that never fired is absent and counts 0.
+      counts: the pipeline's counts by name (pipeline/counting.py, written by
+        pipeline/preprocess.py), e.g. "parsed_rows", "rejected:row", "examples:train"; a name
+        that is absent counts 0.
       shards: split -> {"files": [...], "transformed_files": [...]}, the shard file names written.
     """
     raw_columns = list(source_info.raw_columns)
+    rows = row_counts(counts)
+    decoding = {path: dict(entry) for path, entry in source_info.decoding.items()}
+    if source_info.files and source_info.files[0] in decoding:  # the ratings file, read by the runner
+        decoding[source_info.files[0]]["undecodable_rows"] = rows["undecodable_rows"]
     splits = {}
     for split in SPLITS:
         n = counts.get(f"examples:{split}", 0)
@@ -54,14 +94,10 @@ def build_manifest(source_info, data_config, counts: dict[str, int], shards: dic
         "format": DATA_FORMAT,
         "source": {"name": source_info.name, "layout": source_info.layout, "location": source_info.location,
                    "files": source_info.files, "rating_scale": [source_info.scale.low, source_info.scale.high,
-                                                                source_info.scale.step]},
-        "input_rows": counts.get("input_rows", 0),
-        "accepted_rows": counts.get("accepted_rows", 0),
-        "rejected_rows": counts.get("rejected_rows", 0),
-        "sampled_out_rows": counts.get("sampled_out_rows", 0),
-        "metadata_rejected_rows": counts.get("metadata_rejected_rows", 0),
-        "duplicates": {"exact": counts.get("exact_duplicate_rows", 0),
-                       "repeated_pairs": counts.get("repeated_pair_rows", 0)},
+                                                                source_info.scale.step],
+                   "decoding": decoding},
+        **{key: rows[key] for key in ("input_rows", "accepted_rows", "rejected_rows", "sampled_out_rows",
+                                      "metadata_rejected_rows", "duplicates")},
         "unfilled": {"negatives": counts.get("unfilled_negatives", 0),  # user had seen every item available then
                      "candidates": counts.get("unfilled_candidates", 0)},
         "users": counts.get("users", 0), "train_only_users": counts.get("train_only_users", 0),
@@ -71,6 +107,7 @@ def build_manifest(source_info, data_config, counts: dict[str, int], shards: dic
         "raw_columns": raw_columns,
         "features": active_features(raw_columns),
         "declaration_hash": declaration_hash(raw_columns),
+        "tables": describe_tables(raw_columns, counts),
         "config": data_config.model_dump(mode="json"),
         "config_hash": data_hash(data_config),
     }

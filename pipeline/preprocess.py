@@ -6,11 +6,13 @@
                    each test user's fixed candidate list (test interactions + N items)
                 -> raw tf.Examples, gzip TFRecord shards per split, written deterministically
                 -> tf.Transform analyzers fitted on the train split -> transform graph
+                   (with the same bytes on every run: pipeline/stable_savedmodel.py)
                 -> manifest.json (counts, label rates, config and its hash)
 
 Its parts: pipeline/sources.py reads the rows, pipeline/sampling.py draws the items,
-pipeline/tfexample.py encodes the examples, pipeline/shards.py writes the files and
-pipeline/manifest.py describes the result; this module wires them into one Beam pipeline.
+pipeline/tfexample.py encodes the examples, pipeline/shards.py writes the files,
+pipeline/counting.py counts them and pipeline/manifest.py describes the result; this
+module wires them into one Beam pipeline.
 
 Everything is written into a temporary folder that is renamed into place on success (on an
 object store, in place, with the manifest written last: pipeline/artifacts.py).
@@ -34,14 +36,17 @@ from tfx_bsl.public import tfxio
 from features.spec import raw_feature_spec
 from features.transform import make_preprocessing_fn
 from pipeline.artifacts import MANIFEST, staged_folder, write_json
+from pipeline.counting import COUNTS, count_elements, read_counts, write_counts
 from pipeline.manifest import SPLITS, build_manifest
+from pipeline.rows import EXACT_DUPLICATE, LINE, REJECTED, REPEATED_PAIR, SourceError, record_text, rejection
 from pipeline.runs import preprocess_output_of
 from pipeline.sampling import Catalog
 from pipeline.shards import TrainBatches, WriteShard, WriteTransformedShard, file_order, shard_names, shard_of
-from pipeline.sources import REJECTED, SourceError, open_source
+from pipeline.sources import open_source
+from pipeline.stable_savedmodel import canonicalize
+from pipeline.tables import CandidatesFromTables, TrainTables, WriteTables
 from pipeline.tfexample import ExampleEncoder
 
-NAMESPACE = "mtlrec"
 # Streams of per-user randomness: one per purpose, so changing one never shifts another.
 STREAM = {"train": 1, "validation": 2, "test": 3, "candidates": 4, "user_sample": 5}
 # Runner defaults when the user passes none. bench/preprocess.py (2 shared cores): in-memory
@@ -49,16 +54,6 @@ STREAM = {"train": 1, "validation": 2, "test": 3, "candidates": 4, "user_sample"
 # and 0.94x on 10^6 generated ratings (3.5 vs 3.7 min), with less CPU (see its JSON).
 DEFAULT_BEAM_ARGS = ["--direct_running_mode=in_memory"]
 ANALYZE_BATCH = 10_000  # train examples per RecordBatch that tf.Transform analyzes
-
-
-_COUNTERS: dict = {}
-
-
-def _counter(name):
-    """A Beam counter, created once per name (creating one per element is measurably slow)."""
-    if name not in _COUNTERS:
-        _COUNTERS[name] = beam.metrics.Metrics.counter(NAMESPACE, name)
-    return _COUNTERS[name]
 
 
 def _rng(seed, user_id, purpose):
@@ -86,19 +81,26 @@ class _UserSample(beam.PartitionFn):
         return 0 if keep else 1
 
 
-def _dedupe(rows):
-    """Keep the latest interaction per (user, movie); yield the others as rejections."""
+def _values(row):
+    return {k: v for k, v in row.items() if k != LINE}
+
+
+def _dedupe(rows, file):
+    """Keep the latest interaction per (user, movie); yield the others as rejections, each with
+    its original line (the source's LINE; for in-memory sources, the row as JSON)."""
     latest: dict[int, dict] = {}
-    for row in sorted(rows, key=lambda r: (r["item_id"], r["timestamp"], r["rating"])):
+    for row in sorted(rows, key=lambda r: (r["item_id"], r["timestamp"], r["rating"], r.get(LINE, ""))):
         previous = latest.get(row["item_id"])
         latest[row["item_id"]] = row
         if previous is not None:
-            exact = previous == row
-            _counter("exact_duplicate_rows" if exact else "repeated_pair_rows").inc()
+            exact = _values(previous) == _values(row)
             reason = ("exact duplicate of another row" if exact
                       else "repeated (user, movie) pair: only the latest interaction is kept")
+            line = previous.get(LINE) or record_text(previous)
             yield beam.pvalue.TaggedOutput(
-                REJECTED, {"file": "<dedupe>", "row": json.dumps(previous, sort_keys=True), "reason": reason})
+                REJECTED, rejection(file, line, reason, EXACT_DUPLICATE if exact else REPEATED_PAIR))
+    for row in latest.values():
+        row.pop(LINE, None)  # not needed past this point
     yield list(latest.values())
 
 
@@ -106,21 +108,19 @@ def _split_size(spec, n):
     return spec if isinstance(spec, int) else max(1, int(round(spec * n)))
 
 
-def _user_history(keyed, split_config):
+def _user_history(keyed, split_config, file):
     """A user's rows -> deduplicated, by time -> {"train": [...], "validation": [...], "test": [...]}."""
     user_id, rows = keyed
-    for out in _dedupe(rows):
+    for out in _dedupe(rows, file):
         if isinstance(out, beam.pvalue.TaggedOutput):
-            _counter("rejected_rows").inc()
             yield out
             continue
         rows = sorted(out, key=lambda r: (r["timestamp"], r["item_id"]))
     n = len(rows)
-    _counter("accepted_rows").inc(n)
-    _counter("users").inc()
     n_test, n_val = _split_size(split_config.test, n), _split_size(split_config.validation, n)
-    if n < split_config.min_interactions or n_test + n_val >= n:
-        _counter("train_only_users").inc()
+    train_only = n < split_config.min_interactions or n_test + n_val >= n
+    yield beam.pvalue.TaggedOutput(COUNTS, {"accepted_rows": n, "users": 1, "train_only_users": int(train_only)})
+    if train_only:
         yield user_id, {"train": rows, "validation": [], "test": []}
         return
     times = [r["timestamp"] for r in rows]
@@ -198,15 +198,16 @@ class _SampleExamples(beam.DoFn):
         """Yields (split, user_id, [tf.Example bytes in file order]): one element per user
         and split, as per-element overhead dominates a Beam stage with 10^5-10^7 examples."""
         user_id, parts = user_parts
-        for split, rows, row_of, items, positive, request_time in self._draws(user_id, parts, catalog):
+        counts = {}
+        for split, rows, row_of, items, positive, request_time in self._draws(user_id, parts, catalog, counts):
             columns = self._columns(rows, row_of.tolist(), items.tolist(), positive.tolist(), item_meta, request_time)
-            _counter(f"examples:{split}").inc(len(items))
-            _counter(f"positives:{split}").inc(int(positive.sum()))
-            _counter(f"likes:{split}").inc(int(sum(columns["like"])))
-            _counter(f"rating_half_stars:{split}").inc(sum(int(round(2 * r)) for r in columns["rating"]))
+            counts.update({f"examples:{split}": len(items), f"positives:{split}": int(positive.sum()),
+                           f"likes:{split}": int(sum(columns["like"])),
+                           f"rating_half_stars:{split}": sum(int(round(2 * r)) for r in columns["rating"])})
             yield split, user_id, file_order(self.encoder.encode(columns), np.asarray(columns["timestamp"]), items)
+        yield beam.pvalue.TaggedOutput(COUNTS, counts)
 
-    def _draws(self, user_id, parts, catalog):
+    def _draws(self, user_id, parts, catalog, counts):
         """Per split: (split, rows, row index, item, positive?, request time or None) per example,
         each positive followed by its sampled items."""
         seen = {r["item_id"] for rows in parts.values() for r in rows}
@@ -219,7 +220,7 @@ class _SampleExamples(beam.DoFn):
                                per_positive)
             sampled = catalog.sample(_rng(self.cfg.seed, user_id, split), limits, seen,
                                      self.cfg.negatives.distribution).reshape(len(rows), per_positive)
-            _counter("unfilled_negatives").inc(int(np.sum(sampled < 0)))
+            counts["unfilled_negatives"] = counts.get("unfilled_negatives", 0) + int(np.sum(sampled < 0))
             items = np.concatenate([np.array([[r["item_id"]] for r in rows], dtype=np.int64), sampled], axis=1)
             keep = np.concatenate([np.ones((len(rows), 1), dtype=bool), sampled >= 0], axis=1)
             positive = np.zeros(items.shape, dtype=bool)
@@ -228,14 +229,14 @@ class _SampleExamples(beam.DoFn):
             yield split, rows, row_of[keep], items[keep], positive[keep], None
 
         if parts["test"]:  # the fixed candidate list: test interactions + N never-interacted items
-            _counter("test_users").inc()
+            counts["test_users"] = 1
             test = parts["test"]
             request_time = min(r["timestamp"] for r in test)  # one request time for the whole list
             cand = self.cfg.candidates
             limits = np.repeat(catalog.available([request_time], len(seen), cand.negatives), cand.negatives)
             sampled = catalog.sample(_rng(self.cfg.seed, user_id, "candidates"), limits, seen,
                                      cand.distribution, distinct=True)
-            _counter("unfilled_candidates").inc(int(np.sum(sampled < 0)))
+            counts["unfilled_candidates"] = int(np.sum(sampled < 0))
             negatives = np.sort(sampled[sampled >= 0])  # sampled items copy the first test row's columns
             items = np.concatenate([np.array([r["item_id"] for r in test], dtype=np.int64), negatives])
             row_of = np.concatenate([np.arange(len(test)), np.zeros(len(negatives), dtype=np.int64)])
@@ -259,15 +260,18 @@ class _SampleExamples(beam.DoFn):
 
 
 # ---------------------------------------------------------------- rejected rows
-def _write_rejected(keyed, folder):
-    _, records = keyed
+def _write_rejected(records, folder):
+    """All rejection records, sorted, into rejected/rejected.jsonl (written, empty, when there
+    are none); returns their count per kind."""
     path = f"{folder}/rejected/rejected.jsonl"
     tf.io.gfile.makedirs(f"{folder}/rejected")
     lines = sorted(json.dumps(r, sort_keys=True) for r in records)
     with tf.io.gfile.GFile(path, "w") as handle:
         handle.write("".join(line + "\n" for line in lines))
-    _counter("rejected_rows_written").inc(len(lines))
-    yield path
+    counts = {}
+    for record in records:
+        counts[f"rejected:{record['kind']}"] = counts.get(f"rejected:{record['kind']}", 0) + 1
+    return counts
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -277,56 +281,61 @@ def build_pipeline(p, source, data_config, folder):
     schema = schema_utils.schema_from_feature_spec(raw_feature_spec(raw_columns))
 
     rows, rejected = source.expand(p)
-    # Rejected movie/user-file lines are reported too, but are not rating rows.
-    rejected = rejected | "CountRejectedParse" >> beam.Map(lambda r: (_counter(
-        "metadata_rejected_rows" if r["reason"].startswith("metadata:") else "rejected_rows").inc(), r)[1])
+    counts = [count_elements(rows, "parsed_rows")]  # pipeline/manifest.py turns these into the manifest's
     if data_config.user_fraction < 1.0:
         kept = rows | "SampleUsers" >> beam.Partition(_UserSample(data_config.seed, data_config.user_fraction), 2)
         rows = kept[0]
-        _ = kept[1] | "CountSampledOut" >> beam.Map(lambda r: _counter("sampled_out_rows").inc())
+        counts.append(count_elements(kept[1], "sampled_out_rows"))
 
+    file = source.info.files[0] if source.info.files else source.info.location
     histories = (rows | "ByUser" >> beam.Map(lambda r: (r["user_id"], r))
                  | "GroupUsers" >> beam.GroupByKey()
-                 | "DedupeAndSplit" >> beam.FlatMap(_user_history, data_config.split).with_outputs(
-                     REJECTED, main="users"))
+                 | "DedupeAndSplit" >> beam.FlatMap(_user_history, data_config.split, file).with_outputs(
+                     REJECTED, COUNTS, main="users"))
     per_user = histories.users
-    _ = ((rejected, histories[REJECTED]) | "AllRejected" >> beam.Flatten()
-         | "OneRejectedFile" >> beam.Map(lambda r: (0, r)) | "GroupRejected" >> beam.GroupByKey()
-         | "WriteRejected" >> beam.FlatMap(_write_rejected, str(folder)))
+    counts.append(histories[COUNTS])
+    counts.append((rejected, histories[REJECTED]) | "AllRejected" >> beam.Flatten()
+                  | "GatherRejected" >> beam.combiners.ToList()
+                  | "WriteRejected" >> beam.Map(_write_rejected, str(folder)))
 
     item_columns = [c for c in ("genres", "year") if c in raw_columns]
     items = per_user | "ItemTable" >> beam.CombineGlobally(_ItemTable(item_columns))
-    items = items | "CountItems" >> beam.Map(lambda t: (_counter("items").inc(len(t["meta"])), t)[1])
+    counts.append(items | "CountItems" >> beam.Map(lambda t: {"items": len(t["meta"])}))
     item_meta = items | "ItemMeta" >> beam.Map(lambda t: t["meta"])
     catalog = items | "Catalog" >> beam.Map(lambda t: t["catalog"])
 
-    examples = per_user | "Sample" >> beam.ParDo(
+    sampled = per_user | "Sample" >> beam.ParDo(
         _SampleExamples(data_config, raw_columns, item_columns), beam.pvalue.AsSingleton(catalog),
-        beam.pvalue.AsSingleton(item_meta))
+        beam.pvalue.AsSingleton(item_meta)).with_outputs(COUNTS, main="examples")
+    examples = sampled.examples
+    counts.append(sampled[COUNTS])
+    write_counts(counts, counts_path(folder))
 
     shards = data_config.num_shards
     grouped = (examples | "ByShard" >> beam.MapTuple(
         lambda split, user, records: ((split, shard_of(user, shards)), (user, records)))
                | "GroupShards" >> beam.GroupByKey())
-    _ = grouped | "WriteShards" >> beam.ParDo(WriteShard(str(folder), shards))
 
     # tf.Transform analyzers see the train split only: no validation/test label leaks.
     batches = grouped | "TrainBatches" >> beam.ParDo(TrainBatches(schema, ANALYZE_BATCH))
+    # The user and item feature tables of the served model, from the same train examples; the
+    # candidate lists take their user and item columns from them (pipeline/tables.py).
+    tables = batches | "TrainTables" >> beam.CombineGlobally(TrainTables(raw_columns))
+    _ = tables | "WriteTables" >> beam.ParDo(WriteTables(str(folder), raw_columns))
+    _ = (grouped | "CandidatesFromTables" >> beam.ParDo(CandidatesFromTables(raw_columns), beam.pvalue.AsSingleton(tables))
+         | "WriteShards" >> beam.ParDo(WriteShard(str(folder), shards)))
     example_io = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["mtlrec"], schema=schema)
     transform_fn = (batches, example_io.TensorAdapterConfig()) | "Analyze" >> tft_beam.AnalyzeDataset(
         make_preprocessing_fn(raw_columns))
-    written = transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(str(folder))
+    written = (transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(str(folder))
+               | "StableTransformBytes" >> beam.Map(lambda _: canonicalize(f"{folder}/transform_fn")))
     _ = grouped | "WriteTransformed" >> beam.ParDo(
         WriteTransformedShard(str(folder), shards, raw_columns), beam.pvalue.AsSingleton(written))
 
 
-def _counters(result) -> dict[str, int]:
-    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
-    totals: dict[str, int] = {}
-    for counter in query["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
-    return totals
+def counts_path(folder) -> str:
+    """Where the pipeline writes its counts (pipeline/counting.py): in the temporary folder."""
+    return f"{folder}/tmp/counts.json"
 
 
 def run(config, output=None, beam_args=()) -> dict:
@@ -344,16 +353,14 @@ def run(config, output=None, beam_args=()) -> dict:
         pipeline = beam.Pipeline(options=options)
         with tft_beam.Context(temp_dir=tmp, force_tf_compat_v1=False):
             build_pipeline(pipeline, source, data_config, folder)
-        result = pipeline.run()
-        result.wait_until_finish()
-        counts = _counters(result)
-        if counts.get("accepted_rows", 0) == 0:
-            where = source.info.files[0] if source.info.files else source.info.location
-            raise SourceError(f"{where}: no valid rows "
-                              f"({counts.get('rejected_rows', 0)} rejected of {counts.get('input_rows', 0)})")
+        pipeline.run().wait_until_finish()
         shards = {split: {"files": shard_names(folder, split),
                           "transformed_files": shard_names(folder, split, transformed=True)} for split in SPLITS}
-        manifest = build_manifest(source.info, data_config, counts, shards)
+        manifest = build_manifest(source.info, data_config, read_counts(counts_path(folder)), shards)
+        if manifest["accepted_rows"] == 0:
+            where = source.info.files[0] if source.info.files else source.info.location
+            raise SourceError(f"{where}: no valid rows "
+                              f"({manifest['rejected_rows']} rejected of {manifest['input_rows']})")
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)
         write_json(f"{folder}/{MANIFEST}", manifest)  # last: its presence marks the folder complete

@@ -6,7 +6,8 @@ A run folder holds one model trained on one preprocessed data folder. `mtlrec tr
     <run_dir>/config.yaml          the resolved config                                  train
              data_manifest.json    a copy of the manifest of the data it trained on     train
              checkpoints/          weights after every epoch (epoch-001, ...)           train
-             backup/               BackupAndRestore state: a killed run resumes here    train
+             state/                the state after the last completed epoch: a killed   train
+                                   run resumes from it exactly (pipeline/resume.py)
              tensorboard/          per-task losses and metrics, gate diagnostics        train
              history.json          one record per epoch (kept across restarts)          train
              gates.json            gate diagnostics per epoch, and of the exported one  train
@@ -32,16 +33,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from pipeline.artifacts import atomic_write, read_json
-from pipeline.config import to_yaml, validate
+from pipeline.config import load_yaml, to_yaml, validate
 
 CONFIG = "config.yaml"
 DATA_MANIFEST = "data_manifest.json"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT = "epoch-{epoch:03d}"  # in CHECKPOINTS; Keras's ModelCheckpoint fills in the epoch
-BACKUP = "backup"
 TENSORBOARD = "tensorboard"
 HISTORY = "history.json"
 GATES = "gates.json"
@@ -100,7 +98,7 @@ def write_config(run_dir, config) -> None:
 def read_config(run_dir):
     """The validated Config the run was trained with."""
     path = Path(run_dir) / CONFIG
-    return validate(yaml.safe_load(path.read_text()), source=str(path))
+    return validate(load_yaml(path.read_text()), source=str(path))
 
 
 def made_with_other_config(run_dir, config) -> bool:
@@ -113,7 +111,7 @@ def made_with_other_config(run_dir, config) -> bool:
     saved = Path(run_dir) / CONFIG
     if not saved.exists():
         return False
-    saved, current = yaml.safe_load(saved.read_text()), config.model_dump(mode="json")
+    saved, current = load_yaml(saved.read_text()), config.model_dump(mode="json")
     return any(saved.get(section) != current[section] for section in RUN_SECTIONS)
 
 

@@ -1,13 +1,15 @@
 """`mtlrec train`: one multi-task model on one preprocessed data folder -> a complete run folder.
 
-The run folder's layout (config.yaml, checkpoints/, backup/, history.json, gates.json, export/,
-and train.json written last) is described in pipeline/runs.py; a killed run resumes from its
-backup when started again.
+The run folder's layout (config.yaml, checkpoints/, state/, history.json, gates.json, export/,
+and train.json written last) is described in pipeline/runs.py. A killed run started again with
+the same settings resumes after its last completed epoch and ends exactly as an uninterrupted
+run would (pipeline/resume.py).
 """
 from __future__ import annotations
 
-import json
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +18,7 @@ import tensorflow as tf
 
 from models.experts import gate_diagnostics
 from models.gates.restarts import keras_restarts
-from pipeline import runs
+from pipeline import resume, runs
 from pipeline.artifacts import ArtifactError, read_json, write_json
 from pipeline.dataset import InputPipeline
 from pipeline.export import export_model
@@ -63,6 +65,11 @@ def make_strategy(train_config) -> tf.distribute.Strategy:
 
 
 # ---------------------------------------------------------------- optimizer
+def epoch_steps(train_config, manifest) -> int:
+    """train.steps_per_epoch, or one pass over the train split."""
+    return train_config.steps_per_epoch or max(1, manifest["splits"]["train"]["examples"] // train_config.batch_size)
+
+
 def make_optimizer(train_config, steps_per_epoch: int):
     lr = train_config.learning_rate
     if train_config.lr_schedule == "cosine":
@@ -74,46 +81,16 @@ def make_optimizer(train_config, steps_per_epoch: int):
             "sgd": keras.optimizers.SGD}[train_config.optimizer](learning_rate=lr)
 
 
-# ---------------------------------------------------------------- callbacks
-class EpochRecords(keras.callbacks.Callback):
-    """history.json and gates.json, one record per epoch, kept across restarts.
-
-    BackupAndRestore resumes at the epoch after the last backup; records of epochs from that
-    one on (a crashed attempt's) are dropped, so every epoch appears once. Gate diagnostics
-    are computed once per epoch, on a fixed set of validation batches.
-    """
-
-    def __init__(self, run_dir: Path, diagnostics_inputs, session: str):
-        super().__init__()
-        self.history_path, self.gates_path = run_dir / runs.HISTORY, run_dir / runs.GATES
-        self.inputs = diagnostics_inputs
-        self.session = session
-        self.writer = tf.summary.create_file_writer(str(run_dir / runs.TENSORBOARD / "gates"))
-        self.history = self._load(self.history_path)
-        self.gates = self._load(self.gates_path)
-
-    @staticmethod
-    def _load(path):
-        return json.loads(path.read_text())["epochs"] if path.exists() else []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.history = [r for r in self.history if r["epoch"] <= epoch]
-        self.gates = [r for r in self.gates if r["epoch"] <= epoch]
-
-    def on_epoch_end(self, epoch, logs=None):
-        record = {"epoch": epoch + 1, "session": self.session, "time": time.time(),
-                  **{k: float(v) for k, v in (logs or {}).items()}}
-        self.history.append(record)
-        diagnostics = diagnose(self.model, self.inputs)
-        self.gates.append({"epoch": epoch + 1, "tasks": diagnostics})
-        with self.writer.as_default(step=epoch + 1):
-            for task, d in diagnostics.items():
-                tf.summary.scalar(f"{task}/nonzero_experts", d["nonzero_experts"])
-                tf.summary.histogram(f"{task}/expert_weights", d["weights"])
-                if "binary_selectors" in d:
-                    tf.summary.scalar(f"{task}/binary_selectors", d["binary_selectors"])
-        write_json(self.history_path, {"epochs": self.history})
-        write_json(self.gates_path, {"epochs": self.gates})
+# ---------------------------------------------------------------- the stage
+def is_chief(strategy) -> bool:
+    """Whether this process writes the run folder: always, except the non-chief workers of a
+    multi-worker strategy (TF_CONFIG), which train in step with the chief but write nothing it reads."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in (resolver.cluster_spec().as_dict() if resolver else {})
+    return task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def diagnose(model, inputs) -> dict:
@@ -124,83 +101,102 @@ def diagnose(model, inputs) -> dict:
     return gate_diagnostics(model.mmoe.gates, x)
 
 
-class _Recorder(keras.callbacks.Callback):
-    """Keeps the epochs this process trained (for the log line at the end)."""
+def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr, flush=True),
+        scratch: bool = False) -> dict:
+    """Train, export and write the run folder.
 
-    def __init__(self):
-        super().__init__()
-        self.epochs = []
+    A run folder that holds an unfinished run of the same settings is resumed exactly: from the
+    state saved after its last completed epoch (pipeline/resume.py), reading the batches an
+    uninterrupted run reads from there on, so it ends with the same weights.
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epochs.append(epoch + 1)
-
-
-# ---------------------------------------------------------------- the stage
-def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr, flush=True)) -> dict:
-    """Train, export and write the run folder; resumes from its backup if one exists."""
+    Args:
+      config: the resolved Config.
+      callbacks: extra Keras callbacks (e.g. the tuner's pruning reporter); they run after the
+        epoch's state is saved.
+      log: where progress lines go.
+      scratch: a tuning trial, which needs only the returned validation losses and whose folder
+        is deleted afterwards: no checkpoints, no resumable state, no SavedModel, no train.json
+        (so the folder never counts as a complete run). The export alone was ~1/6 of a run.
+    Returns:
+      The run summary written to train.json.
+    """
     train_config = config.train
+    if train_config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     data_dir, run_dir = runs.data_dir_of(config), runs.run_dir_of(config)
     manifest = read_training_manifest(data_dir, list(config.model.tasks))
     strategy = make_strategy(train_config)
     set_precision(train_config.mixed_precision)
     keras.utils.set_random_seed(train_config.seed)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / runs.TRAIN_DONE).unlink(missing_ok=True)  # this folder is complete only when we finish
-    runs.write_config(run_dir, config)
-    write_json(run_dir / runs.DATA_MANIFEST, manifest)
+    chief = is_chief(strategy)
+    # Non-chief workers save their (identical) state too -- saving may need every worker -- but
+    # into a scratch folder that nothing reads and that is removed at the end.
+    out_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="mtlrec-worker-"))
+    if chief:
+        resume.check_settings(run_dir, config)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / runs.TRAIN_DONE).unlink(missing_ok=True)  # this folder is complete only when we finish
+        runs.write_config(run_dir, config)
+        write_json(run_dir / runs.DATA_MANIFEST, manifest)
 
     inputs = InputPipeline(data_dir, manifest["raw_columns"])
     batch = train_config.batch_size
-    steps = train_config.steps_per_epoch or max(1, manifest["splits"]["train"]["examples"] // batch)
-    train_ds = inputs.dataset("train", batch, shuffle=True, seed=train_config.seed,
-                              shuffle_buffer=train_config.shuffle_buffer, repeat=True, drop_remainder=True,
-                              cache=train_config.cache)
+    steps = epoch_steps(train_config, manifest)
     val_ds = inputs.dataset("validation", batch, cache=train_config.cache)
     diagnostics_inputs = [b for b in val_ds.take(train_config.diagnostics_batches)]
 
     with strategy.scope():
         model = build_model(config, manifest, inputs)
         model.compile(optimizer=make_optimizer(train_config, steps), jit_compile=train_config.jit_compile)
-
-    if not (run_dir / runs.BACKUP).exists():  # a resumed run goes on from the state its restarts kept
-        keras_restarts(model, lambda: inputs.dataset(
-            "train", batch, shuffle=True, seed=train_config.seed + 1, shuffle_buffer=train_config.shuffle_buffer,
-            repeat=True, drop_remainder=True), train_config.seed, log)
-
-    session = uuid.uuid4().hex[:8]
-    recorder = _Recorder()
-    fit_callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / runs.BACKUP)),
-        keras.callbacks.ModelCheckpoint(str(run_dir / runs.CHECKPOINTS / runs.CHECKPOINT), save_weights_only=True),
-        keras.callbacks.TensorBoard(str(run_dir / runs.TENSORBOARD), update_freq="epoch", profile_batch=0),
-        EpochRecords(run_dir, diagnostics_inputs, session),
-        recorder,
-        *callbacks,
-    ]
-    if train_config.early_stopping_patience:
-        fit_callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_config.early_stopping_patience))
+        # Every variable exists before a saved state is restored into it.
+        model(diagnostics_inputs[0])
+        model.optimizer.build(model.trainable_variables)
+    state = resume.RunState(run_dir, out_dir, model, train_config.early_stopping_patience, save=not scratch)
+    start = state.restore()
+    epoch_end = EpochEnd(state, out_dir, diagnostics_inputs, save_weights=not scratch)
+    if start == 0:  # a resumed run goes on from the saved state, which holds what its restarts kept
+        keras_restarts(model, lambda steps_each, epochs: inputs.training_batches(
+            batch, steps_each, epochs, seed=train_config.seed + 1, shuffle_buffer=train_config.shuffle_buffer,
+            cache=train_config.cache), train_config.seed, log)
     log(f"train: {run_dir.name}: {config.model.architecture}, gate {config.model.gate.type}, "
-        f"{strategy.num_replicas_in_sync} replica(s), {steps} steps/epoch, up to {train_config.epochs} epochs")
+        f"{strategy.num_replicas_in_sync} replica(s), {steps} steps/epoch, up to {train_config.epochs} epochs"
+        + (f", resuming after epoch {start}" if start else ""))
     started = time.perf_counter()
-    model.fit(train_ds, epochs=train_config.epochs, steps_per_epoch=steps, validation_data=val_ds,
-              callbacks=fit_callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    if start < train_config.epochs and not state.stopped:
+        train_ds = inputs.training_batches(batch, steps, train_config.epochs, start_epoch=start,
+                                           seed=train_config.seed, shuffle_buffer=train_config.shuffle_buffer,
+                                           cache=train_config.cache)
+        fit_callbacks = [epoch_end, *callbacks]
+        if chief:
+            fit_callbacks.append(keras.callbacks.TensorBoard(str(run_dir / runs.TENSORBOARD),
+                                                             update_freq="epoch", profile_batch=0))
+        model.fit(train_ds, epochs=train_config.epochs, initial_epoch=start, steps_per_epoch=steps,
+                  validation_data=val_ds, callbacks=fit_callbacks, verbose=1 if sys.stdout.isatty() else 2)
     seconds = time.perf_counter() - started
+    if not chief:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return {"chief": False, "epochs_this_session": epoch_end.trained}
 
-    # Export the best validation epoch (early stopping may have run past it).
     history = runs.read_history(run_dir)
-    best = min(history, key=lambda r: r["val_loss"])
+    best = history[state.progress["best_epoch"] - 1]
+    if scratch:
+        return {"epochs": len(history), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
+                "epochs_this_session": epoch_end.trained}
+    # Export the best validation epoch (early stopping may have run past it).
     model.load_weights(str(runs.checkpoint(run_dir, best["epoch"]))).expect_partial()
     gates = read_json(run_dir / runs.GATES, "gate diagnostics")
     gates["exported"] = {"epoch": best["epoch"], "tasks": diagnose(model, diagnostics_inputs)}
     write_json(run_dir / runs.GATES, gates)
     export_model(model, inputs, run_dir / runs.EXPORT)
 
+    trained = epoch_end.trained
     summary = {
         "run_dir": str(run_dir), "data": str(data_dir), "epochs": len(history), "best_epoch": best["epoch"],
-        "best_val_loss": best["val_loss"], "epochs_this_session": recorder.epochs, "train_seconds": seconds,
-        "examples_per_second": len(recorder.epochs) * steps * batch / seconds if recorder.epochs else None,
+        "best_val_loss": best["val_loss"], "epochs_this_session": trained, "train_seconds": seconds,
+        "examples_per_second": len(trained) * steps * batch / seconds if trained else None,
         "replicas": strategy.num_replicas_in_sync, "mixed_precision": train_config.mixed_precision,
+        "deterministic": train_config.deterministic,
         "tasks": list(config.model.tasks), "data_config_hash": manifest["config_hash"],
     }
     write_json(run_dir / runs.TRAIN_DONE, summary)  # last: the run folder is complete
@@ -209,7 +205,39 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
     return summary
 
 
+class EpochEnd(keras.callbacks.Callback):
+    """After each epoch, before any other callback: the epoch's weights (checkpoints/), its
+    history and gate diagnostics, then the state a resumed run continues from (pipeline/resume.py),
+    and early stopping. A callback that raises after it (a pruned trial, a crash) leaves a
+    complete epoch behind."""
+
+    def __init__(self, state, out_dir: Path, diagnostics_inputs, save_weights: bool = True):
+        super().__init__()
+        self.state, self.out_dir, self.inputs, self.save_weights = state, out_dir, diagnostics_inputs, save_weights
+        self.session = uuid.uuid4().hex[:8]
+        self.writer = tf.summary.create_file_writer(str(out_dir / runs.TENSORBOARD / "gates"))
+        self.trained = []  # epochs (1-based) this process trained
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.trained.append(epoch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        if self.save_weights:
+            self.model.save_weights(str(runs.checkpoint(self.out_dir, epoch + 1)))
+        diagnostics = diagnose(self.model, self.inputs)
+        with self.writer.as_default(step=epoch + 1):
+            for task, d in diagnostics.items():
+                tf.summary.scalar(f"{task}/nonzero_experts", d["nonzero_experts"])
+                tf.summary.histogram(f"{task}/expert_weights", d["weights"])
+                if "binary_selectors" in d:
+                    tf.summary.scalar(f"{task}/binary_selectors", d["binary_selectors"])
+        self.state.record(epoch + 1, {"epoch": epoch + 1, "session": self.session, "time": time.time(), **logs},
+                          {"epoch": epoch + 1, "tasks": diagnostics})
+        if self.state.end_epoch(epoch + 1, logs["val_loss"]):
+            self.model.stop_training = True
+
+
 def main(config, args) -> int:
     run(config)
     return 0
-

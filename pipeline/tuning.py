@@ -38,7 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline.artifacts import is_url
 from pipeline.errors import MtlrecError
 
-PRUNERS = ("median", "successive_halving", "none")
+PRUNERS = ("successive_halving", "median", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -66,7 +66,7 @@ class TunerSettings:
     storage: str
     trials: int
     seed: int = 0
-    pruner: str = "median"
+    pruner: str = "successive_halving"
     startup_trials: int = 5
 
     def __post_init__(self):
@@ -112,6 +112,17 @@ def trial_seed(seed: int, study_name: str, slot: int) -> int:
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Complete and pruned trials, in the order they ran (their slot order)."""
     return study.get_trials(deepcopy=False, states=FINISHED)
+
+
+def finished_count(settings: TunerSettings, study_name: str) -> int:
+    """Finished trials of a study so far; 0 if it does not exist yet."""
+    path = Path(settings.storage).resolve()
+    if not path.exists():
+        return 0
+    storage = f"sqlite:///{path}"
+    if study_name not in optuna.study.get_all_study_names(storage):
+        return 0
+    return len(finished_trials(optuna.load_study(study_name=study_name, storage=storage)))
 
 
 def run_study(settings: TunerSettings, study_name: str, objective: Objective,

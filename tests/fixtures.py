@@ -35,7 +35,7 @@ def users(num_users=12):
 def write_ml100k(folder: Path, rating_rows, extra_lines=()):
     folder.mkdir(parents=True, exist_ok=True)
     lines = [f"{u}\t{i}\t{int(r)}\t{t}" for u, i, r, t in rating_rows] + list(extra_lines)
-    (folder / "u.data").write_text("\n".join(lines) + "\n")
+    (folder / "u.data").write_text("\n".join(lines) + "\n", encoding="utf-8")
     genre_names = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
                    "Thriller", "War", "Western"]
@@ -44,35 +44,35 @@ def write_ml100k(folder: Path, rating_rows, extra_lines=()):
         flags = "|".join("1" if g in genres else "0" for g in genre_names)
         item_lines.append(f"{i}|{title}|01-Jan-{1980 + i % 30}||http://example.org|{flags}")
     (folder / "u.item").write_bytes(("\n".join(item_lines) + "\n").encode("latin-1"))
-    (folder / "u.genre").write_text("\n".join(f"{g}|{k}" for k, g in enumerate(genre_names)) + "\n")
+    (folder / "u.genre").write_text("\n".join(f"{g}|{k}" for k, g in enumerate(genre_names)) + "\n", encoding="utf-8")
     user_lines = [f"{u}|{age}|{g}|{occ}|{z}" for u, (g, age, occ, z) in users(max(u for u, _, _, _ in rating_rows)).items()]
-    (folder / "u.user").write_text("\n".join(user_lines) + "\n")
+    (folder / "u.user").write_text("\n".join(user_lines) + "\n", encoding="utf-8")
     return folder
 
 
 def write_ml1m(folder: Path, rating_rows, extra_lines=()):
     folder.mkdir(parents=True, exist_ok=True)
     lines = [f"{u}::{i}::{int(r)}::{t}" for u, i, r, t in rating_rows] + list(extra_lines)
-    (folder / "ratings.dat").write_text("\n".join(lines) + "\n")
+    (folder / "ratings.dat").write_text("\n".join(lines) + "\n", encoding="utf-8")
     item_lines = [f"{i}::{title}::{'|'.join(genres)}" for i, (title, genres) in
                   movies(max(i for _, i, _, _ in rating_rows)).items()]
     (folder / "movies.dat").write_bytes(("\n".join(item_lines) + "\n").encode("latin-1"))
     ages = [1, 18, 25, 35, 45, 50, 56]
     user_lines = [f"{u}::{g}::{ages[u % len(ages)]}::{u % 21}::{z}" for u, (g, _, _, z) in
                   users(max(u for u, _, _, _ in rating_rows)).items()]
-    (folder / "users.dat").write_text("\n".join(user_lines) + "\n")
+    (folder / "users.dat").write_text("\n".join(user_lines) + "\n", encoding="utf-8")
     return folder
 
 
 def write_latest(folder: Path, rating_rows, extra_lines=()):
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["userId,movieId,rating,timestamp"] + [f"{u},{i},{r:g},{t}" for u, i, r, t in rating_rows]
-    (folder / "ratings.csv").write_text("\n".join(lines + list(extra_lines)) + "\n")
+    (folder / "ratings.csv").write_text("\n".join(lines + list(extra_lines)) + "\n", encoding="utf-8")
     # Titles quoted with a comma inside, as in "American President, The (1995)".
     item_lines = ["movieId,title,genres"] + [
         f'{i},"{title.replace(" (", ", The (")}",{"|".join(genres)}'
         for i, (title, genres) in movies(max(i for _, i, _, _ in rating_rows)).items()]
-    (folder / "movies.csv").write_text("\n".join(item_lines) + "\n")
+    (folder / "movies.csv").write_text("\n".join(item_lines) + "\n", encoding="utf-8")
     return folder
 
 
@@ -94,3 +94,32 @@ def read_split(folder, split):
     frames = [pd.DataFrame({k: (v.numpy().astype(str) if v.dtype == tf.string else v.numpy())
                             for k, v in batch.items()}) for batch in data]
     return pd.concat(frames, ignore_index=True)
+
+
+def recode(path: Path, bom: bool = False, ending: str = "\n", replace: dict[bytes, bytes] | None = None):
+    """Rewrite a text file as an editor might: a UTF-8 byte order mark, other line endings,
+    raw bytes substituted (e.g. {b"Movie 3 ": b"Movie \xff3 "} for an invalid UTF-8 byte)."""
+    data = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", ending.encode())
+    for old, new in (replace or {}).items():
+        assert old in data, old
+        data = data.replace(old, new)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + data)
+    return path
+
+
+def untrained_model(data_dir, manifest, *overrides):
+    """A built, untrained MultiTaskRecommender of the default config (with overrides) on a data
+    folder, and the folder's InputPipeline: random weights, so outputs depend on every input."""
+    import tensorflow as tf
+
+    from features.transform import dense_model_inputs
+    from models.recommender import MultiTaskRecommender
+    from pipeline.config import load_config
+    from pipeline.dataset import InputPipeline
+    from pipeline.modeling import model_spec
+    config = load_config(None, list(overrides))
+    inputs = InputPipeline(data_dir, manifest["raw_columns"])
+    model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
+    frame = read_split(data_dir, "candidates").head(8)
+    model(dense_model_inputs(inputs.transform({c: tf.constant(frame[c].to_numpy()) for c in manifest["raw_columns"]})))
+    return model, inputs

@@ -1,6 +1,7 @@
 """The `mtlrec` entry point and the config loader, driven as a user would."""
 import importlib.metadata
 import re
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,42 @@ def test_config_rejects_bad_keys_like_every_subcommand(tmp_path):
 def test_config_help_names_where_the_defaults_are():
     text = " ".join(run_cli("train", "--help").stdout.split())
     assert "configs/default.yaml" not in text and "`mtlrec config` prints all" in text
+
+
+def test_exponent_notation_is_a_number(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-3 as a string; the config reads it as the number it is, in both places."""
+    assert load_config(None, ["train.learning_rate=1e-3"]).train.learning_rate == 0.001
+    config = tmp_path / "lr.yaml"
+    config.write_text("train:\n  learning_rate: 1e-4\nmodel:\n  gate: {type: dselect_k, entropy_weight: 2E-2}\n")
+    loaded = load_config(config)
+    assert loaded.train.learning_rate == 1e-4 and loaded.model.gate.entropy_weight == 0.02
+    with pytest.raises(ConfigError, match="model.num_experts"):  # an int field still wants an int
+        load_config(None, ["model.num_experts=1e1"])
+
+
+def test_interrupt_ends_with_one_line_and_the_rerun_resumes(embedded_data, tmp_path):
+    """SIGINT (Ctrl-C) at any point ends the run at once with one line and no traceback; running
+    the same command again resumes it (issue 14: once in 5 tries a SIGINT had no effect)."""
+    import signal
+    import time
+    data_dir, _ = embedded_data
+    args = ["train", "--set", f"train.data={data_dir}", "--set", f"train.run_dir={tmp_path / 'run'}",
+            "--set", "train.epochs=40", "--set", "train.steps_per_epoch=5", "--set", "train.early_stopping_patience=0"]
+    for wait_for in (None, "Epoch 2/40", "Epoch 3/40"):  # importing TensorFlow, then in the middle of training
+        process = subprocess.Popen([str(MTLREC), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output = []
+        if wait_for is None:
+            time.sleep(3.0)
+        else:
+            for line in process.stdout:
+                output.append(line)
+                if wait_for in line:
+                    break
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        output += process.stdout.readlines()
+        assert process.wait(timeout=30) == 130 and time.monotonic() - started < 30
+        assert output[-1].strip() == "mtlrec train: interrupted; rerun the same command to resume", output[-5:]
+        assert not any("Traceback" in line for line in output)
+    progress = json.loads((tmp_path / "run" / "state" / "progress.json").read_text())
+    assert progress["epoch"] >= 2  # the interrupted runs kept their completed epochs

@@ -12,6 +12,7 @@ from sklearn.metrics import ndcg_score, roc_auc_score
 
 from conftest import EMBEDDED_OVERRIDES
 from fixtures import ratings, write_ml1m
+from pipeline.artifacts import ArtifactError
 from pipeline.config import load_config
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
@@ -188,12 +189,16 @@ def test_second_compare_trains_nothing(compared):
     assert {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")} == finished
     assert all(p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/train.json"))
 
-    # A run made with other settings (as if the config had changed since) is started over, alone.
+    # A run made with other settings (as if the config had changed since) is never deleted silently:
+    # compare stops before any work, naming it; with --force it is started over, alone.
     stale = workdir / "compare" / "softmax" / "seed1"
     saved = yaml.safe_load((stale / "config.yaml").read_text())
     saved["train"]["learning_rate"] *= 2
     (stale / "config.yaml").write_text(yaml.safe_dump(saved))
-    compare.run(config)
+    with pytest.raises(ArtifactError, match=r"softmax/seed1: made with other settings; rerun with --force"):
+        compare.run(config)
+    assert {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")} == finished
+    compare.run(config, force=True)
     after = {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")}
     assert {p for p in finished if after[p] != finished[p]} == {stale / "eval.json"}
     assert yaml.safe_load((stale / "config.yaml").read_text()) == config_of(config, "softmax", 1)
@@ -230,6 +235,61 @@ def test_evaluation_matches_sklearn_per_user(compared):
         per_user["watch/ndcg@10"].mean())
 
 
+def _assert_close(got, expected, where=""):
+    """Nested results equal to 1e-5 (numbers) or exactly (the rest); JSON's null is NaN."""
+    if isinstance(expected, dict):
+        assert set(got) == set(expected), where
+        for key in expected:
+            _assert_close(got[key], expected[key], f"{where}/{key}")
+    elif isinstance(expected, (float, int)) or expected is None:
+        as_float = [np.nan if v is None else float(v) for v in (got, expected)]
+        np.testing.assert_allclose(*as_float, atol=1e-5, rtol=0, err_msg=where)
+    else:
+        assert got == expected, where
+
+
+def test_evaluate_through_rank_equals_the_rows_scored_one_by_one(compared):
+    """`mtlrec evaluate` ranks each test user's list with one `rank` call (ids only). Scoring the
+    candidate rows (every raw column) with `serving_default` gives the same predictions to 1e-5
+    in batches of any size, and, fed one list per call, the same bits and so the same metrics.
+
+    (Items unknown to the train tables share every feature, so their scores tie; a 1-ulp
+    difference between kernels of different batch shapes would break such ties one way or the
+    other and move e.g. GAUC by ~1e-4, although no score moved by more than 1.2e-7.)
+    """
+    import tensorflow as tf
+
+    from pipeline.dataset import split_files
+    from pipeline.evaluate import evaluation, score_candidates
+    config, workdir, _ = compared
+    run_dir = workdir / "compare" / "softmax" / "seed0"
+    result = subprocess.run([str(MTLREC), "evaluate", "--run", str(run_dir)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    evaluated = json.loads((run_dir / "eval.json").read_text())
+
+    ranked = score_candidates(run_dir)
+    serve = tf.saved_model.load(str(run_dir / "export")).signatures["serving_default"]
+    records = np.array(list(tf.data.TFRecordDataset(split_files(config.data.output, "candidates"), "GZIP")
+                            .as_numpy_iterator()), dtype=object)
+    tasks = ("watch", "rating", "like")
+    in_batches = {t: np.concatenate([serve(examples=tf.constant(records[i:i + 500]))[t].numpy()
+                                     for i in range(0, len(records), 500)]) for t in tasks}
+    per_list = {t: np.zeros(len(records), np.float32) for t in tasks}
+    users = ranked["user_id"].to_numpy()
+    for user in np.unique(users):
+        rows = np.flatnonzero(users == user)
+        scores = serve(examples=tf.constant(records[rows]))
+        for t in tasks:
+            per_list[t][rows] = scores[t].numpy()
+    for t in tasks:
+        np.testing.assert_allclose(ranked[f"pred_{t}"], in_batches[t], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(ranked[f"pred_{t}"], per_list[t], atol=1e-5, rtol=0)
+    expected, _ = evaluation(ranked.assign(**{f"pred_{t}": per_list[t] for t in tasks}))
+    assert evaluated["users"] == expected["users"] > 10
+    _assert_close({k: v for k, v in evaluated.items() if k != "run_dir"}, expected)
+
+
 def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
     data_dir, _ = embedded_data
     result = subprocess.run(
@@ -240,6 +300,24 @@ def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
     assert result.returncode == 2
     assert "compare.variants.bad" in result.stderr and "unknown gate type 'top3'" in result.stderr
     assert not (tmp_path / "compare").exists()
+    # Before any work: with no data yet, nothing is preprocessed either.
+    result = subprocess.run(
+        [str(MTLREC), "compare", "--set", f"workdir={tmp_path / 'fresh'}", *sum([["--set", o] for o in EMBEDDED_OVERRIDES], []),
+         "--set", "compare.variants={good: {model: {gate: {type: softmax}}}, bad: {model: {gate: {k: 0, type: topk}}}}",
+         "--set", "compare.focus=[good]"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "compare.variants.bad" in result.stderr and "gate.k" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "fresh").exists()
+
+
+def test_data_folder_of_other_settings_is_kept_without_force(embedded_data, tmp_path):
+    """Pointing compare at a data folder made with other data settings stops before any work."""
+    from pipeline import compare
+    data_dir, _ = embedded_data
+    before = (data_dir / "manifest.json").read_bytes()
+    config = _compare_config(tmp_path, data_dir, "data.candidates.negatives=31")
+    with pytest.raises(ArtifactError, match="holds data made with other data settings.*--force"):
+        compare.run(config)
+    assert (data_dir / "manifest.json").read_bytes() == before and not (tmp_path / "compare").exists()
 
 
 def test_paper_config_runs_on_ml1m_layout(tmp_path):
@@ -262,3 +340,19 @@ def test_paper_config_runs_on_ml1m_layout(tmp_path):
     assert "not tested (1 seed)" in (report / "report.md").read_text()
     run_config = (tmp_path / "run" / "compare" / "topk" / "seed0" / "config.yaml").read_text()
     assert "id_embedding_dim: 128" in run_config and "expert_dropout: 0.5" in run_config
+
+
+def test_same_compare_in_fresh_processes_gives_identical_summary(embedded_data, tmp_path):
+    """Issue 12: the same command gives the same bytes -- training (op determinism, seeded
+    streams), evaluation and the report. Two workdirs, so nothing is reused between the two."""
+    data_dir, _ = embedded_data
+    sets = sum([["--set", o] for o in [f"data.output={data_dir}", *EMBEDDED_OVERRIDES, *FAST, TWO_GATES,
+                                       "compare.focus=[dselect_k_static]", "compare.seeds=[0, 1]"]], [])
+    summaries = []
+    for name in ("first", "second"):
+        result = subprocess.run([str(MTLREC), "compare", "--set", f"workdir={tmp_path / name}", *sets],
+                                capture_output=True, text=True, timeout=1800)
+        assert result.returncode == 0, result.stderr[-3000:]
+        summaries.append((tmp_path / name / "report" / "summary.json").read_bytes())
+    assert summaries[0] == summaries[1]
+    assert json.loads(summaries[0])["significance"]  # the statistics are part of what must repeat

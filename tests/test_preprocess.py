@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -200,7 +201,7 @@ def ml1m_with_bad_rows(tmp_path_factory):
 
 
 def test_row_conservation_and_rejection_reasons(ml1m_with_bad_rows):
-    root, _, _, total, manifest = ml1m_with_bad_rows
+    root, folder, _, total, manifest = ml1m_with_bad_rows
     assert manifest["input_rows"] == total
     assert manifest["input_rows"] == manifest["accepted_rows"] + manifest["rejected_rows"]
     assert manifest["rejected_rows"] == len(BAD_LINES) + 2
@@ -212,7 +213,14 @@ def test_row_conservation_and_rejection_reasons(ml1m_with_bad_rows):
                      "expected 4 fields, found 3", "movie id 999 is not in the movie file",
                      "exact duplicate", "repeated (user, movie) pair"):
         assert expected in reasons
-    assert all(r["file"] for r in rejected)
+    # Every rejected row is an original line of ratings.dat, duplicates included; the kept
+    # one of a repeated pair is the later interaction.
+    lines = (folder / "ratings.dat").read_text().splitlines()
+    assert all(r["file"] == str(folder / "ratings.dat") and r["row"] in lines for r in rejected)
+    by_kind = {r["kind"]: r["row"] for r in rejected if r["kind"] != "row"}
+    dup = ratings(num_users=14, num_items=30, per_user=12)[5]
+    assert by_kind == {"exact_duplicate": f"{dup[0]}::{dup[1]}::{int(dup[2])}::{dup[3]}",
+                       "repeated_pair": f"{dup[0]}::{dup[1]}::{int(dup[2])}::{dup[3]}"}
 
 
 def test_ml1m_demographics_and_layout(ml1m_with_bad_rows):
@@ -227,17 +235,28 @@ def test_ml1m_demographics_and_layout(ml1m_with_bad_rows):
     assert row.year == 1980 + row.item_id % 30 and row.genres == "|".join(meta[row.item_id][1])
 
 
-def test_same_seed_gives_identical_bytes(ml1m_with_bad_rows):
+class _NoMetrics:
+    """What a runner that reports no metrics (some do so only on a best-effort basis) returns."""
+
+    def query(self, _filter=None):
+        return {"counters": [], "distributions": [], "gauges": []}
+
+
+def test_same_seed_gives_identical_bytes_without_runner_metrics(ml1m_with_bad_rows, monkeypatch):
+    """A second run, in the same process (so TensorFlow's function counter has moved on) and on
+    a runner that reports no Beam metrics, writes every file byte for byte as the first: the
+    transform graph (saved_model.pb, fingerprint.pb) and the manifest's counts included."""
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
     root, _, overrides, _, _ = ml1m_with_bad_rows
+    monkeypatch.setattr(fn_runner.RunnerResult, "metrics", lambda self: _NoMetrics())
     run_preprocess(root / "run2", *overrides)
     first, second = root / "run1/data", root / "run2/data"
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert any(str(f).startswith("train/") for f in files)
+    assert {"train", "transformed", "rejected", "tables", "transform_fn", "transformed_metadata"} <= {f.parts[0] for f in files}
+    assert {Path("transform_fn/saved_model.pb"), Path("transform_fn/fingerprint.pb"), Path("manifest.json")} <= set(files)
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
-    for name in files:
-        if name.parts[0] in (*SPLITS, "transformed", "rejected") or name.name == "manifest.json" \
-                or "assets" in name.parts:
-            assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    differ = [str(name) for name in files if (first / name).read_bytes() != (second / name).read_bytes()]
+    assert differ == []
 
 
 @pytest.mark.parametrize("layout", ["ml-100k", "ml-latest"])
@@ -249,6 +268,7 @@ def test_other_grouplens_layouts(tmp_path, layout):
                               "data.candidates.negatives=5", "data.split.test=2", "data.split.validation=1")
     assert manifest["source"]["layout"] == layout
     assert manifest["accepted_rows"] == len(rows) and manifest["rejected_rows"] == 0
+    assert (tmp_path / "run/data/rejected/rejected.jsonl").read_text() == ""  # written, and empty
     assert ("gender" in manifest["features"]) == (layout == "ml-100k")
     train = read_split(tmp_path / "run/data", "train")
     positives = train[train.watch == 1]
@@ -278,14 +298,78 @@ def test_tfds_source_with_mock_data(tmp_path):
         }
         return tf.data.Dataset.from_tensor_slices(records)
 
-    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    prepared = []
+
+    def download_and_prepare(self, *args, **kwargs):  # mock_data's no-op, recorded
+        prepared.append(self.name)
+
+    # An unprepared builder (mock_data points it at a folder without files): prepared, then read.
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset), mock.patch.object(
+            tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare):
         manifest = run_preprocess(tmp_path, "data.source=tfds", "data.tfds_name=movielens/100k-ratings",
                                   "data.candidates.negatives=5", "data.split.test=2", "data.split.validation=1")
+    assert prepared == ["movielens"]
     assert manifest["source"]["layout"] == "movielens/100k-ratings"
-    assert manifest["accepted_rows"] == len(rows)
+    assert manifest["accepted_rows"] == manifest["input_rows"] == len(rows)
     assert {"gender", "occupation", "zip_prefix", "age"} <= set(manifest["features"])
     train = read_split(tmp_path / "data", "train")
     assert set(train.gender) == {"M", "F"} and (train.year[train.watch == 1] == 1995).all()
+
+
+def _grouplens_download(tmp_path, rows, monkeypatch):
+    """TFDS's download of ml-100k.zip, served from a fixture folder (no network in tests)."""
+    import tensorflow_datasets as tfds
+    write_ml100k(tmp_path / "download" / "ml-100k", rows)
+    urls = []
+
+    def download_and_extract(self, url):
+        urls.append(url)
+        return str(tmp_path / "download")
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", download_and_extract)
+    return urls
+
+
+def test_tfds_builder_is_prepared_on_first_use(tmp_path, monkeypatch):
+    """An unprepared builder is downloaded and prepared, then read from its files with
+    tfds.beam.ReadFromTFDS; a prepared one is not downloaded again."""
+    import tensorflow_datasets as tfds
+    rows = ratings(num_users=8, num_items=20, per_user=10)
+    urls = _grouplens_download(tmp_path, rows, monkeypatch)
+    read, read_from_tfds = [], tfds.beam.ReadFromTFDS
+    monkeypatch.setattr(tfds.beam, "ReadFromTFDS", lambda builder, split: read.append(split) or
+                        read_from_tfds(builder, split))
+    manifest = run_preprocess(tmp_path / "run", "data.source=tfds", "data.tfds_name=movielens/100k-ratings",
+                              f"data.tfds_data_dir={tmp_path / 'tfds'}", "data.candidates.negatives=5",
+                              "data.split.test=2", "data.split.validation=1")
+    assert urls == ["https://files.grouplens.org/datasets/movielens/ml-100k.zip"] and read == ["train"]
+    assert manifest["input_rows"] == manifest["accepted_rows"] == len(rows)
+    train = read_split(tmp_path / "run/data", "train")
+    positives = train[train.watch == 1]
+    expected = {(u, i): r for u, i, r, _ in rows}
+    assert all(expected[(row.user_id, row.item_id)] == row.rating for row in positives.itertuples())
+    assert tfds.builder("movielens/100k-ratings", data_dir=str(tmp_path / "tfds")).is_prepared()
+
+
+def test_tfds_without_network_fails_with_one_line(tmp_path, monkeypatch, capsys):
+    import requests
+    import tensorflow_datasets as tfds
+
+    from pipeline.cli import main
+
+    def offline(self, url):
+        raise requests.exceptions.ConnectionError(f"Max retries exceeded with url: {url}\n(more detail)")
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", offline)
+    code = main(["preprocess", "--set", "data.source=tfds", "--set", "data.tfds_name=movielens/1m-ratings",
+                 "--set", f"data.tfds_data_dir={tmp_path / 'tfds'}", "--set", f"workdir={tmp_path}"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mtlrec")]
+    builder_dir = tfds.builder("movielens/1m-ratings", data_dir=str(tmp_path / "tfds")).data_dir
+    assert code == 2 and lines == [
+        f"mtlrec preprocess: error: data.tfds_name 'movielens/1m-ratings': not prepared in {builder_dir} and the "
+        "download failed (ConnectionError: Max retries exceeded with url: "
+        "https://files.grouplens.org/datasets/movielens/ml-1m.zip)"]
+    assert not (tmp_path / "data").exists()
 
 
 # ---------------------------------------------------------------- failures

@@ -76,11 +76,23 @@ def test_sparse_export_matches_dense_and_drops_unselected_experts(embedded_data,
     assert len(sparse.mmoe.groups) == (2 if choice is DISJOINT else 1)
     dense_path = export_model(model, inputs, tmp_path / "dense")
     sparse_path = export_model(sparse, inputs, tmp_path / "sparse")
-    dense_out = tf.saved_model.load(str(dense_path)).signatures["serving_default"](**raw)
-    sparse_out = tf.saved_model.load(str(sparse_path)).signatures["serving_default"](**raw)
+    dense_signatures = tf.saved_model.load(str(dense_path)).signatures
+    sparse_signatures = tf.saved_model.load(str(sparse_path)).signatures
+    assert set(sparse_signatures) == set(dense_signatures)
+    dense_out, sparse_out = dense_signatures["serve_raw"](**raw), sparse_signatures["serve_raw"](**raw)
     assert set(sparse_out) == set(dense_out) == {"watch", "rating", "like"}
     for task in dense_out:
         np.testing.assert_allclose(sparse_out[task].numpy(), dense_out[task].numpy(), atol=1e-5, rtol=0)
+    # A ranking request: the same scores, combined score and order from both.
+    user = raw["user_id"][0]
+    items = tf.boolean_mask(raw["item_id"], raw["user_id"] == user)
+    request = {"user_id": user, "timestamp": tf.boolean_mask(raw["timestamp"], raw["user_id"] == user)[0],
+               "item_ids": items}
+    dense_rank, sparse_rank = dense_signatures["rank"](**request), sparse_signatures["rank"](**request)
+    assert len(items) > 10 and set(dense_rank) == set(sparse_rank) == {"watch", "rating", "like", "score", "top_k"}
+    for name in ("watch", "rating", "like", "score"):
+        np.testing.assert_allclose(sparse_rank[name].numpy(), dense_rank[name].numpy(), atol=1e-5, rtol=0)
+    assert sparse_rank["top_k"].numpy().tolist() == dense_rank["top_k"].numpy().tolist()
 
     # The dropped experts' weights are not in the sparse SavedModel's variables.
     def expert_kernels(path):  # the rank-3 variables: stacked expert kernels [experts, d_in, units]
@@ -106,8 +118,8 @@ def test_cli_sparse_export_of_a_trained_run(embedded_data, tmp_path):
     record = json.loads((tmp_path / "static" / "sparse_export.json").read_text())
     assert set(record["tasks"]) == {"watch", "rating", "like"} and record["kept"] and "why" in record
     raw = _raw(data_dir, manifest, n=100)
-    dense = tf.saved_model.load(str(tmp_path / "static" / "export")).signatures["serving_default"](**raw)
-    sparse = tf.saved_model.load(str(tmp_path / "static" / "export_sparse")).signatures["serving_default"](**raw)
+    dense = tf.saved_model.load(str(tmp_path / "static" / "export")).signatures["serve_raw"](**raw)
+    sparse = tf.saved_model.load(str(tmp_path / "static" / "export_sparse")).signatures["serve_raw"](**raw)
     for task in dense:
         np.testing.assert_allclose(sparse[task].numpy(), dense[task].numpy(), atol=1e-5, rtol=0)
 
@@ -115,10 +127,13 @@ def test_cli_sparse_export_of_a_trained_run(embedded_data, tmp_path):
     train.run(load_config(None, [*common, f"train.run_dir={tmp_path / 'pe'}", "model.gate.type=topk",
                                  "model.gate.k=2", "model.gate.per_example=true"]))
     export_run(tmp_path / "pe", sparse=True)
-    dense = tf.saved_model.load(str(tmp_path / "pe" / "export")).signatures["serving_default"](**raw)
-    sparse = tf.saved_model.load(str(tmp_path / "pe" / "export_sparse")).signatures["serving_default"](**raw)
-    for task in dense:
-        np.testing.assert_allclose(sparse[task].numpy(), dense[task].numpy(), atol=1e-5, rtol=0)
+    dense = tf.saved_model.load(str(tmp_path / "pe" / "export")).signatures
+    sparse = tf.saved_model.load(str(tmp_path / "pe" / "export_sparse")).signatures
+    request = {"user_id": raw["user_id"][0], "timestamp": raw["timestamp"][0], "item_ids": raw["item_id"]}
+    for name, feed in (("serve_raw", raw), ("rank", request)):
+        dense_out, sparse_out = dense[name](**feed), sparse[name](**feed)
+        for task in ("watch", "rating", "like"):
+            np.testing.assert_allclose(sparse_out[task].numpy(), dense_out[task].numpy(), atol=1e-5, rtol=0)
 
     # A per-example softmax gate is dense: refused with a clear message.
     train.run(load_config(None, [*common, f"train.run_dir={tmp_path / 'soft'}", "model.gate.type=softmax"]))

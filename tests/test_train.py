@@ -91,10 +91,113 @@ def test_interrupted_run_resumes_without_repeating_epochs(embedded_data, tmp_pat
     assert history[0]["session"] != history[1]["session"] == history[2]["session"]
 
 
+KILLER = """
+import os, signal, sys
+import features  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
+from pipeline import train
+from pipeline.config import load_config
+
+
+class KillAt(tf.keras.callbacks.Callback):
+    # SIGKILL this process after `step` training batches: a real kill, in the middle of an epoch.
+
+    def __init__(self, step):
+        super().__init__()
+        self.step, self.seen = step, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+train.run(load_config(None, sys.argv[2:]), callbacks=[KillAt(int(sys.argv[1]))])
+"""
+
+
+def test_killed_run_resumes_to_the_same_evaluation(embedded_data, tmp_path):
+    """A run SIGKILLed mid-epoch and started again ends byte for byte like an uninterrupted one:
+    the same eval.json. Top-k's noise and dropout draw random numbers every step, so their
+    random streams must be restored too, not only weights and optimizer."""
+    data_dir, _ = embedded_data
+    overrides = [*SMALL, f"train.data={data_dir}", "train.epochs=3", "model.gate.type=topk", "model.gate.k=2",
+                 "model.expert_dropout=0.2"]
+
+    def mtlrec(*args):
+        result = subprocess.run([str(MTLREC), *args], capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    def sets(run):
+        return sum([["--set", o] for o in [*overrides, f"train.run_dir={run}"]], [])
+
+    mtlrec("train", *sets(tmp_path / "whole"))
+    mtlrec("evaluate", "--run", str(tmp_path / "whole"))
+
+    killed = subprocess.run([sys.executable, "-c", KILLER, "22", *overrides, f"train.run_dir={tmp_path / 'killed'}"],
+                            capture_output=True, text=True, timeout=900)  # step 22 of 45: in epoch 2
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    progress = json.loads((tmp_path / "killed" / "state" / "progress.json").read_text())
+    assert progress["epoch"] == 1 and not (tmp_path / "killed" / "train.json").exists()
+    resumed = mtlrec("train", *sets(tmp_path / "killed"))
+    assert "resuming after epoch 1" in resumed.stderr
+    mtlrec("evaluate", "--run", str(tmp_path / "killed"))
+
+    for name in ("eval.json", "eval_users.csv"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    losses = [[r["val_loss"] for r in json.loads((tmp_path / run / "history.json").read_text())["epochs"]]
+              for run in ("whole", "killed")]
+    assert losses[0] == losses[1] and len(losses[0]) == 3
+
+
+def test_run_folder_of_other_settings_is_refused(embedded_data, tmp_path):
+    """Resuming a folder trained with other settings would mix two runs: refused, never overwritten."""
+    data_dir, _ = embedded_data
+    _train(data_dir, tmp_path, "train.epochs=1")
+    with pytest.raises(ArtifactError, match="holds a run made with other settings"):
+        _train(data_dir, tmp_path, "train.epochs=1", "train.learning_rate=0.01")
+
+
+def test_only_the_chief_writes_the_run_folder(embedded_data, tmp_path, monkeypatch):
+    """Under a multi-worker strategy every worker trains; a non-chief (simulated) writes nothing there."""
+    from pipeline import train
+    data_dir, _ = embedded_data
+    monkeypatch.setattr(train, "is_chief", lambda strategy: False)
+    summary = _train(data_dir, tmp_path / "run", "train.epochs=2")
+    assert summary == {"chief": False, "epochs_this_session": [1, 2]}
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_chief_follows_the_tf_config_roles():
+    from pipeline.train import is_chief
+
+    class Resolver:  # what MultiWorkerMirroredStrategy reads from TF_CONFIG
+        def __init__(self, task_type, task_id, cluster):
+            self.task_type, self.task_id, self.cluster = task_type, task_id, cluster
+
+        def cluster_spec(self):
+            return tf.train.ClusterSpec(self.cluster)
+
+    class Strategy:
+        def __init__(self, resolver):
+            self.cluster_resolver = resolver
+
+    assert is_chief(tf.distribute.get_strategy())  # one process: it writes
+    workers = {"worker": ["a:1", "b:1"]}
+    assert is_chief(Strategy(Resolver("worker", 0, workers))) and not is_chief(Strategy(Resolver("worker", 1, workers)))
+    with_chief = {"chief": ["c:1"], "worker": ["a:1"]}
+    assert is_chief(Strategy(Resolver("chief", 0, with_chief)))
+    assert not is_chief(Strategy(Resolver("worker", 0, with_chief)))
+
+
 def _raw_inputs(data_dir, manifest, n=64):
+    """The first n candidate rows: raw columns, and the same rows as serialized tf.Examples."""
     from fixtures import read_split
+    from pipeline.dataset import split_files
     frame = read_split(data_dir, "candidates").head(n)
-    return {c: frame[c].to_numpy() for c in manifest["raw_columns"]}
+    records = list(tf.data.TFRecordDataset(split_files(data_dir, "candidates"), "GZIP").take(n).as_numpy_iterator())
+    return {c: frame[c].to_numpy() for c in manifest["raw_columns"]}, np.array(records, dtype=object)
 
 
 EXPORT_CHECK = """
@@ -103,35 +206,63 @@ import numpy as np
 import tensorflow as tf
 assert "pipeline" not in sys.modules and "models" not in sys.modules
 raw = dict(np.load(sys.argv[2], allow_pickle=True))
+records = raw.pop("records")
 raw = {k: tf.constant(v.astype(object) if v.dtype.kind in "OUS" else v) for k, v in raw.items()}
-serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-out = {k: v.numpy().tolist() for k, v in serve(**raw).items()}
-print(json.dumps(out))
+signatures = tf.saved_model.load(sys.argv[1]).signatures
+first = raw["user_id"] == raw["user_id"][0]  # one user's candidates: one ranking request
+out = {"serve_raw": signatures["serve_raw"](**raw),
+       "serving_default": signatures["serving_default"](examples=tf.constant(records)),
+       "rank": signatures["rank"](user_id=raw["user_id"][0], timestamp=raw["timestamp"][0],
+                                  item_ids=tf.boolean_mask(raw["item_id"], first))}
+print(json.dumps({name: {k: v.numpy().tolist() for k, v in outputs.items()} for name, outputs in out.items()}))
 """
 
 
+def _serve_without_our_packages(export_dir, raw, records, tmp_path) -> dict:
+    np.savez(tmp_path / "raw.npz", records=records, **raw)
+    result = subprocess.run([sys.executable, "-c", EXPORT_CHECK, str(export_dir), str(tmp_path / "raw.npz")],
+                            capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("policy", ["none", "mixed_bfloat16"])
-def test_export_serves_raw_features_without_our_packages(embedded_data, tmp_path, policy):
+def test_export_serves_without_our_packages(embedded_data, tmp_path, policy):
+    """Every signature from tf.saved_model.load alone: tf.Examples, raw tensors and a ranking
+    request give the model's predictions; rank's defaults come from the config's export section."""
     from pipeline.runs import restore_model
     data_dir, manifest = embedded_data
     run_dir = tmp_path / "run"
     _train(data_dir, run_dir, "train.epochs=1", f"train.mixed_precision={policy}",
            "model.gate.type=dselect_k", "model.gate.per_example=true")
-    raw = _raw_inputs(data_dir, manifest)
-    np.savez(tmp_path / "raw.npz", **raw)
-    result = subprocess.run([sys.executable, "-c", EXPORT_CHECK, str(run_dir / "export"), str(tmp_path / "raw.npz")],
-                            capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    served = json.loads(result.stdout.strip().splitlines()[-1])
+    raw, records = _raw_inputs(data_dir, manifest)
+    served = _serve_without_our_packages(run_dir / "export", raw, records, tmp_path)
 
     model, inputs = restore_model(run_dir)
     from features.transform import dense_model_inputs
     features = dense_model_inputs(inputs.transform({k: tf.constant(v) for k, v in raw.items()}))
     # As a graph, like the export: under bfloat16, eager and graph kernels round differently.
     expected = tf.function(lambda f: model(f, training=False))(features)
-    assert set(served) == {"watch", "rating", "like"}
-    for task, values in served.items():
-        np.testing.assert_allclose(values, expected[task].numpy(), atol=1e-5, rtol=0)
+    first = raw["user_id"] == raw["user_id"][0]
+    assert 10 < first.sum() < len(first)
+    for name, rows in (("serve_raw", slice(None)), ("serving_default", slice(None)), ("rank", first)):
+        assert set(served[name]) == ({"watch", "rating", "like"} | ({"score", "top_k"} if name == "rank" else set()))
+        for task in ("watch", "rating", "like"):
+            np.testing.assert_allclose(served[name][task], expected[task].numpy()[rows], atol=1e-5, rtol=0)
+    score = sum(np.array(served["rank"][t], np.float64) for t in ("watch", "rating", "like"))  # loss weights 1
+    np.testing.assert_allclose(served["rank"]["score"], score, atol=1e-5, rtol=0)
+    assert served["rank"]["top_k"] == np.argsort(-np.array(served["rank"]["score"]), kind="stable")[:10].tolist()
+
+    if policy == "none":  # `mtlrec export` with other rank defaults
+        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir), "--set", "export.rank_weights={like: 2.0}",
+                                 "--set", "export.top_k=3"], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        ranked = _serve_without_our_packages(run_dir / "export", raw, records, tmp_path)["rank"]
+        np.testing.assert_allclose(ranked["score"], 2 * np.array(ranked["like"]), atol=1e-6, rtol=0)
+        assert ranked["top_k"] == np.argsort(-np.array(ranked["like"]), kind="stable")[:3].tolist()
+        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir), "--set", "export.rank_weights={clicks: 1}"],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 2 and "export.rank_weights names tasks that are not trained: clicks" in result.stderr
 
 
 def test_mirrored_strategy_on_two_logical_cpus(embedded_data, tmp_path):
@@ -188,7 +319,7 @@ def test_bad_data_folders_and_gate_names(embedded_data, tmp_path):
     with pytest.raises(ArtifactError, match="incompatible feature declaration"):
         _train(fake, tmp_path / "run")
     (fake / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "format"}))
-    with pytest.raises(ArtifactError, match="format 1, this code reads format 2; run `mtlrec preprocess` again"):
+    with pytest.raises(ArtifactError, match="format 1, this code reads format 3; run `mtlrec preprocess` again"):
         _train(fake, tmp_path / "run")
     result = subprocess.run([str(MTLREC), "train", "--set", "model.gate.type=sparsemax"], capture_output=True,
                             text=True, timeout=300)

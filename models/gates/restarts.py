@@ -81,9 +81,9 @@ def _pick(old: np.ndarray, new: np.ndarray, better: np.ndarray) -> np.ndarray:
 def keras_restarts(model, make_dataset: Callable, seed: int, log=lambda message: None) -> np.ndarray | None:
     """`best_of_restarts` for a compiled Keras model (the recommender), if any of its gates asks.
 
-    Each candidate runs `model.fit` on a fresh `make_dataset()` (so every candidate sees the same
-    batches, and the caller's own training dataset is not touched) for the planned steps, in two
-    halves, and is scored by the training loss ("loss", the data loss) of the second half. Call it
+    Each candidate runs `model.fit` on a fresh `make_dataset(steps_per_epoch, epochs)` (so every
+    candidate sees the same batches, and the caller's own training dataset is not touched) for the
+    planned steps, in two halves (epochs=2), and is scored by the training loss ("loss", the data loss) of the second half. Call it
     before the model's first fit, not when resuming one (the kept state is then in the checkpoint).
     Returns the losses [restarts, 1], or None if no gate asks for restarts.
     """
@@ -93,7 +93,7 @@ def keras_restarts(model, make_dataset: Callable, seed: int, log=lambda message:
     half = max(1, steps // 2)
 
     def train_briefly():
-        history = model.fit(make_dataset(), epochs=2, steps_per_epoch=half, verbose=0)
+        history = model.fit(make_dataset(half, 2), epochs=2, steps_per_epoch=half, verbose=0)
         return [history.history["loss"][-1]]
 
     if not model.optimizer.variables:  # the optimizer makes its slots on its first step: make them now

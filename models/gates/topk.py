@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from models.gates.base import Gate
 from models.gates.topk_config import TopKGateConfig
+from models.randomness import new_generator
 
 keras = tf.keras
 
@@ -39,6 +40,8 @@ class TopKGate(Gate):
         self.k = int(k)
         self.noise = bool(noise)
         self.load_balance_weight = float(load_balance_weight)
+        # The noise's stream is saved with the weights (models/randomness.py): exact resume.
+        self.noise_rng = new_generator() if self.noise else None
         if self.per_example:
             self.logits_dense = keras.layers.Dense(self.num_experts, dtype="float32", name="logits")
             self.noise_dense = keras.layers.Dense(
@@ -70,7 +73,7 @@ class TopKGate(Gate):
             clean = self.logits[None, :]  # [1, n]
             noise_std = tf.nn.softplus(self.noise_logits)[None, :]  # [1, n]
         noisy = training and self.noise
-        logits = clean + tf.random.normal(tf.shape(clean)) * noise_std if noisy else clean
+        logits = clean + self.noise_rng.normal(tf.shape(clean)) * noise_std if noisy else clean
 
         top_values, top_indices = tf.math.top_k(logits, k=self.k)  # [b, k]
         top_weights = tf.nn.softmax(top_values, axis=-1)  # [b, k]

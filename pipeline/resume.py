@@ -1,0 +1,110 @@
+"""What a killed training run needs to continue exactly as if it had never stopped.
+
+After every completed epoch, `mtlrec train` saves in the run folder:
+
+    state/epoch-<e>.*        tf.train.Checkpoint of the model and the optimizer: weights, Adam's
+                             moments and step count (hence the learning-rate schedule), DSelect-k's
+                             schedule steps, and the random generators of Top-k's noise and dropout
+                             (models/randomness.py)
+    state/progress.json      written last: the completed epochs, the best epoch so far, early
+                             stopping's count of epochs without improvement, whether it stopped,
+                             and which checkpoint holds the state
+
+A run started again with the same settings restores that state and reads the batches of the
+next epoch, which depend only on (seed, epoch) (pipeline/dataset.py `training_batches`). So a run
+killed at any point ends with the same weights, history and evaluation as an uninterrupted one.
+What a killed attempt did after its last saved epoch is discarded: its partial epoch is trained
+again from the saved state, and history.json / gates.json keep the saved epochs only.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import tensorflow as tf
+
+from pipeline import runs
+from pipeline.artifacts import ArtifactError, read_json, write_json
+
+STATE = "state"
+PROGRESS = "progress.json"
+
+
+def check_settings(run_dir: Path, config) -> None:
+    """Refuse to continue a run folder that holds a run of other settings: resuming it would
+    mix two runs, and starting over would destroy it."""
+    if runs.made_with_other_config(run_dir, config):
+        raise ArtifactError(f"{run_dir}: holds a run made with other settings (its {runs.CONFIG} differs in "
+                            f"{', '.join(runs.RUN_SECTIONS)}); use another train.run_dir or remove the folder")
+
+
+class RunState:
+    """The resumable state of one run: restore it before training, update it after each epoch.
+
+    Args:
+      run_dir: the run folder (read: its progress and records).
+      out_dir: where this process writes (the run folder, or a scratch folder on a non-chief worker).
+      model: the built model, with its optimizer built.
+      patience: epochs without a validation-loss improvement before stopping; 0 = never stop early.
+      save: False keeps the bookkeeping (records, early stopping) but saves no state to resume from.
+    """
+
+    def __init__(self, run_dir: Path, out_dir: Path, model, patience: int, save: bool = True):
+        self.run_dir, self.out_dir, self.patience, self.save = Path(run_dir), Path(out_dir), patience, save
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        self.progress = {"epoch": 0, "best_epoch": None, "best_val_loss": None, "wait": 0, "stopped": False,
+                         "checkpoint": None}
+        self.history, self.gates = [], []
+
+    @property
+    def stopped(self) -> bool:
+        return self.progress["stopped"]
+
+    def restore(self) -> int:
+        """Load the saved state, if any, into the model and optimizer; returns the completed epochs."""
+        path = self.run_dir / STATE / PROGRESS
+        if not path.exists():
+            return 0
+        self.progress = read_json(path, "training progress")
+        self.checkpoint.read(str(self.run_dir / self.progress["checkpoint"])).assert_existing_objects_matched()
+        done = self.progress["epoch"]
+        self.history = [r for r in _records(self.run_dir / runs.HISTORY) if r["epoch"] <= done]
+        self.gates = [r for r in _records(self.run_dir / runs.GATES) if r["epoch"] <= done]
+        return done
+
+    def record(self, epoch: int, history: dict, gates: dict) -> None:
+        """Append an epoch's history and gate diagnostics (history.json, gates.json)."""
+        self.history = [r for r in self.history if r["epoch"] < epoch] + [history]
+        self.gates = [r for r in self.gates if r["epoch"] < epoch] + [gates]
+        write_json(self.out_dir / runs.HISTORY, {"epochs": self.history})
+        write_json(self.out_dir / runs.GATES, {"epochs": self.gates})
+
+    def end_epoch(self, epoch: int, val_loss: float) -> bool:
+        """Save the state after `epoch` (1-based); returns True when early stopping says stop."""
+        progress = dict(self.progress, epoch=epoch)
+        best = progress["best_val_loss"]
+        if best is None or not math.isfinite(best) or val_loss < best:  # as Keras' EarlyStopping, min_delta 0
+            progress.update(best_epoch=epoch, best_val_loss=val_loss, wait=0)
+        else:
+            progress["wait"] += 1
+        progress["stopped"] = bool(self.patience) and progress["wait"] >= self.patience
+        if not self.save:
+            self.progress = progress
+            return progress["stopped"]
+        prefix = f"{STATE}/epoch-{epoch:03d}"
+        self.checkpoint.write(str(self.out_dir / prefix))
+        progress["checkpoint"] = prefix
+        write_json(self.out_dir / STATE / PROGRESS, progress)  # last: the state of `epoch` is complete
+        _remove_checkpoint(self.out_dir, self.progress["checkpoint"])  # the previous epoch's, now superseded
+        self.progress = progress
+        return progress["stopped"]
+
+
+def _records(path: Path) -> list[dict]:
+    return read_json(path, "training records")["epochs"] if path.exists() else []
+
+
+def _remove_checkpoint(folder: Path, prefix) -> None:
+    if prefix:
+        for file in folder.glob(f"{prefix}.*"):
+            file.unlink(missing_ok=True)
