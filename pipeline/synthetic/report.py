@@ -229,4 +229,6 @@ def _tuning(rep, summary: dict) -> None:
         rows.append([name, f"{study['trials_finished']} ({study['trials_pruned']} pruned)", f"{best['value']:.4f}",
                      f"{study['top_spread']:.4f}", shown])
     rep.table(["variant", "trials", "best validation MSE", "spread of the top 5", "best settings"], rows)
-    rep.paragraph(f"Whole study: {summary['seconds']:.0f} s wall clock.")
+    cpu = summary.get("cpu_seconds")
+    rep.paragraph(f"Whole study: {summary['seconds']:.0f} s wall clock"
+                  + (f", {cpu:.0f} s CPU time (all threads of the process)." if cpu is not None else "."))
