@@ -259,11 +259,11 @@ class SyntheticTuningConfig(Section):
     """Equal-budget tuning of every variant (pipeline/tuning.py): Optuna TPE, pruning on the
     per-epoch validation MSE, the same number of trials per variant; the learning rate is searched
     beside the gate's own settings (its config class's `search_space`). The test split is never read."""
-    trials: int = Field(8, ge=1)                  # finished trials per variant
-    oracle_trials: int = Field(4, ge=1)           # the oracle reference: only its learning rate to tune
+    trials: int = Field(6, ge=1)                  # finished trials per variant
+    oracle_trials: int = Field(2, ge=1)           # the oracle reference: only its learning rate to tune
     seed: int = Field(100, ge=0)                  # the sampler's, and the training seed of every trial
     pruner: Literal["median", "successive_halving", "none"] = "median"
-    startup_trials: int = Field(4, ge=1)          # random trials before TPE models the history
+    startup_trials: int = Field(3, ge=1)          # random trials before TPE models the history
     learning_rate: list[Annotated[float, Field(gt=0)]] = Field(  # [low, high], log-uniform
         default_factory=lambda: [1e-3, 0.1], min_length=2, max_length=2)
 
@@ -281,8 +281,8 @@ def _synthetic_gates() -> dict:
         "topk_2": parse_gate_config({"type": "topk", "k": 2, "per_example": False}),
         "dselect_k_1": parse_gate_config({"type": "dselect_k", "k": 1}),
         "dselect_k_2": parse_gate_config({"type": "dselect_k", "k": 2}),
-        "dselect_k_1_robust": parse_gate_config({"type": "dselect_k", "k": 1, "restarts": 3, "restart_steps": 350,
-                                                 "permutation_start": 400, "permutation_steps": 300}),
+        "dselect_k_1_robust": parse_gate_config({"type": "dselect_k", "k": 1, "restarts": 3, "restart_steps": 300,
+                                                 "permutation_start": 200, "permutation_steps": 300}),
     }
 
 
@@ -293,8 +293,8 @@ class SyntheticConfig(Section):
     expert_units: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 4], min_length=1)
     tower_units: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)  # [] = linear tower
     tower_init: Literal["shared", "independent"] = "shared"  # shared: every task's tower starts from one draw
-    max_epochs: int = Field(300, ge=1)            # training stops here if the selections have not converged
-    min_epochs: int = Field(100, ge=1)            # ... and not before this
+    max_epochs: int = Field(200, ge=1)            # training stops here if the selections have not converged
+    min_epochs: int = Field(60, ge=1)             # ... and not before this
     patience: int = Field(10, ge=1)               # epochs without a change of selection that count as converged
     batch_size: int = Field(256, ge=1)
     seeds: int = Field(10, ge=1)                  # reported runs use seeds 0 .. seeds-1
@@ -305,6 +305,7 @@ class SyntheticConfig(Section):
     tuned_with: dict[str, str] = Field(default_factory=lambda: {"dselect_k_1_robust": "dselect_k_1"})
     tuning: SyntheticTuningConfig = SyntheticTuningConfig()
     sweep_tasks: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [8, 32])
+    sweep_seeds: int = Field(3, ge=1)             # the sweep's runs use seeds 0 .. sweep_seeds-1 (a trend, not a test)
     oracle: bool = True                           # reference model with gates fixed to the true clusters
     jit_compile: bool = True                      # XLA-compile each training epoch
 

@@ -453,7 +453,7 @@ def test_tuning_gives_every_variant_the_same_budget_resumes_and_never_reads_the_
     ("synthetic.gates.topk_2.k=17", "gates.topk_2.k=17 exceeds num_experts=16"),
     ("synthetic.num_experts=4", "oracle needs one expert per cluster"),
     ("synthetic.max_epochs=0", "synthetic.max_epochs"),
-    ("synthetic.min_epochs=400", "min_epochs=400 exceeds max_epochs=300"),
+    ("synthetic.min_epochs=400", "min_epochs=400 exceeds max_epochs=200"),
     ("synthetic.tuning.learning_rate=[0.1, -1]", "synthetic.tuning.learning_rate.1"),
     ("synthetic.tuning.learning_rate=[0.1, 0.01]", "low 0.1 must be below high 0.01"),
     ("synthetic.tuned_with.dselect_k_1_robust=topk_1", "cannot take the settings of a topk gate"),
@@ -502,6 +502,8 @@ def test_tiny_run_through_the_cli(tmp_path):
     assert summary["gates"]["topk_2"]["nonzero_per_task"]["mean"] == 2  # exactly k
     assert summary["gates"]["oracle"]["ari"]["mean"] == 1.0
     assert summary["sweep"]["tasks"] == [4, 8] and set(summary["sweep"]["gates"]) == set(tiny.compare)
+    assert {g["4"]["num_seeds"] for g in summary["sweep"]["gates"].values()} == {tiny.sweep_seeds}
+    assert {g["8"]["num_seeds"] for g in summary["sweep"]["gates"].values()} == {tiny.seeds}
     assert [(r["k"], r["a"], r["b"]) for r in summary["comparison"]] == [
         (2, "dselect_k_2", "topk_2"), (1, "dselect_k_1_robust", "dselect_k_1")]
     weights = np.load(out / "weights.npz")

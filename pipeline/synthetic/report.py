@@ -189,7 +189,9 @@ def _sweep(rep, summary: dict, folder: Path) -> None:
         return
     rep.heading("Recovery against the number of tasks")
     rep.paragraph("Clusters per task count: " + ", ".join(f"T={t}: C={c}" for t, c in sweep["clusters"].items())
-                  + f" (at least 2 tasks per cluster). Settings as tuned at T={summary['data']['tasks']}.")
+                  + f" (at least 2 tasks per cluster). Settings as tuned at T={summary['data']['tasks']}; "
+                  f"mean ± std over {len(summary['seeds'])} seeds at T={summary['data']['tasks']} and "
+                  f"{summary['config']['sweep_seeds']} seeds at the other task counts.")
     for metric, label in (("ari", "exact-set ARI"), ("argmax", "argmax-k ARI")):
         series, rows = {}, []
         for name, per_t in sweep["gates"].items():

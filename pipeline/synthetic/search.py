@@ -56,12 +56,10 @@ def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | 
         learning_rate = trial.suggest_float("learning_rate", *tuning.learning_rate, log=True)
         params = config_class.search_space(trial, context) if config_class is not None else {}
         trial.set_user_attr("gate_params", params)
-        def report(epoch, val_mse):  # every PRUNE_EVERY epochs: a setting is not judged on its first steps
-            if epoch % PRUNE_EVERY == 0:
-                reporter.report(epoch, val_mse)
-
+        # Every PRUNE_EVERY epochs: a setting is not judged on its first steps.
         [result] = train_runs(data, spec, None if gate is None else {**gate, **params}, learning_rate,
-                              [tuning.seed], assignment=assignment, report=report, score_test=False)
+                              [tuning.seed], assignment=assignment, report=reporter.report, score_test=False,
+                              report_every=PRUNE_EVERY)
         trial.set_user_attr("epochs", result["epochs"])
         trial.set_user_attr("converged", result["converged"])
         return result["val_mse"]

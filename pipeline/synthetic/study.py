@@ -6,7 +6,8 @@ settings until converged, the task-count sweep, and the comparisons at matched k
    from the reported seeds). A `tuned_with` variant (robust DSelect-k) takes its source's tuned
    settings and keeps its own robust options, so it differs from its source by those alone.
 2. Reported runs: each variant's tuned settings with seeds 0 .. seeds-1, trained side by side.
-3. Sweep: the same settings at fewer tasks.
+3. Sweep: the same settings at fewer tasks, with `sweep_seeds` seeds (a trend; the main task count's
+   runs are the ones tested).
 4. Comparisons: DSelect-k (plain and robust) against Top-k at each k both were run with, and robust
    DSelect-k against plain DSelect-k: Welch's t-test over seeds per metric.
 """
@@ -73,7 +74,7 @@ def run_study(cfg, storage: str, progress: Callable[[str], None] = lambda messag
     data_args = cfg.data.model_dump()
     data = generate(**data_args)
     main_tasks = data.num_tasks
-    seeds = list(range(cfg.seeds))
+    seeds, sweep_seeds = list(range(cfg.seeds)), list(range(cfg.sweep_seeds))
     gates = {name: cfg.gates[name].model_dump() for name in cfg.compare}
     oracle = oracle_assignment(data.clusters, cfg.num_experts) if cfg.oracle else None
     sweep = [t for t in dict.fromkeys(cfg.sweep_tasks) if t != main_tasks]
@@ -93,10 +94,10 @@ def run_study(cfg, storage: str, progress: Callable[[str], None] = lambda messag
         tuned[name] = {**tuned[source], "tuned_with": source}
     final_gates = {name: {**gate, **tuned[name]["gate_params"]} for name, gate in gates.items()}
 
-    def train(label: str, data_: SyntheticData, name: str) -> list[dict]:
-        runs = train_runs(data_, spec, final_gates.get(name), tuned[name]["learning_rate"], seeds,
+    def train(label: str, data_: SyntheticData, name: str, seeds_: list[int]) -> list[dict]:
+        runs = train_runs(data_, spec, final_gates.get(name), tuned[name]["learning_rate"], seeds_,
                           assignment=oracle if name == "oracle" and data_ is data else None)
-        log(f"{label} T={data_.num_tasks} {name}, {len(seeds)} seeds: test MSE "
+        log(f"{label} T={data_.num_tasks} {name}, {len(seeds_)} seeds: test MSE "
             f"{np.mean([r['test_mse'] for r in runs]):.4f}, ARI {np.mean([r['ari'] for r in runs]):.3f}, "
             f"converged {sum(r['converged'] for r in runs)}/{len(runs)} in {runs[0]['seconds']:.0f}s")
         return runs
@@ -105,7 +106,7 @@ def run_study(cfg, storage: str, progress: Callable[[str], None] = lambda messag
     models = [*gates, *(["oracle"] if oracle is not None else [])]
     results, weights = {}, {}
     for name in models:
-        runs = train("final", data, name)
+        runs = train("final", data, name, seeds)
         for run in runs:
             weights[f"{name}/seed{run['seed']}"] = run["weights"]
         results[name] = [_public(r) for r in runs]
@@ -117,7 +118,8 @@ def run_study(cfg, storage: str, progress: Callable[[str], None] = lambda messag
         clusters = sweep_clusters(tasks, cfg.data.clusters)
         data_t = generate(**{**data_args, "tasks": tasks, "clusters": clusters})
         sweep_info[tasks] = clusters
-        sweep_results[tasks] = {name: [_public(r) for r in train("sweep", data_t, name)] for name in gates}
+        sweep_results[tasks] = {name: [_public(r) for r in train("sweep", data_t, name, sweep_seeds)]
+                                for name in gates}
 
     task_counts = sorted(sweep_results)
     summary = {

@@ -61,13 +61,13 @@ def study_ks(cfg) -> list[int]:
     return sorted({getattr(cfg.gates[name], "k", 1) for name in cfg.compare} | {1})
 
 
-# Called after every epoch with (epoch, mean validation MSE over the seeds); may raise to stop the run.
+# Called every `report_every` epochs with (epoch, mean validation MSE over the seeds); may raise to stop the run.
 EpochReport = Callable[[int, float], None]
 
 
 def train_runs(data: SyntheticData, spec: RunSpec, gate: dict | None, learning_rate: float, seeds,
                assignment: np.ndarray | None = None, report: EpochReport | None = None,
-               score_test: bool = True) -> list[dict]:
+               score_test: bool = True, report_every: int = 1) -> list[dict]:
     """Train one setting with every seed of `seeds` side by side; one result per seed.
 
     score_test=False (tuning) leaves the test split unread: test MSE NaN.
@@ -141,7 +141,7 @@ def train_runs(data: SyntheticData, spec: RunSpec, gate: dict | None, learning_r
         changed = np.array([not np.array_equal(a, b) for a, b in zip(current, previous)])
         last_change[changed] = epoch
         previous = current
-        if report is not None:
+        if report is not None and epoch % report_every == 0:  # the validation pass only when it is read
             report(epoch, float(np.mean(_mse(predict, data.x_val, data.y_val, replicas).mean(axis=1))))
         if epoch >= spec.min_epochs and all(_settled(model, rows_fn) & (epoch - last_change >= spec.patience)):
             break
