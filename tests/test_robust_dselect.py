@@ -183,22 +183,39 @@ SMALL = ["train.batch_size=256", "train.steps_per_epoch=15", "train.diagnostics_
          "model.num_experts=6", "model.id_embedding_dim=8"]
 
 
+class _CrashAfterFirstEpoch(tf.keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise RuntimeError("killed after epoch 1 (injected)")
+
+
+ROBUST = ["model.gate.type=dselect_k", "model.gate.per_example=false", "model.gate.k=1",
+          "model.gate.entropy_weight=0.1", "model.gate.restarts=2", "model.gate.restart_steps=4",
+          "model.gate.permutation_start=2", "model.gate.permutation_steps=10"]
+
+
 def test_robust_static_dselect_k_trains_through_mtlrec_train(embedded_data, tmp_path, capsys):
+    """Restarts run before the first step of a fresh run only: a run resumed after a crash goes on from
+    its saved state (which holds the kept candidate), without drawing candidates again."""
+    from pipeline import train
     from pipeline.cli import main
+    from pipeline.config import load_config
 
     data_dir, _ = embedded_data
-    robust = ["model.gate.type=dselect_k", "model.gate.per_example=false", "model.gate.k=1",
-              "model.gate.entropy_weight=0.1", "model.gate.restarts=2", "model.gate.restart_steps=4",
-              "model.gate.permutation_start=2", "model.gate.permutation_steps=10"]
-    code = main(["train", "--set", f"train.data={data_dir}", "--set", f"train.run_dir={tmp_path}",
-                 "--set", "train.epochs=2", *[a for item in SMALL + robust for a in ("--set", item)]])
-    assert code == 0
+    settings = [f"train.data={data_dir}", f"train.run_dir={tmp_path}", "train.epochs=2", *SMALL, *ROBUST]
+    with pytest.raises(RuntimeError, match="injected"):
+        train.run(load_config(None, settings), callbacks=[_CrashAfterFirstEpoch()])
     err = capsys.readouterr().err
     assert "restarts: 2 selector initialisations x 4 steps" in err and "kept #" in err
+    code = main(["train", *[a for item in settings for a in ("--set", item)]])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "resuming after epoch 1" in err and "restarts:" not in err
     gates = json.loads((tmp_path / "gates.json").read_text())
     for task in ("watch", "rating", "like"):
         first, exported = gates["epochs"][0]["tasks"][task], gates["exported"]["tasks"][task]
         # Epoch 1 ends at training call 4 (restarts) + 15 = 19 > 2 + 10: the search has folded.
         assert first["search_pending"] is False and exported["search_pending"] is False
         assert exported["k"] == 1 and 0 <= exported["binary_selectors"] <= 1
-    assert json.loads((tmp_path / "train.json").read_text())["epochs"] == 2
+    summary = json.loads((tmp_path / "train.json").read_text())
+    assert summary["epochs"] == 2 and summary["epochs_this_session"] == [2]
