@@ -34,6 +34,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8,<10",
+            "pytest-xdist>=3.5,<4",  # `pytest -n 2`: Beam and TF graph building are mostly one-threaded
             "scikit-learn>=1.4,<2",
         ],
     },

@@ -11,7 +11,7 @@ entropy and unreachable-code penalty, Top-k's load balancing) are added in train
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -119,8 +119,19 @@ class MultiTaskRecommender(tfrs.Model):
                 loss = keras.losses.MeanSquaredError(reduction=keras.losses.Reduction.NONE)
                 self.task_metrics[t] = [keras.metrics.RootMeanSquaredError(name=f"{t}_rmse")]
             self.ranking_tasks[t] = tfrs.tasks.Ranking(loss=loss, metrics=self.task_metrics[t], name=f"{t}_task")
+            # It has no weights to create: built now, a model restored only to be exported (never
+            # called on a loss) saves it whole instead of warning that it is skipped.
+            self.ranking_tasks[t].build(None)
             self.loss_trackers[t] = keras.metrics.Mean(name=f"{t}_loss")
         self.regularization_tracker = keras.metrics.Mean(name="regularization_loss")
+
+    def get_config(self):
+        """The spec as plain data (Keras saves it with the model; ModelSpec itself is not serializable)."""
+        return {"spec": asdict(self.spec), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(ModelSpec(**config["spec"]), name=config["name"])
 
     # ------------------------------------------------------------ forward
     def logits(self, features, training=False):

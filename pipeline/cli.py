@@ -3,7 +3,8 @@
 Every subcommand takes `--config FILE.yaml` and repeated `--set key=value` over the defaults,
 which live in code (pipeline/config.py; `mtlrec config` prints them resolved). Stage modules
 are imported only when their subcommand runs, so `--help`, `mtlrec config` and config errors
-stay instant (TensorFlow takes seconds to import).
+stay instant (TensorFlow takes seconds to import). The terminal shows each stage's own lines;
+`--verbose` adds the libraries' logs (pipeline/terminal.py).
 """
 from __future__ import annotations
 
@@ -17,10 +18,9 @@ import sys
 import threading
 from pathlib import Path
 
+from pipeline import terminal
 from pipeline.config import ConfigError, load_config, to_yaml
 from pipeline.errors import MtlrecError
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of the CLI
 
 
 def _stage(module: str, function: str = "main"):
@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mtlrec",
         description="Multi-task recommender pipeline with DSelect-k, Top-k and softmax (MMoE) gates.")
     parser.add_argument("--version", action="version", version=f"mtlrec {version()}")
+    verbose_help = "show the libraries' logs too (TensorFlow, tf.Transform, Beam), for debugging"
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, _) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
@@ -93,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="YAML file of settings; the others keep their defaults (`mtlrec config` prints all)")
         cmd.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                          help="override one config key, e.g. --set model.gate.k=2 (repeatable)")
+        # Also after the subcommand; SUPPRESS keeps a -v given before it.
+        cmd.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
         for flags, kwargs in EXTRA_ARGUMENTS.get(name, []):
             cmd.add_argument(*flags, **kwargs)
     return parser
@@ -109,6 +113,7 @@ def exit_on_interrupt(command: str) -> None:
     """
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
+    terminal_fd = os.dup(2)  # the terminal itself, even while fd 2 is filtered (terminal.import_tensorflow)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)  # a Python handler must be set for the wakeup fd to be used
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
@@ -116,8 +121,8 @@ def exit_on_interrupt(command: str) -> None:
     def watch():
         while (signum := os.read(read_end, 1)[0]) not in (signal.SIGINT, signal.SIGTERM):
             pass  # another signal some library handles in Python: not ours
-        sys.stderr.write(f"mtlrec {command}: interrupted; rerun the same command to resume\n")
         sys.stderr.flush()
+        os.write(terminal_fd, f"mtlrec {command}: interrupted; rerun the same command to resume\n".encode())
         os._exit(128 + signum)
 
     threading.Thread(target=watch, name="mtlrec-interrupt", daemon=True).start()
@@ -130,10 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
     args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     args.beam_args = beam_args
+    terminal.configure(args.verbose)
     if console:
         exit_on_interrupt(args.command)
     try:
         config = load_config(args.config, args.set)
+        if args.command != "config":
+            terminal.import_tensorflow()  # every other stage needs it; its start-up lines filtered
         return COMMANDS[args.command][1](config, args) or 0
     except ConfigError as exc:
         print(f"mtlrec {args.command}: config error: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ from pipeline import runs
 from pipeline.artifacts import ArtifactError
 from pipeline.config import ConfigError, with_overrides
 from pipeline.manifest import data_hash, read_manifest
+from pipeline.terminal import time_left
 
 
 def log(message: str) -> None:
@@ -100,10 +101,14 @@ def run(config, force: bool = False) -> Path:
     todo = [(key, cfg) for key, cfg in configs.items() if not runs.is_evaluated(cfg.train.run_dir)]
     log(f"compare: {len(configs)} runs ({len(config.compare.variants)} variants x {len(config.compare.seeds)} seeds), "
         f"{len(configs) - len(todo)} already finished")
+    runs_started = time.perf_counter()
     for i, ((name, seed), cfg) in enumerate(todo, start=1):
         run_dir = Path(cfg.train.run_dir)
+        now = time.perf_counter()
+        # Time left at this session's pace, once one run has finished.
+        pace = f", {time_left((now - runs_started) / (i - 1) * (len(todo) - i + 1))}" if i > 1 else ""
         log(f"compare: [{i}/{len(todo)}] {name} seed {seed} ({len(todo) - i} left after this, "
-            f"{time.perf_counter() - started:.0f} s so far)")
+            f"{now - started:.0f} s so far{pace})")
         if not runs.is_trained(run_dir):
             train.run(cfg)
         evaluate.run(run_dir)

@@ -309,7 +309,6 @@ def build_pipeline(p, source, data_config, folder):
         beam.pvalue.AsSingleton(item_meta)).with_outputs(COUNTS, main="examples")
     examples = sampled.examples
     counts.append(sampled[COUNTS])
-    write_counts(counts, counts_path(folder))
 
     shards = data_config.num_shards
     grouped = (examples | "ByShard" >> beam.MapTuple(
@@ -321,7 +320,8 @@ def build_pipeline(p, source, data_config, folder):
     # The user and item feature tables of the served model, from the same train examples; the
     # candidate lists take their user and item columns from them (pipeline/tables.py).
     tables = batches | "TrainTables" >> beam.CombineGlobally(TrainTables(raw_columns))
-    _ = tables | "WriteTables" >> beam.ParDo(WriteTables(str(folder), raw_columns))
+    counts.append(tables | "WriteTables" >> beam.ParDo(WriteTables(str(folder), raw_columns)))
+    write_counts(counts, counts_path(folder))
     _ = (grouped | "CandidatesFromTables" >> beam.ParDo(CandidatesFromTables(raw_columns), beam.pvalue.AsSingleton(tables))
          | "WriteShards" >> beam.ParDo(WriteShard(str(folder), shards)))
     example_io = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["mtlrec"], schema=schema)

@@ -20,7 +20,6 @@ it, so raising it extends the finished study.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import shutil
@@ -34,6 +33,7 @@ import yaml
 from pipeline.artifacts import atomic_write, is_url
 from pipeline.manifest import read_manifest
 from pipeline.config import ConfigError, config_hash, merge, validate, with_overrides
+from pipeline.terminal import time_left
 from pipeline.tuning import TunerSettings, TuningError, finished_count, finished_trials, run_study, summarize
 
 SEARCH_SPACE_VERSION = 2  # part of every study's name: bump it when a search space changes
@@ -165,7 +165,7 @@ class _Progress:
         else:
             outcome = f"val_loss {trial.value:.4f} (best epoch {trial.user_attrs.get('best_epoch')})"
         left = self.spent / self.done * self.remaining
-        log(f"tune: {variant} [{slot + 1}/{self.trials}] {outcome}, {seconds:.0f} s; ~{left / 60:.0f} min left")
+        log(f"tune: {variant} [{slot + 1}/{self.trials}] {outcome}, {seconds:.0f} s; {time_left(left)}")
 
 
 def run(config, force: bool = False) -> Path:
@@ -187,16 +187,10 @@ def run(config, force: bool = False) -> Path:
     studies, todo = {}, sum(max(0, settings.trials - finished_count(settings, n)) for n in study_names.values())
     log(f"tune: {len(bases)} variants x {settings.trials} trials, {todo} to run; studies in {storage}")
     progress = _Progress(settings.trials, todo)
-    tf_logger = logging.getLogger("tensorflow")
-    level = tf_logger.level
-    tf_logger.setLevel(logging.ERROR)  # per-trial Keras warnings would bury the progress lines
-    try:
-        for name, base in bases.items():
-            context = {"steps_per_epoch": train.epoch_steps(base.train, manifest), "epochs": base.train.epochs}
-            objective = make_objective(base, context, config.tune.learning_rate, storage.parent / "trials")
-            studies[name] = run_study(settings, study_names[name], objective, progress)
-    finally:
-        tf_logger.setLevel(level)
+    for name, base in bases.items():
+        context = {"steps_per_epoch": train.epoch_steps(base.train, manifest), "epochs": base.train.epochs}
+        objective = make_objective(base, context, config.tune.learning_rate, storage.parent / "trials")
+        studies[name] = run_study(settings, study_names[name], objective, progress)
     summaries = {name: summarize(study) for name, study in studies.items()}
     write_report(config, summaries, {n: finished_trials(s) for n, s in studies.items()}, tune_dir_of(config) / "report")
     best = _write_best(config, bases, summaries)

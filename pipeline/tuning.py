@@ -35,6 +35,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from pipeline import terminal
 from pipeline.artifacts import is_url
 from pipeline.errors import MtlrecError
 
@@ -141,7 +142,8 @@ def run_study(settings: TunerSettings, study_name: str, objective: Objective,
         The study; `finished_trials(study)` holds exactly `settings.trials` trials (or more,
         if an earlier run had a larger budget).
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial is ours
+    if not terminal.verbose():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial is ours
     path = Path(settings.storage).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(path):

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from models.gates import gate_config_class
 from pipeline.synthetic.data import SyntheticData
 from pipeline.synthetic.training import RunSpec, train_runs
-from pipeline.tuning import TunerSettings, run_study, summarize
+from pipeline.tuning import TunerSettings, finished_count, run_study, summarize
 
 PRUNE_EVERY = 10  # epochs between the validation MSEs the pruner sees
 
@@ -31,6 +31,27 @@ def study_name(variant: str, identity: dict) -> str:
     changed settings start a new study instead of mixing results (a larger budget extends it)."""
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{variant}-{digest}"
+
+
+def tuning_plan(variant: str, spec: RunSpec, gate: dict | None, tuning, storage: str,
+                assignment: np.ndarray | None = None, identity: dict | None = None,
+                trials: int | None = None) -> tuple[TunerSettings, str]:
+    """The tuner settings and study name of one variant (arguments as `tune_variant`'s)."""
+    settings = TunerSettings(storage=storage, trials=tuning.trials if trials is None else trials, seed=tuning.seed,
+                             pruner=tuning.pruner, startup_trials=tuning.startup_trials)
+    name = study_name(variant, {"gate": gate, "spec": spec.__dict__,
+                                "tuning": tuning.model_dump(mode="json", exclude={"trials", "oracle_trials"}),
+                                "fixed": None if assignment is None else np.asarray(assignment).tolist(),
+                                **(identity or {})})
+    return settings, name
+
+
+def trials_to_run(variant: str, spec: RunSpec, gate: dict | None, tuning, storage: str,
+                  assignment: np.ndarray | None = None, identity: dict | None = None,
+                  trials: int | None = None) -> int:
+    """How many trials `tune_variant` has still to run (a resumed study has fewer)."""
+    settings, name = tuning_plan(variant, spec, gate, tuning, storage, assignment, identity, trials)
+    return max(0, settings.trials - finished_count(settings, name))
 
 
 def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | None, tuning, storage: str,
@@ -70,12 +91,7 @@ def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | 
                  else f"val {trial.value:.4f} after {trial.user_attrs.get('epochs')} epochs")
         progress(f"tune {variant} {slot + 1}/{trials} ({shown}): {state} in {seconds:.0f}s")
 
-    settings = TunerSettings(storage=storage, trials=trials, seed=tuning.seed, pruner=tuning.pruner,
-                             startup_trials=tuning.startup_trials)
-    name = study_name(variant, {"gate": gate, "spec": spec.__dict__,
-                                "tuning": tuning.model_dump(mode="json", exclude={"trials", "oracle_trials"}),
-                                "fixed": None if assignment is None else np.asarray(assignment).tolist(),
-                                **(identity or {})})
+    settings, name = tuning_plan(variant, spec, gate, tuning, storage, assignment, identity, trials)
     summary = summarize(run_study(settings, name, objective, progress=log))
     best = summary["best"]
     if best is None:

@@ -24,8 +24,9 @@ import numpy as np
 
 from pipeline.synthetic.data import SyntheticData, generate
 from pipeline.synthetic.recovery import DENSE_SELECTION
-from pipeline.synthetic.search import tune_variant
+from pipeline.synthetic.search import trials_to_run, tune_variant
 from pipeline.synthetic.training import RunSpec, oracle_assignment, study_ks, train_runs
+from pipeline.terminal import time_left
 
 RECOVERED = 0.9  # exact-set ARI at or above which a seed counts as having recovered the clusters
 
@@ -80,16 +81,27 @@ def run_study(cfg, storage: str, progress: Callable[[str], None] = lambda messag
     sweep = [t for t in dict.fromkeys(cfg.sweep_tasks) if t != main_tasks]
     tuned_with = {name: source for name, source in cfg.tuned_with.items() if name in gates}
 
-    def log(line: str) -> None:
-        progress(f"[{time.perf_counter() - started:.0f}s] {line}")
-
     # 1. Tuning: the same budget for every variant tuned on its own.
     identity = {"data": data_args, "tower_init": cfg.tower_init}
+    to_tune = {name: dict(gate=gates.get(name), assignment=oracle if name == "oracle" else None, identity=identity,
+                          trials=cfg.tuning.oracle_trials if name == "oracle" else None)
+               for name in [*(n for n in gates if n not in tuned_with), *(["oracle"] if oracle is not None else [])]}
+    models = [*gates, *(["oracle"] if oracle is not None else [])]
+    # Progress in units of work: a tuning trial, or one setting's runs (all its seeds side by side).
+    total = sum(trials_to_run(name, spec, tuning=cfg.tuning, storage=storage, **kw) for name, kw in to_tune.items()) \
+        + len(models) + len(sweep) * len(gates)
+    done = 0
+
+    def log(line: str) -> None:  # one line per finished unit, ending with the time left at this pace
+        nonlocal done
+        done += 1
+        elapsed = time.perf_counter() - started
+        progress(f"[{done}/{total}, {total - done} left, {elapsed:.0f}s, "
+                 f"{time_left(elapsed / done * (total - done))}] {line}")
+
     tuned = {}
-    for name in [*(n for n in gates if n not in tuned_with), *(["oracle"] if oracle is not None else [])]:
-        tuned[name] = tune_variant(name, data, spec, gates.get(name), cfg.tuning, storage,
-                                   assignment=oracle if name == "oracle" else None, identity=identity,
-                                   trials=cfg.tuning.oracle_trials if name == "oracle" else None, progress=log)
+    for name, kw in to_tune.items():
+        tuned[name] = tune_variant(name, data, spec, tuning=cfg.tuning, storage=storage, progress=log, **kw)
     for name, source in tuned_with.items():
         tuned[name] = {**tuned[source], "tuned_with": source}
     final_gates = {name: {**gate, **tuned[name]["gate_params"]} for name, gate in gates.items()}
@@ -103,7 +115,6 @@ def run_study(cfg, storage: str, progress: Callable[[str], None] = lambda messag
         return runs
 
     # 2. The reported runs: every variant with its tuned settings, all seeds side by side.
-    models = [*gates, *(["oracle"] if oracle is not None else [])]
     results, weights = {}, {}
     for name in models:
         runs = train("final", data, name, seeds)
