@@ -262,21 +262,23 @@ class SyntheticDataConfig(Section):
         return self
 
 
-class SyntheticGridConfig(Section):
-    """Hyperparameter grid: every gate gets `points` points (the same budget), drawn (seeded)
-    from the product of the axes that apply to it. learning_rate applies to every gate; gamma
-    and entropy_weight to the gates whose config has that field, i.e. dselect_k (an empty list
-    keeps each gate's own value)."""
-    points: int = Field(4, ge=1)
-    seed: int = Field(100, ge=0)  # draws the points and seeds every grid run (apart from the reported seeds)
-    learning_rate: list[Annotated[float, Field(gt=0)]] = Field(
-        default_factory=lambda: [0.003, 0.01, 0.03, 0.1], min_length=1)
-    gamma: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [1.0, 10.0])
-    entropy_weight: list[Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: [0.01, 0.1])
+class SyntheticTuningConfig(Section):
+    """Equal-budget tuning of every variant (pipeline/tuning.py): Optuna TPE, pruning on the
+    per-epoch validation MSE, the same number of trials per variant; the learning rate is searched
+    beside the gate's own settings (its config class's `search_space`). The test split is never read."""
+    trials: int = Field(6, ge=1)                  # finished trials per variant
+    oracle_trials: int = Field(2, ge=1)           # the oracle reference: only its learning rate to tune
+    seed: int = Field(100, ge=0)                  # the sampler's, and the training seed of every trial
+    pruner: Literal["median", "successive_halving", "none"] = "median"
+    startup_trials: int = Field(3, ge=1)          # random trials before TPE models the history
+    learning_rate: list[Annotated[float, Field(gt=0)]] = Field(  # [low, high], log-uniform
+        default_factory=lambda: [1e-3, 0.1], min_length=2, max_length=2)
 
-    def gate_axes(self, gate) -> dict[str, list]:
-        """The axes that are settings of this gate (gamma, entropy_weight: those its config has)."""
-        return {name: getattr(self, name) for name in ("gamma", "entropy_weight") if name in type(gate).model_fields}
+    @model_validator(mode="after")
+    def _range(self):
+        if self.learning_rate[0] >= self.learning_rate[1]:
+            raise ValueError(f"learning_rate: low {self.learning_rate[0]} must be below high {self.learning_rate[1]}")
+        return self
 
 
 def _synthetic_gates() -> dict:
@@ -286,6 +288,8 @@ def _synthetic_gates() -> dict:
         "topk_2": parse_gate_config({"type": "topk", "k": 2, "per_example": False}),
         "dselect_k_1": parse_gate_config({"type": "dselect_k", "k": 1}),
         "dselect_k_2": parse_gate_config({"type": "dselect_k", "k": 2}),
+        "dselect_k_1_robust": parse_gate_config({"type": "dselect_k", "k": 1, "restarts": 3, "restart_steps": 300,
+                                                 "permutation_start": 200, "permutation_steps": 300}),
     }
 
 
@@ -295,13 +299,20 @@ class SyntheticConfig(Section):
     num_experts: int = Field(16, ge=2)
     expert_units: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 4], min_length=1)
     tower_units: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)  # [] = linear tower
-    epochs: int = Field(200, ge=1)
+    tower_init: Literal["shared", "independent"] = "shared"  # shared: every task's tower starts from one draw
+    max_epochs: int = Field(200, ge=1)            # training stops here if the selections have not converged
+    min_epochs: int = Field(60, ge=1)             # ... and not before this
+    patience: int = Field(10, ge=1)               # epochs without a change of selection that count as converged
     batch_size: int = Field(256, ge=1)
-    seeds: int = Field(5, ge=1)                   # reported runs use seeds 0 .. seeds-1
+    seeds: int = Field(10, ge=1)                  # reported runs use seeds 0 .. seeds-1
     gates: dict[str, GateSettings] = Field(default_factory=_synthetic_gates)  # named static variants
     compare: list[str] = Field(default_factory=lambda: list(_synthetic_gates()), min_length=1)
-    grid: SyntheticGridConfig = SyntheticGridConfig()
+    # Compared variants that are not tuned but take another variant's tuned settings (keeping their own
+    # robust options): robust DSelect-k is DSelect-k's tuned settings plus restarts and the permutation search.
+    tuned_with: dict[str, str] = Field(default_factory=lambda: {"dselect_k_1_robust": "dselect_k_1"})
+    tuning: SyntheticTuningConfig = SyntheticTuningConfig()
     sweep_tasks: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [8, 32])
+    sweep_seeds: int = Field(3, ge=1)             # the sweep's runs use seeds 0 .. sweep_seeds-1 (a trend, not a test)
     oracle: bool = True                           # reference model with gates fixed to the true clusters
     jit_compile: bool = True                      # XLA-compile each training epoch
 
@@ -316,11 +327,14 @@ class SyntheticConfig(Section):
                 raise ValueError(f"gates.{name}.per_example must be false: the study compares static per-task gates")
             if getattr(gate, "k", 1) > self.num_experts:
                 raise ValueError(f"gates.{name}.k={gate.k} exceeds num_experts={self.num_experts}")
-            axes = [self.grid.learning_rate, *(v for v in self.grid.gate_axes(gate).values() if v)]
-            size = math.prod(len(set(a)) for a in axes)
-            if size < self.grid.points:
-                raise ValueError(f"grid.points={self.grid.points} exceeds the {size} distinct grid points "
-                                 f"that apply to gates.{name}; add grid values or lower grid.points")
+        for name, source in self.tuned_with.items():  # entries of variants not compared are ignored
+            if name in self.compare and (source not in self.compare or source in self.tuned_with):
+                raise ValueError(f"tuned_with.{name}: {source!r} must be compared and tuned itself")
+            if self.gates[name].type != self.gates[source].type:
+                raise ValueError(f"tuned_with.{name}: a {self.gates[name].type} gate cannot take the settings "
+                                 f"of a {self.gates[source].type} gate ({source!r})")
+        if self.min_epochs > self.max_epochs:
+            raise ValueError(f"min_epochs={self.min_epochs} exceeds max_epochs={self.max_epochs}")
         if self.oracle and self.data.clusters > self.num_experts:
             raise ValueError(f"oracle needs one expert per cluster: data.clusters={self.data.clusters} "
                              f"exceeds num_experts={self.num_experts}")

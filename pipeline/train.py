@@ -17,6 +17,7 @@ import uuid
 import tensorflow as tf
 
 from models.experts import gate_diagnostics
+from models.gates.restarts import keras_restarts
 from pipeline import locks, resume, runs, storage
 from pipeline.artifacts import ArtifactError, read_json, write_json
 from pipeline.dataset import InputPipeline
@@ -162,6 +163,10 @@ def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log,
     state = resume.RunState(run_dir, out_dir, model, train_config.early_stopping_patience, save=not scratch)
     start = state.restore()
     epoch_end = EpochEnd(state, out_dir, diagnostics_inputs, save_weights=not scratch)
+    if start == 0:  # a resumed run goes on from the saved state, which holds what its restarts kept
+        keras_restarts(model, lambda steps_each, epochs: inputs.training_batches(
+            batch, steps_each, epochs, seed=train_config.seed + 1, shuffle_buffer=train_config.shuffle_buffer,
+            cache=train_config.cache), train_config.seed, log)
     log(f"train: {storage.name(run_dir)}: {config.model.architecture}, gate {config.model.gate.type}, "
         f"{strategy.num_replicas_in_sync} replica(s), {steps} steps/epoch, up to {train_config.epochs} epochs"
         + (f", resuming after epoch {start}" if start else ""))

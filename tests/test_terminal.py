@@ -28,7 +28,7 @@ TINY = [*EMBEDDED_OVERRIDES, "train.epochs=2", "train.steps_per_epoch=2", "train
         "compare.variants={softmax: {model: {gate: {type: softmax}}}, "
         "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}", "tune.trials=2"]
 SYNTHETIC = ["--config", str(REPO / "configs" / "synthetic_tiny.yaml"), "--set", "synthetic.sweep_tasks=[]",
-             "--set", "synthetic.compare=[topk_1, dselect_k_1]"]
+             "--set", "synthetic.compare=[topk_2, dselect_k_1]"]
 
 
 def mtlrec(*args):
@@ -83,7 +83,8 @@ def test_every_subcommand_prints_only_its_own_lines(runs):
     # Per-run progress: i/N and, once a run has finished, the time left.
     assert re.search(r"^compare: \[2/2\] .*, ~\d+ (s|min) left\)$", runs["compare"].stderr, re.M)
     assert re.search(r"^tune: \w+ \[2/2\] .*; ~\d+ (s|min) left$", runs["tune"].stderr, re.M)
-    assert re.search(r"^\[6/6, 0 left, \d+s, ~\d+ s left\] final", runs["synthetic"].stderr, re.M)
+    # synthetic: 2 tuning trials for each of topk_2 and dselect_k_1, 1 for the oracle, then their 3 settings' runs.
+    assert re.search(r"^\[8/8, 0 left, \d+s, ~\d+ s left\] final", runs["synthetic"].stderr, re.M)
 
 
 def test_keras_shows_one_line_per_epoch_when_not_a_terminal(runs):

@@ -54,7 +54,10 @@ class Gate(keras.layers.Layer):
       False if every expert always keeps some weight (softmax);
     - `routing_layers()`: the Dense layers applied to the routing inputs;
     - `initialize_static_rows()`: see there;
-    - `diagnostics(routing_inputs)`: gate-specific entries of the training diagnostics.
+    - `diagnostics(routing_inputs)`: gate-specific entries of the training diagnostics, and
+      `row_diagnostics(routing_inputs)`: the numeric ones per row, as tensors; `selection_pending()`;
+    - `rows_independent`: False if its regularizer couples the rows of a batch (Top-k's load
+      balancing), so that packed static gates of independent models must be called apart.
 
     Static and per-example gates of one class have the same parameters in the same order: a static
     gate's trainable weights, flattened and concatenated, are one row of the concatenated kernels of
@@ -94,6 +97,20 @@ class Gate(keras.layers.Layer):
     def diagnostics(self, routing_inputs=None) -> dict:
         """Gate-specific entries of the training diagnostics (gates.json); none by default."""
         return {}
+
+    def row_diagnostics(self, routing_inputs=None) -> dict:
+        """Per-row diagnostics: {name: [rows] tensor} (rows = batch, or 1 if static); none by default."""
+        return {}
+
+    def selection_pending(self) -> bool:
+        """True while the gate's own schedule will still change its selection (DSelect-k's permutation
+        search); a training loop that stops once selections settle waits for it. False by default."""
+        return False
+
+    @property
+    def rows_independent(self) -> bool:
+        """Whether each row's weights and regularizer depend on that row alone."""
+        return True
 
     def build_routing(self, input_shape):
         """Create the routing layers' variables for routing inputs of this shape (a group

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from models.gates import dselect_k_permutation as permutation
 from models.gates.base import Gate, _dense_group
 from models.gates.dselect_k_config import ENTROPY_SCHEDULES, DSelectKGateConfig
 
@@ -73,6 +74,11 @@ def _safe_logs(probs):
     return logs(probs)
 
 
+def _tiled(row: np.ndarray):
+    """An initializer of kernels [rows, columns] whose every row is `row` ([1, columns])."""
+    return lambda shape, dtype=None: tf.tile(tf.constant(row, tf.float32), [int(shape[0]), 1])
+
+
 @keras.utils.register_keras_serializable(package="mtlrec")
 class DSelectKGate(Gate):
     """DSelect-k (Hazimeh et al., NeurIPS 2021): a smooth gate that becomes exactly k-sparse.
@@ -103,7 +109,9 @@ class DSelectKGate(Gate):
 
     def __init__(self, num_experts: int, k: int, gamma: float = 1.0, per_example: bool = False,
                  entropy_weight: float = 1e-3, entropy_schedule: str = "constant",
-                 entropy_warmup_steps: int = 0, unreachable_weight: float = 1.0, **kwargs):
+                 entropy_warmup_steps: int = 0, unreachable_weight: float = 1.0, restarts: int = 1,
+                 restart_steps: int = 0, permutation_start: int = 0, permutation_steps: int = 0,
+                 permutation_temperature: float = 0.2, **kwargs):
         super().__init__(num_experts, per_example, **kwargs)
         if int(k) < 1:
             raise ValueError(f"DSelectKGate: k must be >= 1, got {k}")
@@ -118,6 +126,14 @@ class DSelectKGate(Gate):
         self.entropy_schedule = entropy_schedule
         self.entropy_warmup_steps = int(entropy_warmup_steps)
         self.unreachable_weight = float(unreachable_weight)
+        self.restarts, self.restart_steps = int(restarts), int(restart_steps)
+        self.permutation_start, self.permutation_steps = int(permutation_start), int(permutation_steps)
+        self.permutation_temperature = float(permutation_temperature)
+        if self.restarts < 1 or self.restart_steps < 0 or self.permutation_start < 0 or self.permutation_steps < 0:
+            raise ValueError("DSelectKGate: restarts must be >= 1; restart_steps, permutation_start and "
+                             "permutation_steps >= 0")
+        if self.permutation_temperature <= 0:
+            raise ValueError(f"DSelectKGate: permutation_temperature must be > 0, got {permutation_temperature}")
         self.num_bits = max(1, math.ceil(math.log2(self.num_experts)))
         self.num_codes = 2**self.num_bits
 
@@ -130,8 +146,20 @@ class DSelectKGate(Gate):
                 self.k * (self.num_bits + 1), kernel_initializer=near_zero(),
                 bias_initializer=near_zero(), dtype="float32", name="selector")
         else:
-            self.z = self.add_weight(name="z", shape=[self.k, self.num_bits], initializer=near_zero())
+            # ONLY_FIRST_REPLICA: the permutation search rewrites z from inside the (replicated) step.
+            self.z = self.add_weight(name="z", shape=[self.k, self.num_bits], initializer=near_zero(),
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             self.alpha = self.add_weight(name="alpha", shape=[self.k], initializer="zeros")
+        if self.permutation_steps:  # the logits L of the soft permutation, starting at the identity
+            start = permutation.identity_logits(self.num_experts, self.permutation_temperature)
+            identity = keras.initializers.Constant(start)
+            if self.per_example:  # every row of the kernel is the identity: see initialize_static_rows
+                self.permutation_dense = keras.layers.Dense(
+                    self.num_experts**2, kernel_initializer=_tiled(start.reshape(1, -1)), dtype="float32",
+                    name="permutation")
+            else:
+                self.permutation_logits = self.add_weight(
+                    name="permutation", shape=[self.num_experts, self.num_experts], initializer=identity)
         # Everything is laid out flat, one row per example (and gate), so that each step is one op
         # on a [rows, columns] matrix: small inner axes (k=2, m=3) made TF's broadcasting ops,
         # softmax and XLA fusions slow (measured with the stacked mixture of MMoE: -18%
@@ -161,20 +189,57 @@ class DSelectKGate(Gate):
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def routing_layers(self):
-        return [self.selector_dense] if self.per_example else []
+        layers = [self.selector_dense] if self.per_example else []
+        return layers + [self.permutation_dense] if self.per_example and self.permutation_steps else layers
 
     def initialize_static_rows(self):
-        # Row t: static gate t's [z (k*m) | alpha (k)]. The kernel's initializer already drew z the
-        # way a static z starts (uniform in +-gamma/100); alpha starts at 0.
+        # Row t: static gate t's [z (k*m) | alpha (k)] (| permutation logits (n*n)). The kernel's
+        # initializer already drew z the way a static z starts (uniform in +-gamma/100); alpha starts
+        # at 0, and the permutation kernel's initializer gave every row the identity.
         kernel = self.selector_dense.kernel
         z_size = self.k * self.num_bits
         kernel.assign(tf.concat([kernel[:, :z_size], tf.zeros([kernel.shape[0], self.k])], axis=1))
 
+    def reinitialize_selectors(self, seed) -> None:
+        """Draw z afresh (uniform in +-gamma/100, as at construction) and reset alpha to 0: one more
+        initialisation for restarts (models/gates/restarts.py). seed: a pair of ints (stateless RNG).
+        A per-example gate redraws its selector layer's kernel and bias."""
+        limit = self.gamma / 100
+
+        def draw(shape, salt):
+            return tf.random.stateless_uniform(shape, [int(seed[0]), int(seed[1]) * 4 + salt], -limit, limit)
+
+        if not self.per_example:
+            self.z.assign(draw(self.z.shape, 0))
+            self.alpha.assign(tf.zeros_like(self.alpha))
+            return
+        self.selector_dense.kernel.assign(draw(self.selector_dense.kernel.shape, 1))
+        self.selector_dense.bias.assign(draw(self.selector_dense.bias.shape, 2))
+
     def diagnostics(self, routing_inputs=None):
         """The fraction of selectors already binary: each puts all its mass on one code, so its
-        choice is locked (a binary selector has zero gradient)."""
-        selectors = self.selector_outputs(routing_inputs).numpy()  # [(batch,) k, 2^m]
-        return {"binary_selectors": float((selectors.max(axis=-1) == 1.0).mean())}
+        choice is locked (a binary selector has zero gradient). While the permutation search runs,
+        a selector's output is its row of the soft permutation, and `search_pending` is True."""
+        out = {"binary_selectors": float(tf.reduce_mean(self.row_diagnostics(routing_inputs)["binary_selectors"]))}
+        if self.permutation_steps:
+            out["search_pending"] = self.selection_pending()
+        return out
+
+    def selection_pending(self) -> bool:
+        return bool(self.permutation_steps) and int(self.step.numpy()) < self.search_window[1]
+
+    def row_diagnostics(self, routing_inputs=None):
+        """{"binary_selectors": [rows]}: the fraction of each row's k selectors that are binary."""
+        routing_inputs = self._check_routing(routing_inputs)
+        z = self._rows([self], routing_inputs)[:, :self.k * self.num_bits]
+        selectors = self._selectors(self._bit_logs(z)[2])  # [rows, k, 2^m]
+        largest = tf.reduce_max(selectors, axis=-1)  # [rows, k]
+        if self.permutation_steps:
+            largest = tf.cond(self._search_running(False), lambda: tf.reduce_max(tf.matmul(
+                selectors[..., :self.num_experts], self._permutation([self], routing_inputs)), axis=-1),
+                lambda: largest)
+        binary = tf.cast(tf.equal(largest, 1.0), tf.float32)  # [rows, k]
+        return {"binary_selectors": tf.reduce_mean(binary, axis=-1)}
 
     def selector_outputs(self, routing_inputs=None):
         """r(z_l) over all 2^m codes: [k, 2^m] static, [batch, k, 2^m] per-example."""
@@ -224,6 +289,9 @@ class DSelectKGate(Gate):
         first, num_gates = gates[0], len(gates)
         routing_inputs = first._check_routing(routing_inputs)
         k, m, n = first.k, first.num_bits, first.num_experts
+        if training and first.permutation_steps:  # the search's last step rewrites z before z is read
+            last = first.search_window[1] - 1
+            tf.cond(tf.equal(first.step, last), lambda: first._fold(gates, routing_inputs), lambda: None)
         z, alpha = tf.split(first._rows(gates, routing_inputs), [k * m, k], axis=-1)
         probs, safe_log, logs = first._bit_logs(z)
         # mass_l(i) = exp(log r_l(i) + log softmax(alpha)_l) = softmax(alpha)_l r_l(i), exactly 0 where
@@ -233,6 +301,10 @@ class DSelectKGate(Gate):
             weights = tf.matmul(mass, first._sum_matrix)
         else:
             weights = tf.reduce_sum(tf.reshape(mass, [-1, k, first.num_codes]), axis=1)[:, :n]
+        if first.permutation_steps:  # w' = w P while the search runs; P is the same for all selectors of a row
+            weights = tf.cond(first._search_running(training),
+                              lambda: tf.matmul(weights[:, None, :], first._permutation(gates, routing_inputs))[:, 0],
+                              lambda: weights)
         weights = tf.reshape(weights, [-1, num_gates, n] if first.per_example else [num_gates, n])
         if not training:
             return weights, None
@@ -255,8 +327,58 @@ class DSelectKGate(Gate):
             loss += (first.unreachable_weight * num_gates) * tf.reduce_mean(penalty)
         return weights, loss
 
+    # ---- robust selection
+    @property
+    def lock_start(self) -> int:
+        """The training call from which the entropy acts in full and selectors lock: the end of the
+        warm-up (0 for the constant schedule). Restarts and the permutation search count from it."""
+        return self.entropy_warmup_steps if self.entropy_schedule != "constant" else 0
+
+    @property
+    def search_window(self) -> tuple[int, int]:
+        """[first, end) training calls of the permutation search."""
+        first = self.lock_start + self.permutation_start
+        return first, first + self.permutation_steps
+
+    def _search_running(self, training):
+        """Whether the mixture goes through the soft permutation now. The search's last training call
+        has already folded it into z, so it (and inference after it) uses z alone."""
+        first, end = self.search_window
+        return tf.logical_and(self.step >= first, self.step < end - (1 if training else 0))
+
+    def _permutation(self, gates, routing_inputs):
+        """The soft permutation P of every row ([rows, n, n]) at the current step's temperature."""
+        n = self.num_experts
+        if self.per_example:
+            logits = tf.reshape(_dense_group([g.permutation_dense for g in gates], routing_inputs), [-1, n, n])
+        else:
+            logits = tf.stack([g.permutation_logits for g in gates])  # [gates, n, n]
+        return permutation.soft_permutation(logits, self.step, self.search_window[0], self.permutation_steps,
+                                            self.permutation_temperature)
+
+    def _fold(self, gates, routing_inputs):
+        """Point every selector at the expert the permutation sends it to (see dselect_k_permutation.py).
+        Per-example rows are written back into the selector kernels row by row, which is right for the
+        packed static rows only (routing inputs = one-hot row ids)."""
+        k, m = self.k, self.num_bits
+        z = tf.reshape(self._rows(gates, routing_inputs)[:, :k * m], [-1, k, m])  # [rows, k, m]
+        selectors = self._selectors(self._bit_logs(tf.reshape(z, [-1, k * m]))[2])  # [rows, k, 2^m]
+        new_z = permutation.folded_z(z, selectors, self._permutation(gates, routing_inputs), self.gamma)
+        if not self.per_example:
+            for i, gate in enumerate(gates):
+                gate.z.assign(new_z[i])
+            return None
+        new_z = tf.reshape(new_z, [-1, len(gates), k * m])  # [rows, gates, k*m]
+        for i, gate in enumerate(gates):
+            kernel, bias = gate.selector_dense.kernel, gate.selector_dense.bias
+            kernel.assign(tf.concat([new_z[:, i] - bias[None, :k * m], kernel[:, k * m:]], axis=1))
+        return None
+
     def get_config(self):
         return {**super().get_config(), "k": self.k, "gamma": self.gamma,
                 "entropy_weight": self.entropy_weight, "entropy_schedule": self.entropy_schedule,
                 "entropy_warmup_steps": self.entropy_warmup_steps,
-                "unreachable_weight": self.unreachable_weight}
+                "unreachable_weight": self.unreachable_weight, "restarts": self.restarts,
+                "restart_steps": self.restart_steps, "permutation_start": self.permutation_start,
+                "permutation_steps": self.permutation_steps,
+                "permutation_temperature": self.permutation_temperature}

@@ -1,7 +1,7 @@
 """The settings of the DSelect-k gate, models/gates/dselect_k.py. No TensorFlow: see registry.py."""
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from models.gates.registry import GateConfig, register_gate
 
@@ -18,6 +18,22 @@ class DSelectKGateConfig(GateConfig):
     entropy_schedule: Literal[ENTROPY_SCHEDULES] = "constant"
     entropy_warmup_steps: int = Field(0, ge=0)
     unreachable_weight: float = Field(1.0, ge=0)
+    # Robust selection (models/gates/restarts.py, dselect_k_permutation.py): off by default. Steps
+    # count from the end of the entropy warm-up (0 for the constant schedule), when selectors lock.
+    restarts: int = Field(1, ge=1)                  # selector initialisations tried; the best by training loss is kept
+    restart_steps: int = Field(0, ge=0)             # steps each one trains after the warm-up
+    permutation_start: int = Field(0, ge=0)         # steps after the warm-up at which the permutation search starts
+    permutation_steps: int = Field(0, ge=0)         # its length (0 = no search); its last step folds it in
+    permutation_temperature: float = Field(0.2, gt=0)  # Sinkhorn temperature at the start (annealed to 1%)
+
+    @model_validator(mode="after")
+    def _robust_options_fit(self):
+        if self.restarts > 1 and self.restart_steps == 0:
+            raise ValueError(f"restarts={self.restarts} needs restart_steps > 0 (the steps each initialisation trains)")
+        if self.permutation_steps and self.per_example:
+            raise ValueError("permutation_steps > 0 needs per_example: false (the search permutes a static "
+                             "gate's experts; a per-example gate has no one selection to move)")
+        return self
 
     @classmethod
     def search_space(cls, trial, context):

@@ -53,6 +53,10 @@ class TopKGate(Gate):
                 initializer=keras.initializers.RandomNormal(stddev=0.01))
             self.noise_logits = self.add_weight(name="noise", shape=[self.num_experts], initializer="zeros")
 
+    @property
+    def rows_independent(self) -> bool:
+        return self.load_balance_weight == 0  # load balancing measures the use of experts over the batch
+
     def routing_layers(self):
         return [self.logits_dense, self.noise_dense] if self.per_example else []
 

@@ -1,4 +1,5 @@
-"""The synthetic study's model: shared experts, one static gate per task, one tower per task."""
+"""The synthetic study's model: shared experts, one static gate per task, one tower per task --
+for several independent replicas (seeds) at once."""
 from __future__ import annotations
 
 import math
@@ -6,43 +7,69 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from models.experts import StackedExperts
 from models.gates import build_gate
 
 keras = tf.keras
 
 
+def _glorot(fan_in: int, fan_out: int):
+    """Glorot-uniform for [rows, fan_in, fan_out] stacked kernels, scaled by each kernel's own fans
+    (Keras' initializers would count the stacked axis as receptive field)."""
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return keras.initializers.RandomUniform(-limit, limit)
+
+
 class TaskRoutedMoE(keras.Model):
-    """Stacked experts -> one static gate per task -> one tower per task, all T tasks at once.
+    """`replicas` independent models, each: stacked experts -> one static gate per task -> one tower
+    per task, all T tasks at once.
+
+    Replicas are the seeds of one setting trained side by side: every variable has a leading
+    replica axis, no parameter is shared between replicas, and the loss is the sum of the replicas'
+    losses, so each replica gets exactly the gradients it would get alone (Adam is per
+    parameter). On this CPU a step costs mostly per-op overhead, so S replicas cost far less than
+    S runs.
 
     Why not `models.experts.MMoE` with T gate layers: on this 2-core machine, tracing the
     train step of MMoE with 128 static DSelect-k gates took 80 s and a step 165 ms (batch
-    256); this model traces in ~2.5 s and steps in ~10 ms. The T static gates are ONE layer
-    from `build_gate` (same class, same maths), built per-example and routed on the one-hot
-    task id: row t of its kernels holds task t's static parameters (as models/gates/base.py,
-    Gate, lays them out: DSelect-k's z_t and alpha_t, the logits of softmax / Top-k), its
-    biases are zeroed and left out of training, and rows start as a static gate starts
-    (Gate.initialize_static_rows). So weights, noise, regularizer and gradients are those of T
-    independent static gates (tests/test_synthetic.py checks this against T separate static
-    gates). The gate's regularizer arrives averaged over tasks, matching the
-    loss: mean over tasks of (MSE_t + regularizer_t).
+    256); this model traces in ~2.5 s and steps in ~10 ms. The S*T static gates are ONE layer
+    from `build_gate` (same class, same maths), built per-example and routed on one-hot row
+    ids: row s*T + t of its kernels holds task t's static parameters in replica s (as
+    models/gates/base.py, Gate, lays them out: DSelect-k's z and alpha, the logits of softmax /
+    Top-k), its biases are zeroed and left out of training, and rows start as a static gate starts
+    (Gate.initialize_static_rows). So weights, noise, regularizer and gradients are those of S*T
+    independent static gates (tests/test_synthetic.py checks this against separate static
+    gates). A gate whose regularizer couples its rows (Top-k's load balancing: Gate.rows_independent)
+    is called once per replica, so it balances over that replica's tasks only.
 
-    Towers: stacked per-task weights [T, d_in, d_out], one einsum per layer, instead of T
+    Experts and towers: stacked per-replica (and per-task) weights, one einsum per layer, instead of
     Dense layers: with 128 tasks, measured 4-5 ms per train step and 1.3-3.8 s to trace/compile,
-    against 37-42 ms and 9-21 s with 128 Dense(1) towers on the same mixtures.
+    against 37-42 ms and 9-21 s with 128 Dense(1) towers on the same mixtures. Experts are MLPs
+    with ReLU after every layer (as models.experts.StackedExperts).
 
     `assignment` ([T, n], optional) replaces the gates with fixed mixture weights: the oracle
     (true clusters) and no-sharing references.
+
+    `shared_tower_init`: every task's tower starts from the same draw (per replica). Tasks are
+    exchangeable a priori; with towers drawn apart, tasks of one cluster read the experts through
+    different random towers at the start and pick experts independently, splitting clusters
+    (measured for DSelect-k k=1 in the README's synthetic section).
+
+    Call: x [replicas, batch, input_dim] (each replica its own batch) -> predictions [replicas, batch, T].
     """
 
     def __init__(self, num_tasks: int, num_experts: int, expert_units, tower_units=(),
-                 gate: dict | None = None, assignment: np.ndarray | None = None, **kwargs):
+                 gate: dict | None = None, assignment: np.ndarray | None = None, replicas: int = 1,
+                 shared_tower_init: bool = False, **kwargs):
         super().__init__(**kwargs)
         if (gate is None) == (assignment is None):
             raise ValueError("give exactly one of gate and assignment")
-        self.num_tasks, self.num_experts = int(num_tasks), int(num_experts)
-        self.expert_dim = int(expert_units[-1])
-        self.experts = StackedExperts(num_experts, list(expert_units), name="experts")
+        if replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {replicas}")
+        self.num_tasks, self.num_experts, self.replicas = int(num_tasks), int(num_experts), int(replicas)
+        self.expert_units, self.tower_units = [int(u) for u in expert_units], [int(u) for u in tower_units]
+        self.expert_dim = self.expert_units[-1]
+        self.shared_tower_init = bool(shared_tower_init)
+        rows = self.replicas * self.num_tasks
         if gate is not None:
             params = {k: v for k, v in gate.items() if k not in ("type", "per_example")}
             self.gate = build_gate(gate["type"], num_experts, per_example=True, name="task_gates", **params)
@@ -55,21 +82,38 @@ class TaskRoutedMoE(keras.Model):
             self.assignment = tf.constant(assignment)
         # Fixed weights select exactly the experts they weigh; a gate knows whether its zeros are exact.
         self.exactly_sparse = True if self.gate is None else self.gate.exactly_sparse
-        self.task_ids = tf.eye(num_tasks)
+        self.task_ids = tf.eye(rows)  # one-hot row ids: row s*T + t is task t of replica s
         self.tower_kernels, self.tower_biases = [], []
         d_in = self.expert_dim
-        for j, d_out in enumerate([*tower_units, 1]):
-            limit = math.sqrt(6.0 / (d_in + d_out))  # Glorot per task
+        for j, d_out in enumerate([*self.tower_units, 1]):
             self.tower_kernels.append(self.add_weight(
-                name=f"tower_kernel_{j}", shape=[num_tasks, d_in, d_out],
-                initializer=keras.initializers.RandomUniform(-limit, limit)))
+                name=f"tower_kernel_{j}", shape=[self.replicas, self.num_tasks, d_in, d_out],
+                initializer=_glorot(d_in, d_out)))
             self.tower_biases.append(self.add_weight(
-                name=f"tower_bias_{j}", shape=[num_tasks, d_out], initializer="zeros"))
+                name=f"tower_bias_{j}", shape=[self.replicas, self.num_tasks, d_out], initializer="zeros"))
             d_in = d_out
+        self.expert_kernels, self.expert_biases = [], []
+
+    def build(self, input_shape):
+        d_in = int(input_shape[-1])
+        for j, d_out in enumerate(self.expert_units):
+            self.expert_kernels.append(self.add_weight(
+                name=f"expert_kernel_{j}", shape=[self.replicas, self.num_experts, d_in, d_out],
+                initializer=_glorot(d_in, d_out)))
+            self.expert_biases.append(self.add_weight(
+                name=f"expert_bias_{j}", shape=[self.replicas, self.num_experts, d_out], initializer="zeros"))
+            d_in = d_out
+        if self.gate is not None:
+            self.gate.build_routing(self.task_ids.shape)
+        super().build(input_shape)
 
     def build_and_initialize(self, input_dim: int) -> None:
-        """Create every variable, then give each task's gate row its static initial value."""
-        self(tf.zeros([1, input_dim]))
+        """Create every variable, then give each task's gate row its static initial value (and, with
+        shared_tower_init, every task's tower its replica's first task's initial tower)."""
+        self.build(tf.TensorShape([self.replicas, None, input_dim]))
+        if self.shared_tower_init:
+            for kernel in self.tower_kernels:  # [S, T, i, o]
+                kernel.assign(tf.broadcast_to(kernel[:, :1], kernel.shape))
         if self.gate is None:
             return
         self.gate.initialize_static_rows()
@@ -77,34 +121,61 @@ class TaskRoutedMoE(keras.Model):
             bias.assign(tf.zeros_like(bias))
 
     def _frozen(self):
-        """The gate's routing biases: shared by all tasks, so fixed at 0 to keep gates independent."""
+        """The gate's routing biases: shared by all rows, so fixed at 0 to keep gates independent."""
         return [] if self.gate is None else [layer.bias for layer in self.gate.routing_layers()]
 
     def training_variables(self):
         frozen = {v.ref() for v in self._frozen()}
         return [v for v in self.trainable_variables if v.ref() not in frozen]
 
-    def call(self, x, training=None):
-        experts = self.experts(x, training=training)  # [b, n, e]
-        if self.gate is None:
-            mix = tf.einsum("tn,bne->tbe", self.assignment, experts)
+    def replica_rows(self, replica: int):
+        """The one-hot row ids of one replica's tasks: [T, S*T]."""
+        return self.task_ids[replica * self.num_tasks:(replica + 1) * self.num_tasks]
+
+    def _gate_weights(self, training):
+        """[S, T, n] mixture weights and the gate's regularizer summed over replicas (or None)."""
+        if self.gate.rows_independent:
+            weights, loss = self.gate.weights_and_loss(self.task_ids, training=training)
+            # The gate averages its regularizer over all S*T rows; each replica's is the mean over its T.
+            loss = None if loss is None else loss * float(self.replicas)
         else:
-            # Every task mixes the same expert outputs: lay them out as one "example" of
-            # width b*e that the T gate rows ([T, n] weights) broadcast over.
-            batch = tf.shape(experts)[0]
-            flat = tf.reshape(tf.transpose(experts, [1, 0, 2]), [1, self.num_experts, -1])
-            mix = tf.reshape(self.gate(flat, self.task_ids, training=training),
-                             [self.num_tasks, batch, self.expert_dim])
-        h = mix
+            parts = [self.gate.weights_and_loss(self.replica_rows(s), training=training) for s in range(self.replicas)]
+            weights = tf.concat([w for w, _ in parts], axis=0)
+            losses = [l for _, l in parts if l is not None]
+            loss = tf.add_n(losses) if losses else None
+        return tf.reshape(weights, [self.replicas, self.num_tasks, self.num_experts]), loss
+
+    def call(self, x, training=None):
+        h = x  # [S, b, d]
+        for kernel, bias in zip(self.expert_kernels, self.expert_biases):
+            if h.shape.rank == 3:  # first layer: the replica's inputs into each of its experts
+                h = tf.einsum("sbd,sndh->sbnh", h, kernel)
+            else:
+                h = tf.einsum("sbnd,sndh->sbnh", h, kernel)
+            h = tf.nn.relu(h + bias[:, None])  # [S, b, n, h]
+        if self.gate is None:
+            mix = tf.einsum("tn,sbne->stbe", self.assignment, h)
+        else:
+            weights, loss = self._gate_weights(bool(training))  # [S, T, n]
+            if loss is not None:
+                self.add_loss(loss)
+            mix = tf.einsum("stn,sbne->stbe", weights, h)  # [S, T, b, e]
         last = len(self.tower_kernels) - 1
         for j, (kernel, bias) in enumerate(zip(self.tower_kernels, self.tower_biases)):
-            h = tf.einsum("tbi,tio->tbo", h, kernel) + bias[:, None, :]
+            mix = tf.einsum("stbi,stio->stbo", mix, kernel) + bias[:, :, None, :]
             if j < last:
-                h = tf.nn.relu(h)
-        return tf.transpose(h[:, :, 0])  # [b, T]
+                mix = tf.nn.relu(mix)
+        return tf.transpose(mix[..., 0], [0, 2, 1])  # [S, b, T]
 
     def expert_weights(self) -> tf.Tensor:
-        """[T, n] mixture weights at inference."""
+        """[S, T, n] mixture weights at inference."""
         if self.gate is None:
-            return self.assignment
-        return self.gate.expert_weights(self.task_ids)
+            return tf.broadcast_to(self.assignment, [self.replicas, self.num_tasks, self.num_experts])
+        return self._gate_weights(False)[0]
+
+    def row_diagnostics(self) -> dict:
+        """The gate's per-row diagnostics ([S, T] each; e.g. DSelect-k's binary selector fraction)."""
+        if self.gate is None:
+            return {}
+        rows = self.gate.row_diagnostics(self.task_ids)
+        return {k: tf.reshape(v, [self.replicas, self.num_tasks]) for k, v in rows.items()}

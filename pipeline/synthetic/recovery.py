@@ -8,8 +8,11 @@ Selected experts of a task (`selected_experts`):
   impossible unless the weights are exactly uniform).
 
 Metrics (tests check them against scikit-learn and hand cases):
-- ARI between the true clusters and the grouping of tasks by their selected expert SET
-  (tasks with identical sets form one group);
+- exact-set ARI: between the true clusters and the grouping of tasks by their selected expert
+  SET (tasks with identical sets form one group);
+- argmax-k ARI: the same, with each task's set = its k largest weights (`top_k_sets`). It asks
+  only which experts a gate prefers, so it scores a gate whose selectors never became binary,
+  and it does not split tasks that select fewer than k experts from those that select k;
 - pair agreement: over all task pairs, the fraction where "selected sets overlap" equals
   "same true cluster".
 """
@@ -73,3 +76,21 @@ def selected_experts(weights: np.ndarray, exactly_sparse: bool) -> np.ndarray:
     mixture weights); for any other gate (softmax) the weights above the uniform share."""
     weights = np.asarray(weights)
     return weights > 0 if exactly_sparse else weights > 1.0 / weights.shape[-1]
+
+
+def top_k_sets(weights: np.ndarray, k: int) -> np.ndarray:
+    """Boolean [T, n]: each task's k largest weights, among its nonzero ones (a task with fewer than
+    k nonzero weights keeps just those: zeros tie, so which of them would fill the set is arbitrary).
+    Equal weights are broken by the lower expert index."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    order = np.argsort(-weights, axis=-1, kind="stable")[:, :k]  # [T, k], ties: lower index first
+    sets = np.zeros(weights.shape, dtype=bool)
+    np.put_along_axis(sets, order, True, axis=-1)
+    return sets & (weights > 0)
+
+
+def argmax_k_ari(clusters, weights: np.ndarray, k: int) -> float:
+    """ARI between the true clusters and the tasks grouped by their k largest weights."""
+    return adjusted_rand_index(clusters, selection_labels(top_k_sets(weights, k)))

@@ -1,72 +1,55 @@
-"""The synthetic study's protocol: the same hyperparameter budget for every gate, seeded runs of
-the chosen points, the task-count sweep, and DSelect-k against Top-k.
+"""The synthetic study's protocol: equal-budget tuning of every variant, seeded runs of the tuned
+settings until converged, the task-count sweep, and the comparisons at matched k.
 
-Every gate variant of `synthetic.compare` gets the same budget (grid points x epochs), is picked
-on validation MSE, then trained with `seeds` seeds; the summary holds test MSE and how well the
-experts each task selects recover the true task clusters (training.py, recovery.py), also for
-fewer tasks (sweep).
+1. Tuning (search.py): every variant of `synthetic.compare` that is not `tuned_with` another gets
+   `tuning.trials` Optuna trials on validation MSE, one training seed (`tuning.seed`, kept apart
+   from the reported seeds). A `tuned_with` variant (robust DSelect-k) takes its source's tuned
+   settings and keeps its own robust options, so it differs from its source by those alone.
+2. Reported runs: each variant's tuned settings with seeds 0 .. seeds-1, trained side by side.
+3. Sweep: the same settings at fewer tasks, with `sweep_seeds` seeds (a trend; the main task count's
+   runs are the ones tested).
+4. Comparisons: DSelect-k (plain and robust) against Top-k at each k both were run with, and robust
+   DSelect-k against plain DSelect-k: Welch's t-test over seeds per metric.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import resource
 import time
+import warnings
 from typing import Callable
 
 import numpy as np
 
 from pipeline.synthetic.data import SyntheticData, generate
 from pipeline.synthetic.recovery import DENSE_SELECTION
-from pipeline.synthetic.training import RunSpec, oracle_assignment, train_run
+from pipeline.synthetic.search import trials_to_run, tune_variant
+from pipeline.synthetic.training import RunSpec, oracle_assignment, study_ks, train_runs
 from pipeline.terminal import time_left
 
-
-def grid_points(grid, gate=None, points: int | None = None) -> list[dict]:
-    """`points` points (default grid.points) from the product of the axes that apply to a gate.
-
-    learning_rate applies to all; gamma and entropy_weight to the gates whose config has that
-    field (SyntheticGridConfig.gate_axes), none to fixed weights (gate None); an axis given as [] is
-    not searched. When the product is larger than the budget, a seeded balanced design picks the
-    points: along every axis each value is used equally often (+-1), so with as many points as
-    learning rates every gate tries every learning rate once, and DSelect-k's gamma and entropy
-    weight are spread over them. The same gate type always gets the same points.
-    """
-    axes = {"learning_rate": sorted(set(grid.learning_rate))}
-    if gate is not None:
-        axes.update({name: sorted(set(values)) for name, values in grid.gate_axes(gate).items() if values})
-    product = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
-    budget = grid.points if points is None else points
-    if budget > len(product):
-        kind = "fixed-weights model" if gate is None else f"{gate.type} gate"
-        raise ValueError(f"grid.points={budget} exceeds the {len(product)} grid points of a {kind}")
-    if budget == len(product):
-        return product
-    rng = np.random.default_rng(grid.seed)
-    for _ in range(1000):  # redraw until no point repeats (quick unless the product is barely larger)
-        columns = [rng.permutation(np.tile(values, -(-budget // len(values))))[:budget] for values in axes.values()]
-        chosen = {tuple(float(c[i]) for c in columns) for i in range(budget)}
-        if len(chosen) == budget:
-            return [dict(zip(axes, combo)) for combo in sorted(chosen)]
-    pick = rng.choice(len(product), size=budget, replace=False)
-    return [product[i] for i in sorted(pick)]
+RECOVERED = 0.9  # exact-set ARI at or above which a seed counts as having recovered the clusters
 
 
-def _gate_with(gate: dict, point: dict) -> dict:
-    return {**gate, **{k: v for k, v in point.items() if k != "learning_rate"}}
+def metric_names(ks) -> tuple:
+    return ("test_mse", "val_mse", "ari", *(f"ari_argmax_{k}" for k in ks), "pair_agreement", "nonzero_per_task",
+            "selected_per_task", "binary_fraction", "stable_epoch", "epochs")
 
 
-METRICS = ("test_mse", "val_mse", "ari", "pair_agreement", "nonzero_per_task", "selected_per_task",
-           "stable_epoch")
-
-
-def mean_std(values) -> dict:
-    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+def mean_std(values) -> dict | None:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value); None if every value is NaN
+    (a metric the gate does not have, e.g. the binary fraction of Top-k)."""
     v = np.asarray(values, dtype=np.float64)
+    if np.isnan(v).all():
+        return None
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
 
 
-def _aggregate(runs: list[dict]) -> dict:
-    return {m: mean_std([r[m] for r in runs]) for m in METRICS}
+def aggregate(runs: list[dict], ks) -> dict:
+    """Per metric mean ± std over seeds, plus how many seeds converged and recovered the clusters."""
+    return {**{m: mean_std([r[m] for r in runs]) for m in metric_names(ks)},
+            "converged_seeds": sum(r["converged"] for r in runs),
+            "recovered_seeds": sum(r["ari"] >= RECOVERED for r in runs), "num_seeds": len(runs)}
 
 
 def _public(run: dict) -> dict:
@@ -79,120 +62,146 @@ def sweep_clusters(tasks: int, clusters: int) -> int:
     return max(1, min(clusters, tasks // 2))
 
 
-def run_study(cfg, progress: Callable[[str], None] = lambda message: None) -> tuple[dict, dict]:
-    """Grid search, seeded runs and the task-count sweep. Returns (summary, final weights)."""
-    started = time.perf_counter()
+def run_study(cfg, storage: str, progress: Callable[[str], None] = lambda message: None) -> tuple[dict, dict]:
+    """Tuning, seeded runs and the task-count sweep. Returns (summary, final weights).
+
+    Args:
+      cfg: the SyntheticConfig.
+      storage: the local SQLite file of the tuning studies (resumable).
+    """
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     spec = RunSpec.from_config(cfg)
+    ks = study_ks(cfg)
     data_args = cfg.data.model_dump()
     data = generate(**data_args)
     main_tasks = data.num_tasks
-    seeds = list(range(cfg.seeds))
+    seeds, sweep_seeds = list(range(cfg.seeds)), list(range(cfg.sweep_seeds))
     gates = {name: cfg.gates[name].model_dump() for name in cfg.compare}
     oracle = oracle_assignment(data.clusters, cfg.num_experts) if cfg.oracle else None
     sweep = [t for t in dict.fromkeys(cfg.sweep_tasks) if t != main_tasks]
+    tuned_with = {name: source for name, source in cfg.tuned_with.items() if name in gates}
 
-    grids = {name: grid_points(cfg.grid, cfg.gates[name]) for name in gates}
-    if oracle is not None:
-        grids["oracle"] = grid_points(cfg.grid, None, min(cfg.grid.points, len(set(cfg.grid.learning_rate))))
-    models = list(grids)
-    total = sum(len(p) for p in grids.values()) + len(models) * len(seeds) + len(sweep) * len(gates) * len(seeds)
+    # 1. Tuning: the same budget for every variant tuned on its own.
+    identity = {"data": data_args, "tower_init": cfg.tower_init}
+    to_tune = {name: dict(gate=gates.get(name), assignment=oracle if name == "oracle" else None, identity=identity,
+                          trials=cfg.tuning.oracle_trials if name == "oracle" else None)
+               for name in [*(n for n in gates if n not in tuned_with), *(["oracle"] if oracle is not None else [])]}
+    models = [*gates, *(["oracle"] if oracle is not None else [])]
+    # Progress in units of work: a tuning trial, or one setting's runs (all its seeds side by side).
+    total = sum(trials_to_run(name, spec, tuning=cfg.tuning, storage=storage, **kw) for name, kw in to_tune.items()) \
+        + len(models) + len(sweep) * len(gates)
     done = 0
 
-    def train_and_log(label: str, data_: SyntheticData, name: str, point: dict, seed: int) -> dict:
+    def log(line: str) -> None:  # one line per finished unit, ending with the time left at this pace
         nonlocal done
-        if name == "oracle":
-            result = train_run(data_, spec, None, point["learning_rate"], seed, assignment=oracle)
-        else:
-            result = train_run(data_, spec, _gate_with(gates[name], point), point["learning_rate"], seed)
         done += 1
-        shown = ", ".join(f"{k}={v:g}" for k, v in point.items())
         elapsed = time.perf_counter() - started
-        progress(f"[{done}/{total}, {total - done} left, {elapsed:.0f}s, {time_left(elapsed / done * (total - done))}] "
-                 f"{label} T={data_.num_tasks} "
-                 f"{name} seed={seed} ({shown}): val {result['val_mse']:.4f} test {result['test_mse']:.4f} "
-                 f"ARI {result['ari']:.3f} in {result['seconds']:.1f}s")
-        return result
+        progress(f"[{done}/{total}, {total - done} left, {elapsed:.0f}s, "
+                 f"{time_left(elapsed / done * (total - done))}] {line}")
 
-    # 1. Grid: same points-x-epochs budget for every gate, one seed kept apart from the reported ones.
-    grid_results, chosen = {}, {}
-    for name, points in grids.items():
-        grid_results[name] = []
-        for i, point in enumerate(points):
-            result = train_and_log(f"grid {i + 1}/{len(points)}", data, name, point, cfg.grid.seed)
-            grid_results[name].append({"point": point, "val_mse": result["val_mse"], "test_mse": result["test_mse"]})
-        chosen[name] = min(grid_results[name], key=lambda r: r["val_mse"])["point"]
+    tuned = {}
+    for name, kw in to_tune.items():
+        tuned[name] = tune_variant(name, data, spec, tuning=cfg.tuning, storage=storage, progress=log, **kw)
+    for name, source in tuned_with.items():
+        tuned[name] = {**tuned[source], "tuned_with": source}
+    final_gates = {name: {**gate, **tuned[name]["gate_params"]} for name, gate in gates.items()}
 
-    # 2. The reported runs: each model, each seed, with its chosen point.
+    def train(label: str, data_: SyntheticData, name: str, seeds_: list[int]) -> list[dict]:
+        runs = train_runs(data_, spec, final_gates.get(name), tuned[name]["learning_rate"], seeds_,
+                          assignment=oracle if name == "oracle" and data_ is data else None)
+        log(f"{label} T={data_.num_tasks} {name}, {len(seeds_)} seeds: test MSE "
+            f"{np.mean([r['test_mse'] for r in runs]):.4f}, ARI {np.mean([r['ari'] for r in runs]):.3f}, "
+            f"converged {sum(r['converged'] for r in runs)}/{len(runs)} in {runs[0]['seconds']:.0f}s")
+        return runs
+
+    # 2. The reported runs: every variant with its tuned settings, all seeds side by side.
     results, weights = {}, {}
     for name in models:
-        runs = []
-        for seed in seeds:
-            result = train_and_log("final", data, name, chosen[name], seed)
-            weights[f"{name}/seed{seed}"] = result["weights"]
-            runs.append(_public(result))
-        results[name] = runs
+        runs = train("final", data, name, seeds)
+        for run in runs:
+            weights[f"{name}/seed{run['seed']}"] = run["weights"]
+        results[name] = [_public(r) for r in runs]
 
-    # 3. Recovery against the number of tasks, with the points chosen at the main task count.
+    # 3. Recovery against the number of tasks, with the settings tuned at the main task count.
     sweep_results = {main_tasks: results}
     sweep_info = {main_tasks: data.num_clusters}
     for tasks in sweep:
         clusters = sweep_clusters(tasks, cfg.data.clusters)
         data_t = generate(**{**data_args, "tasks": tasks, "clusters": clusters})
         sweep_info[tasks] = clusters
-        sweep_results[tasks] = {
-            name: [_public(train_and_log("sweep", data_t, name, chosen[name], seed)) for seed in seeds]
-            for name in gates}
+        sweep_results[tasks] = {name: [_public(r) for r in train("sweep", data_t, name, sweep_seeds)]
+                                for name in gates}
 
+    task_counts = sorted(sweep_results)
     summary = {
         "config": cfg.model_dump(mode="json"),
         "data": {"tasks": main_tasks, "clusters": data.num_clusters,
                  "cluster_of_task": data.clusters.tolist(),
                  "cluster_sizes": np.bincount(data.clusters).tolist()},
         "softmax_selection": DENSE_SELECTION,
+        "ks": ks,
         "seeds": seeds,
-        "grid": {"results": grid_results, "chosen": chosen, "seed": cfg.grid.seed},
-        "gates": {name: {"gate": gates.get(name, {"type": "fixed", "assignment": "true clusters"}),
-                         "hyperparameters": chosen[name], **_aggregate(results[name]), "runs": results[name]}
+        "recovered_at": RECOVERED,
+        "tuning": {name: t["study"] for name, t in tuned.items() if "tuned_with" not in t},
+        "gates": {name: {"gate": final_gates.get(name, {"type": "fixed", "assignment": "true clusters"}),
+                         "learning_rate": tuned[name]["learning_rate"],
+                         "tuned_with": tuned[name].get("tuned_with"),
+                         **aggregate(results[name], ks), "runs": results[name]}
                   for name in models},
-        "sweep": {"tasks": sorted(sweep_results),
-                  "clusters": {str(t): sweep_info[t] for t in sorted(sweep_info)},
-                  "gates": {name: {m: [mean_std([r[m] for r in sweep_results[t][name]]) for t in sorted(sweep_results)]
-                                   for m in ("ari", "pair_agreement", "test_mse")}
+        "sweep": {"tasks": task_counts,
+                  "clusters": {str(t): sweep_info[t] for t in task_counts},
+                  "gates": {name: {str(t): aggregate(sweep_results[t][name], ks) for t in task_counts}
                             for name in gates}},
-        "comparison": compare_dselect_topk(gates, results),
-        "runs": done,
+        "comparison": compare_variants(gates, results, ks, tuned_with),
         "seconds": time.perf_counter() - started,
+        # CPU time of this process: on a shared machine the wall clock also counts other work's time.
+        "cpu_seconds": cpu_seconds() - cpu_started,
     }
     return summary, weights
 
 
-def compare_dselect_topk(gates: dict, results: dict) -> list[dict]:
-    """DSelect-k against Top-k at each k both were run with: recovery and MSE over seeds.
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
-    Welch's t-test (two-sided) on the per-seed values; with a handful of seeds it is a rough
-    check, so the verdict also needs the means to differ in the stated direction.
-    """
-    from scipy import stats
 
-    out = []
+def compare_variants(gates: dict, results: dict, ks, tuned_with: dict | None = None) -> list[dict]:
+    """DSelect-k variants against Top-k at each k both were run with, and robust DSelect-k (a
+    `tuned_with` DSelect-k variant) against the variant it was tuned with: per metric, both sides'
+    mean ± std over seeds, the difference and Welch's two-sided p-value (a rough check with a
+    handful of seeds, so a verdict also needs the difference in the stated direction)."""
     by_k = {}
     for name, gate in gates.items():
         if gate["type"] in ("dselect_k", "topk"):  # the study's question names them
             by_k.setdefault(gate["k"], {}).setdefault(gate["type"], []).append(name)
-    for k, types in sorted(by_k.items()):
-        for d_name, t_name in itertools.product(types.get("dselect_k", []), types.get("topk", [])):
-            row = {"k": k, "dselect_k": d_name, "topk": t_name}
-            for metric, higher_is_better in (("ari", True), ("pair_agreement", True), ("test_mse", False)):
-                a = np.array([r[metric] for r in results[d_name]])
-                b = np.array([r[metric] for r in results[t_name]])
-                if a.size > 1 and (a.std() > 0 or b.std() > 0):
-                    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-                else:
-                    p = float("nan")
-                diff = float(a.mean() - b.mean())
-                better = diff > 0 if higher_is_better else diff < 0
-                row[metric] = {"dselect_k": mean_std(a), "topk": mean_std(b), "diff": diff, "p_value": p,
-                               "dselect_k_better": bool(better and diff != 0),
-                               "significant": bool(p < 0.05) if not math.isnan(p) else False}
-            out.append(row)
+    pairs = [(k, d, t) for k, types in sorted(by_k.items())
+             for d, t in itertools.product(types.get("dselect_k", []), types.get("topk", []))]
+    pairs += [(gates[name]["k"], name, source) for name, source in (tuned_with or {}).items()
+              if gates[name]["type"] == "dselect_k"]
+    out = []
+    for k, a_name, b_name in pairs:
+        row = {"k": k, "a": a_name, "b": b_name}
+        for metric, higher_is_better in (("ari", True), (f"ari_argmax_{k}", True), ("pair_agreement", True),
+                                         ("test_mse", False)):
+            a = np.array([r[metric] for r in results[a_name]])
+            b = np.array([r[metric] for r in results[b_name]])
+            row[metric.replace(f"_{k}", "_k") if metric.startswith("ari_argmax") else metric] = \
+                welch(a, b, higher_is_better)
+        out.append(row)
     return out
+
+
+def welch(a: np.ndarray, b: np.ndarray, higher_is_better: bool) -> dict:
+    """a against b: both sides' mean ± std, the difference of means and Welch's p-value."""
+    from scipy import stats
+
+    p = float("nan")
+    if a.size > 1 and b.size > 1 and (np.ptp(a) > 1e-12 or np.ptp(b) > 1e-12):
+        with warnings.catch_warnings():  # nearly equal values: scipy warns, and the p-value is still defined
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    diff = float(a.mean() - b.mean())
+    better = diff > 0 if higher_is_better else diff < 0
+    return {"a": mean_std(a), "b": mean_std(b), "diff": diff, "p_value": p,
+            "a_better": bool(better and diff != 0), "significant": bool(p < 0.05) if not math.isnan(p) else False}
