@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, ValidationError, model_validator
 from pydantic_core import core_schema
 
-from features.spec import FEATURES, TASKS
+from features.datasets import dataset_of_source
 from models.gates import GATE_TYPE_ERROR, parse_gate_config
 from pipeline.errors import MtlrecError
 
@@ -56,7 +56,7 @@ class TaskConfig(Section):
 class ModelConfig(Section):
     """The TFRS multi-task model (models/recommender.py)."""
     architecture: Literal["mmoe", "shared_bottom"] = "mmoe"
-    tasks: dict[str, TaskConfig] = Field(  # names from features/spec.py TASKS
+    tasks: dict[str, TaskConfig] = Field(  # tasks declared for the dataset of data.source (features/datasets/)
         default_factory=lambda: {"watch": TaskConfig(), "rating": TaskConfig(), "like": TaskConfig()},
         min_length=1)
     # Model inputs: null = every feature the data provides; or a subset, e.g. [user, item].
@@ -78,12 +78,6 @@ class ModelConfig(Section):
         for where, gate in [("gate", self.gate), *((f"task_gates.{t}", g) for t, g in self.task_gates.items())]:
             if getattr(gate, "k", 1) > self.num_experts:
                 raise ValueError(f"{where}.k={gate.k} exceeds num_experts={self.num_experts}")
-        unknown_features = set(self.features or ()) - set(FEATURES)
-        if unknown_features:
-            raise ValueError(f"features {', '.join(sorted(unknown_features))} not declared in features/spec.py")
-        undeclared = set(self.tasks) - set(TASKS)
-        if undeclared:
-            raise ValueError(f"tasks {', '.join(sorted(undeclared))} not declared; known: {', '.join(TASKS)}")
         unknown = set(self.task_gates) - set(self.tasks)
         if unknown:
             raise ValueError(f"task_gates names tasks that are not trained: {', '.join(sorted(unknown))}")
@@ -152,9 +146,16 @@ class CandidatesConfig(SamplingConfig):
     negatives: int = Field(100, ge=1)  # sampled items added to each test user's list
 
 
+class KuaiRandConfig(Section):
+    """The kuairand source (pipeline/kuairand.py)."""
+    # The random-policy log (log_random_*.csv) as each user's test list, an unbiased test set as
+    # its authors intend; the standard logs then make train and validation only.
+    random_log_test: bool = False
+
+
 class DataConfig(Section):
-    source: Literal["embedded", "grouplens", "tfds"] = "embedded"
-    path: Union[str, None] = None  # grouplens: the folder holding the GroupLens files
+    source: Literal["embedded", "grouplens", "tfds", "kuairand"] = "embedded"
+    path: Union[str, None] = None  # grouplens / kuairand: the folder holding the dataset's files
     tfds_name: str = "movielens/100k-ratings"
     tfds_data_dir: Union[str, None] = None
     output: Union[str, None] = None  # default: <workdir>/data
@@ -163,6 +164,7 @@ class DataConfig(Section):
     split: SplitConfig = SplitConfig()
     negatives: NegativesConfig = NegativesConfig()
     candidates: CandidatesConfig = CandidatesConfig()
+    kuairand: KuaiRandConfig = KuaiRandConfig()
     num_shards: int = Field(4, ge=1)  # TFRecord files per split
     seed: int = 42
     beam_args: list[str] = Field(default_factory=list)  # Beam pipeline options, e.g. --runner=DataflowRunner
@@ -171,6 +173,8 @@ class DataConfig(Section):
     def _source_needs(self):
         if self.source == "grouplens" and not self.path:
             raise ValueError("source grouplens needs data.path (a folder with the GroupLens files)")
+        if self.source == "kuairand" and not self.path:
+            raise ValueError("source kuairand needs data.path (the data folder of KuaiRand-Pure, -1K or -27K)")
         return self
 
 
@@ -345,6 +349,20 @@ class Config(Section):
         unknown = sorted(set(self.export.rank_weights or ()) - set(self.model.tasks))
         if unknown:
             raise ValueError(f"export.rank_weights names tasks that are not trained: {', '.join(unknown)}")
+        return self
+
+    @model_validator(mode="after")
+    def _declared_for_the_dataset(self):
+        """Tasks and features are the declaration's of the dataset that data.source reads."""
+        dataset = dataset_of_source(self.data.source)
+        undeclared = [t for t in self.model.tasks if t not in dataset.tasks]
+        if undeclared:
+            raise ValueError(f"model.tasks: {', '.join(undeclared)} not declared for {dataset.name} "
+                             f"(data.source {self.data.source}); known: {', '.join(dataset.tasks)}")
+        unknown_features = sorted(set(self.model.features or ()) - set(dataset.features))
+        if unknown_features:
+            raise ValueError(f"model.features: {', '.join(unknown_features)} not declared for {dataset.name} "
+                             f"(features/datasets/{dataset.name}.py)")
         return self
 
 

@@ -61,9 +61,10 @@ class SourceInfo:
     layout: str
     location: str
     raw_columns: tuple[str, ...]
-    scale: RatingScale
+    scale: RatingScale | None  # None: the source has no ratings (exposure logs)
     files: list[str] = field(default_factory=list)
     decoding: dict[str, dict] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # more of the source's manifest entry (e.g. KuaiRand's version)
 
 
 def rejection(file: str, row: str, reason: str, kind: str = ROW) -> dict:
