@@ -3,7 +3,8 @@
 No item is sampled: the exposures the user did not click are the click negatives, and so on
 for every task (features/datasets/kuairand.py). Each test user's candidate list is their test
 impressions, at one request time (the first of them: a list is one ranking request), so the
-evaluation ranks what the user was actually shown. pipeline/preprocess.py wires `expand` into
+evaluation ranks what the user was actually shown; with data.kuairand.random_log_test, their
+random-policy impressions from the start of their test period instead (an unbiased test set). pipeline/preprocess.py wires `expand` into
 the stage after deduplication and the per-user time split.
 """
 from __future__ import annotations
@@ -28,8 +29,8 @@ class ExposureExamples(beam.DoFn):
     """One user's split rows -> (split, user, [tf.Example bytes in file order]) per split, the
     candidate list (the test impressions at one request time), and the counts."""
 
-    def __init__(self, raw_columns):
-        self.raw_columns = raw_columns
+    def __init__(self, raw_columns, held_out: bool):
+        self.raw_columns, self.held_out = raw_columns, held_out
         self.columns = [*raw_columns, *KUAIRAND.label_columns]
         self.time = KUAIRAND.time_column
 
@@ -40,8 +41,10 @@ class ExposureExamples(beam.DoFn):
         user_id, parts = user_parts
         counts = {}
         lists = [(split, parts[split]) for split in SPLITS]
-        if parts["test"]:
-            lists.append(("candidates", parts["test"]))
+        # The test list: the test impressions, or the held-out (random-policy) ones when asked for.
+        candidates = parts.get("held_out", []) if self.held_out else parts["test"]
+        if candidates:
+            lists.append(("candidates", candidates))
             counts["test_users"] = 1
         for split, rows in lists:
             if not rows:
@@ -65,5 +68,6 @@ def expand(per_user, data_config, raw_columns):
     items = (per_user | "ItemsOfUser" >> beam.Map(_items_of)
              | "AllItems" >> beam.CombineGlobally(lambda sets: set().union(*sets))
              | "CountItems" >> beam.Map(lambda s: {"items": len(s)}))
-    built = per_user | "Exposures" >> beam.ParDo(ExposureExamples(raw_columns)).with_outputs(COUNTS, main="examples")
+    built = per_user | "Exposures" >> beam.ParDo(ExposureExamples(
+        raw_columns, data_config.kuairand.random_log_test)).with_outputs(COUNTS, main="examples")
     return built.examples, [items, built[COUNTS]]

@@ -135,6 +135,8 @@ def build_manifest(source_info, data_config, counts: dict[str, int], shards: dic
                      "candidates": counts.get("unfilled_candidates", 0)},
         "users": counts.get("users", 0), "train_only_users": counts.get("train_only_users", 0),
         "test_users": counts.get("test_users", 0), "items": counts.get("items", 0),
+        # Rows of a held-out log (KuaiRand's random policy): all of them, and those in the test lists.
+        "held_out": {"rows": counts.get("held_out_rows", 0), "test_rows": counts.get("held_out_test_rows", 0)},
         "splits": splits,
         "tasks": {name: {"kind": t.kind, "label": t.label, "weight": t.weight,
                          "default": name in dataset.default_tasks,

@@ -41,7 +41,8 @@ from pipeline import exposure_examples, sampled_examples
 from pipeline.artifacts import MANIFEST, staged_folder, write_json
 from pipeline.counting import COUNTS, count_elements, read_counts, write_counts
 from pipeline.manifest import SPLITS, build_manifest
-from pipeline.rows import EXACT_DUPLICATE, LINE, REJECTED, REPEATED_PAIR, SourceError, record_text, rejection
+from pipeline.rows import (EXACT_DUPLICATE, HELD_OUT, LINE, REJECTED, REPEATED_PAIR, SourceError, record_text,
+                           rejection)
 from pipeline.runs import preprocess_output_of
 from pipeline.sampling import user_rng
 from pipeline.shards import TrainBatches, WriteShard, WriteTransformedShard, shard_names, shard_of
@@ -107,24 +108,39 @@ def _split_size(spec, n):
 
 
 def _user_history(keyed, split_config, file, plan, time_column):
-    """A user's rows -> deduplicated, by time -> {"train": [...], "validation": [...], "test": [...]}."""
+    """A user's rows -> deduplicated, by time -> {"train": [...], "validation": [...], "test": [...]}.
+
+    Rows of a held-out log (HELD_OUT: KuaiRand's random-policy log) take no part in the split;
+    those at or after the start of the user's test period, so strictly later than every train
+    and validation row, are returned as "held_out": the user's unbiased test list."""
     user_id, rows = keyed
     for out in _dedupe(rows, file, plan):
         if isinstance(out, beam.pvalue.TaggedOutput):
             yield out
             continue
         rows = sorted(out, key=lambda r: (r[time_column], r["item_id"]))
-    n = len(rows)
+    held, kept = [], []
+    for row in rows:
+        (held if row.pop(HELD_OUT, False) else kept).append(row)
+    rows, n = kept, len(kept)
     n_test, n_val = _split_size(split_config.test, n), _split_size(split_config.validation, n)
     train_only = n < split_config.min_interactions or n_test + n_val >= n
-    yield beam.pvalue.TaggedOutput(COUNTS, {"accepted_rows": n, "users": 1, "train_only_users": int(train_only)})
+    counts = {"accepted_rows": n + len(held), "users": 1, "train_only_users": int(train_only)}
+    if held:
+        counts["held_out_rows"] = len(held)
     if train_only:
+        yield beam.pvalue.TaggedOutput(COUNTS, counts)
         yield user_id, {"train": rows, "validation": [], "test": []}
         return
     times = [r[time_column] for r in rows]
     val_start = _after_ties(times, n - n_test - n_val)
     test_start = max(val_start, _after_ties(times, n - n_test))
-    yield user_id, {"train": rows[:val_start], "validation": rows[val_start:test_start], "test": rows[test_start:]}
+    parts = {"train": rows[:val_start], "validation": rows[val_start:test_start], "test": rows[test_start:]}
+    if held:
+        parts["held_out"] = [r for r in held if r[time_column] >= times[test_start]]
+        counts["held_out_test_rows"] = len(parts["held_out"])
+    yield beam.pvalue.TaggedOutput(COUNTS, counts)
+    yield user_id, parts
 
 
 def _after_ties(times, cut):
@@ -165,7 +181,8 @@ def build_pipeline(p, source, data_config, folder):
         rows = kept[0]
         counts.append(count_elements(kept[1], "sampled_out_rows"))
 
-    file = source.info.files[0] if source.info.files else source.info.location
+    file = source.info.extra.get("rows_location") or (source.info.files[0] if source.info.files else
+                                                       source.info.location)
     histories = (rows | "ByUser" >> beam.Map(lambda r: (r["user_id"], r))
                  | "GroupUsers" >> beam.GroupByKey()
                  | "DedupeAndSplit" >> beam.FlatMap(_user_history, data_config.split, file, plan,

@@ -17,6 +17,9 @@ from pipeline.errors import MtlrecError
 
 REJECTED = "rejected"  # tag of the rejection output of every source
 LINE = "_line"  # row key: the original line, kept until duplicates are resolved
+# Row key: a row of a held-out log (KuaiRand's random-policy log), used only in the test lists of
+# the users, from the start of their test period (pipeline/preprocess.py).
+HELD_OUT = "_held_out"
 # Kinds of rejection records. All but "metadata" are rating rows (they count in input_rows):
 # a malformed row (blank lines included), a line with bytes that are not UTF-8, and the two
 # kinds of duplicates; "metadata" ones are lines of a movie or user file.
