@@ -467,15 +467,27 @@ def validate(tree: dict, source: str = "config") -> Config:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
     """Defaults <- YAML file <- `--set` overrides, validated into a Config."""
     tree = Config().model_dump(mode="json")
+    file_error = None
     if path:
         tree = merge(tree, _read_yaml(path))
-        config = validate(tree, source=str(path))  # blame the file for its own mistakes
+        try:
+            config = validate(tree, source=str(path))  # blame the file for its own mistakes
+        except ConfigError as error:
+            if not overrides:
+                raise
+            # A file may leave a value to the command line (configs/kuairand_pure.yaml: data.path).
+            file_error = error
     if not overrides:
         return config if path else Config()
     for item in overrides:
         keys, value = _parse_override(item)
         _set_path(tree, keys, value)
-    return validate(tree, source="--set")
+    try:
+        return validate(tree, source="--set")
+    except ConfigError:
+        if file_error is not None:
+            raise file_error from None
+        raise
 
 
 def with_overrides(config: Config, update: dict) -> Config:

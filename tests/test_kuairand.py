@@ -192,28 +192,56 @@ def test_time_split_per_user_has_no_leakage(kuairand_run):
     assert sorted(int(v) for v in output.vocabulary_by_name("user")) == sorted(set(splits["train"].user_id))
 
 
-def test_random_log_as_the_unbiased_test_set(tmp_path):
+def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
+    """data.kuairand.random_log_test: the source reads the random-policy log too, its rows flagged
+    HELD_OUT; the split keeps them out of train and validation and lists those from the start of
+    the user's test period; the test list is made of them."""
+    import json
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from pipeline.exposure_examples import ExposureExamples
+    from pipeline.preprocess import _user_history
+    from pipeline.rows import HELD_OUT
+    from pipeline.config import SplitConfig
+    from pipeline import exposure_examples
+
     folder = tmp_path / "data"
-    write_kuairand(folder, "pure", users=20, videos=30, per_user=20, random_per_user=8, seed=3)
-    manifest = run_preprocess(tmp_path / "run", "data.source=kuairand", f"data.path={folder}",
-                              "model.tasks={click: {}}", "data.kuairand.random_log_test=true", "data.num_shards=1")
-    standard = pd.concat([pd.read_csv(folder / n) for n in ("log_standard_4_08_to_4_21_pure.csv", LATE)])
+    write_kuairand(folder, "pure", users=6, videos=12, per_user=15, random_per_user=6, seed=3)
+    source = KuaiRand(str(folder), random_log_test=True)
+    with beam.Pipeline(options=PipelineOptions(["--direct_running_mode=in_memory"])) as p:
+        rows, _ = source.expand(p)
+        _ = rows | beam.combiners.ToList() | beam.Map(
+            lambda r: (tmp_path / "rows.json").write_text(json.dumps(r, default=str)))
+    rows = json.loads((tmp_path / "rows.json").read_text())
     random_log = pd.read_csv(folder / "log_random_4_22_to_5_08_pure.csv")
-    assert manifest["accepted_rows"] == len(standard) + len(random_log) == manifest["input_rows"]
-    assert manifest["held_out"]["rows"] == len(random_log)
-    data = tmp_path / "run" / "data"
-    test, listed = read_split(data, "test"), read_split(data, "candidates")
-    expected = 0
-    for user, rows in random_log.groupby("user_id"):
-        start = test.time_ms[test.user_id == user].min()
-        later = rows[rows.time_ms >= start]
-        got = listed[listed.user_id == user]
-        assert sorted(got.item_id) == sorted(later.video_id)  # only impressions after train and validation
-        assert got.click.sum() == later.is_click.sum()
-        expected += len(later)
-    assert manifest["held_out"]["test_rows"] == expected == len(listed) > 0
-    trained = pd.concat([read_split(data, s) for s in ("train", "validation", "test")])
-    assert len(trained) == len(standard)  # random impressions never reach train or validation
+    assert sorted((r["user_id"], r["item_id"], r["time_ms"]) for r in rows if r.get(HELD_OUT)) == sorted(
+        zip(random_log.user_id, random_log.video_id, random_log.time_ms))
+
+    listed = 0
+    for user in sorted(set(random_log.user_id)):
+        mine = [r for r in rows if r["user_id"] == user]
+        out = list(_user_history((user, [dict(r) for r in mine]), SplitConfig(), str(folder), exposure_examples,
+                                 "time_ms"))
+        counts = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)][0]
+        _, parts = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)][0]
+        listed += len(parts["held_out"])
+        if parts["held_out"]:
+            break
+    assert listed > 0  # a user with random impressions after the start of their test period
+    standard = [r for r in mine if not r.get(HELD_OUT)]
+    held = [r for r in mine if r.get(HELD_OUT)]
+    assert sum(len(parts[s]) for s in ("train", "validation", "test")) == len(standard)  # no random row trains
+    start = min(r["time_ms"] for r in parts["test"])
+    later = sorted(r["time_ms"] for r in held if r["time_ms"] >= start)
+    assert sorted(r["time_ms"] for r in parts["held_out"]) == later
+    assert max(r["time_ms"] for r in parts["train"] + parts["validation"]) < start
+    assert counts == {"accepted_rows": len(mine), "users": 1, "train_only_users": 0, "held_out_rows": len(held),
+                      "held_out_test_rows": len(later)}
+    # The test list is the held-out rows (one request time), not the test impressions.
+    builder = ExposureExamples(list(source.info.raw_columns), held_out=True)
+    builder.setup()
+    built = {o[0]: o[2] for o in builder.process((user, parts)) if not isinstance(o, beam.pvalue.TaggedOutput)}
+    assert len(built["candidates"]) == len(parts["held_out"]) and len(built["test"]) == len(parts["test"])
 
 
 def test_kuairand_tasks_are_checked_against_its_declaration():
@@ -224,3 +252,40 @@ def test_kuairand_tasks_are_checked_against_its_declaration():
                                 "model.tasks={click: {}, play_time: {weight: 0.5}, follow: {}}"])
     assert list(config.model.tasks) == ["click", "play_time", "follow"]
     assert math.isclose(config.model.tasks["play_time"].weight, 0.5)
+
+
+# ---------------------------------------------------------------- end to end
+def test_compare_on_the_generated_pure_layout(kuairand_run, tmp_path):
+    """`mtlrec compare --config configs/kuairand_pure.yaml --set data.path=...` on the generated
+    Pure folder (the fixture's data is reused: same data settings), two gates, one seed, tiny."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    folder, data, manifest, _, _, _, _ = kuairand_run
+    config = Path(__file__).resolve().parent.parent / "configs" / "kuairand_pure.yaml"
+    overrides = [f"data.path={folder}", f"workdir={tmp_path}", f"data.output={data}", "data.num_shards=2",
+                 "train.epochs=1", "train.steps_per_epoch=5", "train.batch_size=256", "train.diagnostics_batches=1",
+                 "model.expert_units=[16]", "model.tower_units=[8]", "model.num_experts=4",
+                 "model.id_embedding_dim=8", "compare.seeds=[0]", "compare.focus=[dselect_k_static]",
+                 "compare.variants={softmax: {model: {gate: {type: softmax}}}, "
+                 "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}"]
+    result = subprocess.run([str(Path(sys.executable).parent / "mtlrec"), "compare", "--config", str(config),
+                             *sum([["--set", o] for o in overrides], [])], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reusing" in result.stderr  # the fixture's data: not preprocessed again
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    for variant in ("softmax", "dselect_k_static"):
+        tasks = summary["variants"][variant]["tasks"]
+        assert set(tasks) == {"click", "long_view", "like"}
+        for task in tasks.values():
+            for metric in ("gauc", "gauc_weighted", "auc", "logloss", "ndcg@10"):
+                assert metric in task, metric
+        evaluation = json.loads((tmp_path / "compare" / variant / "seed0" / "eval.json").read_text())
+        assert evaluation["users"] == manifest["test_users"]
+        assert evaluation["candidates"] == manifest["splits"]["candidates"]["examples"]
+        assert 0.0 <= evaluation["tasks"]["click"]["pooled"]["auc"] <= 1.0
+    assert {(t["task"], t["metric"]) for t in summary["significance"]} == {
+        (task, metric) for task in ("click", "long_view", "like") for metric in ("gauc", "ndcg@10")}
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "test impressions" in report and "GAUC (impression-weighted)" in report
