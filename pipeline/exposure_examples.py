@@ -31,15 +31,20 @@ class ExposureExamples(beam.DoFn):
 
     def __init__(self, raw_columns, held_out: bool):
         self.raw_columns, self.held_out = raw_columns, held_out
-        self.columns = [*raw_columns, *KUAIRAND.label_columns]
+        tables = KUAIRAND.entity_columns(raw_columns)
+        self.user_columns, self.item_columns = tables.get("user", []), tables.get("item", [])
+        self.row_columns = [c for c in [*raw_columns, *KUAIRAND.label_columns]
+                            if c not in self.user_columns and c not in self.item_columns]
         self.time = KUAIRAND.time_column
 
     def setup(self):
         self.encoder = ExampleEncoder(KUAIRAND.raw_feature_spec(self.raw_columns))
 
-    def process(self, user_parts):
+    def process(self, user_parts, videos, users):
+        """videos, users: the source's tables (pipeline.grouplens.Table) of the entity columns."""
         user_id, parts = user_parts
         counts = {}
+        user = users.rows[user_id]
         lists = [(split, parts[split]) for split in SPLITS]
         # The test list: the test impressions, or the held-out (random-policy) ones when asked for.
         candidates = parts.get("held_out", []) if self.held_out else parts["test"]
@@ -49,7 +54,10 @@ class ExposureExamples(beam.DoFn):
         for split, rows in lists:
             if not rows:
                 continue
-            columns = {c: [r[c] for r in rows] for c in self.columns}
+            columns = {c: [r[c] for r in rows] for c in self.row_columns}
+            columns.update({c: [user[c]] * len(rows) for c in self.user_columns})
+            items = [videos.rows[r["item_id"]] for r in rows]
+            columns.update({c: [item[c] for item in items] for c in self.item_columns})
             if split == "candidates":  # one request: the time of the first test impression
                 columns[self.time] = [min(columns[self.time])] * len(rows)
             counts.update({f"examples:{split}": len(rows), f"positives:{split}": len(rows),
@@ -63,11 +71,16 @@ def _items_of(user_parts):
     return {r["item_id"] for rows in user_parts[1].values() for r in rows}
 
 
-def expand(per_user, data_config, raw_columns):
-    """Per-user split rows -> (examples: (split, user, [tf.Example bytes]), [count PCollections])."""
+def expand(per_user, data_config, raw_columns, source):
+    """Per-user split rows -> (examples: (split, user, [tf.Example bytes]), [count PCollections]).
+    source: the KuaiRand source (pipeline/kuairand.py), whose user and video tables give the
+    entity columns."""
     items = (per_user | "ItemsOfUser" >> beam.Map(_items_of)
              | "AllItems" >> beam.CombineGlobally(lambda sets: set().union(*sets))
              | "CountItems" >> beam.Map(lambda s: {"items": len(s)}))
-    built = per_user | "Exposures" >> beam.ParDo(ExposureExamples(
-        raw_columns, data_config.kuairand.random_log_test)).with_outputs(COUNTS, main="examples")
+    videos = per_user.pipeline | "VideoTable" >> beam.Create([source.videos])
+    users = per_user.pipeline | "UserTable" >> beam.Create([source.users])
+    built = per_user | "Exposures" >> beam.ParDo(
+        ExposureExamples(raw_columns, data_config.kuairand.random_log_test), beam.pvalue.AsSingleton(videos),
+        beam.pvalue.AsSingleton(users)).with_outputs(COUNTS, main="examples")
     return built.examples, [items, built[COUNTS]]

@@ -120,17 +120,21 @@ class Table:
     rejected: dict = field(default_factory=dict)
 
 
+def entity_values(table: Table, id_) -> dict:
+    """The columns of an id in a movie, user or video table; ValueError naming why it has none."""
+    values = table.rows.get(id_)
+    if values is None:
+        where = table.rejected.get(id_)
+        raise ValueError(f"{table.what} id {id_} is not in the {table.what} file" if where is None
+                         else f"{table.what} id {id_}: its line {where} was rejected")
+    return values
+
+
 def join_metadata(row: dict, items: Table | None, users: Table | None) -> dict:
     """Add movie columns (genres, year) and user columns; unknown ids are errors."""
     for table, key in ((items, "item_id"), (users, "user_id")):
-        if table is None:
-            continue
-        values = table.rows.get(row[key])
-        if values is None:
-            where = table.rejected.get(row[key])
-            raise ValueError(f"{table.what} id {row[key]} is not in the {table.what} file" if where is None
-                             else f"{table.what} id {row[key]}: its line {where} was rejected")
-        row.update(values)
+        if table is not None:
+            row.update(entity_values(table, row[key]))
     return row
 
 

@@ -26,7 +26,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from features.datasets.kuairand import KUAIRAND, ONEHOT_SIZES, USER_COUNTS, USER_FLAGS, USER_RANGES
-from pipeline.grouplens import Table, join_metadata
+from pipeline.grouplens import Table, entity_values
 from pipeline.rows import (HELD_OUT, LINE, METADATA, REJECTED, UNDECODABLE_ROW, SourceError, SourceInfo,
                            parse_int, rejection)
 from pipeline.textfiles import check_not_wide, line_ending, read_head, read_lines
@@ -183,7 +183,7 @@ def sniff_log(path: str) -> tuple[bool, tuple[int, ...], int]:
 
 
 class _ParseLog(beam.DoFn):
-    """A log line (bytes) -> an exposure row with its labels, user and video columns, or a
+    """A log line (bytes) -> an exposure row with its labels (its user and video known), or a
     rejection with its reason and the original line."""
 
     def __init__(self, file, order, width, held_out):
@@ -201,7 +201,12 @@ class _ParseLog(beam.DoFn):
                 f"undecodable byte 0x{raw[error.start]:02x} at column {error.start + 1} (not UTF-8)", UNDECODABLE_ROW))
             return
         try:
-            yield join_metadata(self.parse(line), videos, users)
+            row = self.parse(line)
+            # Known ids only; their columns are joined per user in pipeline/exposure_examples.py:
+            # copying ~40 user and video columns into every row cost memory (6 GB at Pure's size).
+            entity_values(videos, row["item_id"])
+            entity_values(users, row["user_id"])
+            yield row
         except ValueError as reason:
             yield beam.pvalue.TaggedOutput(REJECTED, rejection(self.file, line, str(reason)))
 

@@ -193,7 +193,7 @@ def build_pipeline(p, source, data_config, folder):
                   | "GatherRejected" >> beam.combiners.ToList()
                   | "WriteRejected" >> beam.Map(_write_rejected, str(folder)))
 
-    examples, example_counts = plan.expand(per_user, data_config, raw_columns)
+    examples, example_counts = plan.expand(per_user, data_config, raw_columns, source)
     counts += example_counts
     write_counts(counts, counts_path(folder))
 

@@ -145,8 +145,9 @@ class SampleExamples(beam.DoFn):
         return columns
 
 
-def expand(per_user, data_config, raw_columns):
-    """Per-user split rows -> (examples: (split, user, [tf.Example bytes]), [count PCollections])."""
+def expand(per_user, data_config, raw_columns, source):
+    """Per-user split rows -> (examples: (split, user, [tf.Example bytes]), [count PCollections]).
+    source: unused (the MovieLens sources join the movie and user columns into the rows)."""
     item_columns = [c for c in ("genres", "year") if c in raw_columns]
     items = per_user | "ItemTable" >> beam.CombineGlobally(ItemTable(item_columns))
     counts = [items | "CountItems" >> beam.Map(lambda t: {"items": len(t["meta"])})]

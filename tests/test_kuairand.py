@@ -240,7 +240,8 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     # The test list is the held-out rows (one request time), not the test impressions.
     builder = ExposureExamples(list(source.info.raw_columns), held_out=True)
     builder.setup()
-    built = {o[0]: o[2] for o in builder.process((user, parts)) if not isinstance(o, beam.pvalue.TaggedOutput)}
+    built = {o[0]: o[2] for o in builder.process((user, parts), source.videos, source.users)
+             if not isinstance(o, beam.pvalue.TaggedOutput)}
     assert len(built["candidates"]) == len(parts["held_out"]) and len(built["test"]) == len(parts["test"])
 
 
