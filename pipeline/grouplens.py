@@ -18,9 +18,10 @@ from typing import Callable
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.rows import (HALF_STARS, LINE, MAX_AGE, METADATA, REJECTED, UNDECODABLE_ROW, WHOLE_STARS, RatingScale,
+from pipeline.rows import (HALF_STARS, LINE, MAX_AGE, METADATA, REJECTED, WHOLE_STARS, RatingScale,
                            SourceError, SourceInfo, check_rating, parse_int, rejection, title_year)
-from pipeline.textfiles import SNIFF_BYTES, TextLines, check_not_wide, line_ending, read_head, read_lines
+from pipeline.textfiles import (SNIFF_BYTES, TextLines, check_not_wide, decode_line, line_ending, read_head,
+                                read_lines)
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
@@ -167,15 +168,9 @@ class _ParseRatings(beam.DoFn):
         self.file, self.separator, self.order, self.scale = file, separator, order, scale
 
     def process(self, raw: bytes, items, users):
-        if raw.startswith(codecs.BOM_UTF8):  # first line without a header (or files concatenated)
-            raw = raw[len(codecs.BOM_UTF8):]
-        raw = raw.rstrip(b"\r")
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection(
-                self.file, raw.decode("utf-8", "backslashreplace"),
-                f"undecodable byte 0x{raw[error.start]:02x} at column {error.start + 1} (not UTF-8)", UNDECODABLE_ROW))
+        line, undecodable = decode_line(raw, self.file)
+        if undecodable:
+            yield beam.pvalue.TaggedOutput(REJECTED, undecodable)
             return
         try:
             if not line.strip():

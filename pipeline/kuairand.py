@@ -27,9 +27,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from features.datasets.kuairand import KUAIRAND, ONEHOT_SIZES, USER_COUNTS, USER_FLAGS, USER_RANGES
 from pipeline.grouplens import Table, entity_values
-from pipeline.rows import (HELD_OUT, LINE, METADATA, REJECTED, UNDECODABLE_ROW, SourceError, SourceInfo,
+from pipeline.rows import (HELD_OUT, LINE, METADATA, REJECTED, SourceError, SourceInfo,
                            parse_int, rejection)
-from pipeline.textfiles import check_not_wide, line_ending, read_head, read_lines
+from pipeline.textfiles import check_not_wide, decode_line, line_ending, read_head, read_lines
 
 VERSIONS = ("pure", "1k", "27k")
 LOG_FIELDS = ("user_id", "video_id", "date", "hourmin", "time_ms", "is_click", "is_like", "is_follow", "is_comment",
@@ -190,15 +190,9 @@ class _ParseLog(beam.DoFn):
         self.file, self.order, self.width, self.held_out = file, order, width, held_out
 
     def process(self, raw: bytes, videos, users):
-        if raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8):]
-        raw = raw.rstrip(b"\r")
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection(
-                self.file, raw.decode("utf-8", "backslashreplace"),
-                f"undecodable byte 0x{raw[error.start]:02x} at column {error.start + 1} (not UTF-8)", UNDECODABLE_ROW))
+        line, undecodable = decode_line(raw, self.file)
+        if undecodable:
+            yield beam.pvalue.TaggedOutput(REJECTED, undecodable)
             return
         try:
             row = self.parse(line)
