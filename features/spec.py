@@ -65,7 +65,8 @@ class Dataset:
       required_raw: the raw columns every source of it provides.
       label_columns: the label (and per-example weight) columns of every example.
       tasks: every task that can be trained on it; `default_tasks` are trained when the config
-        names none of its own.
+        names none of its own, and `default_test_metrics` ({task: [per-user metric]}) are the
+        ones `mtlrec compare` tests for significance unless the config says otherwise.
       features: every model feature.
       entity_keys: {entity: id column}; each entity's feature table is keyed by it.
       time_column: the raw column that orders a user's interactions (and is the request time).
@@ -82,6 +83,7 @@ class Dataset:
     features: dict
     entity_keys: dict
     time_column: str
+    default_test_metrics: dict = field(default_factory=dict)
     constants: dict = field(default_factory=dict)
     sampled_negatives: bool = False
 

@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, ValidationError, model_validator
 from pydantic_core import core_schema
 
-from features.datasets import dataset_of_source
+from features.datasets import SOURCE_DATASET, dataset_of_source
+from features.datasets.movielens import MOVIELENS
 from models.gates import GATE_TYPE_ERROR, parse_gate_config
 from pipeline.errors import MtlrecError
 
@@ -201,8 +202,7 @@ class CompareConfig(Section):
     # (pipeline/compare_results.py).
     focus: list[str] = Field(default_factory=lambda: ["dselect_k_static", "dselect_k_per_example"])
     # Per-user metrics that get a paired test, per task.
-    test_metrics: dict[str, list[str]] = Field(default_factory=lambda: {
-        "watch": ["ndcg@10"], "rating": ["ndcg@10", "rmse"], "like": ["ndcg@10"]})
+    test_metrics: dict[str, list[str]] = Field(default_factory=lambda: dict(MOVIELENS.default_test_metrics))
     output: Union[str, None] = None  # report folder; default <workdir>/report
 
     @model_validator(mode="after")
@@ -343,6 +343,25 @@ class Config(Section):
     tune: TuneConfig = TuneConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_defaults(cls, tree):
+        """model.tasks and compare.test_metrics left at their defaults (MovieLens's) on a source of
+        another dataset become that dataset's defaults, so `--set data.source=kuairand` alone runs.
+        (MovieLens's task names are not declared for another dataset: nothing explicit is replaced.)"""
+        source = tree.get("data", {}).get("source") if isinstance(tree, dict) and isinstance(
+            tree.get("data"), dict) else None
+        if source not in SOURCE_DATASET or dataset_of_source(source) is MOVIELENS:
+            return tree
+        dataset, tree = dataset_of_source(source), dict(tree)
+        model, compare = tree.get("model"), tree.get("compare")
+        if isinstance(model, dict) and isinstance(model.get("tasks"), dict) and \
+                list(model["tasks"]) == list(MOVIELENS.default_tasks):
+            tree["model"] = {**model, "tasks": {t: {"weight": 1.0} for t in dataset.default_tasks}}
+        if isinstance(compare, dict) and compare.get("test_metrics") == MOVIELENS.default_test_metrics:
+            tree["compare"] = {**compare, "test_metrics": dict(dataset.default_test_metrics)}
+        return tree
 
     @model_validator(mode="after")
     def _rank_weights_name_trained_tasks(self):

@@ -253,6 +253,11 @@ def test_kuairand_tasks_are_checked_against_its_declaration():
                                 "model.tasks={click: {}, play_time: {weight: 0.5}, follow: {}}"])
     assert list(config.model.tasks) == ["click", "play_time", "follow"]
     assert math.isclose(config.model.tasks["play_time"].weight, 0.5)
+    # Left at their (MovieLens) defaults, the tasks and tested metrics become KuaiRand's defaults.
+    config = load_config(None, ["data.source=kuairand", "data.path=/x"])
+    assert list(config.model.tasks) == ["click", "long_view", "like"]
+    assert config.compare.test_metrics == {t: ["gauc", "ndcg@10"] for t in ("click", "long_view", "like")}
+    assert list(load_config(None, []).model.tasks) == ["watch", "rating", "like"]
 
 
 # ---------------------------------------------------------------- end to end
@@ -269,6 +274,7 @@ def test_compare_on_the_generated_pure_layout(kuairand_run, tmp_path):
                  "train.epochs=1", "train.steps_per_epoch=5", "train.batch_size=256", "train.diagnostics_batches=1",
                  "model.expert_units=[16]", "model.tower_units=[8]", "model.num_experts=4",
                  "model.id_embedding_dim=8", "compare.seeds=[0]", "compare.focus=[dselect_k_static]",
+                 "model.tasks={click: {}, long_view: {}, like: {}, play_time: {weight: 0.5}}",
                  "compare.variants={softmax: {model: {gate: {type: softmax}}}, "
                  "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}"]
     result = subprocess.run([str(Path(sys.executable).parent / "mtlrec"), "compare", "--config", str(config),
@@ -278,10 +284,12 @@ def test_compare_on_the_generated_pure_layout(kuairand_run, tmp_path):
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     for variant in ("softmax", "dselect_k_static"):
         tasks = summary["variants"][variant]["tasks"]
-        assert set(tasks) == {"click", "long_view", "like"}
-        for task in tasks.values():
-            for metric in ("gauc", "gauc_weighted", "auc", "logloss", "ndcg@10"):
-                assert metric in task, metric
+        assert list(tasks) == ["click", "long_view", "like", "play_time"]
+        for name, task in tasks.items():
+            expected = ("ndcg@10", "rmse", "pooled_rmse") if name == "play_time" else (
+                "gauc", "gauc_weighted", "auc", "logloss", "ndcg@10")
+            for metric in expected:
+                assert metric in task, (name, metric)
         evaluation = json.loads((tmp_path / "compare" / variant / "seed0" / "eval.json").read_text())
         assert evaluation["users"] == manifest["test_users"]
         assert evaluation["candidates"] == manifest["splits"]["candidates"]["examples"]

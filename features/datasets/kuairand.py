@@ -93,6 +93,7 @@ KUAIRAND = Dataset(
     name="kuairand", raw_columns=RAW_COLUMNS, required_raw=("user_id", "item_id", "time_ms"),
     label_columns=LABEL_COLUMNS, tasks=TASKS, default_tasks=("click", "long_view", "like"), features=FEATURES,
     entity_keys={"user": "user_id", "item": "item_id"}, time_column="time_ms",
+    default_test_metrics={t: ["gauc", "ndcg@10"] for t in ("click", "long_view", "like")},
     constants={"oov_buckets": OOV_BUCKETS, "max_values": MAX_VALUES, "utc_offset_hours": UTC_OFFSET_HOURS,
                "rate_labels": RATE_LABELS, "onehot_sizes": ONEHOT_SIZES},
     sampled_negatives=False)

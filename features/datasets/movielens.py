@@ -61,5 +61,6 @@ MOVIELENS = Dataset(
     name="movielens", raw_columns=RAW_COLUMNS, required_raw=("user_id", "item_id", "timestamp"),
     label_columns=LABEL_COLUMNS, tasks=TASKS, default_tasks=("watch", "rating", "like"), features=FEATURES,
     entity_keys={"user": "user_id", "item": "item_id"}, time_column="timestamp",
+    default_test_metrics={"watch": ["ndcg@10"], "rating": ["ndcg@10", "rmse"], "like": ["ndcg@10"]},
     constants={"year_buckets": YEAR_BUCKETS, "oov_buckets": OOV_BUCKETS, "max_values": MAX_VALUES},
     sampled_negatives=True)
