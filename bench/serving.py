@@ -141,7 +141,7 @@ def rank_requests(data_dir: str) -> dict:
     from pipeline.tables import read_tables
     manifest = read_manifest(data_dir)
     items, _ = read_tables(data_dir, manifest)["item"]
-    candidates = read_candidates(data_dir, manifest["raw_columns"])
+    candidates = read_candidates(data_dir, manifest)
     rng = np.random.default_rng(0)
     return {n: {"user_id": tf.constant(candidates["user_id"][0]), "timestamp": tf.constant(candidates["timestamp"][0]),
                 "item_ids": tf.constant(rng.choice(items, n, replace=False))} for n in CANDIDATES}

@@ -1,16 +1,19 @@
-"""The one declaration of raw columns, model features and tasks.
+"""What a dataset declaration is: raw columns, model features, tasks, and what follows from them.
 
-The Beam stage writes the raw columns into tf.Examples and fits the tf.Transform analyzers
-for the features (features/transform.py); the trainer builds its input layers from the
-same declarations and the transform graph; the exported model serves the raw columns. A
-source that lacks a raw column (e.g. the dslabs subset has no demographics) simply runs
-without the features that need it.
+Each dataset declares its columns, features and tasks once, in features/datasets/<name>.py
+(MovieLens, KuaiRand); `features.datasets.dataset_of_source` picks the declaration of a
+`data.source`. The Beam stage writes the raw columns into tf.Examples and fits the
+tf.Transform analyzers for the features (features/transform.py); the trainer builds its input
+layers from the same declaration and the transform graph; the exported model serves the raw
+columns. A source that lacks a raw column (e.g. the dslabs subset has no demographics)
+simply runs without the features that need it. No stage names a task or a label: they read
+them from here.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,8 @@ class RawColumn:
     default: object  # the value that means "unknown" (e.g. year 0), or None if always known
     description: str
     # Who the value describes: "user" or "item" (a column of that entity's feature table, keyed
-    # by ENTITY_KEYS[entity]; the key itself belongs to its entity too), "request" (sent with
-    # each ranking request, e.g. its time) or "label".
+    # by the dataset's entity_keys[entity]; the key itself belongs to its entity too), "request"
+    # (sent with each ranking request, e.g. its time) or "label".
     entity: str
 
 
@@ -32,7 +35,7 @@ class Feature:
     name: str
     kind: str  # "categorical" (one index), "multi_categorical" (ragged indices) or "numeric"
     raw: tuple[str, ...]  # raw columns it is computed from
-    transform: str  # what features/transform.py does, in words (part of the declaration hash)
+    transform: str  # what the transform does, in words (part of the declaration hash)
     vocabulary: str | None = None  # tf.Transform vocabulary name, for categorical features
     size: int | None = None  # number of indices, for categorical features without a vocabulary
     id_like: bool = False  # large-cardinality id: gets the model's id embedding size
@@ -48,120 +51,100 @@ class Task:
     description: str
 
 
-YEAR_BUCKETS = 10  # quantile buckets of release year; unknown year gets its own index
-OOV_BUCKETS = 1  # ids unseen in the train split share one index
-MAX_VALUES = 10  # multi-valued features keep their first 10 values (MovieLens movies have <= 10 genres)
-
-RAW_COLUMNS = {c.name: c for c in [
-    RawColumn("user_id", "int64", None, "user id of the source", "user"),
-    RawColumn("item_id", "int64", None, "movie id of the source", "item"),
-    RawColumn("timestamp", "int64", None, "interaction time, unix seconds (request time for sampled items)",
-              "request"),
-    RawColumn("genres", "string", "", "movie genres joined by '|', e.g. 'Action|Comedy'", "item"),
-    RawColumn("year", "int64", 0, "movie release year, 0 when unknown", "item"),
-    RawColumn("gender", "string", "", "user gender (ml-100k, ml-1m)", "user"),
-    RawColumn("age", "int64", 0, "user age or age group (ml-100k, ml-1m)", "user"),
-    RawColumn("occupation", "string", "", "user occupation (ml-100k, ml-1m)", "user"),
-    RawColumn("zip_code", "string", "", "user zip code (ml-100k, ml-1m)", "user"),
-]}
-# Every source provides these; the rest are optional.
-REQUIRED_RAW = ("user_id", "item_id", "timestamp")
-
-LABEL_COLUMNS = {c.name: c for c in [
-    RawColumn("watch", "float32", None, "1 for an observed interaction, 0 for a sampled item", "label"),
-    RawColumn("rating", "float32", None, "the rating; 0 on sampled items", "label"),
-    RawColumn("rating_weight", "float32", None, "1 on observed interactions, 0 on sampled items", "label"),
-    RawColumn("like", "float32", None, "1 where rating >= the like threshold, else 0", "label"),
-]}
-
-# The id column of each entity: its feature table (pipeline/tables.py) is keyed by it.
-ENTITY_KEYS = {"user": "user_id", "item": "item_id"}
-
-TASKS = {t.name: t for t in [
-    Task("watch", "binary", "watch", None, "did the user interact with the item"),
-    Task("rating", "regression", "rating", "rating_weight", "the rating, learned on observed interactions only"),
-    Task("like", "binary", "like", None, "rating >= like threshold (an unseen item counts as not liked)"),
-]}
-
-FEATURES = {f.name: f for f in [
-    Feature("user", "categorical", ("user_id",), "vocabulary over train ids + OOV", vocabulary="user", id_like=True),
-    Feature("item", "categorical", ("item_id",), "vocabulary over train ids + OOV", vocabulary="item", id_like=True),
-    Feature("genres", "multi_categorical", ("genres",), "split on '|', vocabulary", vocabulary="genres"),
-    Feature("year_bucket", "categorical", ("year",), f"{YEAR_BUCKETS} train quantile buckets; unknown -> own index",
-            size=YEAR_BUCKETS + 1),
-    Feature("hour", "categorical", ("timestamp",), "UTC hour of day", size=24),
-    Feature("weekday", "categorical", ("timestamp",), "UTC day of week", size=7),
-    Feature("item_age", "numeric", ("timestamp", "year"), "years from release to interaction, z-score; 0 if unknown"),
-    Feature("user_count", "numeric", ("user_id",), "log1p(train interactions of the user), z-score"),
-    Feature("user_mean_rating", "numeric", ("user_id",), "mean train rating of the user (global mean if none), z-score"),
-    Feature("item_count", "numeric", ("item_id",), "popularity: log1p(train interactions of the item), z-score"),
-    Feature("item_mean_rating", "numeric", ("item_id",), "mean train rating of the item (global mean if none), z-score"),
-    Feature("genre_affinity", "numeric", ("user_id", "genres"),
-            "mean over the item's genres of the user's train share of that genre, z-score"),
-    Feature("gender", "categorical", ("gender",), "vocabulary + OOV", vocabulary="gender"),
-    Feature("age", "categorical", ("age",), "vocabulary of ages/age groups + OOV", vocabulary="age"),
-    Feature("occupation", "categorical", ("occupation",), "vocabulary + OOV", vocabulary="occupation"),
-    Feature("zip_prefix", "categorical", ("zip_code",), "first 2 characters, vocabulary + OOV", vocabulary="zip_prefix"),
-]}
-
-def active_features(raw_columns) -> list[str]:
-    """The features a source can feed: those whose raw columns it all provides."""
-    have = set(raw_columns)
-    return [name for name, f in FEATURES.items() if set(f.raw) <= have]
+def _by_name(items) -> dict:
+    return {item.name: item for item in items}
 
 
-def entity_columns(raw_columns) -> dict[str, list[str]]:
-    """{entity: the columns of its feature table} for a source with these raw columns: the
-    entity's columns other than its key, in declaration order; an entity with none has no table."""
-    have = set(raw_columns)
-    tables = {}
-    for entity, key in ENTITY_KEYS.items():
-        columns = [c.name for c in RAW_COLUMNS.values() if c.entity == entity and c.name != key and c.name in have]
-        if columns:
-            tables[entity] = columns
-    return tables
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset's declaration.
 
-
-def request_columns(raw_columns) -> list[str]:
-    """The columns a ranking request sends besides the ids: those of entity "request"."""
-    return [c for c in raw_columns if RAW_COLUMNS[c].entity == "request"]
-
-
-def raw_feature_spec(raw_columns, with_labels: bool = True) -> dict:
-    """tf.io parsing spec of the raw tf.Examples of a source with these raw columns."""
-    columns = [RAW_COLUMNS[c] for c in raw_columns]
-    if with_labels:
-        columns += list(LABEL_COLUMNS.values())
-    import tensorflow as tf  # here, so that the config can read this module without loading TF
-    # No parsing defaults: every example carries every column of its source (tf.Transform's
-    # schema requires this too); `RawColumn.default` is the value that means "unknown".
-    return {c.name: tf.io.FixedLenFeature([], tf.as_dtype(c.dtype)) for c in columns}
-
-
-def model_input_spec(raw_columns) -> dict:
-    """tf.io spec of one example's model inputs (features.transform.dense_model_inputs) and
-    labels: the columns of preprocess's materialized transformed/ splits."""
-    import tensorflow as tf
-    shapes = {"categorical": ([], tf.int64), "multi_categorical": ([MAX_VALUES], tf.int64),
-              "numeric": ([], tf.float32)}
-    spec = {name: tf.io.FixedLenFeature(*shapes[FEATURES[name].kind]) for name in active_features(raw_columns)}
-    spec.update({c.name: tf.io.FixedLenFeature([], tf.as_dtype(c.dtype)) for c in LABEL_COLUMNS.values()})
-    return spec
-
-
-def declaration_hash(raw_columns) -> str:
-    """Fingerprint of everything that shapes the data of a source with these raw columns.
-
-    The trainer compares it with the manifest's, so data made under another declaration
-    (other transforms, buckets, columns) is refused instead of silently misread.
+    Args:
+      name: "movielens" | "kuairand" (recorded in the data manifest).
+      raw_columns: the raw columns any of its sources may provide.
+      required_raw: the raw columns every source of it provides.
+      label_columns: the label (and per-example weight) columns of every example.
+      tasks: every task that can be trained on it; `default_tasks` are trained when the config
+        names none of its own, and `default_test_metrics` ({task: [per-user metric]}) are the
+        ones `mtlrec compare` tests for significance unless the config says otherwise.
+      features: every model feature.
+      entity_keys: {entity: id column}; each entity's feature table is keyed by it.
+      time_column: the raw column that orders a user's interactions (and is the request time).
+      constants: the numbers that shape the transform (buckets, list lengths), hashed.
+      sampled_negatives: whether examples are observed interactions plus sampled items
+        (MovieLens), or every example is an exposure with its own labels (KuaiRand).
     """
-    active = active_features(raw_columns)
-    blob = {
-        "raw": [asdict(RAW_COLUMNS[c]) for c in sorted(raw_columns)],
-        "labels": [asdict(c) for c in LABEL_COLUMNS.values()],
-        "features": [asdict(FEATURES[f]) for f in active],
-        "tasks": [asdict(t) for t in TASKS.values()],
-        "entity_keys": ENTITY_KEYS,
-        "constants": {"year_buckets": YEAR_BUCKETS, "oov_buckets": OOV_BUCKETS, "max_values": MAX_VALUES},
-    }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+    name: str
+    raw_columns: dict
+    required_raw: tuple
+    label_columns: dict
+    tasks: dict
+    default_tasks: tuple
+    features: dict
+    entity_keys: dict
+    time_column: str
+    default_test_metrics: dict = field(default_factory=dict)
+    constants: dict = field(default_factory=dict)
+    sampled_negatives: bool = False
+
+    def active_features(self, raw_columns) -> list[str]:
+        """The features a source can feed: those whose raw columns it all provides."""
+        have = set(raw_columns)
+        return [name for name, f in self.features.items() if set(f.raw) <= have]
+
+    def entity_columns(self, raw_columns) -> dict[str, list[str]]:
+        """{entity: the columns of its feature table} for a source with these raw columns: the
+        entity's columns other than its key, in declaration order; an entity with none has no table."""
+        have = set(raw_columns)
+        tables = {}
+        for entity, key in self.entity_keys.items():
+            columns = [c.name for c in self.raw_columns.values()
+                       if c.entity == entity and c.name != key and c.name in have]
+            if columns:
+                tables[entity] = columns
+        return tables
+
+    def request_columns(self, raw_columns) -> list[str]:
+        """The columns a ranking request sends besides the ids: those of entity "request"."""
+        return [c for c in raw_columns if self.raw_columns[c].entity == "request"]
+
+    def raw_feature_spec(self, raw_columns, with_labels: bool = True) -> dict:
+        """tf.io parsing spec of the raw tf.Examples of a source with these raw columns."""
+        columns = [self.raw_columns[c] for c in raw_columns]
+        if with_labels:
+            columns += list(self.label_columns.values())
+        import tensorflow as tf  # here, so that the config can read this module without loading TF
+        # No parsing defaults: every example carries every column of its source (tf.Transform's
+        # schema requires this too); `RawColumn.default` is the value that means "unknown".
+        return {c.name: tf.io.FixedLenFeature([], tf.as_dtype(c.dtype)) for c in columns}
+
+    def model_input_spec(self, raw_columns) -> dict:
+        """tf.io spec of one example's model inputs (features.transform.dense_model_inputs) and
+        labels: the columns of preprocess's materialized transformed/ splits."""
+        import tensorflow as tf
+        max_values = self.constants.get("max_values", 1)
+        shapes = {"categorical": ([], tf.int64), "multi_categorical": ([max_values], tf.int64),
+                  "numeric": ([], tf.float32)}
+        spec = {name: tf.io.FixedLenFeature(*shapes[self.features[name].kind])
+                for name in self.active_features(raw_columns)}
+        spec.update({c.name: tf.io.FixedLenFeature([], tf.as_dtype(c.dtype)) for c in self.label_columns.values()})
+        return spec
+
+    def declaration_hash(self, raw_columns) -> str:
+        """Fingerprint of everything that shapes the data of a source with these raw columns.
+
+        The trainer compares it with the manifest's, so data made under another declaration
+        (other transforms, buckets, columns) is refused instead of silently misread.
+        """
+        blob = {
+            "dataset": self.name,
+            "raw": [asdict(self.raw_columns[c]) for c in sorted(raw_columns)],
+            "labels": [asdict(c) for c in self.label_columns.values()],
+            "features": [asdict(self.features[f]) for f in self.active_features(raw_columns)],
+            "tasks": [asdict(t) for t in self.tasks.values()],
+            "entity_keys": self.entity_keys,
+            "time_column": self.time_column,
+            "constants": self.constants,
+            "sampled_negatives": self.sampled_negatives,
+        }
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from features.spec import FEATURES, TASKS
+from features.datasets import dataset_named
 from models.experts import MMoE
 from models.randomness import Dropout
 
@@ -29,6 +29,7 @@ class ModelSpec:
     features: list[str]  # active feature names, from the data manifest
     categorical_sizes: dict[str, int]  # indices per categorical feature (vocabularies + OOV)
     tasks: dict[str, float]  # task -> loss weight
+    dataset: str = "movielens"  # the declaration (features/datasets/) of the features and tasks
     gates: dict[str, dict] = field(default_factory=dict)  # task -> gate config (mmoe only)
     architecture: str = "mmoe"
     id_embedding_dim: int = 32
@@ -39,9 +40,10 @@ class ModelSpec:
     tower_units: list[int] = field(default_factory=lambda: [32])
 
 
-def to_predictions(logits: dict) -> dict:
-    """{task: [B, 1] tower output} -> {task: [B]}: sigmoid for binary tasks, as is for regression."""
-    return {t: tf.squeeze(tf.sigmoid(v) if TASKS[t].kind == "binary" else v, axis=-1) for t, v in logits.items()}
+def to_predictions(logits: dict, tasks: dict) -> dict:
+    """{task: [B, 1] tower output} -> {task: [B]}: sigmoid for binary tasks, as is for regression.
+    tasks: the dataset's declared tasks (features.spec.Task by name)."""
+    return {t: tf.squeeze(tf.sigmoid(v) if tasks[t].kind == "binary" else v, axis=-1) for t, v in logits.items()}
 
 
 @keras.utils.register_keras_serializable(package="mtlrec")
@@ -49,23 +51,27 @@ class FeatureEncoder(keras.layers.Layer):
     """Transformed features -> x: embeddings for categoricals, mean-pooled multi-valued
     categoricals (padding index -1), and the numeric features, concatenated."""
 
-    def __init__(self, features, categorical_sizes, id_embedding_dim, side_embedding_dim, **kwargs):
+    def __init__(self, features, categorical_sizes, id_embedding_dim, side_embedding_dim, dataset="movielens",
+                 **kwargs):
         super().__init__(**kwargs)
+        self.dataset = dataset
+        declared = dataset_named(dataset).features
+        self.kinds = {name: declared[name].kind for name in features}
         self.features = list(features)
         self.categorical_sizes = dict(categorical_sizes)
         self.id_embedding_dim, self.side_embedding_dim = id_embedding_dim, side_embedding_dim
-        self.numeric = [f for f in self.features if FEATURES[f].kind == "numeric"]
+        self.numeric = [f for f in self.features if self.kinds[f] == "numeric"]
         self.embeddings = {}
         for name in self.features:
-            if FEATURES[name].kind != "numeric":
-                dim = id_embedding_dim if FEATURES[name].id_like else side_embedding_dim
+            if self.kinds[name] != "numeric":
+                dim = id_embedding_dim if declared[name].id_like else side_embedding_dim
                 self.embeddings[name] = keras.layers.Embedding(categorical_sizes[name], dim, name=f"{name}_embedding")
 
     def call(self, features):
         parts = []
         for name, embedding in self.embeddings.items():
             ids = features[name]
-            if FEATURES[name].kind == "multi_categorical":  # [B, L] padded with -1
+            if self.kinds[name] == "multi_categorical":  # [B, L] padded with -1
                 mask = tf.cast(ids >= 0, self.compute_dtype)[..., None]
                 summed = tf.reduce_sum(embedding(tf.maximum(ids, 0)) * mask, axis=1)
                 parts.append(summed / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0))
@@ -77,7 +83,8 @@ class FeatureEncoder(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "features": self.features, "categorical_sizes": self.categorical_sizes,
-                "id_embedding_dim": self.id_embedding_dim, "side_embedding_dim": self.side_embedding_dim}
+                "id_embedding_dim": self.id_embedding_dim, "side_embedding_dim": self.side_embedding_dim,
+                "dataset": self.dataset}
 
 
 def _mlp(units, dropout, name):
@@ -96,8 +103,9 @@ class MultiTaskRecommender(tfrs.Model):
         super().__init__(**kwargs)
         self.spec = spec
         self.task_names = list(spec.tasks)
+        self.declared_tasks = {t: dataset_named(spec.dataset).tasks[t] for t in self.task_names}
         self.encoder = FeatureEncoder(spec.features, spec.categorical_sizes, spec.id_embedding_dim,
-                                      spec.side_embedding_dim, name="encoder")
+                                      spec.side_embedding_dim, spec.dataset, name="encoder")
         if spec.architecture == "mmoe":
             self.mmoe = MMoE(spec.num_experts, spec.expert_units, {t: spec.gates[t] for t in self.task_names},
                              expert_dropout=spec.expert_dropout, name="mmoe")
@@ -112,7 +120,7 @@ class MultiTaskRecommender(tfrs.Model):
         self.ranking_tasks, self.loss_trackers, self.task_metrics = {}, {}, {}
         for t in self.task_names:
             # Per-example losses (reduction NONE): compute_loss does the weighted global mean.
-            if TASKS[t].kind == "binary":
+            if self.declared_tasks[t].kind == "binary":
                 loss = keras.losses.BinaryCrossentropy(from_logits=True, reduction=keras.losses.Reduction.NONE)
                 self.task_metrics[t] = [keras.metrics.AUC(name=f"{t}_auc", from_logits=True)]
             else:
@@ -146,7 +154,7 @@ class MultiTaskRecommender(tfrs.Model):
 
     def call(self, features, training=False):
         """{task: [B] prediction}: a probability for binary tasks, the value for regression."""
-        return to_predictions(self.logits(features, training=training))
+        return to_predictions(self.logits(features, training=training), self.declared_tasks)
 
     # ------------------------------------------------------------ losses
     def compute_loss(self, features, training=False):
@@ -154,7 +162,7 @@ class MultiTaskRecommender(tfrs.Model):
         replica = tf.distribute.get_replica_context()
         total = 0.0
         for t in self.task_names:
-            task = TASKS[t]
+            task = self.declared_tasks[t]
             labels = tf.cast(features[task.label], tf.float32)[:, None]
             weight = (tf.cast(features[task.weight], tf.float32) if task.weight
                       else tf.ones_like(labels[:, 0]))

@@ -183,8 +183,10 @@ class SparseRecommender(tf.Module):
         self.selection = select_experts(model.mmoe)
         self.encoder = model.encoder
         self.towers = dict(model.towers)
+        self.declared_tasks = dict(model.declared_tasks)
         self.mmoe = SparseMMoE(model.mmoe, self.selection)
 
     def __call__(self, features, training=False):
         mixtures = self.mmoe(self.encoder(features))
-        return to_predictions({t: tower(mixtures[t], training=False) for t, tower in self.towers.items()})
+        return to_predictions({t: tower(mixtures[t], training=False) for t, tower in self.towers.items()},
+                              self.declared_tasks)

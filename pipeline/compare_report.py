@@ -20,9 +20,11 @@ from pipeline import report as rp
 from pipeline.artifacts import is_url, local_staging
 from pipeline.compare_results import (
     ALPHA, CONFIDENCE, LOWER_IS_BETTER, better_direction, collect, metric_label, significance_table, summarize)
+from features.datasets import dataset_of_manifest
 from pipeline.manifest import read_manifest
 
-TABLE_METRICS = {"binary": ["ndcg@5", "ndcg@10", "ndcg@20", "recall@10", "mrr", "gauc", "auc", "logloss"],
+TABLE_METRICS = {"binary": ["ndcg@5", "ndcg@10", "ndcg@20", "recall@10", "mrr", "gauc", "gauc_weighted", "auc",
+                            "logloss"],
                  "regression": ["ndcg@5", "ndcg@10", "rmse", "mae", "pooled_rmse"]}
 
 
@@ -195,10 +197,12 @@ def write_report(config, runs: dict, data_dir: str, output: str) -> str:
         doc = rp.Report("Gate comparison: DSelect-k vs Top-k vs softmax (MMoE)")
         cfg = first["config"]
         doc.paragraph(
-            f"Data: {manifest['source']['location']} ({manifest['accepted_rows']} ratings, {manifest['users']} users, "
+            f"Data: {manifest['source']['location']} ({manifest['accepted_rows']} interactions, {manifest['users']} users, "
             f"{manifest['items']} items); {manifest['test_users']} test users, each ranked on a fixed list of their "
-            f"test interactions + {cfg.data.candidates.negatives} sampled never-interacted items. "
-            f"{len(config.compare.seeds)} seeds per variant (seeds {config.compare.seeds}); up to "
+            + (f"test interactions + {cfg.data.candidates.negatives} sampled never-interacted items. "
+               if dataset_of_manifest(manifest).sampled_negatives else
+               "test impressions (the logged exposures with their own labels; nothing sampled). ")
+            + f"{len(config.compare.seeds)} seeds per variant (seeds {config.compare.seeds}); up to "
             f"{cfg.train.epochs} epochs, early stopping on validation loss, the best validation epoch is evaluated. "
             f"Values: mean ± std over seeds of the per-user mean; ↑ higher is better, ↓ lower is better. Best mean "
             f"per column in bold: a description, not a test (see the seed-aware comparison below).")

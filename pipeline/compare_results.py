@@ -23,7 +23,8 @@ from pipeline.significance import holm, seed_aware_test
 ALPHA = 0.05
 CONFIDENCE = 0.95
 LOWER_IS_BETTER = {"rmse", "mae", "logloss", "pooled_rmse", "pooled_mae"}
-_LABELS = {"ndcg": "NDCG", "recall": "Recall", "mrr": "MRR", "gauc": "GAUC", "auc": "AUC", "logloss": "log loss",
+_LABELS = {"ndcg": "NDCG", "recall": "Recall", "mrr": "MRR", "gauc": "GAUC", "gauc_weighted": "GAUC (impression-weighted)",
+           "auc": "AUC", "logloss": "log loss",
            "rmse": "RMSE", "mae": "MAE", "pooled_rmse": "pooled RMSE", "pooled_mae": "pooled MAE"}
 
 

@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, ValidationError, model_validator
 from pydantic_core import core_schema
 
-from features.spec import FEATURES, TASKS
+from features.datasets import SOURCE_DATASET, dataset_of_source
+from features.datasets.movielens import MOVIELENS
 from models.gates import GATE_TYPE_ERROR, parse_gate_config
 from pipeline.errors import MtlrecError
 
@@ -56,7 +57,7 @@ class TaskConfig(Section):
 class ModelConfig(Section):
     """The TFRS multi-task model (models/recommender.py)."""
     architecture: Literal["mmoe", "shared_bottom"] = "mmoe"
-    tasks: dict[str, TaskConfig] = Field(  # names from features/spec.py TASKS
+    tasks: dict[str, TaskConfig] = Field(  # tasks declared for the dataset of data.source (features/datasets/)
         default_factory=lambda: {"watch": TaskConfig(), "rating": TaskConfig(), "like": TaskConfig()},
         min_length=1)
     # Model inputs: null = every feature the data provides; or a subset, e.g. [user, item].
@@ -78,12 +79,6 @@ class ModelConfig(Section):
         for where, gate in [("gate", self.gate), *((f"task_gates.{t}", g) for t, g in self.task_gates.items())]:
             if getattr(gate, "k", 1) > self.num_experts:
                 raise ValueError(f"{where}.k={gate.k} exceeds num_experts={self.num_experts}")
-        unknown_features = set(self.features or ()) - set(FEATURES)
-        if unknown_features:
-            raise ValueError(f"features {', '.join(sorted(unknown_features))} not declared in features/spec.py")
-        undeclared = set(self.tasks) - set(TASKS)
-        if undeclared:
-            raise ValueError(f"tasks {', '.join(sorted(undeclared))} not declared; known: {', '.join(TASKS)}")
         unknown = set(self.task_gates) - set(self.tasks)
         if unknown:
             raise ValueError(f"task_gates names tasks that are not trained: {', '.join(sorted(unknown))}")
@@ -152,9 +147,16 @@ class CandidatesConfig(SamplingConfig):
     negatives: int = Field(100, ge=1)  # sampled items added to each test user's list
 
 
+class KuaiRandConfig(Section):
+    """The kuairand source (pipeline/kuairand.py)."""
+    # The random-policy log (log_random_*.csv) as each user's test list, an unbiased test set as
+    # its authors intend; the standard logs then make train and validation only.
+    random_log_test: bool = False
+
+
 class DataConfig(Section):
-    source: Literal["embedded", "grouplens", "tfds"] = "embedded"
-    path: Union[str, None] = None  # grouplens: the folder holding the GroupLens files
+    source: Literal["embedded", "grouplens", "tfds", "kuairand"] = "embedded"
+    path: Union[str, None] = None  # grouplens / kuairand: the folder holding the dataset's files
     tfds_name: str = "movielens/100k-ratings"
     tfds_data_dir: Union[str, None] = None
     output: Union[str, None] = None  # default: <workdir>/data
@@ -163,6 +165,7 @@ class DataConfig(Section):
     split: SplitConfig = SplitConfig()
     negatives: NegativesConfig = NegativesConfig()
     candidates: CandidatesConfig = CandidatesConfig()
+    kuairand: KuaiRandConfig = KuaiRandConfig()
     num_shards: int = Field(4, ge=1)  # TFRecord files per split
     seed: int = 42
     beam_args: list[str] = Field(default_factory=list)  # Beam pipeline options, e.g. --runner=DataflowRunner
@@ -171,6 +174,8 @@ class DataConfig(Section):
     def _source_needs(self):
         if self.source == "grouplens" and not self.path:
             raise ValueError("source grouplens needs data.path (a folder with the GroupLens files)")
+        if self.source == "kuairand" and not self.path:
+            raise ValueError("source kuairand needs data.path (the data folder of KuaiRand-Pure, -1K or -27K)")
         return self
 
 
@@ -204,8 +209,7 @@ class CompareConfig(Section):
     # (pipeline/compare_results.py).
     focus: list[str] = Field(default_factory=lambda: ["dselect_k_static", "dselect_k_per_example"])
     # Per-user metrics that get a paired test, per task.
-    test_metrics: dict[str, list[str]] = Field(default_factory=lambda: {
-        "watch": ["ndcg@10"], "rating": ["ndcg@10", "rmse"], "like": ["ndcg@10"]})
+    test_metrics: dict[str, list[str]] = Field(default_factory=lambda: dict(MOVIELENS.default_test_metrics))
     output: Union[str, None] = None  # report folder; default <workdir>/report
 
     @model_validator(mode="after")
@@ -361,11 +365,44 @@ class Config(Section):
     synthetic: SyntheticConfig = SyntheticConfig()
     export: ExportConfig = ExportConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_defaults(cls, tree):
+        """model.tasks and compare.test_metrics left at their defaults (MovieLens's) on a source of
+        another dataset become that dataset's defaults, so `--set data.source=kuairand` alone runs.
+        (MovieLens's task names are not declared for another dataset: nothing explicit is replaced.)"""
+        source = tree.get("data", {}).get("source") if isinstance(tree, dict) and isinstance(
+            tree.get("data"), dict) else None
+        if source not in SOURCE_DATASET or dataset_of_source(source) is MOVIELENS:
+            return tree
+        dataset, tree = dataset_of_source(source), dict(tree)
+        model, compare = tree.get("model"), tree.get("compare")
+        if isinstance(model, dict) and isinstance(model.get("tasks"), dict) and \
+                list(model["tasks"]) == list(MOVIELENS.default_tasks):
+            tree["model"] = {**model, "tasks": {t: {"weight": 1.0} for t in dataset.default_tasks}}
+        if isinstance(compare, dict) and compare.get("test_metrics") == MOVIELENS.default_test_metrics:
+            tree["compare"] = {**compare, "test_metrics": dict(dataset.default_test_metrics)}
+        return tree
+
     @model_validator(mode="after")
     def _rank_weights_name_trained_tasks(self):
         unknown = sorted(set(self.export.rank_weights or ()) - set(self.model.tasks))
         if unknown:
             raise ValueError(f"export.rank_weights names tasks that are not trained: {', '.join(unknown)}")
+        return self
+
+    @model_validator(mode="after")
+    def _declared_for_the_dataset(self):
+        """Tasks and features are the declaration's of the dataset that data.source reads."""
+        dataset = dataset_of_source(self.data.source)
+        undeclared = [t for t in self.model.tasks if t not in dataset.tasks]
+        if undeclared:
+            raise ValueError(f"model.tasks: {', '.join(undeclared)} not declared for {dataset.name} "
+                             f"(data.source {self.data.source}); known: {', '.join(dataset.tasks)}")
+        unknown_features = sorted(set(self.model.features or ()) - set(dataset.features))
+        if unknown_features:
+            raise ValueError(f"model.features: {', '.join(unknown_features)} not declared for {dataset.name} "
+                             f"(features/datasets/{dataset.name}.py)")
         return self
 
 
@@ -470,15 +507,27 @@ def validate(tree: dict, source: str = "config") -> Config:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
     """Defaults <- YAML file <- `--set` overrides, validated into a Config."""
     tree = Config().model_dump(mode="json")
+    file_error = None
     if path:
         tree = merge(tree, _read_yaml(path))
-        config = validate(tree, source=str(path))  # blame the file for its own mistakes
+        try:
+            config = validate(tree, source=str(path))  # blame the file for its own mistakes
+        except ConfigError as error:
+            if not overrides:
+                raise
+            # A file may leave a value to the command line (configs/kuairand_pure.yaml: data.path).
+            file_error = error
     if not overrides:
         return config if path else Config()
     for item in overrides:
         keys, value = _parse_override(item)
         _set_path(tree, keys, value)
-    return validate(tree, source="--set")
+    try:
+        return validate(tree, source="--set")
+    except ConfigError:
+        if file_error is not None:
+            raise file_error from None
+        raise
 
 
 def with_overrides(config: Config, update: dict) -> Config:

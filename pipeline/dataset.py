@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from features.spec import LABEL_COLUMNS, model_input_spec, raw_feature_spec
+from features.datasets import dataset_of_manifest
 from features.transform import dense_model_inputs
 from pipeline import storage
 from pipeline.artifacts import ArtifactError
@@ -63,13 +63,15 @@ def encode_block(columns: dict) -> bytes:
 class InputPipeline:
     """Datasets of one preprocessed data folder; holds the transform layer once."""
 
-    def __init__(self, data_dir, raw_columns):
+    def __init__(self, data_dir, raw_columns, dataset=None):
+        """dataset: the features.spec.Dataset the folder is made with; None: its manifest's."""
         self.data_dir = str(data_dir)
         self.raw_columns = list(raw_columns)
-        self.spec = raw_feature_spec(self.raw_columns)
+        self.declaration = dataset or dataset_of_manifest(read_manifest(self.data_dir))
+        self.spec = self.declaration.raw_feature_spec(self.raw_columns)
         # A block's columns have a leading example axis of the block's length.
         self.block_spec = {name: tf.io.FixedLenSequenceFeature(f.shape, f.dtype, allow_missing=True)
-                           for name, f in model_input_spec(self.raw_columns).items()}
+                           for name, f in self.declaration.model_input_spec(self.raw_columns).items()}
         self.tft_output = tft.TFTransformOutput(self.data_dir)
         self.transform = self.tft_output.transform_features_layer()
         self._block_datasets = {}
@@ -78,7 +80,7 @@ class InputPipeline:
         """A batch of serialized raw tf.Examples -> model inputs + labels."""
         raw = tf.io.parse_example(serialized, self.spec)
         features = dense_model_inputs(self.transform({c: raw[c] for c in self.raw_columns}))
-        features.update({name: raw[name] for name in LABEL_COLUMNS})
+        features.update({name: raw[name] for name in self.declaration.label_columns})
         return features
 
     def raw_dataset(self, split: str, batch_size: int) -> tf.data.Dataset:

@@ -7,11 +7,15 @@ the user's id, the list's request time and its item ids: what is measured is wha
 The candidate rows' item and user columns come from the same train-only feature tables the
 model carries (pipeline/tables.py), so `rank` scores each list exactly as scoring its rows one
 by one with `serving_default` would (tests/test_compare.py checks both to 1e-5).
-Metrics (pipeline/metrics.py) are computed per user, then averaged:
+Tasks and labels are the dataset's declaration (features/datasets/). Metrics
+(pipeline/metrics.py) are computed per user, then averaged:
 
-- watch, like (binary): NDCG@K, Recall@K, MRR, GAUC; plus pooled AUC and log loss;
-- rating: NDCG@K over the user's test interactions with graded relevance = rating; RMSE and
-  MAE over them (per user, then averaged; pooled values are reported too).
+- binary tasks (MovieLens watch, like; KuaiRand click, long_view, like, ...): NDCG@K, Recall@K,
+  MRR and GAUC per user (the plain mean over users is the unweighted GAUC); pooled AUC, log
+  loss, and GAUC weighted by each user's impressions in the list (as in the DIN paper);
+- regression tasks (rating, play_time): NDCG@K over the user's rows that carry the task's
+  weight (all rows when it has none), with graded relevance = the label; RMSE and MAE over
+  them (per user, then averaged; pooled values are reported too).
 
 Writes <run>/eval.json (written last: marks the run evaluated) and <run>/eval_users.csv,
 one row per test user, so that gates can be compared with paired tests over users.
@@ -24,7 +28,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from features.spec import ENTITY_KEYS, TASKS, raw_feature_spec, request_columns
+from features.datasets import DATASETS, dataset_of_manifest
 from pipeline import locks, metrics, runs, storage
 from pipeline.artifacts import ArtifactError, atomic_write, write_json
 from pipeline.dataset import split_files
@@ -32,9 +36,9 @@ from pipeline.dataset import split_files
 KS = (5, 10, 20)
 
 
-def read_candidates(data_dir, raw_columns) -> dict[str, np.ndarray]:
+def read_candidates(data_dir, manifest) -> dict[str, np.ndarray]:
     """The candidates split's columns (raw columns and labels), in file order."""
-    spec = raw_feature_spec(raw_columns)
+    spec = dataset_of_manifest(manifest).raw_feature_spec(manifest["raw_columns"])
     data = tf.data.TFRecordDataset(split_files(data_dir, "candidates"), compression_type="GZIP").batch(8192).map(
         lambda s: tf.io.parse_example(s, spec)).prefetch(tf.data.AUTOTUNE)
     parts = {name: [] for name in spec}
@@ -44,11 +48,11 @@ def read_candidates(data_dir, raw_columns) -> dict[str, np.ndarray]:
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def requests(columns: dict[str, np.ndarray], request_names: list[str]):
+def requests(columns: dict[str, np.ndarray], entity_keys: dict, request_names: list[str]):
     """Each test user's candidate list as one ranking request: yields (row indices [N] into the
     split, {request column: scalar}, item ids [N]). A list is one request (preprocess gives it
     one request time), so a request column that varies within a list is an error."""
-    users = columns[ENTITY_KEYS["user"]]
+    users = columns[entity_keys["user"]]
     order = np.argsort(users, kind="stable")
     starts = np.flatnonzero(np.r_[True, users[order][1:] != users[order][:-1]])
     for rows in np.split(order, starts[1:]):
@@ -59,7 +63,7 @@ def requests(columns: dict[str, np.ndarray], request_names: list[str]):
                 raise ArtifactError(f"candidates of user {users[rows[0]]}: {len(values)} values of {name!r} "
                                     f"in one list (one request has one)")
             request[name] = values[0]
-        yield rows, request, columns[ENTITY_KEYS["item"]][rows]
+        yield rows, request, columns[entity_keys["item"]][rows]
 
 
 def score_candidates(run_dir: str) -> pd.DataFrame:
@@ -68,16 +72,18 @@ def score_candidates(run_dir: str) -> pd.DataFrame:
     summary = runs.read_train_summary(run_dir)
     manifest = runs.read_data_manifest(run_dir)
     rank = tf.saved_model.load(storage.join(run_dir, runs.EXPORT)).signatures["rank"]
-    columns = read_candidates(runs.data_dir_of_run(run_dir, summary), manifest["raw_columns"])
-    request_names = [ENTITY_KEYS["user"], *request_columns(manifest["raw_columns"])]
+    dataset = dataset_of_manifest(manifest)
+    keys = dataset.entity_keys
+    columns = read_candidates(runs.data_dir_of_run(run_dir, summary), manifest)
+    request_names = [keys["user"], *dataset.request_columns(manifest["raw_columns"])]
     # In the run's task order: a loaded signature returns its outputs in no fixed order.
-    predictions = {t: np.zeros(len(columns["watch"]), np.float32) for t in summary["tasks"]}
-    for rows, request, items in requests(columns, request_names):
+    predictions = {t: np.zeros(len(columns[keys["user"]]), np.float32) for t in summary["tasks"]}
+    for rows, request, items in requests(columns, keys, request_names):
         scores = rank(item_ids=tf.constant(items), **{k: tf.constant(v) for k, v in request.items()})
         for t in summary["tasks"]:
             predictions[t][rows] = scores[t].numpy()
-    return pd.DataFrame({"user_id": columns["user_id"], "watch": columns["watch"], "rating": columns["rating"],
-                         "like": columns["like"], **{f"pred_{t}": p for t, p in predictions.items()}})
+    return pd.DataFrame({"user_id": columns[keys["user"]], **{c: columns[c] for c in dataset.label_columns},
+                         **{f"pred_{t}": p for t, p in predictions.items()}})
 
 
 def candidate_arrays(users: np.ndarray, columns: dict[str, np.ndarray]):
@@ -97,33 +103,48 @@ def candidate_arrays(users: np.ndarray, columns: dict[str, np.ndarray]):
     return unique, arrays, mask
 
 
-def task_metrics(task: str, scores, frame_arrays, mask, pooled: pd.DataFrame):
-    """(per-user metrics {name: [U]}, pooled metrics {name: value}) for one task."""
-    watched = frame_arrays["watch"] > 0
-    if TASKS[task].kind == "binary":
-        per_user = metrics.ranking_metrics(scores, frame_arrays[TASKS[task].label], mask, ks=KS)
-        pointwise = metrics.pointwise_metrics(pooled[f"pred_{task}"].to_numpy(), pooled[TASKS[task].label].to_numpy())
+def task_metrics(task, scores, frame_arrays, mask, pooled: pd.DataFrame):
+    """(per-user metrics {name: [U]}, pooled metrics {name: value}) for one declared task
+    (features.spec.Task)."""
+    label = frame_arrays[task.label]
+    predicted = pooled[f"pred_{task.name}"].to_numpy()
+    if task.kind == "binary":
+        per_user = metrics.ranking_metrics(scores, label, mask, ks=KS)
+        pointwise = metrics.pointwise_metrics(predicted, pooled[task.label].to_numpy())
+        pointwise["gauc_weighted"] = metrics.weighted_mean(per_user["gauc"], mask.sum(axis=1))
         return per_user, pointwise
-    # Regression (rating): rank the user's own test interactions by predicted rating.
-    test_mask = mask & watched
-    ranking = metrics.ranking_metrics(scores, frame_arrays["rating"], test_mask, ks=KS)
+    # Regression: rank the user's rows that carry the task's weight (MovieLens: the user's own
+    # test interactions, not the sampled items) by the predicted value.
+    weighted = mask & (frame_arrays[task.weight] > 0) if task.weight else mask
+    ranking = metrics.ranking_metrics(scores, label, weighted, ks=KS)
     per_user = {k: v for k, v in ranking.items() if k.startswith("ndcg@")}
-    per_user.update(metrics.regression_metrics(scores, frame_arrays["rating"], test_mask))
-    observed = pooled[pooled.watch > 0]
-    error = observed[f"pred_{task}"].to_numpy() - observed["rating"].to_numpy()
+    per_user.update(metrics.regression_metrics(scores, label, weighted))
+    rows = pooled[pooled[task.weight] > 0] if task.weight else pooled
+    error = rows[f"pred_{task.name}"].to_numpy() - rows[task.label].to_numpy()
     return per_user, {"pooled_rmse": float(np.sqrt(np.mean(error**2))), "pooled_mae": float(np.mean(np.abs(error)))}
 
 
-def evaluation(pooled: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
-    """Scored candidate rows (score_candidates) -> (the metrics of eval.json, one row per user)."""
+def _dataset_of_frame(pooled: pd.DataFrame):
+    """The declared dataset whose label columns the scored rows carry."""
+    for dataset in DATASETS.values():
+        if set(dataset.label_columns) <= set(pooled.columns):
+            return dataset
+    raise ArtifactError(f"scored rows with columns {list(pooled.columns)}: no declared dataset has these labels")
+
+
+def evaluation(pooled: pd.DataFrame, dataset=None) -> tuple[dict, pd.DataFrame]:
+    """Scored candidate rows (score_candidates) -> (the metrics of eval.json, one row per user).
+
+    dataset: the features.spec.Dataset of the rows; None: the one whose labels they carry."""
+    dataset = dataset or _dataset_of_frame(pooled)
     tasks = [c.removeprefix("pred_") for c in pooled.columns if c.startswith("pred_")]
-    columns = {c: pooled[c].to_numpy() for c in ("watch", "rating", "like", *[f"pred_{t}" for t in tasks])}
+    columns = {c: pooled[c].to_numpy() for c in (*dataset.label_columns, *[f"pred_{t}" for t in tasks])}
     users, arrays, mask = candidate_arrays(pooled["user_id"].to_numpy(), columns)
 
     per_user_table = {"user_id": users}
     result = {"users": int(len(users)), "candidates": int(mask.sum()), "ks": list(KS), "tasks": {}}
     for task in tasks:
-        per_user, pointwise = task_metrics(task, arrays[f"pred_{task}"], arrays, mask, pooled)
+        per_user, pointwise = task_metrics(dataset.tasks[task], arrays[f"pred_{task}"], arrays, mask, pooled)
         result["tasks"][task] = {"per_user": metrics.summarize(per_user), "pooled": pointwise}
         per_user_table.update({f"{task}/{name}": values for name, values in per_user.items()})
     return result, pd.DataFrame(per_user_table)
@@ -132,7 +153,8 @@ def evaluation(pooled: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
 def run(run_dir) -> dict:
     run_dir = str(run_dir)
     with locks.hold(run_dir, "run folder"):
-        result, per_user = evaluation(score_candidates(run_dir))
+        dataset = dataset_of_manifest(runs.read_data_manifest(run_dir))
+        result, per_user = evaluation(score_candidates(run_dir), dataset)
         result = {"run_dir": storage.absolute(run_dir), **result}
         atomic_write(storage.join(run_dir, runs.EVAL_USERS), per_user.to_csv(index=False).encode())
         write_json(storage.join(run_dir, runs.EVAL), result)  # last: the run is evaluated

@@ -31,7 +31,6 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from features.spec import ENTITY_KEYS, RAW_COLUMNS, raw_feature_spec, request_columns
 from features.transform import dense_model_inputs
 from pipeline import locks, runs, storage
 from pipeline.artifacts import ArtifactError, write_json
@@ -55,8 +54,7 @@ def rank_weights(model, options) -> dict[str, float]:
     return {t: float(options.rank_weights.get(t, 0.0)) for t in tasks}
 
 
-def _unknown(column: str):
-    default = RAW_COLUMNS[column].default
+def _unknown(default):
     return default.encode() if isinstance(default, str) else default  # strings are read back as bytes
 
 
@@ -69,11 +67,12 @@ class EntityTable(tf.Module):
 
     Args:
       ids: [R] the entity's ids, sorted and distinct (pipeline.tables.read_tables).
-      columns: {raw column: [R] its value per id}; declared in features/spec.py with a default.
+      columns: {raw column: [R] its value per id}.
+      defaults: {raw column: the value that means "unknown"} (RawColumn.default of its declaration).
       name: the entity, e.g. "item".
     """
 
-    def __init__(self, ids: np.ndarray, columns: dict[str, np.ndarray], name: str):
+    def __init__(self, ids: np.ndarray, columns: dict[str, np.ndarray], defaults: dict, name: str):
         super().__init__(name=name)
         if len(ids) == 0:
             raise ValueError(f"the {name} table is empty")
@@ -81,7 +80,7 @@ class EntityTable(tf.Module):
             raise ValueError(f"the {name} table's ids are not sorted and distinct")
         self.size = len(ids)
         self.ids = tf.Variable(ids.astype(np.int64), trainable=False, name="ids")  # [R]
-        self.columns = {c: tf.Variable(np.append(values, _unknown(c)), trainable=False, name=c)
+        self.columns = {c: tf.Variable(np.append(values, _unknown(defaults[c])), trainable=False, name=c)
                         for c, values in columns.items()}  # each [R + 1]
 
     def __call__(self, ids):
@@ -115,14 +114,17 @@ class ServingModule(tf.Module):
         if "tables" not in manifest:
             raise ArtifactError(f"{inputs.data_dir}: no feature tables (made by an older version); "
                                 f"run `mtlrec preprocess` again")
-        self.tables = {entity: EntityTable(ids, columns, name=f"{entity}_table")
+        dataset = inputs.declaration
+        self.entity_keys = dict(dataset.entity_keys)
+        defaults = {name: column.default for name, column in dataset.raw_columns.items()}
+        self.tables = {entity: EntityTable(ids, columns, defaults, name=f"{entity}_table")
                        for entity, (ids, columns) in read_tables(inputs.data_dir, manifest).items()}
         raw_columns = list(inputs.raw_columns)
-        self.request_columns = [ENTITY_KEYS["user"], *request_columns(raw_columns)]
+        self.request_columns = [self.entity_keys["user"], *dataset.request_columns(raw_columns)]
         self.default_weights = tf.constant([weights[t] for t in self.tasks], tf.float32)  # [T]
         self.default_k = tf.constant(top_k, tf.int32)
 
-        raw_spec = raw_feature_spec(raw_columns, with_labels=False)
+        raw_spec = dataset.raw_feature_spec(raw_columns, with_labels=False)
         raw_signature = {name: tf.TensorSpec([None], spec.dtype, name=name) for name, spec in raw_spec.items()}
         request = {name: tf.TensorSpec([], raw_spec[name].dtype, name=name) for name in self.request_columns}
         item_ids = tf.TensorSpec([None], tf.int64, name="item_ids")
@@ -158,13 +160,13 @@ class ServingModule(tf.Module):
         """One user's request {column: []} and candidates [N] -> raw columns {name: [N]}."""
         n = tf.shape(item_ids)[:1]
         raw = {name: tf.broadcast_to(value, n) for name, value in request.items()}
-        raw[ENTITY_KEYS["item"]] = item_ids
+        raw[self.entity_keys["item"]] = item_ids
         for entity, table in self.tables.items():
             if entity == "item":
                 raw.update(table(item_ids))  # [N] each
             else:  # looked up once per request, then repeated for every candidate
                 raw.update({name: tf.broadcast_to(value, n)
-                            for name, value in table(request[ENTITY_KEYS[entity]][None]).items()})
+                            for name, value in table(request[self.entity_keys[entity]][None]).items()})
         return raw
 
     def _rank(self, request, item_ids, weights, k):

@@ -19,9 +19,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import storage
-from pipeline.rows import (HALF_STARS, LINE, MAX_AGE, METADATA, REJECTED, UNDECODABLE_ROW, WHOLE_STARS, RatingScale,
+from pipeline.rows import (HALF_STARS, LINE, MAX_AGE, METADATA, REJECTED, WHOLE_STARS, RatingScale,
                            SourceError, SourceInfo, check_rating, parse_int, rejection, title_year)
-from pipeline.textfiles import SNIFF_BYTES, TextLines, check_not_wide, line_ending, read_head, read_lines
+from pipeline.textfiles import (SNIFF_BYTES, TextLines, check_not_wide, decode_line, line_ending, read_head,
+                                read_lines)
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
@@ -121,17 +122,21 @@ class Table:
     rejected: dict = field(default_factory=dict)
 
 
+def entity_values(table: Table, id_) -> dict:
+    """The columns of an id in a movie, user or video table; ValueError naming why it has none."""
+    values = table.rows.get(id_)
+    if values is None:
+        where = table.rejected.get(id_)
+        raise ValueError(f"{table.what} id {id_} is not in the {table.what} file" if where is None
+                         else f"{table.what} id {id_}: its line {where} was rejected")
+    return values
+
+
 def join_metadata(row: dict, items: Table | None, users: Table | None) -> dict:
     """Add movie columns (genres, year) and user columns; unknown ids are errors."""
     for table, key in ((items, "item_id"), (users, "user_id")):
-        if table is None:
-            continue
-        values = table.rows.get(row[key])
-        if values is None:
-            where = table.rejected.get(row[key])
-            raise ValueError(f"{table.what} id {row[key]} is not in the {table.what} file" if where is None
-                             else f"{table.what} id {row[key]}: its line {where} was rejected")
-        row.update(values)
+        if table is not None:
+            row.update(entity_values(table, row[key]))
     return row
 
 
@@ -164,15 +169,9 @@ class _ParseRatings(beam.DoFn):
         self.file, self.separator, self.order, self.scale = file, separator, order, scale
 
     def process(self, raw: bytes, items, users):
-        if raw.startswith(codecs.BOM_UTF8):  # first line without a header (or files concatenated)
-            raw = raw[len(codecs.BOM_UTF8):]
-        raw = raw.rstrip(b"\r")
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection(
-                self.file, raw.decode("utf-8", "backslashreplace"),
-                f"undecodable byte 0x{raw[error.start]:02x} at column {error.start + 1} (not UTF-8)", UNDECODABLE_ROW))
+        line, undecodable = decode_line(raw, self.file)
+        if undecodable:
+            yield beam.pvalue.TaggedOutput(REJECTED, undecodable)
             return
         try:
             if not line.strip():

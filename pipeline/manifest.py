@@ -8,15 +8,16 @@ through here and refuse a folder made by an incompatible version of the code.
 """
 from __future__ import annotations
 
-from features.spec import ENTITY_KEYS, TASKS, active_features, declaration_hash, entity_columns
+from features.datasets import dataset_of_manifest, dataset_of_source
 from pipeline import storage
 from pipeline.artifacts import MANIFEST, ArtifactError, read_json
 from pipeline.config import config_hash
 from pipeline.rows import EXACT_DUPLICATE, METADATA, REPEATED_PAIR, ROW, UNDECODABLE_ROW
 
 # Of a data folder; 2: train and validation also materialized (transformed/); 3: the user and
-# item feature tables (tables/), from which the candidate lists take their user and item columns.
-DATA_FORMAT = 3
+# item feature tables (tables/), from which the candidate lists take their user and item columns;
+# 4: the dataset's declaration (features/datasets/): its name, and label rates and means per declared task.
+DATA_FORMAT = 4
 SPLITS = ("train", "validation", "test", "candidates")
 REQUIRED = ("source", "splits", "raw_columns", "features", "declaration_hash")
 
@@ -26,11 +27,11 @@ def table_file(entity: str) -> str:
     return f"tables/{entity}.tfrecord.gz"
 
 
-def describe_tables(raw_columns, counts: dict[str, int]) -> dict:
+def describe_tables(dataset, raw_columns, counts: dict[str, int]) -> dict:
     """The manifest's record of the feature tables: {entity: {key, columns, file, rows}}."""
-    return {entity: {"key": ENTITY_KEYS[entity], "columns": columns, "file": table_file(entity),
+    return {entity: {"key": dataset.entity_keys[entity], "columns": columns, "file": table_file(entity),
                      "rows": counts.get(f"table_rows:{entity}", 0)}
-            for entity, columns in entity_columns(raw_columns).items()}
+            for entity, columns in dataset.entity_columns(raw_columns).items()}
 
 
 def data_hash(data_config) -> str:
@@ -60,6 +61,47 @@ def row_counts(counts: dict[str, int]) -> dict[str, int]:
     return out
 
 
+LABEL_UNIT = 1_000_000  # label sums are counted in millionths: integers, so their sum is exact in any order
+
+
+def label_sums(dataset, columns: dict, split: str) -> dict[str, int]:
+    """The counts of a batch of examples' labels that describe_split reads: per label column,
+    its sum (in LABEL_UNITs); for regression labels, also the sum of their weights."""
+    out = {}
+    for name in dataset.label_columns:
+        out[f"label_sum:{name}:{split}"] = int(round(LABEL_UNIT * sum(columns[name])))
+    for task in dataset.tasks.values():
+        if task.kind == "regression":
+            weights = columns[task.weight] if task.weight else [1.0] * len(columns[task.label])
+            out[f"label_sum:{task.label}*weight:{split}"] = int(round(
+                LABEL_UNIT * sum(w * v for w, v in zip(weights, columns[task.label]))))
+            out[f"label_weight:{task.label}:{split}"] = int(round(LABEL_UNIT * sum(weights)))
+    return out
+
+
+def describe_split(dataset, counts: dict[str, int], split: str, shards: dict) -> dict:
+    """One split's entry: its files, examples, observed interactions ("positives": the examples
+    that are not sampled items), the rate of every binary label and weight column, and the
+    weighted mean of every regression label."""
+    n = counts.get(f"examples:{split}", 0)
+    binary = [t.label for t in dataset.tasks.values() if t.kind == "binary"]
+    weights = [t.weight for t in dataset.tasks.values() if t.weight]
+    regression = [t.label for t in dataset.tasks.values() if t.kind == "regression"]
+
+    def mean(label):
+        weight = counts.get(f"label_weight:{label}:{split}", 0)
+        return counts.get(f"label_sum:{label}*weight:{split}", 0) / weight if weight else None
+
+    return {
+        "files": shards["files"] if n else [],
+        "transformed_files": shards["transformed_files"] if n else [],
+        "examples": n, "positives": counts.get(f"positives:{split}", 0),
+        "label_rates": {label: counts.get(f"label_sum:{label}:{split}", 0) / LABEL_UNIT / n if n else None
+                        for label in dict.fromkeys(binary + weights)},
+        "label_means": {label: mean(label) for label in regression},
+    }
+
+
 def build_manifest(source_info, data_config, counts: dict[str, int], shards: dict[str, dict]) -> dict:
     """The manifest of a finished preprocess run.
 
@@ -72,41 +114,39 @@ def build_manifest(source_info, data_config, counts: dict[str, int], shards: dic
       shards: split -> {"files": [...], "transformed_files": [...]}, the shard file names written.
     """
     raw_columns = list(source_info.raw_columns)
+    dataset = dataset_of_source(data_config.source)
     rows = row_counts(counts)
     decoding = {path: dict(entry) for path, entry in source_info.decoding.items()}
     if source_info.files and source_info.files[0] in decoding:  # the ratings file, read by the runner
         decoding[source_info.files[0]]["undecodable_rows"] = rows["undecodable_rows"]
-    splits = {}
-    for split in SPLITS:
-        n = counts.get(f"examples:{split}", 0)
-        positives = counts.get(f"positives:{split}", 0)
-        splits[split] = {
-            "files": shards[split]["files"] if n else [],
-            "transformed_files": shards[split]["transformed_files"] if n else [],
-            "examples": n, "positives": positives,
-            "label_rates": {"watch": positives / n if n else None, "like": counts.get(f"likes:{split}", 0) / n if n else None,
-                            "rating_weight": positives / n if n else None},
-            "mean_rating": counts.get(f"rating_half_stars:{split}", 0) / 2 / positives if positives else None,
-        }
+    splits = {split: describe_split(dataset, counts, split, shards[split]) for split in SPLITS}
     return {
         "kind": "mtlrec-data",
         "format": DATA_FORMAT,
+        "dataset": dataset.name,
         "source": {"name": source_info.name, "layout": source_info.layout, "location": source_info.location,
-                   "files": source_info.files, "rating_scale": [source_info.scale.low, source_info.scale.high,
-                                                                source_info.scale.step],
-                   "decoding": decoding},
+                   "files": source_info.files, "rating_scale": None if source_info.scale is None else [
+                       source_info.scale.low, source_info.scale.high, source_info.scale.step],
+                   "decoding": decoding, **source_info.extra},
         **{key: rows[key] for key in ("input_rows", "accepted_rows", "rejected_rows", "sampled_out_rows",
                                       "metadata_rejected_rows", "duplicates")},
         "unfilled": {"negatives": counts.get("unfilled_negatives", 0),  # user had seen every item available then
                      "candidates": counts.get("unfilled_candidates", 0)},
         "users": counts.get("users", 0), "train_only_users": counts.get("train_only_users", 0),
         "test_users": counts.get("test_users", 0), "items": counts.get("items", 0),
+        # Rows of a held-out log (KuaiRand's random policy): all of them, and those in the test lists.
+        "held_out": {"rows": counts.get("held_out_rows", 0), "test_rows": counts.get("held_out_test_rows", 0)},
         "splits": splits,
-        "tasks": {name: {"kind": t.kind, "label": t.label, "weight": t.weight} for name, t in TASKS.items()},
+        "tasks": {name: {"kind": t.kind, "label": t.label, "weight": t.weight,
+                         "default": name in dataset.default_tasks,
+                         ("positive_rates" if t.kind == "binary" else "means"): {
+                             split: (entry["label_rates"] if t.kind == "binary" else entry["label_means"])[t.label]
+                             for split, entry in splits.items()}}
+                  for name, t in dataset.tasks.items()},
         "raw_columns": raw_columns,
-        "features": active_features(raw_columns),
-        "declaration_hash": declaration_hash(raw_columns),
-        "tables": describe_tables(raw_columns, counts),
+        "features": dataset.active_features(raw_columns),
+        "declaration_hash": dataset.declaration_hash(raw_columns),
+        "tables": describe_tables(dataset, raw_columns, counts),
         "config": data_config.model_dump(mode="json"),
         "config_hash": data_hash(data_config),
     }
@@ -130,7 +170,7 @@ def read_training_manifest(data_dir, tasks) -> dict:
     if manifest.get("format") != DATA_FORMAT:
         raise ArtifactError(f"{data_dir}: data folder format {manifest.get('format', 1)}, this code reads format "
                             f"{DATA_FORMAT}; run `mtlrec preprocess` again")
-    expected = declaration_hash(manifest["raw_columns"])
+    expected = dataset_of_manifest(manifest).declaration_hash(manifest["raw_columns"])
     if manifest["declaration_hash"] != expected:
         raise ArtifactError(
             f"{data_dir}: made with an incompatible feature declaration (hash {manifest['declaration_hash'][:12]}, "

@@ -187,6 +187,21 @@ def regression_metrics(pred, target, mask) -> dict[str, np.ndarray]:
     }
 
 
+def weighted_mean(values, weights) -> float:
+    """Mean of the per-user `values` [U] weighted by `weights` [U] over the users with a value
+    (not NaN): with per-user GAUC and each user's impressions, the impression-weighted GAUC of
+    the DIN paper (Zhou et al., KDD 2018). NaN when no user has a value or all weights are 0."""
+    values = np.asarray(values, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if values.shape != weights.shape or values.ndim != 1:
+        raise ValueError(f"values and weights must share one [U] shape; got {values.shape}, {weights.shape}")
+    if not (np.isfinite(weights) & (weights >= 0)).all():
+        raise ValueError("weights must be finite and >= 0")
+    present = ~np.isnan(values)
+    total = weights[present].sum()
+    return float((values[present] * weights[present]).sum() / total) if total > 0 else float("nan")
+
+
 def summarize(per_user: dict[str, np.ndarray]) -> dict[str, dict]:
     """For each metric, the mean over users with a value and how many they are."""
     out = {}

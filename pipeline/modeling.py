@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from features.datasets import dataset_of_manifest
 from features.transform import categorical_sizes
 from models.recommender import ModelSpec, MultiTaskRecommender
 from pipeline.artifacts import ArtifactError
@@ -32,9 +33,10 @@ def model_spec(config, manifest, tft_output) -> ModelSpec:
         raise ArtifactError(f"model.features: the data has no {', '.join(missing)} "
                             f"(it provides {', '.join(manifest['features'])})")
     features = [f for f in manifest["features"] if m.features is None or f in m.features]
+    dataset = dataset_of_manifest(manifest)
     return ModelSpec(
-        features=features, categorical_sizes=categorical_sizes(tft_output, features),
-        tasks={t: c.weight for t, c in m.tasks.items()},
+        features=features, categorical_sizes=categorical_sizes(dataset, tft_output, features),
+        tasks={t: c.weight for t, c in m.tasks.items()}, dataset=dataset.name,
         gates={t: m.gate_for(t).model_dump() for t in m.tasks}, architecture=m.architecture,
         id_embedding_dim=m.id_embedding_dim, side_embedding_dim=m.side_embedding_dim, num_experts=m.num_experts,
         expert_units=m.expert_units, expert_dropout=m.expert_dropout, tower_units=m.tower_units)

@@ -17,6 +17,9 @@ from pipeline.errors import MtlrecError
 
 REJECTED = "rejected"  # tag of the rejection output of every source
 LINE = "_line"  # row key: the original line, kept until duplicates are resolved
+# Row key: a row of a held-out log (KuaiRand's random-policy log), used only in the test lists of
+# the users, from the start of their test period (pipeline/preprocess.py).
+HELD_OUT = "_held_out"
 # Kinds of rejection records. All but "metadata" are rating rows (they count in input_rows):
 # a malformed row (blank lines included), a line with bytes that are not UTF-8, and the two
 # kinds of duplicates; "metadata" ones are lines of a movie or user file.
@@ -61,9 +64,10 @@ class SourceInfo:
     layout: str
     location: str
     raw_columns: tuple[str, ...]
-    scale: RatingScale
+    scale: RatingScale | None  # None: the source has no ratings (exposure logs)
     files: list[str] = field(default_factory=list)
     decoding: dict[str, dict] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # more of the source's manifest entry (e.g. KuaiRand's version)
 
 
 def rejection(file: str, row: str, reason: str, kind: str = ROW) -> dict:

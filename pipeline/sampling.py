@@ -10,6 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 _ROUNDS = 64  # rejection-sampling rounds before falling back to an exact draw
+# Streams of per-user randomness: one per purpose, so changing one never shifts another.
+STREAM = {"train": 1, "validation": 2, "test": 3, "candidates": 4, "user_sample": 5}
+
+
+def user_rng(seed, user_id, purpose):
+    """The generator of one user's draws for one purpose: the same under any runner or order."""
+    return np.random.default_rng([seed, user_id & 0xFFFFFFFF, user_id >> 32, STREAM[purpose]])
 
 
 class Catalog:

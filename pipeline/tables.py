@@ -3,8 +3,9 @@
 A ranking request sends ids only (pipeline/export.py, the `rank` signature): the served model
 finds each candidate item's columns (genres, year) and the user's columns (ml-100k / ml-1m:
 gender, age, occupation, zip code) in these tables, which it carries inside. Which raw column
-belongs to which entity, and which id keys its table, is declared in features/spec.py
-(RawColumn.entity, ENTITY_KEYS), so a new source's user or item columns need no code here.
+belongs to which entity, and which id keys its table, is declared per dataset in
+features/datasets/ (RawColumn.entity, Dataset.entity_keys), so a new source's user or item
+columns need no code here.
 
     preprocess:  train examples (what the analyzers see) --TrainTables--> {entity: {id: values}}
                  --WriteTables--> <data>/tables/<entity>.tfrecord.gz (one tf.Example per id, by id)
@@ -29,17 +30,17 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 
-from features.spec import ENTITY_KEYS, RAW_COLUMNS, entity_columns, raw_feature_spec
+from features.datasets import dataset_of_manifest
 from pipeline.manifest import table_file
 from pipeline.tfexample import ExampleEncoder
 
 CANDIDATES = "candidates"
 
 
-def table_spec(raw_columns, entity: str) -> dict:
+def table_spec(dataset, raw_columns, entity: str) -> dict:
     """tf.io parsing spec of a table's examples: the key and the entity's columns."""
-    spec = raw_feature_spec(raw_columns, with_labels=False)
-    return {name: spec[name] for name in [ENTITY_KEYS[entity], *entity_columns(raw_columns)[entity]]}
+    spec = dataset.raw_feature_spec(raw_columns, with_labels=False)
+    return {name: spec[name] for name in [dataset.entity_keys[entity], *dataset.entity_columns(raw_columns)[entity]]}
 
 
 def _column(batch, name) -> list:
@@ -55,8 +56,9 @@ class TrainTables(beam.CombineFn):
     on the order in which a runner combines.
     """
 
-    def __init__(self, raw_columns):
-        self.tables = entity_columns(raw_columns)
+    def __init__(self, dataset, raw_columns):
+        self.keys = dataset.entity_keys
+        self.tables = dataset.entity_columns(raw_columns)
 
     def create_accumulator(self):
         return {entity: {} for entity in self.tables}
@@ -64,7 +66,7 @@ class TrainTables(beam.CombineFn):
     def add_input(self, accumulator, batch):
         for entity, columns in self.tables.items():
             table = accumulator[entity]
-            for key, values in zip(_column(batch, ENTITY_KEYS[entity]), zip(*(_column(batch, c) for c in columns))):
+            for key, values in zip(_column(batch, self.keys[entity]), zip(*(_column(batch, c) for c in columns))):
                 old = table.get(key)
                 if old is None or values < old:
                     table[key] = values
@@ -89,18 +91,18 @@ class WriteTables(beam.DoFn):
     """The tables, one gzip TFRecord file per entity, one tf.Example per id, sorted by id
     (the same bytes under any runner). Yields each table's row count {"table_rows:<entity>": n}."""
 
-    def __init__(self, folder, raw_columns):
-        self.folder, self.raw_columns = folder, raw_columns
+    def __init__(self, folder, dataset, raw_columns):
+        self.folder, self.dataset, self.raw_columns = folder, dataset, raw_columns
 
     def process(self, tables):
         for entity, table in tables.items():
             path = f"{self.folder}/{table_file(entity)}"
             tf.io.gfile.makedirs(posixpath.dirname(path))
-            key, columns = ENTITY_KEYS[entity], entity_columns(self.raw_columns)[entity]
+            key, columns = self.dataset.entity_keys[entity], self.dataset.entity_columns(self.raw_columns)[entity]
             ids = sorted(table)
             encoded = {key: ids, **{c: [table[i][j] for i in ids] for j, c in enumerate(columns)}}
             with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-                for record in ExampleEncoder(table_spec(self.raw_columns, entity)).encode(encoded):
+                for record in ExampleEncoder(table_spec(self.dataset, self.raw_columns, entity)).encode(encoded):
                     writer.write(record)
             yield {f"table_rows:{entity}": len(ids)}  # for the manifest (pipeline/counting.py)
 
@@ -109,12 +111,12 @@ class CandidatesFromTables(beam.DoFn):
     """The candidates split's examples with their entity columns taken from the train tables
     (the module docstring says why); other splits pass unchanged. Records keep their order."""
 
-    def __init__(self, raw_columns):
-        self.raw_columns = raw_columns
-        self.tables = entity_columns(raw_columns)
+    def __init__(self, dataset, raw_columns):
+        self.dataset, self.raw_columns = dataset, raw_columns
+        self.tables = dataset.entity_columns(raw_columns)
 
     def setup(self):
-        self.spec = raw_feature_spec(self.raw_columns)
+        self.spec = self.dataset.raw_feature_spec(self.raw_columns)
         self.encoder = ExampleEncoder(self.spec)
 
     def process(self, keyed, tables):
@@ -129,18 +131,18 @@ class CandidatesFromTables(beam.DoFn):
         columns = {name: value.numpy().tolist() for name, value in parsed.items()}
         for entity, names in self.tables.items():
             table = tables[entity]
-            unknown = tuple(RAW_COLUMNS[c].default for c in names)
-            rows = [table.get(key, unknown) for key in columns[ENTITY_KEYS[entity]]]
+            unknown = tuple(self.dataset.raw_columns[c].default for c in names)
+            rows = [table.get(key, unknown) for key in columns[self.dataset.entity_keys[entity]]]
             columns.update({c: [row[j] for row in rows] for j, c in enumerate(names)})
         return self.encoder.encode(columns)
 
 
 def read_tables(data_dir, manifest) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
     """{entity: (sorted ids [R], {column: values [R]})} of a data folder's tables."""
-    raw_columns = manifest["raw_columns"]
+    raw_columns, dataset = manifest["raw_columns"], dataset_of_manifest(manifest)
     out = {}
     for entity, record in manifest.get("tables", {}).items():
-        spec = table_spec(raw_columns, entity)
+        spec = table_spec(dataset, raw_columns, entity)
         data = tf.data.TFRecordDataset(f"{data_dir}/{record['file']}", compression_type="GZIP")
         columns = {name: [] for name in spec}
         for batch in data.batch(65536).map(lambda s: tf.io.parse_example(s, spec)):

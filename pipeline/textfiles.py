@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.rows import SourceError
+from pipeline.rows import UNDECODABLE_ROW, SourceError, rejection
 
 SNIFF_BYTES = 1 << 16
 # UTF-32 first: its little-endian mark starts with UTF-16's.
@@ -102,3 +102,18 @@ def read_lines(path: str, legacy: bool) -> TextLines:
             text.replaced.append(number)
         text.lines.append((number, line, raw))
     return text
+
+
+def decode_line(raw: bytes, file: str) -> tuple[str | None, dict | None]:
+    """A line of a large file read by the runner, as bytes -> (its text, None), or (None, the
+    rejection of a line that is not UTF-8). A byte order mark (first line, or files concatenated)
+    and a trailing \r are not data."""
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    raw = raw.rstrip(b"\r")
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as error:
+        return None, rejection(file, raw.decode("utf-8", "backslashreplace"),
+                               f"undecodable byte 0x{raw[error.start]:02x} at column {error.start + 1} (not UTF-8)",
+                               UNDECODABLE_ROW)

@@ -83,9 +83,9 @@ def read_split(folder, split):
     import pandas as pd
     import tensorflow as tf
 
-    from features.spec import raw_feature_spec
+    from features.datasets import dataset_of_manifest
     manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    spec = raw_feature_spec(manifest["raw_columns"])
+    spec = dataset_of_manifest(manifest).raw_feature_spec(manifest["raw_columns"])
     files = sorted(str(p) for p in (Path(folder) / split).glob("*.tfrecord.gz"))
     if not files:
         return pd.DataFrame(columns=list(spec))

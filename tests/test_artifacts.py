@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from features.spec import raw_feature_spec
+from features.datasets.movielens import MOVIELENS
 from pipeline.artifacts import MANIFEST, read_json, staged_folder, write_json
 from pipeline.tfexample import ExampleEncoder
 
@@ -47,7 +47,7 @@ def test_write_json_is_valid_json_with_nan_as_null(tmp_path):
 
 def test_example_encoder_equals_protobuf_deterministic_serialization():
     columns = ["user_id", "item_id", "timestamp", "genres", "year", "gender", "age", "occupation", "zip_code"]
-    spec = raw_feature_spec(columns)
+    spec = MOVIELENS.raw_feature_spec(columns)
     encoder = ExampleEncoder(spec)
     rng = np.random.default_rng(0)
     n = 300

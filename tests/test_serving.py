@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from features.spec import YEAR_BUCKETS, raw_feature_spec
+from features.datasets.movielens import MOVIELENS, YEAR_BUCKETS
 from fixtures import untrained_model
 from pipeline.dataset import split_files
 from pipeline.export import export_model
@@ -24,7 +24,7 @@ def served(embedded_data, tmp_path_factory):
     path = export_model(model, inputs, tmp_path_factory.mktemp("serving") / "export")
     records = np.array(list(tf.data.TFRecordDataset(split_files(data_dir, "candidates"), "GZIP").as_numpy_iterator()),
                        dtype=object)  # not numpy bytes: they drop trailing zero bytes
-    raw = {k: v.numpy() for k, v in tf.io.parse_example(records, raw_feature_spec(manifest["raw_columns"])).items()}
+    raw = {k: v.numpy() for k, v in tf.io.parse_example(records, MOVIELENS.raw_feature_spec(manifest["raw_columns"])).items()}
     return tf.saved_model.load(str(path)).signatures, records, raw, data_dir
 
 

@@ -7,34 +7,42 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_preprocess
-from features.spec import ENTITY_KEYS, RAW_COLUMNS, entity_columns, request_columns
+from features.datasets.movielens import MOVIELENS
 from fixtures import ratings, read_split, users, write_ml1m
 from pipeline.export import EntityTable
 from pipeline.tables import read_tables
 
 
+RAW_COLUMNS = MOVIELENS.raw_columns
+DEFAULTS = {name: column.default for name, column in RAW_COLUMNS.items()}
+
+
 def test_every_raw_column_belongs_to_an_entity():
-    for column in RAW_COLUMNS.values():
-        assert column.entity in (*ENTITY_KEYS, "request"), column
-        if column.entity in ENTITY_KEYS and column.name != ENTITY_KEYS[column.entity]:
-            assert column.default is not None, f"{column.name}: a table column needs an 'unknown' default"
+    from features.datasets import DATASETS
+    for dataset in DATASETS.values():
+        keys = dataset.entity_keys
+        for column in dataset.raw_columns.values():
+            assert column.entity in (*keys, "request"), column
+            if column.entity in keys and column.name != keys[column.entity]:
+                assert column.default is not None, f"{column.name}: a table column needs an 'unknown' default"
     ml1m = ["user_id", "item_id", "timestamp", "genres", "year", "gender", "age", "occupation", "zip_code"]
-    assert entity_columns(ml1m) == {"user": ["gender", "age", "occupation", "zip_code"], "item": ["genres", "year"]}
-    assert entity_columns(["user_id", "item_id", "timestamp"]) == {}  # no columns, no table
-    assert request_columns(ml1m) == ["timestamp"]
+    assert MOVIELENS.entity_columns(ml1m) == {"user": ["gender", "age", "occupation", "zip_code"],
+                                              "item": ["genres", "year"]}
+    assert MOVIELENS.entity_columns(["user_id", "item_id", "timestamp"]) == {}  # no columns, no table
+    assert MOVIELENS.request_columns(ml1m) == ["timestamp"]
 
 
 def test_lookup_known_and_unknown_ids():
     ids = np.array([3, 7, 10, 42], np.int64)
     table = EntityTable(ids, {"genres": np.array([b"A", b"B|C", b"", b"D"], object),
-                              "year": np.array([1990, 1991, 1992, 1993])}, name="item")
+                              "year": np.array([1990, 1991, 1992, 1993])}, DEFAULTS, name="item")
     query = np.array([7, 2, 42, 8, 3, 99, 10, 7], np.int64)  # unknown: below, between, above the ids
     got = {k: v.numpy() for k, v in table(tf.constant(query)).items()}
     expected_year = {3: 1990, 7: 1991, 10: 1992, 42: 1993}
     assert got["year"].tolist() == [expected_year.get(int(i), RAW_COLUMNS["year"].default) for i in query]
     assert got["genres"].tolist() == [b"B|C", b"", b"D", b"", b"A", b"", b"", b"B|C"]
     with pytest.raises(ValueError, match="not sorted"):
-        EntityTable(np.array([2, 1]), {"year": np.array([1, 2])}, name="item")
+        EntityTable(np.array([2, 1]), {"year": np.array([1, 2])}, DEFAULTS, name="item")
 
 
 def test_item_table_is_the_train_split(embedded_data):
