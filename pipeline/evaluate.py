@@ -155,7 +155,8 @@ def run(run_dir) -> dict:
     with locks.hold(run_dir, "run folder"):
         dataset = dataset_of_manifest(runs.read_data_manifest(run_dir))
         result, per_user = evaluation(score_candidates(run_dir), dataset)
-        result = {"run_dir": storage.absolute(run_dir), **result}
+        # No path inside: eval.json is in the run folder, and the same run evaluated in another
+        # folder (a resumed run, a moved one) must give the same bytes.
         atomic_write(storage.join(run_dir, runs.EVAL_USERS), per_user.to_csv(index=False).encode())
         write_json(storage.join(run_dir, runs.EVAL), result)  # last: the run is evaluated
     return result
