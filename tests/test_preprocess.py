@@ -385,7 +385,9 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="disk full"):
         run_preprocess(tmp_path / "run", "data.source=grouplens", f"data.path={folder}")
     assert not (tmp_path / "run" / "data").exists()
-    assert list((tmp_path / "run").iterdir()) == []  # no half-written temporary folder either
+    # No half-written temporary folder either; the data folder's lock file stays, free (pipeline/locks.py).
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [".data.lock"]
+    assert (tmp_path / "run" / ".data.lock").read_text() == ""
 
 
 def _cli(*args):
