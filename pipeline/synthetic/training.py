@@ -102,13 +102,20 @@ def train_runs(data: SyntheticData, spec: RunSpec, gate: dict | None, learning_r
             with tf.GradientTape() as tape:
                 mse = tf.reduce_mean(tf.square(model(xb, training=True) - yb), axis=[1, 2])  # [S]
                 loss = tf.reduce_sum(mse) + (tf.add_n(model.losses) if model.losses else 0.0)
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            # A variable the loss does not reach (Top-k's noise layer with noise off) has no gradient:
+            # leave it out (known when tracing) instead of having Keras warn on every trace.
+            grads = tape.gradient(loss, variables)
+            optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
             total += mse
         return total / num_batches
 
     weights_fn = tf.function(model.expert_weights)
     rows_fn = tf.function(model.row_diagnostics)
-    predict = tf.function(lambda x: model(x, training=False))
+    # Eager: a few ops, run every `report_every` epochs and at the end; a tf.function made per run would be
+    # retraced for each split size and make TensorFlow warn about frequent retracing.
+    def predict(x):
+        return model(x, training=False)
+
     rngs = [np.random.default_rng(seed) for seed in seeds]
 
     def orders(generators):
