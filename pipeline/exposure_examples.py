@@ -55,14 +55,13 @@ class ExposureExamples(beam.DoFn):
             if not rows:
                 continue
             columns = {c: [r[c] for r in rows] for c in self.row_columns}
-            columns.update({c: [user[c]] * len(rows) for c in self.user_columns})
             items = [videos.rows[r["item_id"]] for r in rows]
             columns.update({c: [item[c] for item in items] for c in self.item_columns})
             if split == "candidates":  # one request: the time of the first test impression
                 columns[self.time] = [min(columns[self.time])] * len(rows)
             counts.update({f"examples:{split}": len(rows), f"positives:{split}": len(rows),
                            **label_sums(KUAIRAND, columns, split)})
-            records = self.encoder.encode(columns)
+            records = self.encoder.encode(columns, constants={c: user[c] for c in self.user_columns})
             yield split, user_id, file_order(records, np.asarray(columns[self.time]), np.asarray(columns["item_id"]))
         yield beam.pvalue.TaggedOutput(COUNTS, counts)
 

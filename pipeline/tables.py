@@ -124,9 +124,14 @@ class CandidatesFromTables(beam.DoFn):
         if split != CANDIDATES or not self.tables:
             yield keyed
             return
-        yield (split, shard), [(user, self._rewrite(records, tables)) for user, records in users]
+        users = list(users)
+        # One parse for the whole shard: a TF call per user cost ~20 ms, 9 min at 27K users.
+        rewritten = iter(self._rewrite([r for _, records in users for r in records], tables))
+        yield (split, shard), [(user, [next(rewritten) for _ in records]) for user, records in users]
 
     def _rewrite(self, records, tables) -> list[bytes]:
+        if not records:
+            return []
         parsed = tf.io.parse_example(tf.constant(records), self.spec)
         columns = {name: value.numpy().tolist() for name, value in parsed.items()}
         for entity, names in self.tables.items():

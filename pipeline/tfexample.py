@@ -89,9 +89,15 @@ class ExampleEncoder:
             out.append(piece)
         return out
 
-    def encode(self, columns) -> list[bytes]:
-        """{feature: [value per example]} -> [tf.Example bytes per example]."""
-        pieces = [self._column(name, columns[name]) for name in self.order]
+    def encode(self, columns, constants=None) -> list[bytes]:
+        """{feature: [value per example]} -> [tf.Example bytes per example].
+
+        constants: {feature: value} of features that have one value in every example (e.g. a
+        user's columns in the user's examples), encoded once instead of once per example."""
+        constants = constants or {}
+        n = len(next(iter(columns.values()))) if columns else 0
+        pieces = [self._column(name, [constants[name]]) * n if name in constants else self._column(name, columns[name])
+                  for name in self.order]
         bodies = list(map(b"".join, zip(*pieces)))
         return [b"\x0a" + (_VARINTS[n] if n < len(_VARINTS) else _varint(n)) + body
                 for n, body in zip(map(len, bodies), bodies)]
