@@ -64,10 +64,19 @@ def sums_of(vocabulary_file, queries):
     return dict(zip(queries, tf.split(sums, [tf.size(k) for k in queries.values()])))
 
 
+def vocabulary(x, name):
+    """tft.vocabulary of string tokens x ([n] or ragged), most frequent first, counted per batch
+    in the graph: with weights (all 1: the same counts, the same file) tf.Transform reduces
+    each batch to its distinct tokens; without, it passes every token to Beam as an element
+    (14M for KuaiRand's shared vocabulary: a third of its preprocessing time)."""
+    tokens = x.flat_values if isinstance(x, tf.RaggedTensor) else x
+    return tft.vocabulary(tokens, weights=tf.ones_like(tokens, tf.float32), vocab_filename=name, name=name)
+
+
 def index(x, name):
     """compute_and_apply_vocabulary with an anonymous table: x (string [n] or ragged) -> int64
     indices, OOV_BUCKETS indices after the vocabulary for values not in it."""
-    return lookup(tft.vocabulary(x, vocab_filename=name, name=name), x)
+    return lookup(vocabulary(x, name), x)
 
 
 def lookup(vocabulary_file, x):
@@ -94,7 +103,7 @@ def index_shared(columns: dict, name: str) -> dict:
     tokens = [tf.strings.join([f"{column}=", values]) for column, values in columns.items()]
     sizes = [tf.size(t) for t in tokens]
     flat = tf.concat(tokens, 0)  # [sum n]
-    indices = lookup(tft.vocabulary(flat, vocab_filename=name, name=name), flat)
+    indices = lookup(vocabulary(flat, name), flat)
     return dict(zip(columns, tf.split(indices, sizes)))
 
 

@@ -40,8 +40,12 @@ class SumCounts(beam.CombineFn):
         return dict(sorted(accumulator.items()))
 
 
-def count_elements(pcoll, name: str):
-    """A PCollection holding one dict {name: number of elements of pcoll} (0 when it is empty)."""
+def count_elements(pcoll, name: str, size=None):
+    """A PCollection holding one dict {name: number of elements of pcoll} (0 when it is empty);
+    with `size`, the sum of size(element) instead (e.g. len: the rows in lists of rows)."""
+    if size is not None:
+        return (pcoll | f"Size_{name}" >> beam.Map(size) | f"Sum_{name}" >> beam.CombineGlobally(sum)
+                | f"AsCounts_{name}" >> beam.Map(lambda n: {name: n}))
     return (pcoll | f"Count_{name}" >> beam.combiners.Count.Globally()
             | f"AsCounts_{name}" >> beam.Map(lambda n: {name: n}))
 

@@ -117,3 +117,27 @@ def decode_line(raw: bytes, file: str) -> tuple[str | None, dict | None]:
         return None, rejection(file, raw.decode("utf-8", "backslashreplace"),
                                f"undecodable byte 0x{raw[error.start]:02x} at column {error.start + 1} (not UTF-8)",
                                UNDECODABLE_ROW)
+
+
+def line_ranges(path: str, size: int, chunk_bytes: int) -> list[tuple[str, int, int]]:
+    """(path, start, end) byte ranges covering a file of `size` bytes, for read_line_range."""
+    return [(path, start, min(start + chunk_bytes, size)) for start in range(0, size, chunk_bytes)]
+
+
+def read_line_range(path: str, start: int, end: int) -> list[bytes]:
+    """The lines (without their \\n) that START in bytes [start, end) of a file: the ranges of
+    line_ranges then hold every line once, split as Beam's ReadFromText splits them (on \\n; a
+    last line without \\n is a line; a \\r before the \\n is left to decode_line)."""
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        if start > 0:  # skip the line that began before `start`: its range reads it
+            handle.seek(start - 1)
+            start += len(handle.readline()) - 1
+        if start >= end:
+            return []
+        data = handle.read(end - start)
+        if not data.endswith(b"\n"):
+            data += handle.readline()  # the last line starts before `end`: finish it
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return lines

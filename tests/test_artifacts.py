@@ -75,3 +75,35 @@ def test_example_encoder_equals_protobuf_deterministic_serialization():
     fixed = {"gender": "F", "age": 25, "zip_code": "12345"}
     varying = {k: v for k, v in data.items() if k not in fixed}
     assert encoder.encode(varying, constants=fixed) == encoder.encode({**varying, **{k: [v] * n for k, v in fixed.items()}})
+
+
+@pytest.mark.parametrize("dataset", ["movielens", "kuairand"])
+def test_train_batches_equal_tfx_bsl_decoder(dataset):
+    """The analyzers' RecordBatches, built with TF's parser, equal tfx_bsl's decoder's."""
+    from tensorflow_transform.tf_metadata import schema_utils
+    from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
+
+    from features.datasets import dataset_named
+    from pipeline.shards import TrainBatches
+    declaration = dataset_named(dataset)
+    spec = declaration.raw_feature_spec(list(declaration.raw_columns))
+    schema = schema_utils.schema_from_feature_spec(spec)
+    rng = np.random.default_rng(2)
+    n = 257
+    data = {}
+    for name, feature in spec.items():
+        if feature.dtype == tf.int64:
+            data[name] = [int(v) for v in rng.integers(-2**62, 2**62, n)]
+        elif feature.dtype == tf.float32:
+            data[name] = [float(np.float32(v)) for v in rng.normal(size=n) * 1e3]
+        else:
+            data[name] = ["".join(chr(c) for c in rng.integers(32, 0x2FF, rng.integers(0, 20))) for _ in range(n)]
+    records = ExampleEncoder(spec).encode(data)
+    batcher = TrainBatches(schema, 100)
+    batcher.setup()
+    expected = ExamplesToRecordBatchDecoder(schema.SerializeToString()).DecodeBatch(records)
+    assert batcher.record_batch(records).equals(expected)
+    shards = [(("train", 0), [(7, records[:150]), (3, records[150:])]), (("test", 0), [(1, records)])]
+    batches = [b for shard in shards for b in batcher.process(shard)]
+    assert [b.num_rows for b in batches] == [100, 100, 57]  # train only, users by id, then fixed sizes
+    assert batches[0].equals(ExamplesToRecordBatchDecoder(schema.SerializeToString()).DecodeBatch(records[150:250]))

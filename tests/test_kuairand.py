@@ -114,8 +114,10 @@ def kuairand_run(tmp_path_factory):
     fields = lines[-1].split(",")
     fields[-15] = "x"
     (folder / "user_features_pure.csv").write_text("\n".join(lines[:-1] + [",".join(fields)]) + "\n")
-    manifest = run_preprocess(root / "run", "data.source=kuairand", f"data.path={folder}",
-                              "model.tasks={click: {}, long_view: {}, like: {}}", "data.num_shards=2")
+    with pytest.MonkeyPatch.context() as patch:  # ~100 byte ranges: lines cross range boundaries
+        patch.setattr("pipeline.kuairand.CHUNK_BYTES", 997)
+        manifest = run_preprocess(root / "run", "data.source=kuairand", f"data.path={folder}",
+                                  "model.tasks={click: {}, long_view: {}, like: {}}", "data.num_shards=2")
     logged = pd.concat(logs.values(), ignore_index=True)
     good = logged[logged.user_id != len(users) - 1]  # the user whose features line is rejected
     return folder, root / "run" / "data", manifest, good, bad, len(logged) - len(good), _repeated(logs[LATE])
@@ -143,6 +145,50 @@ def test_every_log_line_is_accounted_for(kuairand_run):
     metadata = [r for r in rejected if r["kind"] == "metadata"]
     assert len(metadata) == 1 and "onehot_feat3" in metadata[0]["reason"] and manifest["metadata_rejected_rows"] == 1
     assert manifest["duplicates"] == {"exact": 1, "repeated_pairs": 1}
+
+
+def test_fast_log_parse_equals_the_checked_parse():
+    """The fast path of a log line takes only lines the checked path takes, with the same row."""
+    from pipeline.kuairand import LOG_FIELDS, NEEDED, _ParseLog
+    parser = _ParseLog("log.csv", tuple(LOG_FIELDS.index(f) for f in NEEDED), len(LOG_FIELDS), True, False)
+    good = "7,12,20220501,1000,1651370400000,1,0,0,0,0,0,1,30000,20000,0,0,0,0,1".split(",")
+    rng = np.random.default_rng(0)
+    variants = ["", " 3", "+3", "-3", "03", "1_0", "\u0663", "3.0", "x", "2", "9" * 19, "9" * 20, "1651370400000",
+                "946684799999", "4102444800001", " 1"]
+    checked_fast = 0
+    for _ in range(3000):
+        fields = list(good)
+        for i in rng.choice(len(fields), size=rng.integers(0, 3), replace=False):
+            fields[i] = variants[rng.integers(len(variants))]
+        line = ",".join(fields)
+        try:
+            expected = parser.checked_parse(line)
+        except ValueError as reason:
+            expected = str(reason)
+        try:
+            got = parser.parse(line)
+        except ValueError as reason:
+            got = str(reason)
+        assert got == expected, line
+        checked_fast += isinstance(got, dict)
+    assert 0 < checked_fast < 3000  # both kinds of lines were tried
+
+
+def test_line_ranges_hold_every_line_once(tmp_path):
+    """Byte ranges of any size split a file into its lines exactly as bytes.split would."""
+    from pipeline.textfiles import line_ranges, read_line_range
+    rng = np.random.default_rng(1)
+    for case in range(30):
+        lines = [bytes(rng.choice(list(b"ab,\r"), size=rng.integers(0, 12))) for _ in range(rng.integers(0, 40))]
+        data = b"\n".join(lines) + (b"\n" if case % 2 else b"")
+        path = tmp_path / f"f{case}.csv"
+        path.write_bytes(data)
+        expected = data.split(b"\n")
+        if expected and expected[-1] == b"":
+            expected.pop()
+        for chunk in (1, 2, 3, 7, 50, 10_000):
+            got = [line for r in line_ranges(str(path), len(data), chunk) for line in read_line_range(*r)]
+            assert got == expected, (case, chunk)
 
 
 def test_each_exposure_is_one_example_with_its_labels(kuairand_run):
@@ -212,7 +258,9 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
         rows, _ = source.expand(p)
         _ = rows | beam.combiners.ToList() | beam.Map(
             lambda r: (tmp_path / "rows.json").write_text(json.dumps(r, default=str)))
-    rows = json.loads((tmp_path / "rows.json").read_text())
+    batches = json.loads((tmp_path / "rows.json").read_text())
+    assert all(len({r["user_id"] for r in batch}) == 1 for batch in batches)  # lists of one user's rows
+    rows = [r for batch in batches for r in batch]
     random_log = pd.read_csv(folder / "log_random_4_22_to_5_08_pure.csv")
     assert sorted((r["user_id"], r["item_id"], r["time_ms"]) for r in rows if r.get(HELD_OUT)) == sorted(
         zip(random_log.user_id, random_log.video_id, random_log.time_ms))
@@ -220,7 +268,7 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     listed = 0
     for user in sorted(set(random_log.user_id)):
         mine = [r for r in rows if r["user_id"] == user]
-        out = list(_user_history((user, [dict(r) for r in mine]), SplitConfig(), str(folder), exposure_examples,
+        out = list(_user_history((user, [[dict(r) for r in mine]]), SplitConfig(), str(folder), exposure_examples,
                                  "time_ms"))
         counts = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)][0]
         _, parts = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)][0]
