@@ -51,18 +51,28 @@ class ExposureExamples(beam.DoFn):
         if candidates:
             lists.append(("candidates", candidates))
             counts["test_users"] = 1
-        for split, rows in lists:
-            if not rows:
-                continue
-            columns = {c: [r[c] for r in rows] for c in self.row_columns}
-            items = [videos.rows[r["item_id"]] for r in rows]
-            columns.update({c: [item[c] for item in items] for c in self.item_columns})
+        lists = [(split, rows) for split, rows in lists if rows]
+        # All of the user's examples in one encode call: per-call costs were a third of this step.
+        rows = [r for _, split_rows in lists for r in split_rows]
+        columns = {c: [r[c] for r in rows] for c in self.row_columns}
+        items = [videos.rows[r["item_id"]] for r in rows]
+        columns.update({c: [item[c] for item in items] for c in self.item_columns})
+        start = 0
+        for split, split_rows in lists:
             if split == "candidates":  # one request: the time of the first test impression
-                columns[self.time] = [min(columns[self.time])] * len(rows)
-            counts.update({f"examples:{split}": len(rows), f"positives:{split}": len(rows),
-                           **label_sums(KUAIRAND, columns, split)})
-            records = self.encoder.encode(columns, constants={c: user[c] for c in self.user_columns})
-            yield split, user_id, file_order(records, np.asarray(columns[self.time]), np.asarray(columns["item_id"]))
+                end = start + len(split_rows)
+                columns[self.time][start:end] = [min(columns[self.time][start:end])] * len(split_rows)
+            start += len(split_rows)
+        records = self.encoder.encode(columns, constants={c: user[c] for c in self.user_columns})
+        start = 0
+        for split, split_rows in lists:
+            end = start + len(split_rows)
+            mine = {c: values[start:end] for c, values in columns.items()}
+            counts.update({f"examples:{split}": len(split_rows), f"positives:{split}": len(split_rows),
+                           **label_sums(KUAIRAND, mine, split)})
+            yield split, user_id, file_order(records[start:end], np.asarray(mine[self.time]),
+                                             np.asarray(mine["item_id"]))
+            start = end
         yield beam.pvalue.TaggedOutput(COUNTS, counts)
 
 

@@ -91,6 +91,12 @@ def _dedupe(rows, file, plan):
     """Keep one row per plan.DEDUPE_KEY (MovieLens: per movie, the latest rating; KuaiRand: per
     video and time); yield the others as rejections, each with its original line (the source's
     LINE; for in-memory sources, the row as JSON)."""
+    keys = [tuple(r[c] for c in plan.DEDUPE_KEY) for r in rows]
+    if len(set(keys)) == len(keys):  # nothing to reject (the usual case): no sort needed
+        for row in rows:
+            row.pop(LINE, None)
+        yield rows
+        return
     latest: dict[tuple, dict] = {}
     order = lambda r: (*(r[c] for c in plan.DEDUPE_KEY), *(r[c] for c in plan.DEDUPE_ORDER), r.get(LINE, ""))  # noqa: E731
     for row in sorted(rows, key=order):
