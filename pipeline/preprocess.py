@@ -119,7 +119,8 @@ def _split_size(spec, n):
 
 
 def _user_history(keyed, split_config, file, plan, time_column):
-    """A user's rows -> deduplicated, by time -> {"train": [...], "validation": [...], "test": [...]}.
+    """(user, lists of the user's rows) -> deduplicated, by time -> {"train": [...], "validation": [...],
+    "test": [...]}.
 
     Rows of a held-out log (HELD_OUT: KuaiRand's random-policy log) take no part in the split;
     those at or after the start of the user's test period, so strictly later than every train

@@ -193,10 +193,17 @@ def seed_aware_test(a, b, confidence: float = 0.95) -> dict:
 
 
 def _satterthwaite(terms: list[tuple[float, int]]) -> tuple[float, float]:
-    """Sum of variance terms and its Welch-Satterthwaite degrees of freedom (inf if all are 0)."""
+    """Sum of variance terms and its Welch-Satterthwaite degrees of freedom (inf if all are 0),
+    at least the fewest degrees of freedom of a nonzero term. With positive terms the formula
+    never goes below that; a negative term (the user part's noise corrections) can drive it
+    towards 0 when the corrections nearly cancel the paired variance, and a t quantile at 0.1
+    degrees of freedom turned a 0.008 difference into an interval of +-6 million (KuaiRand's
+    like task, 88 users with a like in their test list)."""
     total = float(sum(v for v, _ in terms))
     spread = sum(v ** 2 / dof for v, dof in terms)
-    return total, float(total ** 2 / spread) if spread > 0 and total > 0 else float("inf")
+    if not (spread > 0 and total > 0):
+        return total, float("inf")
+    return total, max(float(total ** 2 / spread), float(min(dof for v, dof in terms if v != 0)))
 
 
 def _p_value(distance: float, half_width, smallest: float = 1e-15) -> float:

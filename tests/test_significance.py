@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import special, stats
 
 from pipeline.significance import holm, paired_wilcoxon, seed_aware_test
 
@@ -106,9 +106,9 @@ def _loop_reference(a, b, confidence):
         total = sum((run[u] - rows[s] - cols[u] + grand) ** 2 for s, run in enumerate(x) for u in users)
         return total / ((len(x) - 1) * (n_users - 1))
 
-    def satterthwaite(terms):
+    def satterthwaite(terms):  # never fewer degrees of freedom than its least-informed term
         total = sum(v for v, _ in terms)
-        return total, total ** 2 / sum(v ** 2 / dof for v, dof in terms)
+        return total, max(total ** 2 / sum(v ** 2 / dof for v, dof in terms), min(dof for v, dof in terms if v))
 
     seed_means_a = [mean([run[u] for u in users]) for run in a]
     seed_means_b = [mean([run[u] for u in users]) for run in b]
@@ -293,3 +293,19 @@ def test_power_for_a_difference_large_against_seed_noise():
     new = _run_seed_aware(x)
     assert (new["p_value"] < 0.05).mean() >= 0.9
     assert (new["ci_low"] > 0).mean() >= 0.9  # and with the right sign
+
+
+def test_seed_aware_interval_stays_finite_when_noise_corrections_cancel_the_user_part():
+    """Users that do not differ beyond each run's noise: the user part's corrections nearly
+    cancel its paired variance. Its degrees of freedom stay those of its terms, so the
+    interval is at most a t quantile at the seed part's 2+ degrees of freedom times the se
+    (the formula alone gave 0.1 degrees of freedom and an interval of +-10^6 on real runs)."""
+    rng = np.random.default_rng(5)
+    worst = 0.0
+    for _ in range(200):
+        a = 0.6 + rng.normal(0, 0.004, (3, 1))[:, [0] * 90] + rng.normal(0, 0.3, (3, 90))
+        b = 0.6 + rng.normal(0, 0.004, (3, 1))[:, [0] * 90] + rng.normal(0, 0.3, (3, 90))
+        result = seed_aware_test(a, b)
+        assert result["df_users"] >= 89
+        worst = max(worst, (result["ci_high"] - result["mean_diff"]) / result["se"])
+    assert worst <= special.stdtrit(2, 0.975) + 1e-9
