@@ -45,12 +45,8 @@ def test_write_json_is_valid_json_with_nan_as_null(tmp_path):
     assert read_json(tmp_path / "x.json", "test") == {"a": None, "b": 1.5, "c": [0, 1]}
 
 
-def test_example_encoder_equals_protobuf_deterministic_serialization():
-    columns = ["user_id", "item_id", "timestamp", "genres", "year", "gender", "age", "occupation", "zip_code"]
-    spec = MOVIELENS.raw_feature_spec(columns)
-    encoder = ExampleEncoder(spec)
-    rng = np.random.default_rng(0)
-    n = 300
+def _random_columns(spec, n, rng, max_chars) -> dict:
+    """n random values per feature of a raw spec: int64s of either sign, float32s, unicode text."""
     data = {}
     for name, feature in spec.items():
         if feature.dtype == tf.int64:
@@ -58,7 +54,17 @@ def test_example_encoder_equals_protobuf_deterministic_serialization():
         elif feature.dtype == tf.float32:
             data[name] = [float(np.float32(v)) for v in rng.normal(size=n) * 1e3]
         else:
-            data[name] = ["".join(chr(c) for c in rng.integers(32, 0x2FF, rng.integers(0, 200))) for _ in range(n)]
+            data[name] = ["".join(chr(c) for c in rng.integers(32, 0x2FF, rng.integers(0, max_chars)))
+                          for _ in range(n)]
+    return data
+
+
+def test_example_encoder_equals_protobuf_deterministic_serialization():
+    columns = ["user_id", "item_id", "timestamp", "genres", "year", "gender", "age", "occupation", "zip_code"]
+    spec = MOVIELENS.raw_feature_spec(columns)
+    encoder = ExampleEncoder(spec)
+    n = 300
+    data = _random_columns(spec, n, np.random.default_rng(0), max_chars=200)
     encoded = encoder.encode(data)
     for i in range(n):
         example = tf.train.Example()
@@ -88,16 +94,8 @@ def test_train_batches_equal_tfx_bsl_decoder(dataset):
     declaration = dataset_named(dataset)
     spec = declaration.raw_feature_spec(list(declaration.raw_columns))
     schema = schema_utils.schema_from_feature_spec(spec)
-    rng = np.random.default_rng(2)
     n = 257
-    data = {}
-    for name, feature in spec.items():
-        if feature.dtype == tf.int64:
-            data[name] = [int(v) for v in rng.integers(-2**62, 2**62, n)]
-        elif feature.dtype == tf.float32:
-            data[name] = [float(np.float32(v)) for v in rng.normal(size=n) * 1e3]
-        else:
-            data[name] = ["".join(chr(c) for c in rng.integers(32, 0x2FF, rng.integers(0, 20))) for _ in range(n)]
+    data = _random_columns(spec, n, np.random.default_rng(2), max_chars=20)
     records = ExampleEncoder(spec).encode(data)
     batcher = TrainBatches(schema, 100)
     batcher.setup()
