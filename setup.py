@@ -31,7 +31,7 @@ setup(
         "pyyaml>=6,<7",
         "scipy>=1.11,<2",
         "matplotlib>=3.8,<4",
-        "optuna>=4.0,<6",  # mtlrec tune: TPE, pruners, studies in SQLite
+        "optuna>=5.0,<6",  # mtlrec tune: TPE, pruners, SQLite studies; 5.0: Trial.set_constraint
     ],
     extras_require={
         "test": [

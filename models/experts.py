@@ -131,20 +131,26 @@ def _groups(gates: Mapping[str, Gate]) -> list[list[str]]:
     return list(groups.values())
 
 
-def gate_diagnostics(gates: Mapping[str, Gate], routing_inputs=None) -> dict[str, dict]:
-    """Per task: the gate's expert weights (mean over examples for per-example gates), how many
-    experts get nonzero weight, and the gate's own entries (Gate.diagnostics: for DSelect-k the
-    fraction of selectors already binary)."""
+def gate_diagnostics(gates: Mapping[str, Gate], routing_inputs=None, min_share: float = 1.0) -> dict[str, dict]:
+    """Per task: the gate's expert weights (mean over examples for per-example gates), the experts
+    in use (nonzero weight) per example -- mean, maximum, and the share of examples within the
+    gate's k --, whether the gate has converged (Gate.converged, with `min_share` for per-example
+    gates), and the gate's own entries (Gate.diagnostics: for DSelect-k the binary selectors)."""
     out = {}
     for task, gate in gates.items():
         routing = routing_inputs if gate.per_example else None
         weights = gate.expert_weights(routing).numpy()
         per_example = weights.reshape(-1, gate.num_experts)
+        in_use = (per_example > 0).sum(axis=1)  # [examples] (1 row for a static gate)
+        k = getattr(gate, "k", None)
         entry = {
-            "type": gate.gate_type, "per_example": gate.per_example, "k": getattr(gate, "k", None),
+            "type": gate.gate_type, "per_example": gate.per_example, "k": k,
             "weights": per_example.mean(axis=0).tolist(),
-            "nonzero_experts": float((per_example > 0).sum(axis=1).mean()),  # per example, averaged
+            "nonzero_experts": float(in_use.mean()),  # per example, averaged
+            "max_nonzero_experts": int(in_use.max()),
+            "within_k": None if k is None else float((in_use <= k).mean()),  # share of examples
             "experts_used": int((per_example > 0).any(axis=0).sum()),  # by any example
+            "converged": bool(gate.converged(routing, min_share)),
         }
         out[task] = {**entry, **gate.diagnostics(routing)}
     return out

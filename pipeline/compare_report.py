@@ -19,7 +19,8 @@ import numpy as np
 from pipeline import report as rp
 from pipeline.artifacts import is_url, local_staging
 from pipeline.compare_results import (
-    ALPHA, CONFIDENCE, LOWER_IS_BETTER, better_direction, collect, metric_label, significance_table, summarize)
+    ALPHA, CONFIDENCE, LOWER_IS_BETTER, better_direction, collect, converged_users, metric_label,
+    significance_table, summarize)
 from features.datasets import dataset_of_manifest
 from pipeline.manifest import read_manifest
 
@@ -63,6 +64,14 @@ def _folder_in_workdir(folder, workdir) -> str | None:
         return None
 
 
+def _label(summary: dict, name: str) -> str:
+    """A variant's name, flagged where some of its runs' gates had not converged (not k-sparse)."""
+    converged = summary[name]["converged"]
+    if all(converged):
+        return name
+    return f"{name} (NOT converged in {len(converged) - sum(converged)}/{len(converged)} seeds: not k-sparse)"
+
+
 def _metric_tables(doc, summary: dict, names: list[str], tasks: list[str]) -> None:
     for task in tasks:
         available = summary[names[0]]["tasks"][task]
@@ -72,10 +81,56 @@ def _metric_tables(doc, summary: dict, names: list[str], tasks: list[str]) -> No
         for c, metric in enumerate(columns, start=1):
             means = [summary[n]["tasks"][task][metric]["mean"] for n in names]
             bold.add((int(np.nanargmin(means) if metric in LOWER_IS_BETTER else np.nanargmax(means)), c))
-        rows = [[n, *[f"{summary[n]['tasks'][task][m]['mean']:.4f} ± {summary[n]['tasks'][task][m]['std']:.4f}"
-                      for m in columns]] for n in names]
+        rows = [[_label(summary, n), *[f"{summary[n]['tasks'][task][m]['mean']:.4f} ± "
+                                       f"{summary[n]['tasks'][task][m]['std']:.4f}" for m in columns]] for n in names]
         doc.heading(f"Task: {task}")
         doc.table(["variant", *[_header(m) for m in columns]], rows, bold)
+
+
+def _in_use_cell(g: dict) -> str:
+    """One task's experts in use on the test examples, over seeds: static, the experts each seed's gate
+    uses (mean and maximum over seeds); per-example, the mean per example (mean and maximum over
+    seeds), the most any example uses, and the share of examples within k (lowest seed)."""
+    t = g["test"]
+    mean, top = float(np.mean(t["nonzero_experts"])), float(np.max(t["nonzero_experts"]))
+    if not g["per_example"]:
+        return f"{mean:.3g} (max {top:.3g})"
+    cell = f"{mean:.3g}/example (max {top:.3g}; worst example {max(t['max_nonzero_experts'])})"
+    if g["k"] is not None:
+        cell += f", ≤{g['k']} on {100 * min(t['within_k']):.1f}%"
+    return cell
+
+
+def _sparsity_section(doc, summary: dict, names: list[str], tasks: list[str], left_out: dict) -> None:
+    """Experts in use per variant and task, whether each run's gates converged, and which runs the
+    tests leave out: a gate is compared under its name only where it has the property the name promises."""
+    mmoe = [n for n in names if summary[n]["gates"]]
+    if not mmoe:
+        return
+    doc.heading("Experts in use: the sparsity compared")
+    doc.paragraph(
+        "On every test example, for the evaluated epoch of each seed: static gates, the experts each task's gate "
+        "uses (nonzero weight; mean and maximum over seeds); per-example gates, the experts per example (mean over "
+        "examples; mean and maximum over seeds), the most any test example uses, and the share of examples using "
+        "at most k (lowest seed). Converged: runs whose gates had reached their defining sparsity at the evaluated "
+        "epoch (DSelect-k: every selector binary -- per-example, on at least train.converged_share of the "
+        "validation examples -- so at most k experts; softmax and Top-k: always).")
+    rows = []
+    for n in mmoe:
+        gate = next(iter(summary[n]["gates"].values()))
+        kind = f"{gate['type']} {'per-example' if gate['per_example'] else 'static'}" + (
+            f", k={gate['k']}" if gate["k"] is not None else "")
+        converged = summary[n]["converged"]
+        rows.append([n, kind, f"{sum(converged)}/{len(converged)}",
+                     *[_in_use_cell(summary[n]["gates"][t]) for t in tasks]])
+    doc.table(["variant", "gate", "converged runs", *[f"{t}: experts in use" for t in tasks]], rows)
+    dropped = {n: seeds for n, seeds in left_out.items() if seeds}
+    count = sum(len(seeds) for seeds in dropped.values())
+    doc.paragraph(
+        f"Runs left out of the tests below, because their gates had not converged: {count}"
+        + (" (" + "; ".join(f"{n} seed{'s' if len(v) > 1 else ''} {', '.join(map(str, v))}"
+                            for n, v in dropped.items()) + "). Their metrics above are shown, but they are not "
+           "k-sparse and are not compared under their gate's name." if dropped else "."))
 
 
 def _verdict(t: dict) -> str:
@@ -191,7 +246,8 @@ def write_report(config, runs: dict, data_dir: str, output: str) -> str:
     tasks = [t for t in config.model.tasks if t in first["values"][0]]  # in config order
     summary = summarize(variants, tasks)
     tested_metrics = {task: metrics for task, metrics in config.compare.test_metrics.items() if task in tasks}
-    tests = significance_table({n: variants[n]["users"] for n in names}, config.compare.focus, tested_metrics)
+    users, left_out = converged_users(variants)  # a run that did not converge is not tested under its name
+    tests = significance_table(users, config.compare.focus, tested_metrics)
     manifest = read_manifest(data_dir)
     with local_staging(output) as folder:
         doc = rp.Report("Gate comparison: DSelect-k vs Top-k vs softmax (MMoE)")
@@ -207,10 +263,11 @@ def write_report(config, runs: dict, data_dir: str, output: str) -> str:
             f"Values: mean ± std over seeds of the per-user mean; ↑ higher is better, ↓ lower is better. Best mean "
             f"per column in bold: a description, not a test (see the seed-aware comparison below).")
         _metric_tables(doc, summary, names, tasks)
+        _sparsity_section(doc, summary, names, tasks, left_out)
         _significance_section(doc, folder, tests, len(config.compare.seeds))
         _gates_section(doc, folder, summary, names, tasks)
         rp.write_json(folder / "summary.json", {
-            "variants": summary, "significance": tests,
+            "variants": summary, "significance": tests, "left_out_of_tests": left_out,
             "test": {"method": "pipeline.significance.seed_aware_test", "confidence": CONFIDENCE, "alpha": ALPHA,
                      "correction": "holm over all comparisons"},
             "seeds": config.compare.seeds,

@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipeline import storage
 from pipeline.artifacts import ArtifactError, read_json
-from pipeline.runs import EVAL, EVAL_USERS, GATES
+from pipeline.runs import EVAL, EVAL_USERS, GATES, read_train_summary
 from pipeline.significance import holm, seed_aware_test
 
 ALPHA = 0.05
@@ -65,9 +65,13 @@ def collect(runs: dict) -> dict:
     variants = {}
     for (name, seed), cfg in runs.items():
         run_dir = cfg.train.run_dir
-        entry = variants.setdefault(name, {"config": cfg, "seeds": [], "values": [], "users": [], "gates": []})
+        entry = variants.setdefault(name, {"config": cfg, "seeds": [], "values": [], "users": [], "gates": [],
+                                           "test_gates": [], "converged": []})
         entry["seeds"].append(seed)
-        entry["values"].append(_run_values(read_json(storage.join(run_dir, EVAL), "evaluation")))
+        evaluation = read_json(storage.join(run_dir, EVAL), "evaluation")
+        entry["values"].append(_run_values(evaluation))
+        entry["test_gates"].append(evaluation.get("gates", {}))
+        entry["converged"].append(bool(read_train_summary(run_dir).get("converged", True)))
         entry["users"].append(_read_users(storage.join(run_dir, EVAL_USERS)))
         entry["gates"].append(read_json(storage.join(run_dir, GATES), "gate diagnostics"))
     return variants
@@ -87,7 +91,25 @@ def _gate_summary(entry: dict, tasks: list[str]) -> dict:
                      "weights": [e["weights"] for e in exported]}
         if "binary_selectors" in exported[0]:
             out[task]["binary_selectors"] = [e["binary_selectors"] for e in exported]
+        # On every test example (pipeline/evaluate.py): experts in use per example, the worst
+        # example, and the share of examples within k; one value per seed.
+        tested = [g[task] for g in entry["test_gates"]]
+        out[task]["test"] = {key: [t[key] for t in tested]
+                             for key in ("nonzero_experts", "max_nonzero_experts", "within_k", "converged")}
     return out
+
+
+def converged_users(variants: dict) -> tuple[dict[str, list[pd.DataFrame]], dict[str, list[int]]]:
+    """The per-user tables of the runs whose gates had converged at their evaluated epoch, and per
+    variant the seeds left out: a DSelect-k run whose selectors are not binary is not DSelect-k at
+    k, so it takes no part in a test under that name. A variant with no converged run is absent."""
+    kept, left_out = {}, {}
+    for name, entry in variants.items():
+        frames = [f for f, ok in zip(entry["users"], entry["converged"]) if ok]
+        left_out[name] = [s for s, ok in zip(entry["seeds"], entry["converged"]) if not ok]
+        if frames:
+            kept[name] = frames
+    return kept, left_out
 
 
 def summarize(variants: dict, tasks: list[str]) -> dict:
@@ -105,8 +127,8 @@ def summarize(variants: dict, tasks: list[str]) -> dict:
                                          "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                                          "n_seeds": len(values), "per_seed": values.tolist()}
         architecture = entry["config"].model.architecture
-        out[name] = {"architecture": architecture, "seeds": entry["seeds"], "tasks": metrics, "gates": {},
-                     "nonzero_by_epoch": []}
+        out[name] = {"architecture": architecture, "seeds": entry["seeds"], "converged": entry["converged"],
+                     "tasks": metrics, "gates": {}, "nonzero_by_epoch": []}
         if architecture == "mmoe":
             out[name]["gates"] = _gate_summary(entry, tasks)
             # Per seed, per trained epoch: nonzero experts, mean over tasks (the sparsity trend).
@@ -163,6 +185,8 @@ def significance_table(users: dict[str, list[pd.DataFrame]], focus: list[str],
               for task, metric_names in test_metrics.items() for metric in metric_names}
     tests = []
     for i, first in enumerate(focus):
+        if first not in users:  # no run of it qualifies (see converged_users)
+            continue
         for other in users:
             if other == first or other in focus[:i]:
                 continue

@@ -98,7 +98,12 @@ class TrainConfig(Section):
     learning_rate: float = Field(2e-3, gt=0)
     lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
     lr_decay_rate: float = Field(0.5, gt=0, le=1)  # exponential: factor per epoch
-    early_stopping_patience: int = Field(1, ge=0)  # epochs without val loss improvement; 0 = off
+    # Epochs without val loss improvement, counted once every gate has converged (DSelect-k: binary
+    # selectors; pipeline/resume.py); 0 = off.
+    early_stopping_patience: int = Field(1, ge=0)
+    # A per-example gate has converged when its selection is final on this share of the validation
+    # examples it is checked on (train.diagnostics_batches); a static gate on all of them.
+    converged_share: float = Field(0.99, gt=0, le=1)
     shuffle_buffer: int = Field(1_000_000, ge=1)  # examples permuted together (capped at the split: a full shuffle)
     cache: bool = True  # keep the parsed train/validation blocks in memory after the first epoch (pipeline/dataset.py)
     seed: int = 0

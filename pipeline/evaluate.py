@@ -17,6 +17,11 @@ Tasks and labels are the dataset's declaration (features/datasets/). Metrics
   weight (all rows when it has none), with graded relevance = the label; RMSE and MAE over
   them (per user, then averaged; pooled values are reported too).
 
+Gate sparsity on the test split: for an MMoE run, the trained model (its evaluated epoch) is
+restored and each task's gate weighed on every test example: the experts in use per example
+(mean, maximum, the share within the gate's k) and whether the gate is converged there
+(DSelect-k: binary selectors, static; or on train.converged_share of the examples, per-example).
+
 Writes <run>/eval.json (written last: marks the run evaluated) and <run>/eval_users.csv,
 one row per test user, so that gates can be compared with paired tests over users.
 """
@@ -150,11 +155,25 @@ def evaluation(pooled: pd.DataFrame, dataset=None) -> tuple[dict, pd.DataFrame]:
     return result, pd.DataFrame(per_user_table)
 
 
+def test_gate_sparsity(run_dir: str) -> dict:
+    """task -> the gate diagnostics (models.experts.gate_diagnostics, weights left out) of the run's
+    evaluated epoch on every example of the test split; {} for a model without gates."""
+    from pipeline.train import diagnose  # TensorFlow model code: only this part of evaluate needs it
+    config = runs.read_config(run_dir)
+    if config.model.architecture != "mmoe":
+        return {}
+    model, inputs = runs.restore_model(run_dir)
+    batches = list(inputs.raw_dataset("test", 8192))
+    found = diagnose(model, batches, config.train.converged_share)
+    return {task: {k: v for k, v in entry.items() if k != "weights"} for task, entry in found.items()}
+
+
 def run(run_dir) -> dict:
     run_dir = str(run_dir)
     with locks.hold(run_dir, "run folder"):
         dataset = dataset_of_manifest(runs.read_data_manifest(run_dir))
         result, per_user = evaluation(score_candidates(run_dir), dataset)
+        result["gates"] = test_gate_sparsity(run_dir)
         # No path inside: eval.json is in the run folder, and the same run evaluated in another
         # folder (a resumed run, a moved one) must give the same bytes.
         atomic_write(storage.join(run_dir, runs.EVAL_USERS), per_user.to_csv(index=False).encode())

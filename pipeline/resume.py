@@ -6,9 +6,10 @@ After every completed epoch, `mtlrec train` saves in the run folder:
                              moments and step count (hence the learning-rate schedule), DSelect-k's
                              schedule steps, and the random generators of Top-k's noise and dropout
                              (models/randomness.py)
-    state/progress.json      written last: the completed epochs, the best epoch so far, early
-                             stopping's count of epochs without improvement, whether it stopped,
-                             and which checkpoint holds the state
+    state/progress.json      written last: the completed epochs, the first epoch whose gates had
+                             converged, the best epoch so far, early stopping's count of epochs
+                             without improvement, whether it stopped, and which checkpoint holds
+                             the state
 
 A run started again with the same settings restores that state and reads the batches of the
 next epoch, which depend only on (seed, epoch) (pipeline/dataset.py `training_batches`). So a run
@@ -41,6 +42,12 @@ def check_settings(run_dir: str, config) -> None:
 class RunState:
     """The resumable state of one run: restore it before training, update it after each epoch.
 
+    Early stopping and the best epoch wait for the gates: once an epoch ends with every gate
+    converged (Gate.converged: DSelect-k's selectors binary), the best epoch is the best CONVERGED
+    epoch by validation loss, and only from then on do epochs without improvement count toward the
+    patience. Before that, the best epoch is the best of the unconverged ones -- what a run that
+    never converges ends with, marked as not converged -- and training does not stop early.
+
     Args:
       run_dir: the run folder (read: its progress and records).
       out_dir: where this process writes (the run folder, or a scratch folder on a non-chief worker).
@@ -53,19 +60,24 @@ class RunState:
         self.run_dir, self.out_dir, self.patience, self.save = str(run_dir), str(out_dir), patience, save
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
         self.progress = {"epoch": 0, "best_epoch": None, "best_val_loss": None, "wait": 0, "stopped": False,
-                         "checkpoint": None}
+                         "checkpoint": None, "converged_epoch": None}
         self.history, self.gates = [], []
 
     @property
     def stopped(self) -> bool:
         return self.progress["stopped"]
 
+    @property
+    def converged(self) -> bool:
+        """Whether the best epoch is one whose gates had converged."""
+        return self.progress["converged_epoch"] is not None
+
     def restore(self) -> int:
         """Load the saved state, if any, into the model and optimizer; returns the completed epochs."""
         path = join(self.run_dir, STATE, PROGRESS)
         if not storage.exists(path):
             return 0
-        self.progress = read_json(path, "training progress")
+        self.progress = {"converged_epoch": None, **read_json(path, "training progress")}
         self.checkpoint.read(join(self.run_dir, self.progress["checkpoint"])).assert_existing_objects_matched()
         done = self.progress["epoch"]
         self.history = [r for r in _records(join(self.run_dir, runs.HISTORY)) if r["epoch"] <= done]
@@ -79,15 +91,20 @@ class RunState:
         write_json(join(self.out_dir, runs.HISTORY), {"epochs": self.history})
         write_json(join(self.out_dir, runs.GATES), {"epochs": self.gates})
 
-    def end_epoch(self, epoch: int, val_loss: float) -> bool:
-        """Save the state after `epoch` (1-based); returns True when early stopping says stop."""
+    def end_epoch(self, epoch: int, val_loss: float, converged: bool = True) -> bool:
+        """Save the state after `epoch` (1-based), whose gates had `converged` or not; returns True
+        when early stopping says stop (never before a converged epoch)."""
         progress = dict(self.progress, epoch=epoch)
         best = progress["best_val_loss"]
-        if best is None or not math.isfinite(best) or val_loss < best:  # as Keras' EarlyStopping, min_delta 0
+        improved = best is None or not math.isfinite(best) or val_loss < best  # as Keras' EarlyStopping
+        if converged and progress["converged_epoch"] is None:  # the first converged epoch: the best so far
+            progress.update(converged_epoch=epoch, best_epoch=epoch, best_val_loss=val_loss, wait=0)
+        elif improved and (converged or progress["converged_epoch"] is None):
             progress.update(best_epoch=epoch, best_val_loss=val_loss, wait=0)
-        else:
+        elif progress["converged_epoch"] is not None:  # no improvement of a converged epoch
             progress["wait"] += 1
-        progress["stopped"] = bool(self.patience) and progress["wait"] >= self.patience
+        progress["stopped"] = bool(self.patience) and progress["converged_epoch"] is not None \
+            and progress["wait"] >= self.patience
         if not self.save:
             self.progress = progress
             return progress["stopped"]

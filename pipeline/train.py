@@ -93,12 +93,28 @@ def is_chief(strategy) -> bool:
     return task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def diagnose(model, inputs) -> dict:
-    """Gate diagnostics of an MMoE model ({} for shared-bottom)."""
+def diagnose(model, inputs, min_share: float = 1.0) -> dict:
+    """Gate diagnostics of an MMoE model ({} for shared-bottom); `min_share`: the share of examples
+    a per-example gate's selection must be final on to count as converged (train.converged_share)."""
     if model.spec.architecture != "mmoe":
         return {}
     x = tf.concat([model.encoder(batch) for batch in inputs], axis=0)
-    return gate_diagnostics(model.mmoe.gates, x)
+    return gate_diagnostics(model.mmoe.gates, x, min_share)
+
+
+def selection_summary(gate_records: list[dict], exported: dict, steps_per_epoch: int) -> dict:
+    """Per task, what train.json records of its gate: converged or not at the exported epoch, the
+    epoch and step at whose end it was first seen converged (checked once per epoch), and the
+    experts in use at the exported epoch."""
+    out = {}
+    for task, final in exported.items():
+        first = next((r["epoch"] for r in gate_records if r["tasks"].get(task, {}).get("converged")), None)
+        out[task] = {"type": final["type"], "per_example": final["per_example"], "k": final["k"],
+                     "converged": final["converged"], "converged_epoch": first,
+                     "converged_step": None if first is None else first * steps_per_epoch,
+                     "nonzero_experts": final["nonzero_experts"], "max_nonzero_experts": final["max_nonzero_experts"],
+                     "within_k": final["within_k"], "experts_used": final["experts_used"]}
+    return out
 
 
 def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr, flush=True),
@@ -162,7 +178,7 @@ def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log,
         model.optimizer.build(model.trainable_variables)
     state = resume.RunState(run_dir, out_dir, model, train_config.early_stopping_patience, save=not scratch)
     start = state.restore()
-    epoch_end = EpochEnd(state, out_dir, diagnostics_inputs, save_weights=not scratch)
+    epoch_end = EpochEnd(state, out_dir, diagnostics_inputs, train_config.converged_share, save_weights=not scratch)
     if start == 0:  # a resumed run goes on from the saved state, which holds what its restarts kept
         keras_restarts(model, lambda steps_each, epochs: inputs.training_batches(
             batch, steps_each, epochs, seed=train_config.seed + 1, shuffle_buffer=train_config.shuffle_buffer,
@@ -190,11 +206,12 @@ def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log,
     best = history[state.progress["best_epoch"] - 1]
     if scratch:
         return {"epochs": len(history), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
-                "epochs_this_session": epoch_end.trained}
-    # Export the best validation epoch (early stopping may have run past it).
+                "converged": state.converged, "epochs_this_session": epoch_end.trained}
+    # Export the best validation epoch (early stopping may have run past it); a converged one if any.
     model.load_weights(runs.checkpoint(run_dir, best["epoch"])).expect_partial()
     gates = read_json(storage.join(run_dir, runs.GATES), "gate diagnostics")
-    gates["exported"] = {"epoch": best["epoch"], "tasks": diagnose(model, diagnostics_inputs)}
+    exported = diagnose(model, diagnostics_inputs, train_config.converged_share)
+    gates["exported"] = {"epoch": best["epoch"], "tasks": exported}
     write_json(storage.join(run_dir, runs.GATES), gates)
     export_model(model, inputs, storage.join(run_dir, runs.EXPORT))
 
@@ -206,10 +223,15 @@ def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log,
         "replicas": strategy.num_replicas_in_sync, "mixed_precision": train_config.mixed_precision,
         "deterministic": train_config.deterministic,
         "tasks": list(config.model.tasks), "data_config_hash": manifest["config_hash"],
+        # Whether the exported epoch's gates have converged (DSelect-k: binary selectors), and per gate
+        # when and with how many experts: a run that did not converge is not reported as k-sparse.
+        "converged": state.converged, "gates": selection_summary(gates["epochs"], exported, steps),
     }
     write_json(storage.join(run_dir, runs.TRAIN_DONE), summary)  # last: the run folder is complete
+    unconverged = [t for t, g in summary["gates"].items() if not g["converged"]]
     log(f"train: {storage.name(run_dir)}: best epoch {best['epoch']} (val_loss {best['val_loss']:.4f}), "
-        f"{seconds:.0f} s, exported to {storage.join(run_dir, runs.EXPORT)}")
+        f"{seconds:.0f} s, exported to {storage.join(run_dir, runs.EXPORT)}"
+        + (f"; gates NOT converged (selectors not binary): {', '.join(unconverged)}" if unconverged else ""))
     return summary
 
 
@@ -219,9 +241,10 @@ class EpochEnd(keras.callbacks.Callback):
     and early stopping. A callback that raises after it (a pruned trial, a crash) leaves a
     complete epoch behind."""
 
-    def __init__(self, state, out_dir: str, diagnostics_inputs, save_weights: bool = True):
+    def __init__(self, state, out_dir: str, diagnostics_inputs, converged_share: float, save_weights: bool = True):
         super().__init__()
         self.state, self.out_dir, self.inputs, self.save_weights = state, out_dir, diagnostics_inputs, save_weights
+        self.converged_share = converged_share
         self.session = uuid.uuid4().hex[:8]
         self.writer = tf.summary.create_file_writer(storage.join(out_dir, runs.TENSORBOARD, "gates"))
         self.trained = []  # epochs (1-based) this process trained
@@ -233,7 +256,7 @@ class EpochEnd(keras.callbacks.Callback):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         if self.save_weights:
             self.model.save_weights(runs.checkpoint(self.out_dir, epoch + 1))
-        diagnostics = diagnose(self.model, self.inputs)
+        diagnostics = diagnose(self.model, self.inputs, self.converged_share)
         with self.writer.as_default(step=epoch + 1):
             for task, d in diagnostics.items():
                 tf.summary.scalar(f"{task}/nonzero_experts", d["nonzero_experts"])
@@ -242,7 +265,8 @@ class EpochEnd(keras.callbacks.Callback):
                     tf.summary.scalar(f"{task}/binary_selectors", d["binary_selectors"])
         self.state.record(epoch + 1, {"epoch": epoch + 1, "session": self.session, "time": time.time(), **logs},
                           {"epoch": epoch + 1, "tasks": diagnostics})
-        if self.state.end_epoch(epoch + 1, logs["val_loss"]):
+        converged = all(d["converged"] for d in diagnostics.values())
+        if self.state.end_epoch(epoch + 1, logs["val_loss"], converged):
             self.model.stop_training = True
 
 

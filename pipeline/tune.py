@@ -39,9 +39,11 @@ from pipeline.runs import PATH_FIELDS, absolute_paths
 from pipeline.manifest import read_manifest
 from pipeline.config import ConfigError, config_hash, merge, validate, with_overrides
 from pipeline.terminal import time_left
-from pipeline.tuning import TunerSettings, TuningError, finished_count, finished_trials, run_study, summarize
+from pipeline.tuning import (
+    INFEASIBLE, TunerSettings, TuningError, finished_trials, is_feasible, mark_infeasible, remaining_trials,
+    run_study, summarize)
 
-SEARCH_SPACE_VERSION = 2  # part of every study's name: bump it when a search space changes
+SEARCH_SPACE_VERSION = 3  # part of every study's name: bump it when a search space changes
 
 
 def log(message: str) -> None:
@@ -106,6 +108,8 @@ def make_objective(base, context: dict, learning_rate: list[float], scratch: Pat
             trial.set_user_attr("cpu_seconds", time.process_time() - cpu)
         trial.set_user_attr("best_epoch", summary["best_epoch"])
         trial.set_user_attr("epochs", summary["epochs"])
+        if not summary["converged"]:  # e.g. DSelect-k whose selectors never became binary: not DSelect-k
+            mark_infeasible(trial, "gates not converged at the evaluated epoch")
         return summary["best_val_loss"]
 
     return objective
@@ -164,6 +168,8 @@ class _Progress:
         variant = name.rsplit("-", 1)[0]
         if trial.state.name == "PRUNED":
             outcome = f"pruned at epoch {trial.last_step} (val_loss {trial.value:.4f})"
+        elif not is_feasible(trial):
+            outcome = f"infeasible: {trial.user_attrs[INFEASIBLE]} (val_loss {trial.value:.4f}; not counted)"
         elif not math.isfinite(trial.value):
             outcome = f"diverged ({trial.user_attrs.get('non_finite', 'non-finite val_loss')})"
         else:
@@ -196,7 +202,7 @@ def _run(config, force: bool) -> str:
                              pruner=config.tune.pruner)
     study_names = {name: study_name(name, base, config.tune) for name, base in bases.items()}
     started = time.perf_counter()
-    studies, todo = {}, sum(max(0, settings.trials - finished_count(settings, n)) for n in study_names.values())
+    studies, todo = {}, sum(remaining_trials(settings, n) for n in study_names.values())
     log(f"tune: {len(bases)} variants x {settings.trials} trials, {todo} to run; studies in {database}")
     progress = _Progress(settings.trials, todo)
     for name, base in bases.items():
@@ -214,8 +220,9 @@ def _run(config, force: bool) -> str:
 def best_changes(variant_changes: dict, summary: dict) -> dict:
     """A variant's compare entry with its best trial's settings (learning rate included)."""
     if summary["best"] is None:
-        raise TuningError(f"study {summary['study']}: no trial finished with a finite validation loss; "
-                          f"lower tune.learning_rate or check the data")
+        raise TuningError(f"study {summary['study']}: no feasible trial finished with a finite validation loss "
+                          f"({summary['trials_infeasible']} did not converge); lower tune.learning_rate, allow more "
+                          f"epochs (train.epochs) for the gates to converge, or check the data")
     return merge(variant_changes, summary["best"]["user_attrs"]["changes"])
 
 

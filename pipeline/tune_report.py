@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.tuning import is_feasible
 from pipeline import report as rp
 from pipeline.artifacts import local_staging
 
@@ -37,7 +38,7 @@ def running_best(trials) -> list[float]:
     """The best finished value after each trial, in slot order (pruned trials count as they ended)."""
     best, out = math.inf, []
     for t in trials:
-        if t.state.name == "COMPLETE" and math.isfinite(t.value):
+        if t.state.name == "COMPLETE" and math.isfinite(t.value) and is_feasible(t):
             best = min(best, t.value)
         out.append(best)
     return out
@@ -54,26 +55,33 @@ def write_report(config, summaries: dict, trials: dict, output: str) -> str:
         folder = Path(folder)
         doc = rp.Report("Tuning: the same budget for every variant")
         doc.paragraph(
-            f"Every variant got {tune.trials} finished trials (complete or pruned) of Optuna's TPE sampler "
+            f"Every variant got {tune.trials} feasible finished trials (complete or pruned) of Optuna's TPE sampler "
             f"(seed {tune.seed}), pruner: {tune.pruner} on the per-epoch validation loss. A trial trains "
             f"{config.train.epochs} epochs at most (early stopping patience {config.train.early_stopping_patience}) "
             f"with training seed {config.train.seed}, and scores the best epoch's validation loss. The learning rate "
             f"is searched for every variant in [{tune.learning_rate[0]:g}, {tune.learning_rate[1]:g}] (log scale), "
-            f"together with each gate's own hyperparameters. The test split was not read.")
+            f"together with each gate's own hyperparameters. The test split was not read. A trial whose "
+            f"evaluated epoch's gates had not converged (DSelect-k: selectors not binary) is infeasible: it is "
+            f"kept for the sampler to learn from, never chosen as best, and run on top of the budget (at most "
+            f"{tune.trials} such trials per variant).")
         doc.heading("Best trial per variant")
         rows, bold = [], set()
         best_value = min((s["best"]["value"] for s in summaries.values() if s["best"]), default=None)
         for i, (name, s) in enumerate(summaries.items()):
             top = s["top_values"]
             rows.append([name, s["best"]["value"] if s["best"] else math.nan,
-                         s["best"]["slot"] + 1 if s["best"] else "-", s["trials_finished"], s["trials_complete"],
-                         s["trials_pruned"], s["trials_non_finite"],
+                         s["best"]["slot"] + 1 if s["best"] else "-", s["trials_feasible"], s["trials_infeasible"],
+                         s["trials_complete"], s["trials_pruned"], s["trials_non_finite"],
                          f"{top[0]:.4f} .. {top[-1]:.4f}" if top else "-",
                          s["top_spread"] if s["top_spread"] is not None else math.nan])
             if s["best"] and s["best"]["value"] == best_value:
                 bold.add((i, 1))
-        doc.table(["variant", "best val_loss", "best trial", "finished", "complete", "pruned", "non-finite",
-                   f"best {TOP}", f"spread of best {TOP}"], rows, bold=bold)
+        doc.table(["variant", "best val_loss", "best trial", "feasible", "infeasible (not converged)", "complete",
+                   "pruned", "non-finite", f"best {TOP}", f"spread of best {TOP}"], rows, bold=bold)
+        short = [name for name, s in summaries.items() if s["trials_feasible"] < tune.trials]
+        if short:
+            doc.paragraph(f"Budget NOT met (fewer than {tune.trials} feasible trials after {tune.trials} infeasible "
+                          f"ones): {', '.join(short)}. Their best settings come from fewer trials than the others'.")
         doc.heading("Best settings")
         doc.table(["variant", "settings"],
                   [[name, _settings_text(s["best"]["params"]) if s["best"] else "none finite"]

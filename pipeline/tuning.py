@@ -13,6 +13,11 @@ objective, stored in a local SQLite file so that an interrupted tuning resumes w
   trials, in the database. Trials run one after another. So the same command gives the same
   trials and the same best settings, also after an interruption and resume, as long as the
   objective itself is deterministic.
+- Feasibility. An objective may mark its trial infeasible (`mark_infeasible`: a DSelect-k trial
+  whose evaluated epoch has no binary selectors is not a DSelect-k result). Such a trial is
+  finished and kept -- TPE learns from it through Optuna's constraints -- but it is never the
+  best trial and does not count against the budget: every variant gets `trials` FEASIBLE
+  finished trials, up to `trials` infeasible ones more (then the study stops short, and says so).
 - Pruning on a per-step (e.g. per-epoch) value through `Reporter`. The pruner never sees
   failed trials (a killed attempt must leave no trace), which is why Hyperband is not offered:
   it assigns brackets by hashing the trial NUMBER, and a resumed study numbers its trials
@@ -39,6 +44,7 @@ from pipeline.errors import MtlrecError
 
 PRUNERS = ("successive_halving", "median", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+INFEASIBLE = "infeasible"  # the user attribute holding why a trial is infeasible
 
 
 class TuningError(MtlrecError):
@@ -108,20 +114,43 @@ def trial_seed(seed: int, study_name: str, slot: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def mark_infeasible(trial: optuna.Trial, reason: str) -> None:
+    """Called by an objective: its trial's result lacks a property the variant must have. TPE reads
+    the constraint (> 0: infeasible) and models such trials apart from the feasible ones."""
+    trial.set_user_attr(INFEASIBLE, reason)
+    trial.set_constraint(INFEASIBLE, 1.0)
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    return INFEASIBLE not in trial.user_attrs
+
+
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Complete and pruned trials, in the order they ran (their slot order)."""
+    """Complete and pruned trials, feasible or not, in the order they ran (their slot order)."""
     return study.get_trials(deepcopy=False, states=FINISHED)
 
 
-def finished_count(settings: TunerSettings, study_name: str) -> int:
-    """Finished trials of a study so far; 0 if it does not exist yet."""
+def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The finished trials that count against the budget: the feasible ones."""
+    return [t for t in finished_trials(study) if is_feasible(t)]
+
+
+def remaining_trials(settings: TunerSettings, study_name: str) -> int:
+    """Feasible trials a study still needs; `settings.trials` if it does not exist yet."""
     path = Path(settings.storage).resolve()
     if not path.exists():
-        return 0
+        return settings.trials
     storage = f"sqlite:///{path}"
     if study_name not in optuna.study.get_all_study_names(storage):
+        return settings.trials
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    if _infeasible_count(study) >= settings.trials:
         return 0
-    return len(finished_trials(optuna.load_study(study_name=study_name, storage=storage)))
+    return max(0, settings.trials - len(counted_trials(study)))
+
+
+def _infeasible_count(study: optuna.Study) -> int:
+    return sum(1 for t in finished_trials(study) if not is_feasible(t))
 
 
 def run_study(settings: TunerSettings, study_name: str, objective: Objective,
@@ -137,8 +166,8 @@ def run_study(settings: TunerSettings, study_name: str, objective: Objective,
             trial and calls reporter.report(step, value) after each step to allow pruning.
         progress: called after each finished trial.
     Returns:
-        The study; `finished_trials(study)` holds exactly `settings.trials` trials (or more,
-        if an earlier run had a larger budget).
+        The study; `counted_trials(study)` holds exactly `settings.trials` feasible trials (or more,
+        if an earlier run had a larger budget), unless `settings.trials` infeasible ones came first.
     """
     if not terminal.verbose():
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial is ours
@@ -148,7 +177,8 @@ def run_study(settings: TunerSettings, study_name: str, objective: Objective,
         study = optuna.create_study(study_name=study_name, storage=f"sqlite:///{path}", direction="minimize",
                                     pruner=_pruner(settings), load_if_exists=True)
         _requeue_interrupted(study)
-        while (slot := len(finished_trials(study))) < settings.trials:
+        while len(counted_trials(study)) < settings.trials and _infeasible_count(study) < settings.trials:
+            slot = len(finished_trials(study))
             study.sampler = optuna.samplers.TPESampler(
                 seed=trial_seed(settings.seed, study_name, slot), n_startup_trials=settings.startup_trials,
                 multivariate=True, constant_liar=False)  # trials run one at a time: no lie needed
@@ -230,7 +260,9 @@ def summarize(study: optuna.Study, top: int = 5) -> dict:
     """Budget, best trial and the spread of the best `top` values of one study."""
     finished = finished_trials(study)
     complete = [t for t in finished if t.state == TrialState.COMPLETE]
-    scored = sorted((t for t in complete if math.isfinite(t.value)), key=lambda t: (t.value, t.number))
+    infeasible = [t for t in finished if not is_feasible(t)]
+    scored = sorted((t for t in complete if math.isfinite(t.value) and is_feasible(t)),
+                    key=lambda t: (t.value, t.number))
     best = scored[0] if scored else None
     top_values = [t.value for t in scored[:top]]
 
@@ -242,6 +274,9 @@ def summarize(study: optuna.Study, top: int = 5) -> dict:
     return {
         "study": study.study_name,
         "trials_finished": len(finished),
+        "trials_feasible": len(finished) - len(infeasible),  # the budget counts these
+        "trials_infeasible": len(infeasible),
+        "infeasible_reasons": sorted({t.user_attrs[INFEASIBLE] for t in infeasible}),
         "trials_complete": len(complete),
         "trials_pruned": len(pruned),
         "trials_non_finite": sum(1 for t in complete if not math.isfinite(t.value)),

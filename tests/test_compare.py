@@ -18,8 +18,11 @@ from pipeline.config import load_config
 MTLREC = Path(sys.executable).parent / "mtlrec"
 FAST = ["train.epochs=1", "train.steps_per_epoch=10", "train.batch_size=256", "train.diagnostics_batches=1",
         "model.expert_units=[16]", "model.tower_units=[8]", "model.num_experts=4", "model.id_embedding_dim=8"]
+# DSelect-k with a narrow band (gamma 0.02: Adam crosses it in ~5 steps) and an entropy weight doubling
+# every step: its selectors become binary within the 10 steps, so its runs count as DSelect-k at k=2.
 TWO_GATES = ("compare.variants={softmax: {model: {gate: {type: softmax}}}, "
-             "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}")
+             "dselect_k_static: {model: {gate: {type: dselect_k, k: 2, gamma: 0.02, entropy_weight: 1, "
+             "entropy_doubling_steps: 1}}}}")
 
 
 def _compare_config(workdir, data_dir, *overrides):
@@ -141,13 +144,46 @@ def test_summary_holds_every_gate_task_metric(compared):
     assert summary["data"]["folder_in_workdir"] is None  # the shared test data lies outside this workdir
 
 
+def test_runs_that_did_not_converge_are_shown_but_left_out_of_the_tests(compared, tmp_path):
+    """The report of the same runs, one DSelect-k seed's train.json saying its gates did not converge: that
+    seed is flagged and left out of every test, with the count in the report; converged runs state the
+    experts they use on the test examples."""
+    import shutil
+    from pipeline.compare import run_configs
+    from pipeline.compare_report import write_report
+    from pipeline.runs import data_dir_of
+    config, workdir, _ = compared
+    summary = json.loads((workdir / "report" / "summary.json").read_text())
+    static = summary["variants"]["dselect_k_static"]
+    assert static["converged"] == [True, True]  # the fixture's DSelect-k converges within its 10 steps
+    for gate in static["gates"].values():
+        assert all(n <= 2 for n in gate["test"]["nonzero_experts"]) and all(gate["test"]["converged"])
+    assert all(t["n_seeds_focus"] == 2 for t in summary["significance"])
+
+    copy = tmp_path / "work"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("*.lock"))
+    moved = config.model_copy(update={"workdir": str(copy)})
+    train_json = copy / "compare" / "dselect_k_static" / "seed1" / "train.json"
+    train_json.write_text(json.dumps({**json.loads(train_json.read_text()), "converged": False}))
+    data_dir = data_dir_of(moved)
+    report = write_report(moved, run_configs(moved, data_dir), data_dir, tmp_path / "report")
+    after = json.loads((report / "summary.json").read_text())
+    assert after["left_out_of_tests"] == {"softmax": [], "dselect_k_static": [1]}
+    assert after["variants"]["dselect_k_static"]["converged"] == [True, False]
+    assert after["significance"] and all(t["n_seeds_focus"] == 1 for t in after["significance"])
+    md = (report / "report.md").read_text()
+    assert "Runs left out of the tests below, because their gates had not converged: 1 (dselect_k_static seed 1)" in md
+    assert "dselect_k_static (NOT converged in 1/2 seeds: not k-sparse)" in md
+
+
 def test_report_files_and_plots(compared):
     _, _, report = compared
     md = (report / "report.md").read_text()
     html = (report / "report.html").read_text()
     for text in ("Task: watch", "Task: rating", "DSelect-k against each baseline (seed-aware test)", "p (Holm)",
                  "seeds agreeing", "difference [95% CI]", "training seeds", "What 2 seed(s) can and cannot show",
-                 "Realized sparsity, per seed", "RMSE ↓", "NDCG@10 ↑"):
+                 "Realized sparsity, per seed", "RMSE ↓", "NDCG@10 ↑", "Experts in use: the sparsity compared",
+                 "watch: experts in use", "Runs left out of the tests below, because their gates had not converged: 0."):
         assert text in md and text in html
     assert "**" in md and "<strong>" in html  # best values in bold
     pngs = sorted(report.glob("*.png"))

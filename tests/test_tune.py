@@ -25,13 +25,14 @@ def _config(workdir, data_dir, *overrides):
 
 
 def trials_of(workdir) -> dict:
-    """variant -> [(slot, state, params, value, intermediate values)] of its finished trials."""
+    """variant -> [(slot, state, params, value, intermediate values, feasible)] of its finished trials."""
     storage = f"sqlite:///{workdir / 'tune' / 'study.db'}"
     out = {}
     for name in optuna.study.get_all_study_names(storage):
         trials = optuna.load_study(study_name=name, storage=storage).get_trials(
             states=(TrialState.COMPLETE, TrialState.PRUNED))
-        out[name] = [(t.user_attrs["slot"], t.state.name, t.params, t.value, t.intermediate_values) for t in trials]
+        out[name] = [(t.user_attrs["slot"], t.state.name, t.params, t.value, t.intermediate_values,
+                      "infeasible" not in t.user_attrs) for t in trials]
     return out
 
 
@@ -58,7 +59,7 @@ def test_best_yaml_is_a_compare_config_with_each_variants_best_trial(tuned):
     trials = trials_of(workdir)
     for variant, entry in summary["variants"].items():
         study = [t for name, t in trials.items() if name.startswith(variant + "-")][0]
-        winner = min((t for t in study if t[1] == "COMPLETE"), key=lambda t: t[3])
+        winner = min((t for t in study if t[1] == "COMPLETE" and t[5]), key=lambda t: t[3])
         assert entry["best"]["value"] == winner[3] and entry["best"]["params"] == winner[2]
         run = runs[variant, 0]
         assert run.train.learning_rate == winner[2]["learning_rate"]
@@ -81,10 +82,16 @@ def test_every_variant_gets_the_same_budget_and_a_report(tuned):
     summary = json.loads((workdir / "tune" / "report" / "summary.json").read_text())
     assert set(summary["variants"]) == {"dselect_k_static", "topk"}
     for variant, entry in summary["variants"].items():
-        assert entry["trials_finished"] == 2 == entry["trials_complete"] + entry["trials_pruned"]
+        # The budget is 2 FEASIBLE trials; DSelect-k trials whose selectors never became binary in these
+        # 10-step runs are infeasible, run on top of it (at most 2 more).
+        assert entry["trials_feasible"] == 2 and entry["trials_infeasible"] <= 2
+        assert entry["trials_finished"] == entry["trials_feasible"] + entry["trials_infeasible"] \
+            == entry["trials_complete"] + entry["trials_pruned"]
+        if variant == "topk":
+            assert entry["trials_infeasible"] == 0
         assert entry["top_values"] == sorted(entry["top_values"]) and entry["top_values"][0] == entry["best"]["value"]
         assert entry["timings"]["epoch1_seconds"] > 0 and entry["timings"]["cpu_seconds"] > 0
-    assert {len(t) for t in trials_of(workdir).values()} == {2}
+    assert {len(t) for name, t in trials_of(workdir).items() if name.startswith("topk-")} == {2}
     dselect = [t[2] for name, ts in trials_of(workdir).items() if name.startswith("dselect_k_static") for t in ts]
     assert all({"learning_rate", "gamma", "entropy_weight", "entropy_schedule"} <= set(p) for p in dselect)
     md = (workdir / "tune" / "report" / "report.md").read_text()

@@ -56,6 +56,8 @@ class Gate(keras.layers.Layer):
     - `initialize_static_rows()`: see there;
     - `diagnostics(routing_inputs)`: gate-specific entries of the training diagnostics, and
       `row_diagnostics(routing_inputs)`: the numeric ones per row, as tensors; `selection_pending()`;
+    - `converged(routing_inputs, min_share)`: whether the gate has reached the property its name
+      promises (DSelect-k: binary selectors), so that a result read now may carry its name;
     - `rows_independent`: False if its regularizer couples the rows of a batch (Top-k's load
       balancing), so that packed static gates of independent models must be called apart.
 
@@ -101,6 +103,13 @@ class Gate(keras.layers.Layer):
     def row_diagnostics(self, routing_inputs=None) -> dict:
         """Per-row diagnostics: {name: [rows] tensor} (rows = batch, or 1 if static); none by default."""
         return {}
+
+    def converged(self, routing_inputs=None, min_share: float = 1.0) -> bool:
+        """Whether the gate's selection is final, so that results read now may be reported under the
+        gate's name. A per-example gate counts as converged when the selection of at least
+        `min_share` of the examples of `routing_inputs` is final. True by default: softmax and Top-k
+        have their defining property from the first step."""
+        return True
 
     def selection_pending(self) -> bool:
         """True while the gate's own schedule will still change its selection (DSelect-k's permutation

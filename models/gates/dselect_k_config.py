@@ -17,6 +17,10 @@ class DSelectKGateConfig(GateConfig):
     entropy_weight: float = Field(1e-3, ge=0)
     entropy_schedule: Literal[ENTROPY_SCHEDULES] = "constant"
     entropy_warmup_steps: int = Field(0, ge=0)
+    # After the warm-up the weight doubles every this many training steps (0 = never), up to 2^20 times:
+    # the regularizer then outweighs the data loss on the selectors, which end binary within the run
+    # whatever weight the schedule started from (see DSelectKGate.current_entropy_weight).
+    entropy_doubling_steps: int = Field(0, ge=0)
     unreachable_weight: float = Field(1.0, ge=0)
     # Robust selection (models/gates/restarts.py, dselect_k_permutation.py): off by default. Steps
     # count from the end of the entropy warm-up (0 for the constant schedule), when selectors lock.
@@ -37,12 +41,17 @@ class DSelectKGateConfig(GateConfig):
 
     @classmethod
     def search_space(cls, trial, context):
-        """gamma and the entropy weight on log scales, the entropy schedule, and for the linear and
-        delayed schedules the warm-up: up to half of the training steps."""
+        """gamma and the entropy weight on log scales, the entropy schedule, for the linear and
+        delayed schedules the warm-up (up to half of the training steps), and the doubling period of
+        the entropy weight (log scale, 1/64 to 1/8 of the training steps): always on, so that every
+        trial's selectors can become binary within its run -- a trial whose evaluated epoch is not
+        converged is infeasible (pipeline/tuning.py) and does not count against the budget."""
+        steps = int(context["steps_per_epoch"]) * int(context["epochs"])
         params = {"gamma": trial.suggest_float("gamma", 0.1, 10.0, log=True),
                   "entropy_weight": trial.suggest_float("entropy_weight", 1e-4, 10.0, log=True),
                   "entropy_schedule": trial.suggest_categorical("entropy_schedule", list(ENTROPY_SCHEDULES))}
         if params["entropy_schedule"] != "constant":
-            steps = int(context["steps_per_epoch"]) * int(context["epochs"])
             params["entropy_warmup_steps"] = trial.suggest_int("entropy_warmup_steps", 0, steps // 2)
+        params["entropy_doubling_steps"] = trial.suggest_int(
+            "entropy_doubling_steps", max(1, steps // 64), max(2, steps // 8), log=True)
         return params

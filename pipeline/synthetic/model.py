@@ -147,12 +147,16 @@ class TaskRoutedMoE(keras.Model):
 
     def call(self, x, training=None):
         h = x  # [S, b, d]
-        for kernel, bias in zip(self.expert_kernels, self.expert_biases):
+        import os
+        last_linear = os.environ.get("LASTLIN") == "1"
+        for j, (kernel, bias) in enumerate(zip(self.expert_kernels, self.expert_biases)):
             if h.shape.rank == 3:  # first layer: the replica's inputs into each of its experts
                 h = tf.einsum("sbd,sndh->sbnh", h, kernel)
             else:
                 h = tf.einsum("sbnd,sndh->sbnh", h, kernel)
-            h = tf.nn.relu(h + bias[:, None])  # [S, b, n, h]
+            h = h + bias[:, None]
+            if not (last_linear and j == len(self.expert_kernels) - 1):
+                h = tf.nn.relu(h)  # [S, b, n, h]
         if self.gate is None:
             mix = tf.einsum("tn,sbne->stbe", self.assignment, h)
         else:

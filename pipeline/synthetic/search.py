@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from models.gates import gate_config_class
 from pipeline.synthetic.data import SyntheticData
 from pipeline.synthetic.training import RunSpec, train_runs
-from pipeline.tuning import TunerSettings, finished_count, run_study, summarize
+from pipeline.tuning import TunerSettings, is_feasible, mark_infeasible, remaining_trials, run_study, summarize
 
 PRUNE_EVERY = 10  # epochs between the validation MSEs the pruner sees
 
@@ -51,7 +51,7 @@ def trials_to_run(variant: str, spec: RunSpec, gate: dict | None, tuning, storag
                   trials: int | None = None) -> int:
     """How many trials `tune_variant` has still to run (a resumed study has fewer)."""
     settings, name = tuning_plan(variant, spec, gate, tuning, storage, assignment, identity, trials)
-    return max(0, settings.trials - finished_count(settings, name))
+    return remaining_trials(settings, name)
 
 
 def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | None, tuning, storage: str,
@@ -83,12 +83,15 @@ def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | 
                               report_every=PRUNE_EVERY)
         trial.set_user_attr("epochs", result["epochs"])
         trial.set_user_attr("converged", result["converged"])
+        if not result["converged"]:  # a selection that never became final is no result of this gate
+            mark_infeasible(trial, f"selection not converged in {result['epochs']} epochs")
         return result["val_mse"]
 
     def log(name, trial, slot, seconds):
         shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
         state = (f"pruned at epoch {trial.last_step}" if trial.state == TrialState.PRUNED
-                 else f"val {trial.value:.4f} after {trial.user_attrs.get('epochs')} epochs")
+                 else f"val {trial.value:.4f} after {trial.user_attrs.get('epochs')} epochs"
+                 + ("" if is_feasible(trial) else ", not converged: infeasible, not counted"))
         progress(f"tune {variant} {slot + 1}/{trials} ({shown}): {state} in {seconds:.0f}s")
 
     settings, name = tuning_plan(variant, spec, gate, tuning, storage, assignment, identity, trials)
