@@ -306,7 +306,9 @@ class SyntheticConfig(Section):
     """`mtlrec synthetic`: static gates per task on clustered synthetic tasks (see pipeline/synthetic/)."""
     data: SyntheticDataConfig = SyntheticDataConfig()
     num_experts: int = Field(16, ge=2)
-    expert_units: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 4], min_length=1)
+    # ReLU hidden layers, a linear output (pipeline/synthetic/model.py: one output unit makes an expert one
+    # function, so two clusters sharing it cost MSE and recovery is identifiable).
+    expert_units: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 1], min_length=1)
     tower_units: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)  # [] = linear tower
     tower_init: Literal["shared", "independent"] = "shared"  # shared: every task's tower starts from one draw
     max_epochs: int = Field(200, ge=1)            # training stops here if the selections have not converged

@@ -19,8 +19,10 @@ class DSelectKGateConfig(GateConfig):
     entropy_warmup_steps: int = Field(0, ge=0)
     # After the warm-up the weight doubles every this many training steps (0 = never), up to 2^20 times:
     # the regularizer then outweighs the data loss on the selectors, which end binary within the run
-    # whatever weight the schedule started from (see DSelectKGate.current_entropy_weight).
-    entropy_doubling_steps: int = Field(0, ge=0)
+    # whatever weight the schedule started from (see DSelectKGate.current_entropy_weight). On by default:
+    # the gate's defining property is that it ends k-sparse. (The layer's own default, 0, is the paper's
+    # formula as published.)
+    entropy_doubling_steps: int = Field(100, ge=0)
     unreachable_weight: float = Field(1.0, ge=0)
     # Robust selection (models/gates/restarts.py, dselect_k_permutation.py): off by default. Steps
     # count from the end of the entropy warm-up (0 for the constant schedule), when selectors lock.
