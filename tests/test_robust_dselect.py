@@ -109,7 +109,7 @@ def test_permutation_search_moves_the_locked_selector():
     assert gate.diagnostics()["search_pending"] and gate.diagnostics()["binary_selectors"] < 1  # soft P
     mse = train(138)
     np.testing.assert_array_equal(gate.expert_weights().numpy(), [0, 0, 1, 0])  # exactly, after the fold
-    assert mse < 1e-6 and gate.diagnostics() == {"binary_selectors": 1.0, "search_pending": False}
+    assert mse < 1e-6 and gate.diagnostics() == {"binary_selectors": 1.0, "binary_rows": 1.0, "search_pending": False}
     np.testing.assert_array_equal(np.abs(gate.z.numpy()), np.abs(WRONG))  # moved, not re-scaled
     assert not restart_plan([gate])[0]
 

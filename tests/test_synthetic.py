@@ -437,13 +437,16 @@ def test_tuning_gives_every_variant_the_same_budget_resumes_and_never_reads_the_
     spec = RunSpec(**{**TINY_SPEC.__dict__, "max_epochs": 20, "min_epochs": 20})
     softmax = tune_variant("softmax", data, spec, {"type": "softmax"}, tuning, storage)
     dselect = tune_variant("dselect_k", data, spec, {"type": "dselect_k", "k": 1}, tuning, storage)
-    for result in (softmax, dselect):
-        assert result["study"]["trials_finished"] == 3
+    for result in (softmax, dselect):  # 3 feasible trials each; a DSelect-k trial that did not converge comes on top
+        study = result["study"]
+        assert study["trials_feasible"] == 3 and study["trials_finished"] == 3 + study["trials_infeasible"]
         assert tuning.learning_rate[0] <= result["learning_rate"] <= tuning.learning_rate[1]
+    assert softmax["study"]["trials_infeasible"] == 0
     assert softmax["gate_params"] == {} and {"gamma", "entropy_weight", "entropy_schedule"} <= set(dselect["gate_params"])
-    assert len(runs) == 6 and all(args[4] == [tuning.seed] for args in runs)  # one tuning seed per trial
+    trained = softmax["study"]["trials_finished"] + dselect["study"]["trials_finished"]
+    assert len(runs) == trained and all(args[4] == [tuning.seed] for args in runs)  # one tuning seed per trial
     again = tune_variant("dselect_k", data, spec, {"type": "dselect_k", "k": 1}, tuning, storage)
-    assert len(runs) == 6 and again == dselect  # resumed from the database: nothing retrained
+    assert len(runs) == trained and again == dselect  # resumed from the database: nothing retrained
 
 
 @pytest.mark.parametrize("override,message", [
@@ -483,7 +486,7 @@ def test_tiny_run_through_the_cli(tmp_path):
     # Equal budget: every variant tuned on its own got the same number of finished trials.
     tuned = {name for name in tiny.compare if name not in tiny.tuned_with}
     assert set(summary["tuning"]) == tuned | {"oracle"}
-    assert {summary["tuning"][name]["trials_finished"] for name in tuned} == {tiny.tuning.trials}
+    assert {summary["tuning"][name]["trials_feasible"] for name in tuned} == {tiny.tuning.trials}
     assert summary["tuning"]["oracle"]["trials_finished"] == tiny.tuning.oracle_trials
     robust, plain = summary["gates"]["dselect_k_1_robust"], summary["gates"]["dselect_k_1"]
     assert robust["tuned_with"] == "dselect_k_1" and robust["learning_rate"] == plain["learning_rate"]

@@ -83,8 +83,8 @@ def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | 
                               report_every=PRUNE_EVERY)
         trial.set_user_attr("epochs", result["epochs"])
         trial.set_user_attr("converged", result["converged"])
-        if not result["converged"]:  # a selection that never became final is no result of this gate
-            mark_infeasible(trial, f"selection not converged in {result['epochs']} epochs")
+        if not result["k_sparse"]:  # DSelect-k whose selectors never became binary: no result of this gate
+            mark_infeasible(trial, f"selectors not binary after {result['epochs']} epochs")
         return result["val_mse"]
 
     def log(name, trial, slot, seconds):

@@ -179,6 +179,8 @@ def train_runs(data: SyntheticData, spec: RunSpec, gate: dict | None, learning_r
             "stable_epoch": int(last_change[s]),
             "epochs": epoch,
             "converged": bool(settled[s] and epoch - last_change[s] >= spec.patience),
+            # The gate's defining sparsity (DSelect-k: every selector binary; softmax, Top-k: always).
+            "k_sparse": bool(settled[s]),
             "restart_losses": None if restart_losses is None else restart_losses[s],
             "seconds": time.perf_counter() - started,
             "weights": w,
