@@ -43,7 +43,7 @@ from pipeline.tuning import (
     INFEASIBLE, TunerSettings, TuningError, finished_trials, is_feasible, mark_infeasible, remaining_trials,
     run_study, summarize)
 
-SEARCH_SPACE_VERSION = 3  # part of every study's name: bump it when a search space changes
+SEARCH_SPACE_VERSION = 4  # part of every study's name: bump it when a search space changes
 
 
 def log(message: str) -> None:

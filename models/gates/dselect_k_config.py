@@ -45,9 +45,10 @@ class DSelectKGateConfig(GateConfig):
     def search_space(cls, trial, context):
         """gamma and the entropy weight on log scales, the entropy schedule, for the linear and
         delayed schedules the warm-up (up to half of the training steps), and the doubling period of
-        the entropy weight (log scale, 1/64 to 1/8 of the training steps): always on, so that every
-        trial's selectors can become binary within its run -- a trial whose evaluated epoch is not
-        converged is infeasible (pipeline/tuning.py) and does not count against the budget."""
+        the entropy weight (log scale, 1/64 to 1/16 of the training steps): always on, and at least 16
+        doublings (x65,536) fit in a run, so that the selectors become binary within it also in the
+        seeds the tuner did not try (a period of 1/8 left 1 seed of 10 at 86% binary in the synthetic
+        study). A trial whose evaluated epoch is not converged is infeasible (pipeline/tuning.py)."""
         steps = int(context["steps_per_epoch"]) * int(context["epochs"])
         params = {"gamma": trial.suggest_float("gamma", 0.1, 10.0, log=True),
                   "entropy_weight": trial.suggest_float("entropy_weight", 1e-4, 10.0, log=True),
@@ -55,5 +56,5 @@ class DSelectKGateConfig(GateConfig):
         if params["entropy_schedule"] != "constant":
             params["entropy_warmup_steps"] = trial.suggest_int("entropy_warmup_steps", 0, steps // 2)
         params["entropy_doubling_steps"] = trial.suggest_int(
-            "entropy_doubling_steps", max(1, steps // 64), max(2, steps // 8), log=True)
+            "entropy_doubling_steps", max(1, steps // 64), max(2, steps // 16), log=True)
         return params

@@ -56,7 +56,7 @@ def trials_to_run(variant: str, spec: RunSpec, gate: dict | None, tuning, storag
 
 def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | None, tuning, storage: str,
                  assignment: np.ndarray | None = None, identity: dict | None = None, trials: int | None = None,
-                 progress: Callable[[str], None] = lambda line: None) -> dict:
+                 progress: Callable[..., None] = lambda line, more=0: None) -> dict:
     """Tune one variant; returns {"learning_rate", "gate_params", "study": tuner summary}.
 
     Args:
@@ -89,17 +89,21 @@ def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | 
 
     def log(name, trial, slot, seconds):
         shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        feasible = is_feasible(trial)
         state = (f"pruned at epoch {trial.last_step}" if trial.state == TrialState.PRUNED
                  else f"val {trial.value:.4f} after {trial.user_attrs.get('epochs')} epochs"
-                 + ("" if is_feasible(trial) else ", not converged: infeasible, not counted"))
-        progress(f"tune {variant} {slot + 1}/{trials} ({shown}): {state} in {seconds:.0f}s")
+                 + ("" if feasible else ", selectors not binary: infeasible, another trial follows"))
+        # The progress counts units of work: an infeasible trial adds one (the trial that replaces it).
+        progress(f"tune {variant} trial {slot + 1} (budget {trials}) ({shown}): {state} in {seconds:.0f}s",
+                 **({} if feasible else {"more": 1}))
 
     settings, name = tuning_plan(variant, spec, gate, tuning, storage, assignment, identity, trials)
     summary = summarize(run_study(settings, name, objective, progress=log))
     best = summary["best"]
     if best is None:
-        raise ValueError(f"tuning {variant}: no trial finished with a finite validation MSE "
-                         f"({summary['trials_finished']} trials); widen synthetic.tuning.learning_rate")
+        raise ValueError(f"tuning {variant}: no feasible trial finished with a finite validation MSE "
+                         f"({summary['trials_finished']} trials, {summary['trials_infeasible']} with selectors not "
+                         f"binary); widen synthetic.tuning.learning_rate or raise synthetic.max_epochs")
     return {"learning_rate": best["params"]["learning_rate"], "gate_params": best["user_attrs"]["gate_params"],
             "study": summary}
 

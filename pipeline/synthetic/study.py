@@ -92,9 +92,10 @@ def run_study(cfg, storage: str, progress: Callable[[str], None] = lambda messag
         + len(models) + len(sweep) * len(gates)
     done = 0
 
-    def log(line: str) -> None:  # one line per finished unit, ending with the time left at this pace
-        nonlocal done
+    def log(line: str, more: int = 0) -> None:  # one line per finished unit, ending with the time left at this pace
+        nonlocal done, total
         done += 1
+        total += more  # an infeasible tuning trial: another one comes in its place
         elapsed = time.perf_counter() - started
         progress(f"[{done}/{total}, {total - done} left, {elapsed:.0f}s, "
                  f"{time_left(elapsed / done * (total - done))}] {line}")
