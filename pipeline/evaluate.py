@@ -17,6 +17,10 @@ Tasks and labels are the dataset's declaration (features/datasets/). Metrics
   weight (all rows when it has none), with graded relevance = the label; RMSE and MAE over
   them (per user, then averaged; pooled values are reported too).
 
+Beside them, eval.json's "test_split" holds the papers' own metrics on the test split's
+examples: the test loss, per binary task accuracy and AUC, per regression task MSE
+(pipeline/test_split.py).
+
 Writes <run>/eval.json (written last: marks the run evaluated) and <run>/eval_users.csv,
 one row per test user, so that gates can be compared with paired tests over users.
 """
@@ -29,7 +33,7 @@ import pandas as pd
 import tensorflow as tf
 
 from features.datasets import DATASETS, dataset_of_manifest
-from pipeline import locks, metrics, runs, storage
+from pipeline import locks, metrics, runs, storage, test_split
 from pipeline.artifacts import ArtifactError, atomic_write, write_json
 from pipeline.dataset import split_files
 
@@ -155,6 +159,7 @@ def run(run_dir) -> dict:
     with locks.hold(run_dir, "run folder"):
         dataset = dataset_of_manifest(runs.read_data_manifest(run_dir))
         result, per_user = evaluation(score_candidates(run_dir), dataset)
+        result["test_split"] = test_split.evaluate(run_dir)  # the papers' metrics (pipeline/test_split.py)
         # No path inside: eval.json is in the run folder, and the same run evaluated in another
         # folder (a resumed run, a moved one) must give the same bytes.
         atomic_write(storage.join(run_dir, runs.EVAL_USERS), per_user.to_csv(index=False).encode())
@@ -169,5 +174,10 @@ def main(config, args) -> int:
         shown = {k: v["mean"] for k, v in values["per_user"].items() if k in ("ndcg@10", "gauc", "rmse")}
         shown.update(values["pooled"])
         print(f"evaluate: {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), file=sys.stderr)
+    paper = result["test_split"]
+    if paper["examples"]:
+        shown = [f"loss {paper['loss']:.4f}"] + [f"{task} {name} {value:.4f}" for task, values in paper["tasks"].items()
+                                                 for name, value in values.items() if name in ("accuracy", "auc", "mse")]
+        print(f"evaluate: test split ({paper['examples']} examples): " + ", ".join(shown), file=sys.stderr)
     print(f"evaluate: wrote {storage.join(run_dir, runs.EVAL)}", file=sys.stderr)
     return 0

@@ -11,7 +11,7 @@ import yaml
 from sklearn.metrics import ndcg_score, roc_auc_score
 
 from conftest import EMBEDDED_OVERRIDES
-from fixtures import ratings, write_ml1m
+from fixtures import ratings, read_split, write_ml1m
 from pipeline.artifacts import ArtifactError
 from pipeline.config import load_config
 
@@ -163,6 +163,28 @@ def test_report_files_and_plots(compared):
     assert "expert weights by task, per seed" in md
 
 
+def test_report_has_the_test_split_table(compared):
+    """The papers' metrics per variant: mean and std over seeds of each run's eval.json test_split."""
+    config, workdir, report = compared
+    summary = json.loads((report / "summary.json").read_text())["test_split"]
+    assert list(summary) == ["softmax", "dselect_k_static"]
+    for variant, entry in summary.items():
+        assert entry["seeds"] == [0, 1] and entry["missing_seeds"] == []
+        assert list(entry["metrics"]) == ["loss", "watch/accuracy", "watch/auc", "rating/mse", "like/accuracy",
+                                          "like/auc"]
+        runs = [json.loads((workdir / "compare" / variant / f"seed{s}" / "eval.json").read_text())["test_split"]
+                for s in (0, 1)]
+        for key, stats in entry["metrics"].items():
+            task, _, metric = key.partition("/")
+            values = [r["loss"] if key == "loss" else r["tasks"][task][metric] for r in runs]
+            assert stats["per_seed"] == values
+            assert stats["mean"] == pytest.approx(np.mean(values)) and stats["std"] == pytest.approx(np.std(values, ddof=1))
+    md = (report / "report.md").read_text()
+    assert "Test split: the papers' metrics" in md
+    for header in ("test loss ↓", "watch accuracy ↑", "watch AUC ↑", "rating MSE ↓"):
+        assert header in md
+
+
 def test_report_is_rebuilt_byte_identical(compared, tmp_path, monkeypatch):
     """write_report twice from the same finished runs, the second from another cwd: same summary.json."""
     from pipeline.compare import run_configs
@@ -287,7 +309,43 @@ def test_evaluate_through_rank_equals_the_rows_scored_one_by_one(compared):
         np.testing.assert_allclose(ranked[f"pred_{t}"], per_list[t], atol=1e-5, rtol=0)
     expected, _ = evaluation(ranked.assign(**{f"pred_{t}": per_list[t] for t in tasks}))
     assert evaluated["users"] == expected["users"] > 10
-    _assert_close({k: v for k, v in evaluated.items() if k != "run_dir"}, expected)
+    _assert_close({k: v for k, v in evaluated.items() if k not in ("run_dir", "test_split")}, expected)
+
+
+def test_test_split_metrics_match_sklearn_on_the_exported_predictions(compared):
+    """eval.json's test_split (the papers' metrics) against sklearn, on the test split read with pandas
+    and scored by the export's serving_default in other batches."""
+    import tensorflow as tf
+    from sklearn.metrics import accuracy_score, log_loss, mean_squared_error
+
+    from pipeline.dataset import split_files
+    config, workdir, _ = compared
+    run_dir = workdir / "compare" / "softmax" / "seed0"
+    paper = json.loads((run_dir / "eval.json").read_text())["test_split"]
+    frame = read_split(config.data.output, "test")
+    records = np.array(list(tf.data.TFRecordDataset(split_files(config.data.output, "test"), "GZIP")
+                            .as_numpy_iterator()), dtype=object)
+    serve = tf.saved_model.load(str(run_dir / "export")).signatures["serving_default"]
+    predicted = {t: np.concatenate([serve(examples=tf.constant(records[i:i + 700]))[t].numpy()
+                                    for i in range(0, len(records), 700)]).astype(np.float64)
+                 for t in ("watch", "rating", "like")}
+    assert paper["examples"] == len(frame) == len(records) > 100
+    expected = {}
+    for task in ("watch", "like"):
+        labels = frame[task].to_numpy()
+        expected[task] = {"loss": log_loss(labels, np.clip(predicted[task], 1e-7, 1 - 1e-7)),
+                          "accuracy": accuracy_score(labels, predicted[task] > 0.5),
+                          "auc": roc_auc_score(labels, predicted[task])}
+    observed = frame.rating_weight.to_numpy() > 0
+    mse = mean_squared_error(frame.rating[observed], predicted["rating"][observed])
+    expected["rating"] = {"loss": mse, "mse": mse, "rows": int(observed.sum())}
+    assert 0 < expected["rating"]["rows"] < len(frame)  # sampled items carry no rating
+    weights = {t: c.weight for t, c in config.model.tasks.items()}
+    for task, values in expected.items():
+        for name, value in values.items():
+            assert paper["tasks"][task][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, name)
+    assert paper["loss"] == pytest.approx(sum(weights[t] * expected[t]["loss"] for t in weights), rel=1e-5)
+    assert paper["task_weights"] == weights
 
 
 def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
