@@ -23,6 +23,7 @@ from features.datasets import SOURCE_DATASET, dataset_of_source
 from features.datasets.movielens import MOVIELENS
 from models.gates import GATE_TYPE_ERROR, parse_gate_config
 from pipeline.errors import MtlrecError
+from pipeline.search_space import spec_error
 
 
 class ConfigError(MtlrecError):
@@ -279,11 +280,18 @@ class TuneConfig(Section):
     learning_rate: list[Annotated[float, Field(gt=0)]] = Field(  # [low, high], log scale, every variant
         default_factory=lambda: [3e-4, 1e-2], min_length=2, max_length=2)
     storage: Union[str, None] = None  # the SQLite study file (local disk); default <workdir>/tune/study.db
+    # Gate hyperparameter -> {low, high, log} or {choices: [...]}: replaces that parameter's default range
+    # in its gate's search_space (pipeline/search_space.py); {} = the gates' own ranges.
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _ranges(self):
         if self.learning_rate[0] >= self.learning_rate[1]:
             raise ValueError(f"learning_rate must be [low, high] with low < high, got {self.learning_rate}")
+        for name, spec in self.space.items():
+            problem = spec_error(spec)
+            if problem:
+                raise ValueError(f"space.{name}: {problem}")
         if self.variants and len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants lists a name twice: {self.variants}")
         return self
