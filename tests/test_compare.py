@@ -12,10 +12,12 @@ from sklearn.metrics import ndcg_score, roc_auc_score
 
 from conftest import EMBEDDED_OVERRIDES
 from fixtures import ratings, read_split, write_ml1m
+from pipeline import cli
 from pipeline.artifacts import ArtifactError
 from pipeline.config import load_config
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
+PAPER = Path(__file__).resolve().parents[1] / "configs" / "movielens_1m_paper.yaml"
 FAST = ["train.epochs=1", "train.steps_per_epoch=10", "train.batch_size=256", "train.diagnostics_batches=1",
         "model.expert_units=[16]", "model.tower_units=[8]", "model.num_experts=4", "model.id_embedding_dim=8"]
 TWO_GATES = ("compare.variants={softmax: {model: {gate: {type: softmax}}}, "
@@ -378,26 +380,44 @@ def test_data_folder_of_other_settings_is_kept_without_force(embedded_data, tmp_
     assert (data_dir / "manifest.json").read_bytes() == before and not (tmp_path / "compare").exists()
 
 
+@pytest.mark.slow
 def test_paper_config_runs_on_ml1m_layout(tmp_path):
-    """configs/movielens_1m_paper.yaml, on a small ml-1m fixture, a few steps per run."""
-    from pipeline import compare
+    """A small version of the paper's MovieLens protocol (configs/movielens_1m_paper.yaml at the paper's
+    model size, on generated ml-1m files, a few steps, 1 seed) runs `mtlrec compare` end to end and
+    reports the papers' metrics per variant: test loss, watch accuracy and AUC, rating MSE."""
     folder = write_ml1m(tmp_path / "ml-1m", ratings(num_users=20, num_items=40, per_user=15))
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "movielens_1m_paper.yaml", [
-        f"data.path={folder}", f"workdir={tmp_path / 'run'}", "data.candidates.negatives=10", "data.split.test=2",
-        "data.split.validation=2", "train.epochs=1", "train.steps_per_epoch=3", "train.batch_size=64",
-        "compare.seeds=[0]", "compare.variants={topk: {model: {gate: {type: topk, k: 2}}}, "
-        "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}", "compare.focus=[dselect_k_static]"])
+    sets = [f"data.path={folder}", f"workdir={tmp_path / 'run'}", "data.candidates.negatives=10", "data.num_shards=1",
+            "train.epochs=1", "train.steps_per_epoch=3", "train.batch_size=64", "train.diagnostics_batches=1",
+            "compare.seeds=[0]"]
+    config = load_config(PAPER, sets)
     assert list(config.model.tasks) == ["watch", "rating"] and config.model.num_experts == 16
-    report = Path(compare.run(config))
+    assert list(config.compare.variants) == ["softmax", "topk", "dselect_k"]
+    assert cli.main(["compare", "--config", str(PAPER), *sum([["--set", o] for o in sets], [])]) == 0
+    report = tmp_path / "run" / "report"
     summary = json.loads((report / "summary.json").read_text())
-    assert set(summary["variants"]["topk"]["tasks"]) == {"watch", "rating"}
-    # One seed: the seed variance is unknown, so nothing is tested (not a falsely small p).
-    assert {(t["task"], t["metric"]) for t in summary["significance"]} == {("watch", "ndcg@10"), ("rating", "ndcg@10"),
-                                                                           ("rating", "rmse")}
-    assert all(t["p_value"] is None and t["p_holm"] is None and not t["significant"] for t in summary["significance"])
-    assert "not tested (1 seed)" in (report / "report.md").read_text()
-    run_config = (tmp_path / "run" / "compare" / "topk" / "seed0" / "config.yaml").read_text()
+    manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
+    assert manifest["config"]["split"]["mode"] == "random"
+    test_examples = manifest["splits"]["test"]["examples"]
+    assert test_examples == round(0.1 * 300) + round(0.1 * (300 - manifest["unfilled"]["negatives"]))
+    figures = {}
+    for variant in ("softmax", "topk", "dselect_k"):
+        metrics = {k: v["mean"] for k, v in summary["test_split"][variant]["metrics"].items()}
+        assert set(metrics) == {"loss", "watch/accuracy", "watch/auc", "rating/mse"}
+        assert all(np.isfinite(v) for v in metrics.values())
+        assert 0 <= metrics["watch/accuracy"] <= 1 and 0 <= metrics["watch/auc"] <= 1
+        assert 0 < metrics["rating/mse"] < 25  # ratings 1..5 against a barely trained prediction
+        run = json.loads((tmp_path / "run" / "compare" / variant / "seed0" / "eval.json").read_text())["test_split"]
+        assert run["examples"] == test_examples and run["task_weights"] == {"watch": 0.9, "rating": 0.1}
+        assert metrics["loss"] == pytest.approx(0.9 * run["tasks"]["watch"]["loss"] + 0.1 * metrics["rating/mse"])
+        assert 0 < metrics["loss"] < 0.9 * 3 + 0.1 * 25
+        figures[variant] = metrics
+    md = (report / "report.md").read_text()
+    assert "Test split: the papers' metrics" in md and "not tested (1 seed)" in md
+    for header in ("test loss ↓", "watch accuracy ↑", "watch AUC ↑", "rating MSE ↓"):
+        assert header in md
+    run_config = (tmp_path / "run" / "compare" / "dselect_k" / "seed0" / "config.yaml").read_text()
     assert "id_embedding_dim: 128" in run_config and "expert_dropout: 0.5" in run_config
+    print(json.dumps(figures, indent=1))  # the smoke run's figures (pytest -s shows them)
 
 
 def test_same_compare_in_fresh_processes_gives_identical_summary(embedded_data, tmp_path):
