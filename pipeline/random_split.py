@@ -26,6 +26,7 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 
+from features.datasets.movielens import MOVIELENS
 from pipeline.counting import COUNTS
 from pipeline.sampled_examples import SampleExamples
 from pipeline.sampling import user_rng
@@ -74,7 +75,8 @@ class _DrawAll(SampleExamples):
                                                        catalog, counts)
         keys = example_keys(self.cfg.seed, user_id, len(items))
         stratify = self.cfg.split.stratify
-        strata = (np.asarray(self._labels(rows, row_of, positive)[stratify], dtype=np.int64) if stratify
+        label = MOVIELENS.tasks[stratify].label if stratify else None  # the config checked it is a binary task
+        strata = (np.asarray(self._labels(rows, row_of, positive)[label], dtype=np.int64) if label
                   else np.zeros(len(items), dtype=np.int64))
         return seen, row_of, items, positive, keys, strata
 
