@@ -2,6 +2,7 @@
 
 The numbers come from pipeline/compare_results.py; this module lays them out:
   - per task, every metric as mean ± std over seeds (each seed's value is the mean over test users);
+  - the papers' metrics on the test split's examples (test loss, accuracy, AUC, MSE), mean ± std;
   - the seed-aware comparison of each focus variant (DSelect-k) with every other variant: a
     table and, per task and metric, a forest plot of the differences with their 95% intervals;
   - per seed, the sparsity each gate realized and its expert weights (never averaged over seeds).
@@ -20,7 +21,7 @@ from pipeline import report as rp
 from pipeline.artifacts import is_url, local_staging
 from pipeline.compare_results import (
     ALPHA, CONFIDENCE, LOWER_IS_BETTER, better_direction, collect, converged_users, metric_label,
-    significance_table, summarize)
+    significance_table, summarize, test_split_summary)
 from features.datasets import dataset_of_manifest
 from pipeline.manifest import read_manifest
 
@@ -231,6 +232,40 @@ def _gates_section(doc, folder: Path, summary: dict, names: list[str], tasks: li
     doc.figure(png, "Sparsity per epoch (a trend: mean over tasks and seeds)")
 
 
+def _test_split_section(doc, paper: dict, names: list[str]) -> None:
+    """The papers' own metrics on the test split's examples (pipeline/test_split.py), one row per
+    variant: the test loss (task weights x task losses), accuracy and AUC per binary task, MSE per
+    regression task on its observed rows."""
+    doc.heading("Test split: the papers' metrics")
+    doc.paragraph(
+        "Every example of the test split (observed interactions and their sampled items), scored by the exported "
+        "model, as the DSelect-k and COMET papers report MovieLens: test loss = the sum over tasks of the task's "
+        "weight x its loss (binary cross-entropy; for a regression task the MSE over the rows that carry it, i.e. "
+        "the observed ratings), accuracy (prediction > 0.5) and AUC per binary task, MSE per regression task. "
+        "Mean ± std over seeds; ↑ higher is better, ↓ lower is better; best mean per column in bold (a description, "
+        "not a test).")
+    scored = [n for n in names if paper[n]["metrics"]]
+    missing = [n for n in names if not paper[n]["metrics"]]
+    if missing:
+        doc.paragraph("Not scored (evaluated before the test split was scored; `mtlrec evaluate --run RUN` scores "
+                      "it): " + ", ".join(f"{n} (seeds {', '.join(map(str, paper[n]['missing_seeds']))})"
+                                          for n in missing) + ".")
+    if not scored:
+        return
+    columns = list(paper[scored[0]]["metrics"])
+    lower = {c for c in columns if c == "loss" or c.endswith("/mse")}
+    bold = set()
+    for c, key in enumerate(columns, start=1):
+        means = [paper[n]["metrics"][key]["mean"] for n in scored]
+        if not all(math.isnan(m) for m in means):
+            bold.add((int(np.nanargmin(means) if key in lower else np.nanargmax(means)), c))
+    headers = [("test loss" if key == "loss" else key.replace("/", " ").replace("auc", "AUC").replace("mse", "MSE"))
+               + (" ↓" if key in lower else " ↑") for key in columns]
+    rows = [[n, *[f"{_num(paper[n]['metrics'][k]['mean'])} ± {_num(paper[n]['metrics'][k]['std'])}" for k in columns]]
+            for n in scored]
+    doc.table(["variant", *headers], rows, bold)
+
+
 def write_report(config, runs: dict, data_dir: str, output: str) -> str:
     """Read the finished runs and write summary.json, report.md, report.html and plots to `output`.
 
@@ -245,6 +280,7 @@ def write_report(config, runs: dict, data_dir: str, output: str) -> str:
     first = variants[names[0]]
     tasks = [t for t in config.model.tasks if t in first["values"][0]]  # in config order
     summary = summarize(variants, tasks)
+    paper = test_split_summary(runs, tasks)
     tested_metrics = {task: metrics for task, metrics in config.compare.test_metrics.items() if task in tasks}
     users, left_out = converged_users(variants)  # a run that did not converge is not tested under its name
     tests = significance_table(users, config.compare.focus, tested_metrics)
@@ -264,10 +300,11 @@ def write_report(config, runs: dict, data_dir: str, output: str) -> str:
             f"per column in bold: a description, not a test (see the seed-aware comparison below).")
         _metric_tables(doc, summary, names, tasks)
         _sparsity_section(doc, summary, names, tasks, left_out)
+        _test_split_section(doc, paper, names)
         _significance_section(doc, folder, tests, len(config.compare.seeds))
         _gates_section(doc, folder, summary, names, tasks)
         rp.write_json(folder / "summary.json", {
-            "variants": summary, "significance": tests, "left_out_of_tests": left_out,
+            "variants": summary, "test_split": paper, "significance": tests, "left_out_of_tests": left_out,
             "test": {"method": "pipeline.significance.seed_aware_test", "confidence": CONFIDENCE, "alpha": ALPHA,
                      "correction": "holm over all comparisons"},
             "seeds": config.compare.seeds,

@@ -206,3 +206,41 @@ def significance_table(users: dict[str, list[pd.DataFrame]], focus: list[str],
         test["better"] = (("focus" if focus_lower == test["lower_is_better"] else "baseline")
                           if test["significant"] else None)
     return tests
+
+
+def test_split_summary(runs: dict, tasks: list[str]) -> dict:
+    """variant -> the papers' test-split metrics (eval.json "test_split", pipeline/test_split.py) as
+    mean, std and per-seed values over seeds: "loss", and per task "<task>/accuracy", "<task>/auc"
+    (binary) or "<task>/mse" (regression), tasks in the config's order. A run evaluated before the
+    test split was scored has none: its variant gets {"missing_seeds": [...]} and no values.
+
+    Args:
+      runs: (variant, seed) -> the run's config, as for `collect`.
+      tasks: the trained tasks, in config order.
+    """
+    per_variant = {}
+    for (name, seed), cfg in runs.items():
+        paper = read_json(storage.join(cfg.train.run_dir, EVAL), "evaluation").get("test_split")
+        entry = per_variant.setdefault(name, {"seeds": [], "values": [], "missing_seeds": []})
+        if paper is None or not paper["examples"]:
+            entry["missing_seeds"].append(seed)
+            continue
+        entry["seeds"].append(seed)
+        values = {"loss": paper["loss"]}
+        for task in tasks:
+            for metric in ("accuracy", "auc", "mse"):
+                if metric in paper["tasks"].get(task, {}):
+                    values[f"{task}/{metric}"] = paper["tasks"][task][metric]
+        entry["values"].append(values)
+    out = {}
+    for name, entry in per_variant.items():
+        if entry["missing_seeds"]:
+            out[name] = {"seeds": entry["seeds"], "missing_seeds": entry["missing_seeds"], "metrics": {}}
+            continue
+        metrics = {}
+        for key in entry["values"][0]:
+            values = np.array([v[key] if v[key] is not None else np.nan for v in entry["values"]], dtype=float)
+            metrics[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                            "n_seeds": len(values), "per_seed": values.tolist()}
+        out[name] = {"seeds": entry["seeds"], "missing_seeds": [], "metrics": metrics}
+    return out

@@ -23,6 +23,7 @@ from features.datasets import SOURCE_DATASET, dataset_of_source
 from features.datasets.movielens import MOVIELENS
 from models.gates import GATE_TYPE_ERROR, parse_gate_config
 from pipeline.errors import MtlrecError
+from pipeline.search_space import spec_error
 
 
 class ConfigError(MtlrecError):
@@ -131,12 +132,34 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
 class SplitConfig(Section):
-    """Per-user split by time: the latest interactions go to test, the ones before to
-    validation, the rest to train. An int is a count, a float in (0, 1) a fraction (at
-    least 1). Users with fewer than min_interactions stay in train only."""
+    """mode temporal (the default): per user by time, the latest interactions go to test, the
+    ones before to validation, the rest to train; an int is a count, a float in (0, 1) a fraction
+    (at least 1); users with fewer than min_interactions stay in train only.
+
+    mode random (pipeline/random_split.py): the examples -- observed interactions and their
+    sampled negatives, drawn before the split as the COMET authors do -- are split at random,
+    test and validation being fractions of ALL examples, stratified on the label of the binary
+    task `stratify` (null: not stratified); min_interactions does not apply."""
+    mode: Literal["temporal", "random"] = "temporal"
+    stratify: Union[str, None] = None  # random: the binary task whose label keeps its rate in every split
     test: Union[Count, Fraction] = 0.1
     validation: Union[Count, Fraction] = 0.1
     min_interactions: int = Field(5, ge=3)
+
+    @model_validator(mode="after")
+    def _random_takes_fractions(self):
+        if self.mode == "temporal":
+            if self.stratify is not None:
+                raise ValueError(f"stratify={self.stratify!r} needs mode: random (the temporal split is per user "
+                                 f"by time)")
+            return self
+        for key in ("test", "validation"):
+            if not isinstance(getattr(self, key), float):
+                raise ValueError(f"{key}={getattr(self, key)}: mode random takes a fraction of all examples "
+                                 f"in (0, 1), not a count")
+        if self.test + self.validation >= 1:
+            raise ValueError(f"test + validation = {self.test + self.validation:g} leaves no train examples")
+        return self
 
 
 class SamplingConfig(Section):
@@ -181,6 +204,29 @@ class DataConfig(Section):
             raise ValueError("source grouplens needs data.path (a folder with the GroupLens files)")
         if self.source == "kuairand" and not self.path:
             raise ValueError("source kuairand needs data.path (the data folder of KuaiRand-Pure, -1K or -27K)")
+        return self
+
+    @model_validator(mode="after")
+    def _random_split_fits(self):
+        """The random split draws negatives before splitting (pipeline/random_split.py): only for a
+        dataset of sampled negatives, with a sampler that needs no train split, stratified on a
+        binary task of that dataset."""
+        split = self.split
+        if split.mode != "random":
+            return self
+        dataset = dataset_of_source(self.source)
+        if not dataset.sampled_negatives:
+            raise ValueError(f"split.mode random: {dataset.name} examples are logged exposures, not sampled "
+                             f"negatives; its split stays temporal")
+        if self.negatives.distribution == "popularity":
+            raise ValueError("split.mode random draws negatives before the split, when no train counts exist: "
+                             "set data.negatives.distribution to uniform")
+        if split.stratify is not None:
+            task = dataset.tasks.get(split.stratify)
+            if task is None or task.kind != "binary":
+                binary = [t.name for t in dataset.tasks.values() if t.kind == "binary"]
+                raise ValueError(f"split.stratify: {split.stratify!r} is not a binary task of {dataset.name}; "
+                                 f"one of {', '.join(binary)} or null")
         return self
 
 
@@ -239,11 +285,18 @@ class TuneConfig(Section):
     learning_rate: list[Annotated[float, Field(gt=0)]] = Field(  # [low, high], log scale, every variant
         default_factory=lambda: [3e-4, 1e-2], min_length=2, max_length=2)
     storage: Union[str, None] = None  # the SQLite study file (local disk); default <workdir>/tune/study.db
+    # Gate hyperparameter -> {low, high, log} or {choices: [...]}: replaces that parameter's default range
+    # in its gate's search_space (pipeline/search_space.py); {} = the gates' own ranges.
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _ranges(self):
         if self.learning_rate[0] >= self.learning_rate[1]:
             raise ValueError(f"learning_rate must be [low, high] with low < high, got {self.learning_rate}")
+        for name, spec in self.space.items():
+            problem = spec_error(spec)
+            if problem:
+                raise ValueError(f"space.{name}: {problem}")
         if self.variants and len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants lists a name twice: {self.variants}")
         return self

@@ -17,7 +17,11 @@ Tasks and labels are the dataset's declaration (features/datasets/). Metrics
   weight (all rows when it has none), with graded relevance = the label; RMSE and MAE over
   them (per user, then averaged; pooled values are reported too).
 
-Gate sparsity on the test split: for an MMoE run, the trained model (its evaluated epoch) is
+Beside them, eval.json's "test_split" holds the papers' own metrics on the test split's
+examples: the test loss, per binary task accuracy and AUC, per regression task MSE
+(pipeline/test_split.py).
+
+And "gates", their sparsity on the test split: for an MMoE run, the trained model (its evaluated epoch) is
 restored and each task's gate weighed on every test example: the experts in use per example
 (mean, maximum, the share within the gate's k) and whether the gate is converged there
 (DSelect-k: binary selectors, static; or on train.converged_share of the examples, per-example).
@@ -34,7 +38,7 @@ import pandas as pd
 import tensorflow as tf
 
 from features.datasets import DATASETS, dataset_of_manifest
-from pipeline import locks, metrics, runs, storage
+from pipeline import locks, metrics, runs, storage, test_split
 from pipeline.artifacts import ArtifactError, atomic_write, write_json
 from pipeline.dataset import split_files
 
@@ -174,6 +178,7 @@ def run(run_dir) -> dict:
         dataset = dataset_of_manifest(runs.read_data_manifest(run_dir))
         result, per_user = evaluation(score_candidates(run_dir), dataset)
         result["gates"] = test_gate_sparsity(run_dir)
+        result["test_split"] = test_split.evaluate(run_dir)  # the papers' metrics (pipeline/test_split.py)
         # No path inside: eval.json is in the run folder, and the same run evaluated in another
         # folder (a resumed run, a moved one) must give the same bytes.
         atomic_write(storage.join(run_dir, runs.EVAL_USERS), per_user.to_csv(index=False).encode())
@@ -188,5 +193,10 @@ def main(config, args) -> int:
         shown = {k: v["mean"] for k, v in values["per_user"].items() if k in ("ndcg@10", "gauc", "rmse")}
         shown.update(values["pooled"])
         print(f"evaluate: {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), file=sys.stderr)
+    paper = result["test_split"]
+    if paper["examples"]:
+        shown = [f"loss {paper['loss']:.4f}"] + [f"{task} {name} {value:.4f}" for task, values in paper["tasks"].items()
+                                                 for name, value in values.items() if name in ("accuracy", "auc", "mse")]
+        print(f"evaluate: test split ({paper['examples']} examples): " + ", ".join(shown), file=sys.stderr)
     print(f"evaluate: wrote {storage.join(run_dir, runs.EVAL)}", file=sys.stderr)
     return 0

@@ -34,10 +34,20 @@ def describe_tables(dataset, raw_columns, counts: dict[str, int]) -> dict:
             for entity, columns in dataset.entity_columns(raw_columns).items()}
 
 
+def data_settings(data_config) -> dict:
+    """The data config as the manifest records it. The keys of the random split (split.mode,
+    split.stratify) appear only when it is used: a temporal folder keeps the manifest and hash
+    it had before the option existed, so no data folder is made again for nothing."""
+    tree = data_config.model_dump(mode="json")
+    if tree["split"]["mode"] == "temporal":
+        tree["split"] = {k: v for k, v in tree["split"].items() if k not in ("mode", "stratify")}
+    return tree
+
+
 def data_hash(data_config) -> str:
     """Hash of the data settings that shape the output (runner options excluded), and of the
     folder's format, so a folder of an older format counts as made with other settings."""
-    return config_hash({**{k: v for k, v in data_config.model_dump(mode="json").items()
+    return config_hash({**{k: v for k, v in data_settings(data_config).items()
                            if k not in ("beam_args", "output")}, "format": DATA_FORMAT})
 
 
@@ -147,7 +157,7 @@ def build_manifest(source_info, data_config, counts: dict[str, int], shards: dic
         "features": dataset.active_features(raw_columns),
         "declaration_hash": dataset.declaration_hash(raw_columns),
         "tables": describe_tables(dataset, raw_columns, counts),
-        "config": data_config.model_dump(mode="json"),
+        "config": data_settings(data_config),
         "config_hash": data_hash(data_config),
     }
 

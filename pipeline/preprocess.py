@@ -1,7 +1,8 @@
 """`mtlrec preprocess`: one Beam pipeline from a source to training-ready data.
 
     source rows -> rejected/ (malformed, duplicates)
-                -> per user, by time: train / validation / test
+                -> per user, by time: train / validation / test (data.split.mode temporal; with
+                   mode random the split follows the negatives: pipeline/random_split.py)
                 -> the dataset's examples (features/datasets/): MovieLens: sampled
                    never-interacted items as watch = 0 negatives, and each test user's fixed
                    candidate list of test interactions + N items (pipeline/sampled_examples.py);
@@ -45,6 +46,7 @@ from pipeline import exposure_examples, locks, sampled_examples, storage
 from pipeline.artifacts import MANIFEST, staged_folder, write_json
 from pipeline.counting import COUNTS, count_elements, read_counts, write_counts
 from pipeline.manifest import SPLITS, build_manifest
+from pipeline.random_split import UNSPLIT
 from pipeline.rows import (EXACT_DUPLICATE, HELD_OUT, LINE, REJECTED, REPEATED_PAIR, SourceError, record_text,
                            rejection)
 from pipeline.runs import preprocess_output_of
@@ -122,7 +124,7 @@ def _split_size(spec, n):
 
 def _user_history(keyed, split_config, file, plan, time_column):
     """(user, lists of the user's rows) -> deduplicated, by time -> {"train": [...], "validation": [...],
-    "test": [...]}.
+    "test": [...]}, or with split.mode random {UNSPLIT: [...]}.
 
     Rows of a held-out log (HELD_OUT: KuaiRand's random-policy log) take no part in the split;
     those at or after the start of the user's test period, so strictly later than every train
@@ -137,6 +139,10 @@ def _user_history(keyed, split_config, file, plan, time_column):
     for row in rows:
         (held if row.pop(HELD_OUT, False) else kept).append(row)
     rows, n = kept, len(kept)
+    if split_config.mode == "random":  # split later, with the negatives (pipeline/random_split.py)
+        yield beam.pvalue.TaggedOutput(COUNTS, {"accepted_rows": n + len(held), "users": 1})
+        yield user_id, {UNSPLIT: rows}
+        return
     n_test, n_val = _split_size(split_config.test, n), _split_size(split_config.validation, n)
     train_only = n < split_config.min_interactions or n_test + n_val >= n
     counts = {"accepted_rows": n + len(held), "users": 1, "train_only_users": int(train_only)}

@@ -97,37 +97,45 @@ class SampleExamples(beam.DoFn):
         """Per split: (split, rows, row index, item, positive?, request time or None) per example,
         each positive followed by its sampled items."""
         seen = {r["item_id"] for rows in parts.values() for r in rows}
-        per_positive = self.cfg.negatives.per_positive
         for split in ("train", "validation", "test"):
             rows = parts[split]
             if not rows:
                 continue
-            limits = np.repeat(catalog.available([r["timestamp"] for r in rows], len(seen), per_positive),
-                               per_positive)
-            sampled = catalog.sample(user_rng(self.cfg.seed, user_id, split), limits, seen,
-                                     self.cfg.negatives.distribution).reshape(len(rows), per_positive)
-            counts["unfilled_negatives"] = counts.get("unfilled_negatives", 0) + int(np.sum(sampled < 0))
-            items = np.concatenate([np.array([[r["item_id"]] for r in rows], dtype=np.int64), sampled], axis=1)
-            keep = np.concatenate([np.ones((len(rows), 1), dtype=bool), sampled >= 0], axis=1)
-            positive = np.zeros(items.shape, dtype=bool)
-            positive[:, 0] = True
-            row_of = np.broadcast_to(np.arange(len(rows))[:, None], items.shape)
-            yield split, rows, row_of[keep], items[keep], positive[keep], None
+            row_of, items, positive = self._with_negatives(rows, user_rng(self.cfg.seed, user_id, split), seen,
+                                                           catalog, counts)
+            yield split, rows, row_of, items, positive, None
+        if parts["test"]:
+            yield self._candidates(user_id, parts["test"], seen, catalog, counts)
 
-        if parts["test"]:  # the fixed candidate list: test interactions + N never-interacted items
-            counts["test_users"] = 1
-            test = parts["test"]
-            request_time = min(r["timestamp"] for r in test)  # one request time for the whole list
-            cand = self.cfg.candidates
-            limits = np.repeat(catalog.available([request_time], len(seen), cand.negatives), cand.negatives)
-            sampled = catalog.sample(user_rng(self.cfg.seed, user_id, "candidates"), limits, seen,
-                                     cand.distribution, distinct=True)
-            counts["unfilled_candidates"] = int(np.sum(sampled < 0))
-            negatives = np.sort(sampled[sampled >= 0])  # sampled items copy the first test row's columns
-            items = np.concatenate([np.array([r["item_id"] for r in test], dtype=np.int64), negatives])
-            row_of = np.concatenate([np.arange(len(test)), np.zeros(len(negatives), dtype=np.int64)])
-            positive = np.arange(len(items)) < len(test)
-            yield "candidates", test, row_of, items, positive, request_time
+    def _with_negatives(self, rows, rng, seen, catalog, counts):
+        """(row index, item, positive?) per example: each row's observed item followed by
+        data.negatives.per_positive items the user never interacted with."""
+        per_positive = self.cfg.negatives.per_positive
+        limits = np.repeat(catalog.available([r["timestamp"] for r in rows], len(seen), per_positive),
+                           per_positive)
+        sampled = catalog.sample(rng, limits, seen, self.cfg.negatives.distribution).reshape(len(rows), per_positive)
+        counts["unfilled_negatives"] = counts.get("unfilled_negatives", 0) + int(np.sum(sampled < 0))
+        items = np.concatenate([np.array([[r["item_id"]] for r in rows], dtype=np.int64), sampled], axis=1)
+        keep = np.concatenate([np.ones((len(rows), 1), dtype=bool), sampled >= 0], axis=1)
+        positive = np.zeros(items.shape, dtype=bool)
+        positive[:, 0] = True
+        row_of = np.broadcast_to(np.arange(len(rows))[:, None], items.shape)
+        return row_of[keep], items[keep], positive[keep]
+
+    def _candidates(self, user_id, test, seen, catalog, counts):
+        """The fixed candidate list: the test interactions + N never-interacted items."""
+        counts["test_users"] = 1
+        request_time = min(r["timestamp"] for r in test)  # one request time for the whole list
+        cand = self.cfg.candidates
+        limits = np.repeat(catalog.available([request_time], len(seen), cand.negatives), cand.negatives)
+        sampled = catalog.sample(user_rng(self.cfg.seed, user_id, "candidates"), limits, seen,
+                                 cand.distribution, distinct=True)
+        counts["unfilled_candidates"] = int(np.sum(sampled < 0))
+        negatives = np.sort(sampled[sampled >= 0])  # sampled items copy the first test row's columns
+        items = np.concatenate([np.array([r["item_id"] for r in test], dtype=np.int64), negatives])
+        row_of = np.concatenate([np.arange(len(test)), np.zeros(len(negatives), dtype=np.int64)])
+        positive = np.arange(len(items)) < len(test)
+        return "candidates", test, row_of, items, positive, request_time
 
     def _columns(self, rows, row_of, items, positive, item_meta, request_time):
         """The raw columns and labels of each example, as lists."""
@@ -137,12 +145,16 @@ class SampleExamples(beam.DoFn):
         columns["item_id"] = items
         if request_time is not None:
             columns["timestamp"] = [request_time] * len(items)
+        columns.update(self._labels(rows, row_of, positive))
+        return columns
+
+    def _labels(self, rows, row_of, positive):
+        """The label columns of each example, as lists."""
         ratings = [float(rows[r]["rating"]) if p else 0.0 for r, p in zip(row_of, positive)]
         watch = [float(p) for p in positive]
         threshold = self.cfg.like_threshold
-        columns.update(watch=watch, rating=ratings, rating_weight=watch,
-                       like=[float(p and r >= threshold) for p, r in zip(positive, ratings)])
-        return columns
+        return {"watch": watch, "rating": ratings, "rating_weight": watch,
+                "like": [float(p and r >= threshold) for p, r in zip(positive, ratings)]}
 
 
 def expand(per_user, data_config, raw_columns, source):
@@ -153,7 +165,11 @@ def expand(per_user, data_config, raw_columns, source):
     counts = [items | "CountItems" >> beam.Map(lambda t: {"items": len(t["meta"])})]
     item_meta = items | "ItemMeta" >> beam.Map(lambda t: t["meta"])
     catalog = items | "Catalog" >> beam.Map(lambda t: t["catalog"])
-    sampled = per_user | "Sample" >> beam.ParDo(
-        SampleExamples(data_config, raw_columns, item_columns), beam.pvalue.AsSingleton(catalog),
-        beam.pvalue.AsSingleton(item_meta)).with_outputs(COUNTS, main="examples")
+    if data_config.split.mode == "random":
+        from pipeline.random_split import sample_then_split
+        sampled = sample_then_split(per_user, data_config, raw_columns, item_columns, catalog, item_meta)
+    else:
+        sampled = per_user | "Sample" >> beam.ParDo(
+            SampleExamples(data_config, raw_columns, item_columns), beam.pvalue.AsSingleton(catalog),
+            beam.pvalue.AsSingleton(item_meta)).with_outputs(COUNTS, main="examples")
     return sampled.examples, counts + [sampled[COUNTS]]

@@ -11,7 +11,8 @@ import numpy as np
 
 _ROUNDS = 64  # rejection-sampling rounds before falling back to an exact draw
 # Streams of per-user randomness: one per purpose, so changing one never shifts another.
-STREAM = {"train": 1, "validation": 2, "test": 3, "candidates": 4, "user_sample": 5}
+STREAM = {"train": 1, "validation": 2, "test": 3, "candidates": 4, "user_sample": 5,
+          "negatives": 6, "split": 7}  # the last two: the random split (pipeline/random_split.py)
 
 
 def user_rng(seed, user_id, purpose):

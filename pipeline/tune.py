@@ -1,7 +1,8 @@
 """`mtlrec tune`: the same tuning budget for every gate variant, on validation loss only.
 
 For each variant of `compare.variants` (or `tune.variants`), Optuna (pipeline/tuning.py)
-searches the learning rate together with the variant's own gate hyperparameters for
+searches the learning rate together with the variant's own gate hyperparameters (their
+default ranges, or those of `tune.space`: pipeline/search_space.py) for
 `tune.trials` finished trials. A trial trains with pipeline/train.py on the train split and
 scores the best epoch's validation loss, as early stopping picks it; a pruner may stop it
 after any epoch. The test split and the candidate lists are never read.
@@ -33,11 +34,12 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import locks, storage
+from pipeline import locks, runs, storage
 from pipeline.artifacts import atomic_write, is_url
 from pipeline.runs import PATH_FIELDS, absolute_paths
 from pipeline.manifest import read_manifest
 from pipeline.config import ConfigError, config_hash, merge, validate, with_overrides
+from pipeline.search_space import SpaceTrial, check_against_gates
 from pipeline.terminal import time_left
 from pipeline.tuning import (
     INFEASIBLE, TunerSettings, TuningError, finished_trials, is_feasible, mark_infeasible, remaining_trials,
@@ -51,14 +53,29 @@ def log(message: str) -> None:
 
 
 # ---------------------------------------------------------------- search spaces
-def trial_changes(base, trial, context: dict, learning_rate: list[float]) -> dict:
-    """The config changes of one trial of a variant whose resolved config is `base`."""
+def trial_changes(base, trial, context: dict, learning_rate: list[float], space: dict | None = None) -> dict:
+    """The config changes of one trial of a variant whose resolved config is `base`; `space`
+    (tune.space) replaces the gate's default ranges of the parameters it names."""
     changes = {"train": {"learning_rate": trial.suggest_float("learning_rate", *learning_rate, log=True)}}
     if base.model.architecture == "mmoe":  # shared-bottom has no gate: learning rate only
         gate = base.model.gate.model_dump(mode="json")
         # The gate's own hyperparameters: its config class declares them (models/gates/*_config.py).
-        changes["model"] = {"gate": {**gate, **type(base.model.gate).search_space(trial, context)}}
+        drawn = type(base.model.gate).search_space(SpaceTrial(trial, space or {}), context)
+        changes["model"] = {"gate": {**gate, **drawn}}
     return changes
+
+
+def check_space(config) -> None:
+    """tune.space against the tuned variants' gates: a ConfigError naming tune.space.<name> for a
+    parameter no gate draws or a range that does not fit it (pipeline/search_space.py)."""
+    if not config.tune.space:
+        return
+    bases = variant_configs(config, tuned_variants(config), runs.data_dir_of(config))
+    gates = {name: type(base.model.gate) for name, base in bases.items() if base.model.architecture == "mmoe"}
+    try:
+        check_against_gates(config.tune.space, gates)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- one trial
@@ -87,13 +104,13 @@ def _epoch_reports(trial, reporter, started: float):
     return EpochReports()
 
 
-def make_objective(base, context: dict, learning_rate: list[float], scratch: Path):
+def make_objective(base, context: dict, learning_rate: list[float], scratch: Path, space: dict | None = None):
     """(trial, reporter) -> the best epoch's val_loss of one training run of `base` + the trial's draw."""
     from pipeline import train
 
     def objective(trial, reporter):
         started, cpu = time.perf_counter(), time.process_time()
-        changes = trial_changes(base, trial, context, learning_rate)
+        changes = trial_changes(base, trial, context, learning_rate, space)
         trial.set_user_attr("changes", changes)  # what best.yaml writes for the best trial
         scratch.mkdir(parents=True, exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(dir=scratch, prefix=f"trial{trial.number}-"))
@@ -154,6 +171,8 @@ def study_name(name: str, base, tune_config) -> str:
                    for section in ("data", "model", "train")}
     fingerprint["tune"] = {"seed": tune_config.seed, "pruner": tune_config.pruner,
                            "learning_rate": tune_config.learning_rate, "space": SEARCH_SPACE_VERSION}
+    if tune_config.space:  # only when set: studies of the gates' own ranges keep their names
+        fingerprint["tune"]["ranges"] = tune_config.space
     return f"{name}-{config_hash(fingerprint)[:12]}"
 
 
@@ -183,6 +202,7 @@ def run(config, force: bool = False) -> str:
 
     force: preprocess again into a data folder made with other settings (as `mtlrec compare --force`)."""
     database = storage_of(config)  # config errors before taking any lock
+    check_space(config)
     # run_study takes the database's lock again for each study (nested: the same lock).
     with locks.hold(tune_dir_of(config), "tune folder"), locks.hold(database, "study database"):
         shutil.rmtree(database.parent / "trials", ignore_errors=True)  # scratch trial runs a killed tune left
@@ -207,7 +227,8 @@ def _run(config, force: bool) -> str:
     progress = _Progress(settings.trials, todo)
     for name, base in bases.items():
         context = {"steps_per_epoch": train.epoch_steps(base.train, manifest), "epochs": base.train.epochs}
-        objective = make_objective(base, context, config.tune.learning_rate, database.parent / "trials")
+        objective = make_objective(base, context, config.tune.learning_rate, database.parent / "trials",
+                                   config.tune.space)
         studies[name] = run_study(settings, study_names[name], objective, progress)
     summaries = {name: summarize(study) for name, study in studies.items()}
     write_report(config, summaries, {n: finished_trials(s) for n, s in studies.items()},

@@ -8,6 +8,10 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes over ~10 s (deselect with -m 'not slow')")
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_policy():
     """Each test starts seeded and with the float32 policy, whatever the last one set."""

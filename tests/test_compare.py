@@ -11,11 +11,13 @@ import yaml
 from sklearn.metrics import ndcg_score, roc_auc_score
 
 from conftest import EMBEDDED_OVERRIDES
-from fixtures import ratings, write_ml1m
+from fixtures import ratings, read_split, write_ml1m
+from pipeline import cli
 from pipeline.artifacts import ArtifactError
 from pipeline.config import load_config
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
+PAPER = Path(__file__).resolve().parents[1] / "configs" / "movielens_1m_paper.yaml"
 FAST = ["train.epochs=1", "train.steps_per_epoch=10", "train.batch_size=256", "train.diagnostics_batches=1",
         "model.expert_units=[16]", "model.tower_units=[8]", "model.num_experts=4", "model.id_embedding_dim=8"]
 # DSelect-k with a narrow band (gamma 0.02: Adam crosses it in ~5 steps) and an entropy weight doubling
@@ -199,6 +201,28 @@ def test_report_files_and_plots(compared):
     assert "expert weights by task, per seed" in md
 
 
+def test_report_has_the_test_split_table(compared):
+    """The papers' metrics per variant: mean and std over seeds of each run's eval.json test_split."""
+    config, workdir, report = compared
+    summary = json.loads((report / "summary.json").read_text())["test_split"]
+    assert list(summary) == ["softmax", "dselect_k_static"]
+    for variant, entry in summary.items():
+        assert entry["seeds"] == [0, 1] and entry["missing_seeds"] == []
+        assert list(entry["metrics"]) == ["loss", "watch/accuracy", "watch/auc", "rating/mse", "like/accuracy",
+                                          "like/auc"]
+        runs = [json.loads((workdir / "compare" / variant / f"seed{s}" / "eval.json").read_text())["test_split"]
+                for s in (0, 1)]
+        for key, stats in entry["metrics"].items():
+            task, _, metric = key.partition("/")
+            values = [r["loss"] if key == "loss" else r["tasks"][task][metric] for r in runs]
+            assert stats["per_seed"] == values
+            assert stats["mean"] == pytest.approx(np.mean(values)) and stats["std"] == pytest.approx(np.std(values, ddof=1))
+    md = (report / "report.md").read_text()
+    assert "Test split: the papers' metrics" in md
+    for header in ("test loss ↓", "watch accuracy ↑", "watch AUC ↑", "rating MSE ↓"):
+        assert header in md
+
+
 def test_report_is_rebuilt_byte_identical(compared, tmp_path, monkeypatch):
     """write_report twice from the same finished runs, the second from another cwd: same summary.json."""
     from pipeline.compare import run_configs
@@ -323,7 +347,43 @@ def test_evaluate_through_rank_equals_the_rows_scored_one_by_one(compared):
         np.testing.assert_allclose(ranked[f"pred_{t}"], per_list[t], atol=1e-5, rtol=0)
     expected, _ = evaluation(ranked.assign(**{f"pred_{t}": per_list[t] for t in tasks}))
     assert evaluated["users"] == expected["users"] > 10
-    _assert_close({k: v for k, v in evaluated.items() if k != "run_dir"}, expected)
+    _assert_close({k: v for k, v in evaluated.items() if k not in ("run_dir", "test_split")}, expected)
+
+
+def test_test_split_metrics_match_sklearn_on_the_exported_predictions(compared):
+    """eval.json's test_split (the papers' metrics) against sklearn, on the test split read with pandas
+    and scored by the export's serving_default in other batches."""
+    import tensorflow as tf
+    from sklearn.metrics import accuracy_score, log_loss, mean_squared_error
+
+    from pipeline.dataset import split_files
+    config, workdir, _ = compared
+    run_dir = workdir / "compare" / "softmax" / "seed0"
+    paper = json.loads((run_dir / "eval.json").read_text())["test_split"]
+    frame = read_split(config.data.output, "test")
+    records = np.array(list(tf.data.TFRecordDataset(split_files(config.data.output, "test"), "GZIP")
+                            .as_numpy_iterator()), dtype=object)
+    serve = tf.saved_model.load(str(run_dir / "export")).signatures["serving_default"]
+    predicted = {t: np.concatenate([serve(examples=tf.constant(records[i:i + 700]))[t].numpy()
+                                    for i in range(0, len(records), 700)]).astype(np.float64)
+                 for t in ("watch", "rating", "like")}
+    assert paper["examples"] == len(frame) == len(records) > 100
+    expected = {}
+    for task in ("watch", "like"):
+        labels = frame[task].to_numpy()
+        expected[task] = {"loss": log_loss(labels, np.clip(predicted[task], 1e-7, 1 - 1e-7)),
+                          "accuracy": accuracy_score(labels, predicted[task] > 0.5),
+                          "auc": roc_auc_score(labels, predicted[task])}
+    observed = frame.rating_weight.to_numpy() > 0
+    mse = mean_squared_error(frame.rating[observed], predicted["rating"][observed])
+    expected["rating"] = {"loss": mse, "mse": mse, "rows": int(observed.sum())}
+    assert 0 < expected["rating"]["rows"] < len(frame)  # sampled items carry no rating
+    weights = {t: c.weight for t, c in config.model.tasks.items()}
+    for task, values in expected.items():
+        for name, value in values.items():
+            assert paper["tasks"][task][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, name)
+    assert paper["loss"] == pytest.approx(sum(weights[t] * expected[t]["loss"] for t in weights), rel=1e-5)
+    assert paper["task_weights"] == weights
 
 
 def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
@@ -356,26 +416,44 @@ def test_data_folder_of_other_settings_is_kept_without_force(embedded_data, tmp_
     assert (data_dir / "manifest.json").read_bytes() == before and not (tmp_path / "compare").exists()
 
 
+@pytest.mark.slow
 def test_paper_config_runs_on_ml1m_layout(tmp_path):
-    """configs/movielens_1m_paper.yaml, on a small ml-1m fixture, a few steps per run."""
-    from pipeline import compare
+    """A small version of the paper's MovieLens protocol (configs/movielens_1m_paper.yaml at the paper's
+    model size, on generated ml-1m files, a few steps, 1 seed) runs `mtlrec compare` end to end and
+    reports the papers' metrics per variant: test loss, watch accuracy and AUC, rating MSE."""
     folder = write_ml1m(tmp_path / "ml-1m", ratings(num_users=20, num_items=40, per_user=15))
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "movielens_1m_paper.yaml", [
-        f"data.path={folder}", f"workdir={tmp_path / 'run'}", "data.candidates.negatives=10", "data.split.test=2",
-        "data.split.validation=2", "train.epochs=1", "train.steps_per_epoch=3", "train.batch_size=64",
-        "compare.seeds=[0]", "compare.variants={topk: {model: {gate: {type: topk, k: 2}}}, "
-        "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}", "compare.focus=[dselect_k_static]"])
+    sets = [f"data.path={folder}", f"workdir={tmp_path / 'run'}", "data.candidates.negatives=10", "data.num_shards=1",
+            "train.epochs=1", "train.steps_per_epoch=3", "train.batch_size=64", "train.diagnostics_batches=1",
+            "compare.seeds=[0]"]
+    config = load_config(PAPER, sets)
     assert list(config.model.tasks) == ["watch", "rating"] and config.model.num_experts == 16
-    report = Path(compare.run(config))
+    assert list(config.compare.variants) == ["softmax", "topk", "dselect_k"]
+    assert cli.main(["compare", "--config", str(PAPER), *sum([["--set", o] for o in sets], [])]) == 0
+    report = tmp_path / "run" / "report"
     summary = json.loads((report / "summary.json").read_text())
-    assert set(summary["variants"]["topk"]["tasks"]) == {"watch", "rating"}
-    # One seed: the seed variance is unknown, so nothing is tested (not a falsely small p).
-    assert {(t["task"], t["metric"]) for t in summary["significance"]} == {("watch", "ndcg@10"), ("rating", "ndcg@10"),
-                                                                           ("rating", "rmse")}
-    assert all(t["p_value"] is None and t["p_holm"] is None and not t["significant"] for t in summary["significance"])
-    assert "not tested (1 seed)" in (report / "report.md").read_text()
-    run_config = (tmp_path / "run" / "compare" / "topk" / "seed0" / "config.yaml").read_text()
+    manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
+    assert manifest["config"]["split"]["mode"] == "random"
+    test_examples = manifest["splits"]["test"]["examples"]
+    assert test_examples == round(0.1 * 300) + round(0.1 * (300 - manifest["unfilled"]["negatives"]))
+    figures = {}
+    for variant in ("softmax", "topk", "dselect_k"):
+        metrics = {k: v["mean"] for k, v in summary["test_split"][variant]["metrics"].items()}
+        assert set(metrics) == {"loss", "watch/accuracy", "watch/auc", "rating/mse"}
+        assert all(np.isfinite(v) for v in metrics.values())
+        assert 0 <= metrics["watch/accuracy"] <= 1 and 0 <= metrics["watch/auc"] <= 1
+        assert 0 < metrics["rating/mse"] < 25  # ratings 1..5 against a barely trained prediction
+        run = json.loads((tmp_path / "run" / "compare" / variant / "seed0" / "eval.json").read_text())["test_split"]
+        assert run["examples"] == test_examples and run["task_weights"] == {"watch": 0.9, "rating": 0.1}
+        assert metrics["loss"] == pytest.approx(0.9 * run["tasks"]["watch"]["loss"] + 0.1 * metrics["rating/mse"])
+        assert 0 < metrics["loss"] < 0.9 * 3 + 0.1 * 25
+        figures[variant] = metrics
+    md = (report / "report.md").read_text()
+    assert "Test split: the papers' metrics" in md and "not tested (1 seed)" in md
+    for header in ("test loss ↓", "watch accuracy ↑", "watch AUC ↑", "rating MSE ↓"):
+        assert header in md
+    run_config = (tmp_path / "run" / "compare" / "dselect_k" / "seed0" / "config.yaml").read_text()
     assert "id_embedding_dim: 128" in run_config and "expert_dropout: 0.5" in run_config
+    print(json.dumps(figures, indent=1))  # the smoke run's figures (pytest -s shows them)
 
 
 def test_same_compare_in_fresh_processes_gives_identical_summary(embedded_data, tmp_path):

@@ -187,11 +187,74 @@ def test_search_spaces_draw_valid_configs(embedded_data, tmp_path):
     ("tune.pruner=hyperband", "tune.pruner: Input should be"),
     ("tune.storage=gs://bucket/study.db", "tune.storage: gs://bucket/study.db is not a local file"),
     ("tune.trails=3", "unknown key tune.trails"),
+    ("tune.space={gama: {choices: [1.0]}}", "tune.space.gama: no tuned variant's gate draws 'gama'"),
+    ("tune.space={learning_rate: {low: 0.001, high: 0.01}}", "tune.space.learning_rate: no tuned variant's gate"),
+    ("tune.space={entropy_schedule: {low: 0, high: 1}}",
+     "tune.space.entropy_schedule: dselect_k's entropy_schedule is categorical"),
+    ("tune.space={entropy_warmup_steps: {choices: [1.5]}}", "tune.space.entropy_warmup_steps: dselect_k's "
+                                                            "entropy_warmup_steps is an integer"),
+    ("tune.space={gamma: {low: 1}}", "tune: space.gamma: expected {low, high, log} or {choices: [...]}"),
+    ("tune.space={gamma: {low: 0, high: 1, log: true}}", "tune: space.gamma: a log range needs low > 0"),
+    ("tune.space={gamma: {choices: []}}", "tune: space.gamma: choices must be a non-empty list"),
 ])
 def test_bad_tune_settings_are_named_before_any_work(tmp_path, capsys, override, message):
     assert cli.main(["tune", "--set", f"workdir={tmp_path}", "--set", override]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "data").exists()
+
+
+def test_gates_declare_what_their_search_space_draws():
+    """search_parameters (what tune.space may name) is exactly what search_space draws, kind included."""
+    from models.gates import gate_config_class, gate_types
+
+    class Recorder:
+        def __init__(self, choice):
+            self.choice, self.drawn = choice, {}
+
+        def suggest_float(self, name, low, high, log=False):
+            self.drawn[name] = "float"
+            return low
+
+        def suggest_int(self, name, low, high, log=False):
+            self.drawn[name] = "int"
+            return low
+
+        def suggest_categorical(self, name, choices):
+            self.drawn[name] = "categorical"
+            return choices[self.choice % len(choices)]
+
+    for gate in gate_types():
+        cls = gate_config_class(gate)
+        drawn = {}
+        for choice in range(3):  # every branch of the categorical draws
+            recorder = Recorder(choice)
+            cls.search_space(recorder, {"steps_per_epoch": 10, "epochs": 2})
+            drawn.update(recorder.drawn)
+        assert drawn == cls.search_parameters, gate
+
+
+def test_a_grid_and_a_range_from_the_config_are_obeyed(embedded_data, tmp_path):
+    """tune.space through `mtlrec tune`: the grid and the range replace the gates' default ranges."""
+    data_dir, _ = embedded_data
+    space = ("tune.space={gamma: {choices: [0.01, 5]}, entropy_weight: {low: 0.05, high: 10, log: true}, "
+             "entropy_schedule: {choices: [constant]}, load_balance: {choices: [false]}}")
+    sets = [f"workdir={tmp_path}", f"data.output={data_dir}", *EMBEDDED_OVERRIDES, *FAST, VARIANTS, *TUNE,
+            "tune.trials=3", "tune.learning_rate=[0.00005, 0.0005]", space]
+    assert cli.main(["tune", *sum([["--set", o] for o in sets], [])]) == 0
+    trials = trials_of(tmp_path)
+    dselect = [t[2] for name, ts in trials.items() if name.startswith("dselect_k_static") for t in ts]
+    topk = [t[2] for name, ts in trials.items() if name.startswith("topk") for t in ts]
+    assert len(dselect) == len(topk) == 3
+    for params in dselect:
+        assert set(params) == {"learning_rate", "gamma", "entropy_weight", "entropy_schedule"}  # no warm-up drawn
+        assert params["gamma"] in (0.01, 5.0) and 0.05 <= params["entropy_weight"] <= 10
+        assert params["entropy_schedule"] == "constant" and 5e-5 <= params["learning_rate"] <= 5e-4
+    assert all(p["load_balance"] is False and "load_balance_weight" not in p for p in topk)
+    best = load_config(tmp_path / "tune" / "best.yaml")
+    gate = best.compare.variants["dselect_k_static"]["model"]["gate"]
+    assert gate["gamma"] in (0.01, 5.0) and gate["entropy_schedule"] == "constant"
+    assert best.compare.variants["topk"]["model"]["gate"]["load_balance_weight"] == 0.0
 
 
 def test_a_url_workdir_needs_a_local_study_file():

@@ -41,6 +41,9 @@ class DSelectKGateConfig(GateConfig):
                              "gate's experts; a per-example gate has no one selection to move)")
         return self
 
+    search_parameters = {"gamma": "float", "entropy_weight": "float", "entropy_schedule": "categorical",
+                         "entropy_warmup_steps": "int"}
+
     @classmethod
     def search_space(cls, trial, context):
         """gamma and the entropy weight on log scales, the entropy schedule, for the linear and

@@ -37,6 +37,9 @@ class GateConfig(BaseModel):
     per_example: bool = True  # route each example on its features; False: one fixed mixture per task
 
     layer: ClassVar = None  # the gate class, or its import path "module.Class"; set by register_gate
+    # The names `search_space` draws, each with its kind ("float", "int" or "categorical"): what
+    # `tune.space` may give other ranges or grids for (pipeline/search_space.py).
+    search_parameters: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def type_name(cls) -> str:
@@ -56,7 +59,8 @@ class GateConfig(BaseModel):
           context: facts about the training run, at least "steps_per_epoch" and "epochs".
 
         The learning rate is the tuner's, not the gate's. A gate without tunable settings of its own
-        (softmax) keeps this default: nothing to search.
+        (softmax) keeps this default: nothing to search. Every name drawn is declared, with its kind,
+        in `search_parameters`.
         """
         return {}
 

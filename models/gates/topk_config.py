@@ -14,6 +14,8 @@ class TopKGateConfig(GateConfig):
     noise: bool = True
     load_balance_weight: float = Field(0.0, ge=0)
 
+    search_parameters = {"load_balance": "categorical", "noise": "categorical", "load_balance_weight": "float"}
+
     @classmethod
     def search_space(cls, trial, context):
         """Noise on or off; load balancing off, or a weight on a log scale in [1e-4, 1]."""
