@@ -42,7 +42,7 @@ class DSelectKGateConfig(GateConfig):
         return self
 
     search_parameters = {"gamma": "float", "entropy_weight": "float", "entropy_schedule": "categorical",
-                         "entropy_warmup_steps": "int"}
+                         "entropy_warmup_steps": "int", "entropy_doubling_steps": "int"}
 
     @classmethod
     def search_space(cls, trial, context):
