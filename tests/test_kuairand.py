@@ -293,6 +293,79 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     assert len(built["candidates"]) == len(parts["held_out"]) and len(built["test"]) == len(parts["test"])
 
 
+@pytest.fixture(scope="module")
+def tied_folder(tmp_path_factory):
+    """A generated Pure folder whose histories end in ties: user 0's latest two standard
+    impressions share a time (the latest test row of its history), user 1's impressions are all at one time,
+    user 2 has no random-policy row; user 0 has a random-policy row at its tied time."""
+    folder = tmp_path_factory.mktemp("tied") / "data"
+    write_kuairand(folder, "pure", users=16, videos=40, per_user=9, random_per_user=3, seed=5)
+    logs = {name: pd.read_csv(folder / name) for name in ("log_standard_4_08_to_4_21_pure.csv", LATE)}
+    both = pd.concat(logs.values())
+    for user in (0, 1):
+        assert len(both[both.user_id == user]) <= 14  # the test share is one row
+    latest = both[both.user_id == 0].time_ms.max()
+    late = logs[LATE]
+    mine = late.index[late.user_id == 0]
+    late.loc[mine[-2:], "time_ms"] = latest  # the user's two latest impressions tie
+    late.loc[mine[-2:], "video_id"] = [38, 39]  # two videos: two impressions, not a duplicate
+    for name, log in logs.items():
+        ones = log.index[log.user_id == 1]
+        log.loc[ones, "time_ms"] = latest
+        log.loc[ones, "video_id"] = np.arange(len(ones)) + (0 if name == LATE else 20)
+        log.to_csv(folder / name, index=False)
+    random_log = pd.read_csv(folder / "log_random_4_22_to_5_08_pure.csv")
+    random_log = random_log[random_log.user_id != 2]
+    row = random_log.iloc[:1].assign(user_id=0, time_ms=latest)
+    pd.concat([random_log, row]).to_csv(folder / "log_random_4_22_to_5_08_pure.csv", index=False)
+    return folder
+
+
+def _expected_without_test_list(folder, random_log_test):
+    """Users without a test list per reason, from the CSV files (docs/KUAIRAND.md's rule)."""
+    standard = pd.concat([pd.read_csv(folder / n) for n in ("log_standard_4_08_to_4_21_pure.csv", LATE)])
+    random_log = pd.read_csv(folder / "log_random_4_22_to_5_08_pure.csv")
+    reasons = {"too_few_rows": 0, "one_time": 0, "no_held_out_rows": 0}
+    for user, rows in standard.groupby("user_id"):
+        times = np.sort(rows.time_ms.to_numpy())
+        n, share = len(times), max(1, round(0.1 * len(times)))
+        if n < 5 or 2 * share >= n:
+            reasons["too_few_rows"] += 1
+        elif len(set(times)) == 1:
+            reasons["one_time"] += 1
+        elif random_log_test:
+            first, before = times[n - share], times[n - share - 1]
+            start = first if first != before or first == times[-1] else times[times > first].min()
+            reasons["no_held_out_rows"] += not (random_log[random_log.user_id == user].time_ms >= start).any()
+    return reasons
+
+
+@pytest.mark.parametrize("random_log_test", [False, True])
+def test_tied_histories_are_split_and_users_without_a_test_list_counted(tied_folder, tmp_path, random_log_test):
+    """Issue 24: a tie at the end of a history moves the test cut before it (with the random log, this
+    crashed); a user that cannot be cut is counted in the manifest with the reason."""
+    manifest = run_preprocess(tmp_path, "data.source=kuairand", f"data.path={tied_folder}", "data.num_shards=1",
+                              f"data.kuairand.random_log_test={str(random_log_test).lower()}")
+    splits = {s: read_split(tmp_path / "data", s) for s in ("train", "validation", "test", "candidates")}
+    test = splits["test"][splits["test"].user_id == 0]
+    latest = test.time_ms.max()
+    assert len(test) == 2 and set(test.time_ms) == {latest}  # the whole tie is test
+    earlier = pd.concat([splits[s][splits[s].user_id == 0] for s in ("train", "validation")])
+    assert len(earlier) > 0 and earlier.time_ms.max() < latest
+    listed = splits["candidates"][splits["candidates"].user_id == 0]
+    random_log = pd.read_csv(tied_folder / "log_random_4_22_to_5_08_pure.csv")
+    held = random_log[(random_log.user_id == 0) & (random_log.time_ms >= latest)]  # from the test period on
+    assert sorted(listed.item_id) == sorted(held.video_id if random_log_test else test.item_id)
+    assert 1 not in set(splits["test"].user_id) and 1 in set(splits["train"].user_id)
+    expected = _expected_without_test_list(tied_folder, random_log_test)
+    assert expected["one_time"] == 1 and expected["no_held_out_rows"] >= random_log_test
+    without = manifest["without_test_list"]
+    assert {reason: entry["users"] for reason, entry in without["reasons"].items()} == expected
+    assert all(entry["why"] for entry in without["reasons"].values())
+    assert manifest["users"] == manifest["test_users"] + without["users"] == splits["candidates"].user_id.nunique() + \
+        without["users"]
+
+
 def test_kuairand_tasks_are_checked_against_its_declaration():
     from pipeline.config import ConfigError, load_config
     with pytest.raises(ConfigError, match="watch, rating not declared for kuairand"):
