@@ -147,10 +147,67 @@ def test_every_log_line_is_accounted_for(kuairand_run):
     assert manifest["duplicates"] == {"exact": 1, "repeated_pairs": 1}
 
 
+# The README's 0/1 columns (its field descriptions), typed out here independently of pipeline/kuairand.py.
+README_LOG_FLAGS = ["is_click", "is_like", "is_follow", "is_comment", "is_forward", "is_hate", "long_view",
+                    "is_profile_enter", "is_rand"]
+README_USER_FLAGS = ["is_lowactive_period", "is_live_streamer", "is_video_author"]
+
+
+def _parse_logs(source):
+    """Every log line of a KuaiRand source through its parser -> (rows, rejection records)."""
+    import os
+
+    import apache_beam as beam
+    rows, rejected = [], []
+    for path in source.logs:
+        for out in source.log_parser(path).process((path, 0, os.path.getsize(path)), source.videos, source.users):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                rejected.append(out.value)
+            else:
+                rows.extend(out)
+    return rows, rejected
+
+
+def test_every_0_1_column_is_checked_in_every_file(tmp_path):
+    """Each of the README's 0/1 columns, in the logs (whatever their column order) and in the user
+    file, with another value: the line is rejected naming the column; good lines are kept."""
+    import re
+    write_kuairand(tmp_path, "pure", users=12, videos=20, per_user=8, random_per_user=2)
+    logs = ("log_standard_4_08_to_4_21_pure.csv", LATE, "log_random_4_22_to_5_08_pure.csv")
+    logged = pd.concat([pd.read_csv(tmp_path / name) for name in logs])
+    late = pd.read_csv(tmp_path / LATE)
+    late = late[list(reversed(late.columns))]  # the header names the order
+    good = late[late.user_id == 0].iloc[0].astype(str)
+    bad = {}
+    for column in README_LOG_FLAGS:
+        for value in ("2", "-1", "x", ""):
+            bad[",".join({**good.to_dict(), column: value}.values())] = f"{column} must be 0 or 1, found {value!r}"
+    late.to_csv(tmp_path / LATE, index=False)
+    with (tmp_path / LATE).open("a") as handle:
+        handle.write("".join(line + "\n" for line in bad))
+    users = pd.read_csv(tmp_path / "user_features_pure.csv", dtype=str, keep_default_na=False)
+    for user, column in enumerate(README_USER_FLAGS, start=1):
+        users.loc[users.user_id == str(user), column] = "2"
+    users.to_csv(tmp_path / "user_features_pure.csv", index=False)
+
+    source = KuaiRand(str(tmp_path), random_log_test=True)
+    assert {r["row"].split(",")[0]: r["reason"] for r in source.metadata_rejected} == {
+        str(user): f"metadata: {column} must be 0 or 1, found '2'" for user, column in enumerate(README_USER_FLAGS, 1)}
+    rows, rejected = _parse_logs(source)
+    reasons = {r["row"]: r["reason"] for r in rejected}
+    for line, reason in bad.items():
+        assert reasons.pop(line, None) == reason, line
+    # The rest: the log rows of the users whose user line was rejected, naming it.
+    assert len(reasons) == logged.user_id.isin([1, 2, 3]).sum() > 0
+    assert all(re.fullmatch(r"user id [123]: its line user_features_pure.csv:\d+ was rejected", r) for r in reasons.values())
+    assert len(rows) == len(logged) - len(reasons)
+
+
 def test_fast_log_parse_equals_the_checked_parse():
     """The fast path of a log line takes only lines the checked path takes, with the same row."""
-    from pipeline.kuairand import LOG_FIELDS, NEEDED, _ParseLog
-    parser = _ParseLog("log.csv", tuple(LOG_FIELDS.index(f) for f in NEEDED), len(LOG_FIELDS), True, False)
+    from pipeline.kuairand import LOG_FIELDS, LOG_FLAGS, NEEDED, _ParseLog
+    parser = _ParseLog("log.csv", tuple(LOG_FIELDS.index(f) for f in NEEDED), len(LOG_FIELDS), True, False,
+                       tuple((LOG_FIELDS.index(f), f) for f in LOG_FLAGS))
     good = "7,12,20220501,1000,1651370400000,1,0,0,0,0,0,1,30000,20000,0,0,0,0,1".split(",")
     rng = np.random.default_rng(0)
     variants = ["", " 3", "+3", "-3", "03", "1_0", "\u0663", "3.0", "x", "2", "9" * 19, "9" * 20, "1651370400000",
