@@ -18,6 +18,7 @@ when a file has no header).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import datetime as dt
 import math
@@ -142,35 +143,42 @@ def video_columns(fields: dict) -> dict:
 
 def _read_table(path: str, what: str, key: str, parse, rejected: list) -> tuple[Table, dict]:
     """A user or video file -> its Table (id -> columns) and how it was read; bad lines are
-    metadata rejections, not errors."""
+    metadata rejections, not errors. A line with bytes that are not UTF-8 is rejected, as in the
+    logs. A rejected line whose id field reads as an id is recorded in table.rejected, so that the
+    log rows of that id name it (entity_values); the id's first line decides."""
     text = read_lines(path, legacy=False)
-    lines = [(number, line) for number, line, _ in text.lines if line.strip()]
+    lines = [(number, line, raw) for number, line, raw in text.lines if line.strip()]
     if not lines:
         raise SourceError(f"{path}: empty file")
     header = next(csv.reader([lines[0][1]]))
     if key not in header:
         raise SourceError(f"{path}: the first line {lines[0][1][:200]!r} is not a header naming {key}")
-    table = Table(what)
-    for number, line in lines[1:]:
+    table, name, replaced = Table(what), path.rsplit("/", 1)[-1], set(text.replaced)
+    for number, line, raw in lines[1:]:
+        id_ = None
         try:
             values = next(csv.reader([line]), [])
+            with contextlib.suppress(ValueError, IndexError):
+                id_ = parse_int(values[header.index(key)], f"{what} id")
+            if number in replaced:
+                raise ValueError(decode_line(raw, path)[1]["reason"])
             if len(values) != len(header):
                 raise ValueError(f"expected {len(header)} fields, found {len(values)}")
             fields = dict(zip(header, values))
             id_ = parse_int(fields[key], f"{what} id")
             if id_ in table.rows or id_ in table.rejected:
-                raise ValueError(f"{what} id {id_} repeated (its first line is kept)")
-        except (ValueError, csv.Error) as reason:
-            rejected.append(rejection(f"{path}:{number}", text.original(number), f"metadata: {reason}", METADATA))
-            continue
-        try:
+                first = "kept" if id_ in table.rows else f"{table.rejected[id_]}, which was rejected"
+                repeated, id_ = id_, None  # its first line decides
+                raise ValueError(f"{what} id {repeated} repeated (its first line is {first})")
             table.rows[id_] = parse(fields)
-        except (ValueError, KeyError) as reason:
-            table.rejected[id_] = f"{path.rsplit('/', 1)[-1]}:{number}"
+        except (ValueError, KeyError, csv.Error) as reason:
+            if id_ is not None and id_ not in table.rows and id_ not in table.rejected:
+                table.rejected[id_] = f"{name}:{number}"
             rejected.append(rejection(f"{path}:{number}", text.original(number), f"metadata: {reason}", METADATA))
     if not table.rows:
         raise SourceError(f"{path}: no valid {what} lines")
-    return table, text.decoding(header=lines[0][1])
+    decoding = {k: v for k, v in text.decoding(header=lines[0][1]).items() if "replaced" not in k}
+    return table, {**decoding, "undecodable_lines": len(replaced)}
 
 
 # ---------------------------------------------------------------- log lines

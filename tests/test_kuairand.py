@@ -203,6 +203,45 @@ def test_every_0_1_column_is_checked_in_every_file(tmp_path):
     assert len(rows) == len(logged) - len(reasons)
 
 
+@pytest.mark.parametrize("damage", ["one field fewer", "one field more", "not UTF-8"])
+@pytest.mark.parametrize("file, what, text_field", [("user_features_pure.csv", "user", "user_active_degree"),
+                                                    ("video_features_basic_pure.csv", "video", "video_type")])
+def test_a_rejected_feature_line_is_named_in_its_log_rows(tmp_path, damage, file, what, text_field):
+    """A user's (video's) line that is rejected, whatever the reason (a byte that is not UTF-8
+    included: one rule for every file), rejects that user's (video's) log rows with a reason naming
+    the line, not "not in the file"; every other line is accepted."""
+    import csv
+    import io
+    import re
+    write_kuairand(tmp_path, "pure", users=10, videos=15, per_user=8, random_per_user=2)
+    logs = pd.concat([pd.read_csv(tmp_path / n) for n in ("log_standard_4_08_to_4_21_pure.csv", LATE)])
+    key = {"user": "user_id", "video": "video_id"}[what]
+    target = int(logs[key].value_counts().index[0])  # an id with log rows
+    lines = (tmp_path / file).read_bytes().split(b"\n")
+    number = next(i for i, line in enumerate(lines) if line.startswith(f"{target},".encode())) + 1
+    fields = next(csv.reader([lines[number - 1].decode()]))
+    if damage == "one field fewer":
+        fields = fields[:-1]
+    elif damage == "one field more":
+        fields = [*fields, "1"]
+    else:  # in a text column, where a replaced byte would pass unnoticed
+        at = next(csv.reader([lines[0].decode()])).index(text_field)
+        fields[at] = fields[at][:1] + "@@" + fields[at][1:]
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(fields)
+    lines[number - 1] = out.getvalue().encode().replace(b"@@", b"\xfe")
+    (tmp_path / file).write_bytes(b"\n".join(lines))
+
+    source = KuaiRand(str(tmp_path))
+    [metadata] = source.metadata_rejected
+    assert metadata["file"].endswith(f"{file}:{number}")
+    assert ("undecodable byte 0xfe" if damage == "not UTF-8" else "expected") in metadata["reason"]
+    rows, rejected = _parse_logs(source)
+    assert [r["reason"] for r in rejected] == [f"{what} id {target}: its line {file}:{number} was rejected"] * int(
+        (logs[key] == target).sum())
+    assert len(rows) == len(logs) - len(rejected) and not re.search("not in the", str(rejected))
+
+
 def test_fast_log_parse_equals_the_checked_parse():
     """The fast path of a log line takes only lines the checked path takes, with the same row."""
     from pipeline.kuairand import LOG_FIELDS, LOG_FLAGS, NEEDED, _ParseLog
