@@ -152,6 +152,76 @@ print("done", file=sys.stderr)
     assert lines.index(CUINIT) < lines.index(REAL_CPP) < lines.index("python during import") < lines.index("done")
 
 
+# TensorFlow's start-up lines on x86 CPUs (with and without the CUDA wheels, GPU or not), typed out as it
+# prints them: absl's prefix (TF >= 2.16) and the older dated one. Which appear depends on the machine, so
+# the filter is fed them all here. The instruction-set notice is two lines: the second has no prefix.
+STARTUP = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1796640300.942340    9624 port.cc:153] oneDNN custom operations are on. You may see slightly "
+    "different numerical results due to floating-point round-off errors from different computation orders. To turn "
+    "them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.",
+    "2024-03-01 10:11:12.345678: I tensorflow/core/util/port.cc:113] oneDNN custom operations are on. You may see "
+    "slightly different numerical results due to floating-point round-off errors from different computation orders. "
+    "To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.",
+    "I0000 00:00:1796640300.984335    9624 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use "
+    "available CPU instructions in performance-critical operations.",
+    "To enable the following instructions: AVX2 AVX512F AVX512_VNNI AVX512_BF16 FMA, in other operations, rebuild "
+    "TensorFlow with the appropriate compiler flags.",
+    "2024-03-01 10:11:12.400001: I tensorflow/core/platform/cpu_feature_guard.cc:210] This TensorFlow binary is "
+    "optimized to use available CPU instructions in performance-critical operations.",
+    "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the appropriate "
+    "compiler flags.",
+    "2022-06-01 10:11:12.400001: I tensorflow/core/platform/cpu_feature_guard.cc:193] This TensorFlow binary is "
+    "optimized with oneAPI Deep Neural Network Library (oneDNN) to use the following CPU instructions in "
+    "performance-critical operations:  AVX2 AVX512F FMA",
+    "To enable them in other operations, rebuild TensorFlow with the appropriate compiler flags.",
+    "I0000 00:00:1796640300.943349    9624 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will "
+    "not be used.",
+    "2024-03-01 10:11:12.456789: I external/local_tsl/tsl/cuda/cudart_stub.cc:31] Could not find cuda drivers on "
+    "your machine, GPU will not be used.",
+    "E0000 00:00:1796640302.494630    9624 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed "
+    "call to cuInit: UNKNOWN ERROR (303)",
+    "2024-03-01 10:11:15.000004: E external/local_xla/xla/stream_executor/cuda/cuda_driver.cc:282] failed call to "
+    "cuInit: UNKNOWN ERROR (303)",
+    "W0000 00:00:1796640301.123456    9624 py_utils.cc:38] TF-TRT Warning: Could not find TensorRT",
+    "2024-03-01 10:11:14.000002: W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] TF-TRT Warning: Could not "
+    "find TensorRT",
+    "E0000 00:00:1796640301.223344    9624 cuda_dnn.cc:8310] Unable to register cuDNN factory: Attempting to register "
+    "factory for plugin cuDNN when one has already been registered",
+    "E0000 00:00:1796640301.223350    9624 cuda_fft.cc:485] Unable to register cuFFT factory: Attempting to register "
+    "factory for plugin cuFFT when one has already been registered",
+    "2024-03-01 10:11:14.000003: E external/local_xla/xla/stream_executor/cuda/cuda_blas.cc:1515] Unable to register "
+    "cuBLAS factory: Attempting to register factory for plugin cuBLAS when one has already been registered",
+]
+
+
+def _through_startup_filter(lines: list[str]) -> list[str]:
+    """The lines of `lines`, written to fd 2 inside terminal.startup_lines_filtered, that reach stderr."""
+    script = f"""
+import os
+from pipeline import terminal
+with terminal.startup_lines_filtered():
+    for line in {lines!r}:
+        os.write(2, line.encode() + b"\\n")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    return result.stderr.splitlines()
+
+
+def test_tensorflow_startup_lines_of_any_x86_cpu_are_hidden_and_others_pass():
+    """Issue 24: on an AMD EPYC, TensorFlow wrote the oneDNN notice; other CPUs write the
+    instruction-set notice, GPU-less CUDA installs their notices. All are hidden; a line of any other
+    text passes, and so does a line harmless only after another (its sequel) when that one did not come."""
+    unknown = ["E0000 00:00:1796162898.494630   10045 some_kernel.cc:12] a real problem in C++",
+               "I0000 00:00:1796640300.942340    9624 port.cc:153] oneDNN custom operations are off.",
+               "2024-03-01 10:11:12.345678: W tensorflow/core/framework/op_kernel.cc:1745] OP_REQUIRES failed"]
+    assert _through_startup_filter(STARTUP + unknown) == unknown
+    sequels = [line for line in STARTUP if line.startswith("To enable") or "cuInit" in line]
+    assert len(sequels) == 5 and _through_startup_filter(sequels) == sequels
+
+
 @pytest.mark.parametrize("users, verbose, level", [(None, False, "2"), (None, True, "0"), ("1", False, "1"),
                                                    ("3", True, "3")])
 def test_tensorflow_cpp_log_level_is_the_users_when_set(users, verbose, level):
