@@ -222,6 +222,73 @@ def test_tensorflow_startup_lines_of_any_x86_cpu_are_hidden_and_others_pass():
     assert len(sequels) == 5 and _through_startup_filter(sequels) == sequels
 
 
+# Runs `code` in a fresh process whose logger NAME has terminal.configure(False)'s filters, and prints
+# the messages the logger was given and those its handlers got (what the terminal would show).
+SEEN = """
+import json, logging, sys
+from absl import logging as absl_logging
+from pipeline import terminal
+name, code = sys.argv[1:]
+logger = absl_logging.get_absl_logger() if name == "absl" else logging.getLogger(name)
+given, shown = [], []
+class Given(logging.Filter):  # the first filter: sees every message
+    def filter(self, record):
+        given.append(record.getMessage())
+        return True
+handler = logging.Handler()
+handler.emit = lambda record: shown.append(record.getMessage())
+logger.addFilter(Given())
+logger.addHandler(handler)
+terminal.configure(False)
+exec(code)
+print(json.dumps({"given": given, "shown": shown}))
+"""
+
+
+def _logged(logger: str, code: str) -> tuple[list[str], list[str]]:
+    """(messages the logger was given, messages shown) while `code` runs, quiet, in a fresh process."""
+    import json
+    result = subprocess.run([sys.executable, "-c", SEEN, logger, code], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    return out["given"], out["shown"]
+
+
+def test_retracing_notices_of_short_synthetic_runs_are_produced_and_hidden():
+    """Runs of one epoch trace the study's per-run tf.functions more often than TensorFlow expects:
+    its real notices, produced here, are hidden (a rename of those functions breaks this test)."""
+    given, shown = _logged("tensorflow", """
+from pipeline.synthetic.data import generate
+from pipeline.synthetic.training import RunSpec, train_runs
+data = generate(tasks=4, clusters=2, input_dim=3, cluster_hidden=3, train_size=64, val_size=16, test_size=16)
+spec = RunSpec(num_experts=4, expert_units=(4,), tower_units=(), max_epochs=1, batch_size=64, jit_compile=False,
+               min_epochs=1, patience=1)
+for _ in range(6):
+    train_runs(data, spec, {"type": "softmax"}, 0.01, [0])
+""")
+    retracing = [m for m in given if "triggered tf.function retracing" in m]
+    for function in ("train_runs.<locals>.run_epoch", "TaskRoutedMoE.expert_weights", "TaskRoutedMoE.row_diagnostics"):
+        assert any(function in m for m in retracing), (function, retracing)
+    assert [m for m in shown if "retracing" in m] == []
+
+
+def test_tf_transform_cache_key_notice_of_our_analyzer_is_produced_and_hidden(tmp_path):
+    """tf.Transform's notice about our named z_score analyzer (KuaiRand's rates are z-scored after their
+    own analyzer), produced by a real preprocess, is hidden."""
+    given, shown = _logged("absl", f"""
+from pipeline import preprocess
+from pipeline.config import load_config
+from pipeline.kuairand_generate import write_kuairand
+write_kuairand({str(tmp_path / "kuairand")!r}, "pure", users=8, videos=12, per_user=8, random_per_user=1)
+preprocess.run(load_config(None, ["workdir={tmp_path}", "data.source=kuairand", "data.path={tmp_path / 'kuairand'}",
+                                  "data.num_shards=1"]))
+""")
+    notices = [m for m in given if "node's cache key varies on repeated tracing" in m]
+    assert notices and all("(z_score/" in m for m in notices)
+    assert [m for m in shown if "cache key" in m] == []
+
+
 @pytest.mark.parametrize("users, verbose, level", [(None, False, "2"), (None, True, "0"), ("1", False, "1"),
                                                    ("3", True, "3")])
 def test_tensorflow_cpp_log_level_is_the_users_when_set(users, verbose, level):
