@@ -89,6 +89,13 @@ LOG_MESSAGES = {
                               + _RETRACING_TAIL)],
 }
 
+# Keras compiles a train, test and predict function per model, all from the same code, which
+# TensorFlow's retracing count does not tell apart: a stage that trains model after model in one
+# process (tune's trials, compare's runs), each for a few steps, gets its notice about no problem.
+# Hidden only there (models_one_after_another): in one model, a retracing notice is news.
+PER_MODEL_RETRACING = re.compile(r"\d+ out of the last \d+ calls to <function Model\.make_(train|test|predict)_function"
+                                 r"\.<locals>\.(train|test|predict)_function at 0x[0-9a-f]+>" + _RETRACING_TAIL)
+
 _verbose = False
 
 
@@ -123,6 +130,21 @@ def configure(verbose_: bool) -> None:
         logger = absl_logging.get_absl_logger() if name == "absl" else logging.getLogger(name)
         if not any(isinstance(f, _DropKnown) for f in logger.filters):
             logger.addFilter(_DropKnown(patterns))
+
+
+@contextlib.contextmanager
+def models_one_after_another():
+    """Within the block, a stage trains one Keras model after another: TensorFlow's retracing notice
+    for Keras' per-model functions (PER_MODEL_RETRACING) is hidden, unless --verbose."""
+    if _verbose:
+        yield
+        return
+    logger, hide = logging.getLogger("tensorflow"), _DropKnown([PER_MODEL_RETRACING])
+    logger.addFilter(hide)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hide)
 
 
 @contextlib.contextmanager

@@ -273,6 +273,25 @@ for _ in range(6):
     assert [m for m in shown if "retracing" in m] == []
 
 
+def test_retracing_notice_of_models_trained_one_after_another_is_hidden_only_there():
+    """Keras' per-model train functions, traced for one short fit after another (tune's trials,
+    compare's runs): TensorFlow's real notice is shown outside models_one_after_another, hidden inside."""
+    given, shown = _logged("tensorflow", """
+import numpy as np
+import tensorflow as tf
+def fits(n):
+    for _ in range(n):
+        model = tf.keras.Sequential([tf.keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=1, verbose=0)
+fits(5)  # the first notice: shown
+with terminal.models_one_after_another():
+    fits(5)  # the second (TensorFlow gives two per function): hidden
+""")
+    notices = [m for m in given if "Model.make_train_function.<locals>.train_function" in m and "retracing" in m]
+    assert len(notices) == 2 and [m for m in shown if "retracing" in m] == notices[:1]
+
+
 def test_tf_transform_cache_key_notice_of_our_analyzer_is_produced_and_hidden(tmp_path):
     """tf.Transform's notice about our named z_score analyzer (KuaiRand's rates are z-scored after their
     own analyzer), produced by a real preprocess, is hidden."""
