@@ -365,7 +365,8 @@ def test_bad_data_folders_and_gate_names(embedded_data, tmp_path):
     with pytest.raises(ArtifactError, match="incompatible feature declaration"):
         _train(fake, tmp_path / "run")
     (fake / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "format"}))
-    with pytest.raises(ArtifactError, match="format 1, this code reads format 4; run `mtlrec preprocess` again"):
+    from pipeline.manifest import DATA_FORMAT
+    with pytest.raises(ArtifactError, match=f"format 1, this code reads format {DATA_FORMAT}; run `mtlrec preprocess` again"):
         _train(fake, tmp_path / "run")
     result = subprocess.run([str(MTLREC), "train", "--set", "model.gate.type=sparsemax"], capture_output=True,
                             text=True, timeout=300)
