@@ -24,7 +24,7 @@ from pipeline import locks, runs, storage
 from pipeline.artifacts import ArtifactError
 from pipeline.config import ConfigError, with_overrides
 from pipeline.manifest import data_hash, read_manifest
-from pipeline.terminal import time_left
+from pipeline.terminal import models_one_after_another, time_left
 
 
 def log(message: str) -> None:
@@ -114,16 +114,17 @@ def _run(config, data_dir: str, configs: dict, force: bool) -> str:
     log(f"compare: {len(configs)} runs ({len(config.compare.variants)} variants x {len(config.compare.seeds)} seeds), "
         f"{len(configs) - len(todo)} already finished")
     runs_started = time.perf_counter()
-    for i, ((name, seed), cfg) in enumerate(todo, start=1):
-        run_dir = cfg.train.run_dir
-        now = time.perf_counter()
-        # Time left at this session's pace, once one run has finished.
-        pace = f", {time_left((now - runs_started) / (i - 1) * (len(todo) - i + 1))}" if i > 1 else ""
-        log(f"compare: [{i}/{len(todo)}] {name} seed {seed} ({len(todo) - i} left after this, "
-            f"{now - started:.0f} s so far{pace})")
-        if not runs.is_trained(run_dir):
-            train.run(cfg)
-        evaluate.run(run_dir)
+    with models_one_after_another():  # a model per run
+        for i, ((name, seed), cfg) in enumerate(todo, start=1):
+            run_dir = cfg.train.run_dir
+            now = time.perf_counter()
+            # Time left at this session's pace, once one run has finished.
+            pace = f", {time_left((now - runs_started) / (i - 1) * (len(todo) - i + 1))}" if i > 1 else ""
+            log(f"compare: [{i}/{len(todo)}] {name} seed {seed} ({len(todo) - i} left after this, "
+                f"{now - started:.0f} s so far{pace})")
+            if not runs.is_trained(run_dir):
+                train.run(cfg)
+            evaluate.run(run_dir)
     output = runs.report_dir_of(config)
     write_report(config, configs, data_dir, output)
     log(f"compare: report in {output} ({time.perf_counter() - started:.0f} s)")

@@ -174,6 +174,7 @@ def test_gate_sparsity(run_dir: str) -> dict:
 
 def run(run_dir) -> dict:
     run_dir = str(run_dir)
+    runs.require_trained(run_dir)  # before the lock: nothing is written beside a folder that is not a run
     with locks.hold(run_dir, "run folder"):
         dataset = dataset_of_manifest(runs.read_data_manifest(run_dir))
         result, per_user = evaluation(score_candidates(run_dir), dataset)

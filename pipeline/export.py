@@ -225,6 +225,7 @@ def export_run(run_dir, sparse: bool = False, options=None) -> Path:
     """
     from models.sparse import SparseExportError, SparseRecommender
     run_dir = str(run_dir)
+    runs.require_trained(run_dir)  # before the lock: nothing is written beside a folder that is not a run
     with locks.hold(run_dir, "run folder"):
         model, inputs = runs.restore_model(run_dir)
         if not sparse:

@@ -14,7 +14,7 @@ import numpy as np
 
 from features.datasets.kuairand import KUAIRAND
 from pipeline.counting import COUNTS
-from pipeline.manifest import label_sums
+from pipeline.manifest import NO_HELD_OUT_ROWS, NO_TEST_LIST, label_sums
 from pipeline.shards import file_order
 from pipeline.tfexample import ExampleEncoder
 
@@ -51,6 +51,8 @@ class ExposureExamples(beam.DoFn):
         if candidates:
             lists.append(("candidates", candidates))
             counts["test_users"] = 1
+        elif parts["test"]:  # a test period, but no random-policy row in it (a train-only user is counted by the split)
+            counts[f"{NO_TEST_LIST}:{NO_HELD_OUT_ROWS}"] = 1
         lists = [(split, rows) for split, rows in lists if rows]
         # All of the user's examples in one encode call: per-call costs were a third of this step.
         rows = [r for _, split_rows in lists for r in split_rows]

@@ -18,6 +18,7 @@ when a file has no header).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import datetime as dt
 import math
@@ -41,6 +42,9 @@ LOG_FIELDS = ("user_id", "video_id", "date", "hourmin", "time_ms", "is_click", "
 BINARY_LABELS = {"is_click": "click", "long_view": "long_view", "is_like": "like", "is_follow": "follow",
                  "is_comment": "comment", "is_forward": "forward"}
 NEEDED = ("user_id", "video_id", "time_ms", "play_time_ms", *BINARY_LABELS)
+# The README's 0/1 columns of the logs (the labels and the rest): a line with another value is rejected.
+LOG_FLAGS = ("is_click", "is_like", "is_follow", "is_comment", "is_forward", "is_hate", "long_view",
+             "is_profile_enter", "is_rand")
 MIN_TIME_MS, MAX_TIME_MS = 946_684_800_000, 4_102_444_800_000  # 2000 .. 2100
 _EPOCH = dt.date(1970, 1, 1)
 CHUNK_BYTES = 16 << 20  # a log is read in byte ranges of whole lines, one element each
@@ -109,6 +113,9 @@ def user_columns(fields: dict) -> dict:
     """A user_features line (field -> text) -> the user's raw columns (features/datasets/kuairand.py)."""
     out = {name: fields[name].strip() for name in USER_RANGES}
     out.update({name: _int_or(fields[name], name, -1) for name in (*USER_FLAGS, *USER_COUNTS)})
+    for name in USER_FLAGS:  # the README's 0/1 columns of the user file ('' -> unknown, -1)
+        if out[name] not in (-1, 0, 1):
+            raise ValueError(f"{name} must be 0 or 1, found {fields[name].strip()!r}")
     for i, size in enumerate(ONEHOT_SIZES):
         out[f"onehot_feat{i}"] = _int_or(fields[f"onehot_feat{i}"], f"onehot_feat{i}", -1)
     return out
@@ -136,40 +143,48 @@ def video_columns(fields: dict) -> dict:
 
 def _read_table(path: str, what: str, key: str, parse, rejected: list) -> tuple[Table, dict]:
     """A user or video file -> its Table (id -> columns) and how it was read; bad lines are
-    metadata rejections, not errors."""
+    metadata rejections, not errors. A line with bytes that are not UTF-8 is rejected, as in the
+    logs. A rejected line whose id field reads as an id is recorded in table.rejected, so that the
+    log rows of that id name it (entity_values); the id's first line decides."""
     text = read_lines(path, legacy=False)
-    lines = [(number, line) for number, line, _ in text.lines if line.strip()]
+    lines = [(number, line, raw) for number, line, raw in text.lines if line.strip()]
     if not lines:
         raise SourceError(f"{path}: empty file")
     header = next(csv.reader([lines[0][1]]))
     if key not in header:
         raise SourceError(f"{path}: the first line {lines[0][1][:200]!r} is not a header naming {key}")
-    table = Table(what)
-    for number, line in lines[1:]:
+    table, name, replaced = Table(what), path.rsplit("/", 1)[-1], set(text.replaced)
+    for number, line, raw in lines[1:]:
+        id_ = None
         try:
             values = next(csv.reader([line]), [])
+            with contextlib.suppress(ValueError, IndexError):
+                id_ = parse_int(values[header.index(key)], f"{what} id")
+            if number in replaced:
+                raise ValueError(decode_line(raw, path)[1]["reason"])
             if len(values) != len(header):
                 raise ValueError(f"expected {len(header)} fields, found {len(values)}")
             fields = dict(zip(header, values))
             id_ = parse_int(fields[key], f"{what} id")
             if id_ in table.rows or id_ in table.rejected:
-                raise ValueError(f"{what} id {id_} repeated (its first line is kept)")
-        except (ValueError, csv.Error) as reason:
-            rejected.append(rejection(f"{path}:{number}", text.original(number), f"metadata: {reason}", METADATA))
-            continue
-        try:
+                first = "kept" if id_ in table.rows else f"{table.rejected[id_]}, which was rejected"
+                repeated, id_ = id_, None  # its first line decides
+                raise ValueError(f"{what} id {repeated} repeated (its first line is {first})")
             table.rows[id_] = parse(fields)
-        except (ValueError, KeyError) as reason:
-            table.rejected[id_] = f"{path.rsplit('/', 1)[-1]}:{number}"
+        except (ValueError, KeyError, csv.Error) as reason:
+            if id_ is not None and id_ not in table.rows and id_ not in table.rejected:
+                table.rejected[id_] = f"{name}:{number}"
             rejected.append(rejection(f"{path}:{number}", text.original(number), f"metadata: {reason}", METADATA))
     if not table.rows:
         raise SourceError(f"{path}: no valid {what} lines")
-    return table, text.decoding(header=lines[0][1])
+    decoding = {k: v for k, v in text.decoding(header=lines[0][1]).items() if "replaced" not in k}
+    return table, {**decoding, "undecodable_lines": len(replaced)}
 
 
 # ---------------------------------------------------------------- log lines
-def sniff_log(path: str) -> tuple[bool, tuple[int, ...], int]:
-    """(has a header, field index of each NEEDED field, number of fields) of a log file."""
+def sniff_log(path: str) -> tuple[bool, tuple[int, ...], int, tuple[tuple[int, str], ...]]:
+    """(has a header, field index of each NEEDED field, number of fields, (field index, name) of
+    each LOG_FLAGS field the file has) of a log file."""
     head = read_head(path)
     check_not_wide(path, head)
     body = head[len(codecs.BOM_UTF8):] if head.startswith(codecs.BOM_UTF8) else head
@@ -178,11 +193,13 @@ def sniff_log(path: str) -> tuple[bool, tuple[int, ...], int]:
         raise SourceError(f"{path}: empty log file")
     names = [f.strip().strip('"') for f in first.split(",")]
     if names[0].lstrip("+-").isdigit():  # no header: the README's order
-        return False, tuple(LOG_FIELDS.index(f) for f in NEEDED), len(LOG_FIELDS)
+        return False, tuple(LOG_FIELDS.index(f) for f in NEEDED), len(LOG_FIELDS), tuple(
+            (LOG_FIELDS.index(f), f) for f in LOG_FLAGS)
     missing = [f for f in NEEDED if f not in names]
     if missing:
         raise SourceError(f"{path}: header {first[:200]!r} lacks {', '.join(missing)}")
-    return True, tuple(names.index(f) for f in NEEDED), len(names)
+    return True, tuple(names.index(f) for f in NEEDED), len(names), tuple(
+        (names.index(f), f) for f in LOG_FLAGS if f in names)
 
 
 class _ParseLog(beam.DoFn):
@@ -191,10 +208,11 @@ class _ParseLog(beam.DoFn):
     every other line. Reading ranges rather than lines, and passing a user's rows on as one
     element, spares the runner ~4 operations per impression (issue 17's 5-minute target)."""
 
-    def __init__(self, file, order, width, header, held_out):
+    def __init__(self, file, order, width, header, held_out, flags):
         self.file, self.order, self.width, self.header, self.held_out = file, order, width, header, held_out
         self.ints = tuple(order[NEEDED.index(f)] for f in ("user_id", "video_id", "time_ms", "play_time_ms"))
         self.labels = tuple((order[NEEDED.index(f)], label) for f, label in BINARY_LABELS.items())
+        self.flags = tuple(sorted(flags))  # every 0/1 field, labels included, in the line's order
 
     def process(self, line_range, videos, users):
         path, start, end = line_range
@@ -228,7 +246,7 @@ class _ParseLog(beam.DoFn):
             user, video, time_ms, play_ms = (fields[i] for i in self.ints)
             if (all(len(f) <= 18 and f.isascii() and f.isdigit() for f in (user, video, time_ms, play_ms))
                     and MIN_TIME_MS <= int(time_ms) <= MAX_TIME_MS
-                    and all(fields[i] in ("0", "1") for i, _ in self.labels)):
+                    and all(fields[i] in ("0", "1") for i, _ in self.flags)):
                 row = {"user_id": int(user), "item_id": int(video), "time_ms": int(time_ms)}
                 for i, label in self.labels:
                     row[label] = 1.0 if fields[i] == "1" else 0.0
@@ -252,9 +270,10 @@ class _ParseLog(beam.DoFn):
             row["time_ms"] = parse_int(value["time_ms"], "time_ms", MIN_TIME_MS, MAX_TIME_MS)
         except ValueError:
             raise ValueError(f"bad time_ms {value['time_ms']!r} (unix milliseconds, 2000..2100)") from None
+        for i, name in self.flags:
+            if fields[i].strip() not in ("0", "1"):
+                raise ValueError(f"{name} must be 0 or 1, found {fields[i].strip()!r}")
         for field, label in BINARY_LABELS.items():
-            if value[field] not in ("0", "1"):
-                raise ValueError(f"{field} must be 0 or 1, found {value[field]!r}")
             row[label] = float(value[field])
         play_ms = parse_int(value["play_time_ms"], "play_time_ms")
         row["play_time"] = math.log1p(play_ms / 1000.0)
@@ -283,7 +302,7 @@ class KuaiRand:
             self._path(self.files["video"][0]), "video", "video_id", video_columns, self.metadata_rejected)
         logs = self.files["standard"] + (self.files["random"] if random_log_test else [])
         self.logs = {self._path(name): sniff_log(self._path(name)) for name in logs}
-        for path, (header, _, width) in self.logs.items():
+        for path, (header, _, width, _) in self.logs.items():
             decoding[path] = {"encoding": "utf-8", "header": header, "fields": width}
         raw_columns = tuple(KUAIRAND.raw_columns)
         extra = {"version": self.version, "random_log": "test" if random_log_test else "not read",
@@ -296,16 +315,20 @@ class KuaiRand:
     def _path(self, name):
         return FileSystems.join(self.folder, name)
 
+    def log_parser(self, path) -> _ParseLog:
+        """The DoFn that parses the byte ranges of one of self.logs."""
+        header, order, width, flags = self.logs[path]
+        return _ParseLog(path, order, width, header, path.rsplit("/", 1)[-1].startswith("log_random"), flags)
+
     def expand(self, pipeline):
         videos = pipeline | "Videos" >> beam.Create([self.videos])
         users = pipeline | "Users" >> beam.Create([self.users])
         parsed_rows, rejected = [], [pipeline | "MetadataRejected" >> beam.Create(self.metadata_rejected)]
-        for number, (path, (header, order, width)) in enumerate(self.logs.items()):
+        for number, path in enumerate(self.logs):
             size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-            held_out = path.rsplit("/", 1)[-1].startswith("log_random")
             parsed = (pipeline | f"LogRanges{number}" >> beam.Create(line_ranges(path, size, CHUNK_BYTES))
                       | f"ParseLog{number}" >> beam.ParDo(
-                          _ParseLog(path, order, width, header, held_out), beam.pvalue.AsSingleton(videos),
+                          self.log_parser(path), beam.pvalue.AsSingleton(videos),
                           beam.pvalue.AsSingleton(users)).with_outputs(REJECTED, main="rows"))
             parsed_rows.append(parsed.rows)
             rejected.append(parsed[REJECTED])

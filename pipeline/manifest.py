@@ -16,10 +16,23 @@ from pipeline.rows import EXACT_DUPLICATE, METADATA, REPEATED_PAIR, ROW, UNDECOD
 
 # Of a data folder; 2: train and validation also materialized (transformed/); 3: the user and
 # item feature tables (tables/), from which the candidate lists take their user and item columns;
-# 4: the dataset's declaration (features/datasets/): its name, and label rates and means per declared task.
-DATA_FORMAT = 4
+# 4: the dataset's declaration (features/datasets/): its name, and label rates and means per declared task;
+# 5: a test cut that would split a user's latest tie moves before it (pipeline/preprocess.py), and
+# the users without a test list are counted per reason (without_test_list).
+DATA_FORMAT = 5
 SPLITS = ("train", "validation", "test", "candidates")
 REQUIRED = ("source", "splits", "raw_columns", "features", "declaration_hash")
+# Why a user has no test list: counts "<NO_TEST_LIST>:<reason>", one per user, from the split
+# (pipeline/preprocess.py) or the example builder (pipeline/exposure_examples.py).
+NO_TEST_LIST = "no_test_list"
+TOO_FEW_ROWS, ONE_TIME, NO_HELD_OUT_ROWS = "too_few_rows", "one_time", "no_held_out_rows"
+NO_TEST_LIST_REASONS = {
+    TOO_FEW_ROWS: "fewer rows than data.split.min_interactions, or than the test and validation shares need: "
+                  "all in train",
+    ONE_TIME: "every row at one time, so no cut can leave later rows for test: all in train",
+    NO_HELD_OUT_ROWS: "data.kuairand.random_log_test: no row of the random-policy log from the start of the "
+                      "user's test period",
+}
 
 
 def table_file(entity: str) -> str:
@@ -72,6 +85,18 @@ def row_counts(counts: dict[str, int]) -> dict[str, int]:
 
 
 LABEL_UNIT = 1_000_000  # label sums are counted in millionths: integers, so their sum is exact in any order
+
+
+def users_without_test_list(counts: dict[str, int]) -> dict:
+    """The manifest's count of users without a test list, per reason; checks that every user
+    either has a test list or a reason."""
+    reasons = {reason: {"users": counts.get(f"{NO_TEST_LIST}:{reason}", 0), "why": why}
+               for reason, why in NO_TEST_LIST_REASONS.items()}
+    total = sum(entry["users"] for entry in reasons.values())
+    if counts.get("users", 0) != counts.get("test_users", 0) + total:
+        raise RuntimeError(f"users do not add up: {counts.get('users', 0)} users, {counts.get('test_users', 0)} "
+                           f"with a test list, {total} without")  # a bug, not bad input
+    return {"users": total, "reasons": reasons}
 
 
 def label_sums(dataset, columns: dict, split: str) -> dict[str, int]:
@@ -143,7 +168,8 @@ def build_manifest(source_info, data_config, counts: dict[str, int], shards: dic
         "unfilled": {"negatives": counts.get("unfilled_negatives", 0),  # user had seen every item available then
                      "candidates": counts.get("unfilled_candidates", 0)},
         "users": counts.get("users", 0), "train_only_users": counts.get("train_only_users", 0),
-        "test_users": counts.get("test_users", 0), "items": counts.get("items", 0),
+        "test_users": counts.get("test_users", 0), "without_test_list": users_without_test_list(counts),
+        "items": counts.get("items", 0),
         # Rows of a held-out log (KuaiRand's random policy): all of them, and those in the test lists.
         "held_out": {"rows": counts.get("held_out_rows", 0), "test_rows": counts.get("held_out_test_rows", 0)},
         "splits": splits,

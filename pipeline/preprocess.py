@@ -45,7 +45,7 @@ from features.transform import make_preprocessing_fn
 from pipeline import exposure_examples, locks, sampled_examples, storage
 from pipeline.artifacts import MANIFEST, staged_folder, write_json
 from pipeline.counting import COUNTS, count_elements, read_counts, write_counts
-from pipeline.manifest import SPLITS, build_manifest
+from pipeline.manifest import NO_TEST_LIST, ONE_TIME, SPLITS, TOO_FEW_ROWS, build_manifest
 from pipeline.random_split import UNSPLIT
 from pipeline.rows import (EXACT_DUPLICATE, HELD_OUT, LINE, REJECTED, REPEATED_PAIR, SourceError, record_text,
                            rejection)
@@ -126,9 +126,12 @@ def _user_history(keyed, split_config, file, plan, time_column):
     """(user, lists of the user's rows) -> deduplicated, by time -> {"train": [...], "validation": [...],
     "test": [...]}, or with split.mode random {UNSPLIT: [...]}.
 
-    Rows of a held-out log (HELD_OUT: KuaiRand's random-policy log) take no part in the split;
-    those at or after the start of the user's test period, so strictly later than every train
-    and validation row, are returned as "held_out": the user's unbiased test list."""
+    Cuts are placed by `_split_cuts`: no two rows of one time are on both sides of a cut. A user
+    whose rows cannot be cut (too few, or all at one time) stays in train only, and the counts
+    say why they have no test list (NO_TEST_LIST). Rows of a held-out log (HELD_OUT: KuaiRand's
+    random-policy log) take no part in the split; those at or after the start of the user's test
+    period, so strictly later than every train and validation row, are returned as "held_out":
+    the user's unbiased test list."""
     user_id, batches = keyed
     for out in _dedupe([row for batch in batches for row in batch], file, plan):
         if isinstance(out, beam.pvalue.TaggedOutput):
@@ -143,18 +146,17 @@ def _user_history(keyed, split_config, file, plan, time_column):
         yield beam.pvalue.TaggedOutput(COUNTS, {"accepted_rows": n + len(held), "users": 1})
         yield user_id, {UNSPLIT: rows}
         return
-    n_test, n_val = _split_size(split_config.test, n), _split_size(split_config.validation, n)
-    train_only = n < split_config.min_interactions or n_test + n_val >= n
-    counts = {"accepted_rows": n + len(held), "users": 1, "train_only_users": int(train_only)}
+    times = [r[time_column] for r in rows]
+    cuts, reason = _split_cuts(times, split_config)
+    counts = {"accepted_rows": n + len(held), "users": 1, "train_only_users": int(cuts is None)}
     if held:
         counts["held_out_rows"] = len(held)
-    if train_only:
+    if cuts is None:
+        counts[f"{NO_TEST_LIST}:{reason}"] = 1
         yield beam.pvalue.TaggedOutput(COUNTS, counts)
         yield user_id, {"train": rows, "validation": [], "test": []}
         return
-    times = [r[time_column] for r in rows]
-    val_start = _after_ties(times, n - n_test - n_val)
-    test_start = max(val_start, _after_ties(times, n - n_test))
+    val_start, test_start = cuts
     parts = {"train": rows[:val_start], "validation": rows[val_start:test_start], "test": rows[test_start:]}
     if held:
         parts["held_out"] = [r for r in held if r[time_column] >= times[test_start]]
@@ -163,12 +165,42 @@ def _user_history(keyed, split_config, file, plan, time_column):
     yield user_id, parts
 
 
-def _after_ties(times, cut):
-    """Move a cut forward past interactions that share the timestamp just before it, so that
-    everything after the cut is strictly later than everything before it."""
-    while 0 < cut < len(times) and times[cut] == times[cut - 1]:
-        cut += 1
-    return cut
+def _split_cuts(times, split_config):
+    """((validation start, test start), None) for a user's sorted times, or (None, why there is
+    no test list: TOO_FEW_ROWS or ONE_TIME).
+
+    The test cut aims at the latest `test` share. Where rows of one time sit on both sides of it,
+    it moves to the end of that tie group, or, when that would leave no test row, to its start
+    (the whole group is then test). The validation cut aims at `validation` rows before the test
+    cut and moves the same way, to the end of its tie group unless that leaves no validation row,
+    then to its start unless that leaves no train row; failing both, validation is empty.
+    Everything after a cut is then strictly later than everything before it."""
+    n = len(times)
+    n_test, n_val = _split_size(split_config.test, n), _split_size(split_config.validation, n)
+    if n < split_config.min_interactions or n_test + n_val >= n:
+        return None, TOO_FEW_ROWS
+    test_start = _cut_off_ties(times, n - n_test, 0, n)
+    if test_start is None:  # every row at one time
+        return None, ONE_TIME
+    target = max(1, min(n - n_test, test_start) - n_val)
+    val_start = test_start if target >= test_start else _cut_off_ties(times, target, 0, test_start)
+    return (test_start if val_start is None else val_start, test_start), None
+
+
+def _cut_off_ties(times, cut, low, high):
+    """A cut at `cut` (low < cut < high) moved off a tie group it would split: to the group's end
+    if that is before `high`, else to its start if that is after `low`; None when the group spans
+    low..high."""
+    if times[cut - 1] != times[cut]:
+        return cut
+    start, end = cut - 1, cut + 1
+    while start > low and times[start - 1] == times[cut]:
+        start -= 1
+    while end < high and times[end] == times[cut]:
+        end += 1
+    if end < high:
+        return end
+    return start if start > low else None
 
 
 # ---------------------------------------------------------------- rejected rows

@@ -156,24 +156,6 @@ def _save(fig, path) -> Path:
     return _atomic_write(path, buffer.getvalue())
 
 
-def bar_chart(path, groups: list[str], series: dict[str, tuple], title: str, ylabel: str) -> Path:
-    """Grouped bars: one group per entry of `groups`, one bar per series (means, stds)."""
-    if not series:
-        raise ValueError("bar_chart needs at least one series")
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.4 * len(groups) * len(series) + 2), 4))
-    x = np.arange(len(groups))
-    width = 0.8 / len(series)
-    for i, (name, (means, stds)) in enumerate(series.items()):
-        if not len(means) == len(stds) == len(groups):
-            raise ValueError(f"series {name!r} needs {len(groups)} means and stds")
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=name)
-    ax.set_xticks(x, groups)
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    ax.legend()
-    return _save(fig, path)
-
-
 def heatmap(path, matrix, row_labels: list[str], col_labels: list[str], title: str) -> Path:
     """A [rows, cols] matrix (e.g. expert weights by task) as coloured cells."""
     return heatmaps(path, {"": matrix}, row_labels, col_labels, title)

@@ -78,7 +78,12 @@ class RunState:
         if not storage.exists(path):
             return 0
         self.progress = {"converged_epoch": None, **read_json(path, "training progress")}
-        self.checkpoint.read(join(self.run_dir, self.progress["checkpoint"])).assert_existing_objects_matched()
+        saved = join(self.run_dir, self.progress["checkpoint"])
+        try:
+            self.checkpoint.read(saved).assert_existing_objects_matched()
+        except (ValueError, AssertionError):  # other variables: saved by a version of the model code that differs
+            raise ArtifactError(f"{saved}: the saved training state does not fit this model (saved by another "
+                                f"version of mtlrec?); remove the run folder {self.run_dir} to train it again") from None
         done = self.progress["epoch"]
         self.history = [r for r in _records(join(self.run_dir, runs.HISTORY)) if r["epoch"] <= done]
         self.gates = [r for r in _records(join(self.run_dir, runs.GATES)) if r["epoch"] <= done]

@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 
 from pipeline import storage
-from pipeline.artifacts import atomic_write, read_json
+from pipeline.artifacts import ArtifactError, atomic_write, read_json
 from pipeline.config import load_yaml, to_yaml, validate
 from pipeline.storage import join
 
@@ -160,6 +160,20 @@ def made_with_other_config(run_dir, config) -> bool:
     if not storage.exists(saved):
         return False
     return _settings(load_yaml(storage.read_text(saved))) != _settings(config.model_dump(mode="json"))
+
+
+def require_trained(run_dir) -> None:
+    """ArtifactError, one line saying what to pass instead, unless `run_dir` is a run folder whose
+    training finished (its train.json): `evaluate --run` and `export --run` check it first."""
+    if storage.exists(join(run_dir, TRAIN_DONE)):
+        return
+    instead = ("pass a run folder written by `mtlrec train`, e.g. <workdir>/models/default or "
+               "<workdir>/compare/<variant>/seed<k>")
+    if storage.exists(join(run_dir, CONFIG)):
+        raise ArtifactError(f"{run_dir}: its training has not finished (no {TRAIN_DONE}); run `mtlrec train` with "
+                            f"the same settings to finish it, or {instead}")
+    what = "not a run folder" if storage.isdir(run_dir) else "no such run folder"
+    raise ArtifactError(f"{run_dir}: {what} (no {TRAIN_DONE}); {instead}")
 
 
 def read_train_summary(run_dir) -> dict:

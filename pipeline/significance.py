@@ -3,8 +3,9 @@
 `mtlrec compare` trains each variant with S seeds and evaluates every run on the same test
 users, so a variant is a table x[seed, user] of per-user metric values. Two variants differ
 by more than their true difference for two reasons: which seeds trained them, and which
-users are in the test set. Averaging over seeds and testing over users (`paired_wilcoxon`,
-the old procedure) sees only the second, so its p-values are far too small.
+users are in the test set. Averaging over seeds and testing over users (a Wilcoxon signed-rank
+test, the old procedure, kept in tests/test_significance.py to measure it) sees only the second,
+so its p-values are far too small.
 
 `seed_aware_test` estimates the variance of the mean difference D = mean(a) - mean(b) from
 both sources. The model, per variant v, seed s and user u:
@@ -50,41 +51,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy import optimize, special, stats
-
-
-def paired_wilcoxon(a, b) -> dict:
-    """Two-sided Wilcoxon signed-rank test of per-user metrics a vs b.
-
-    Ignores the variance between training seeds: do not use it on seed-averaged values to
-    compare variants (see the module docstring); `seed_aware_test` replaces it there.
-    Only users with a value (non-NaN) in both arrays are paired; zero differences
-    are dropped (zero_method="wilcox"). When every difference is zero there is no
-    evidence either way, so p_value is 1.0 instead of scipy's error.
-    relative_diff = (mean(a) - mean(b)) / |mean(b)| over the paired users.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(f"a and b must be 1-D per-user arrays of one length; got {a.shape}, {b.shape}")
-    both = ~(np.isnan(a) | np.isnan(b))
-    a, b = a[both], b[both]
-    if a.size == 0:
-        raise ValueError("no user has a value in both a and b")
-    diff = a - b
-    if not diff.any():
-        statistic, p_value = 0.0, 1.0
-    else:
-        result = stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided")
-        statistic, p_value = float(result.statistic), float(result.pvalue)
-    mean_b = float(b.mean())
-    return {
-        "statistic": statistic,
-        "p_value": p_value,
-        "n_users": int(a.size),
-        "mean_diff": float(diff.mean()),
-        "relative_diff": float(a.mean() - mean_b) / abs(mean_b) if mean_b != 0 else float("nan"),
-    }
+from scipy import optimize, special
 
 
 def _runs_table(x, name: str) -> np.ndarray:

@@ -40,7 +40,7 @@ from pipeline.runs import PATH_FIELDS, absolute_paths
 from pipeline.manifest import read_manifest
 from pipeline.config import ConfigError, config_hash, merge, validate, with_overrides
 from pipeline.search_space import SpaceTrial, check_against_gates
-from pipeline.terminal import time_left
+from pipeline.terminal import models_one_after_another, time_left
 from pipeline.tuning import (
     INFEASIBLE, TunerSettings, TuningError, finished_trials, is_feasible, mark_infeasible, remaining_trials,
     run_study, summarize)
@@ -225,11 +225,12 @@ def _run(config, force: bool) -> str:
     studies, todo = {}, sum(remaining_trials(settings, n) for n in study_names.values())
     log(f"tune: {len(bases)} variants x {settings.trials} trials, {todo} to run; studies in {database}")
     progress = _Progress(settings.trials, todo)
-    for name, base in bases.items():
-        context = {"steps_per_epoch": train.epoch_steps(base.train, manifest), "epochs": base.train.epochs}
-        objective = make_objective(base, context, config.tune.learning_rate, database.parent / "trials",
-                                   config.tune.space)
-        studies[name] = run_study(settings, study_names[name], objective, progress)
+    with models_one_after_another():  # a model per trial
+        for name, base in bases.items():
+            context = {"steps_per_epoch": train.epoch_steps(base.train, manifest), "epochs": base.train.epochs}
+            objective = make_objective(base, context, config.tune.learning_rate, database.parent / "trials",
+                                       config.tune.space)
+            studies[name] = run_study(settings, study_names[name], objective, progress)
     summaries = {name: summarize(study) for name, study in studies.items()}
     write_report(config, summaries, {n: finished_trials(s) for n, s in studies.items()},
                  storage.join(tune_dir_of(config), "report"))

@@ -93,6 +93,59 @@ def test_split_is_by_time_per_user(embedded_data):
     assert checked > 10
 
 
+def test_ties_never_straddle_a_cut_and_every_cuttable_user_has_a_test_list():
+    """Random histories with ties anywhere, and random-policy (held-out) rows: the cuts follow the
+    rule of docs/KUAIRAND.md, and a user without a test list is counted with the reason."""
+    import apache_beam as beam
+    from pipeline import exposure_examples
+    from pipeline.config import SplitConfig
+    from pipeline.preprocess import _user_history
+    from pipeline.rows import HELD_OUT
+    rng = np.random.default_rng(24)
+    seen = set()
+    for case in range(3000):
+        n = int(rng.integers(1, 30))
+        times = np.sort(rng.integers(0, int(rng.integers(1, 12)), n)) * 1000
+        held = [{"user_id": 1, "item_id": 1000 + i, "time_ms": int(t), HELD_OUT: True}
+                for i, t in enumerate(rng.integers(0, 12, int(rng.integers(0, 3))) * 1000)]
+        rows = [{"user_id": 1, "item_id": i, "time_ms": int(t)} for i, t in enumerate(times)]
+        out = list(_user_history((1, [rows + held]), SplitConfig(), "log.csv", exposure_examples, "time_ms"))
+        [counts] = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
+        [(_, parts)] = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
+        split = {s: [r["time_ms"] for r in parts[s]] for s in ("train", "validation", "test")}
+        assert split["train"] + split["validation"] + split["test"] == list(times)
+        n_test, n_val = max(1, round(0.1 * n)), max(1, round(0.1 * n))
+        reasons = [k for k in counts if k.startswith("no_test_list:")]
+        if n < 5 or n_test + n_val >= n:
+            why = "too_few_rows"
+        elif len(set(times)) == 1:
+            why = "one_time"
+        else:
+            why = None
+        seen.add(why)
+        if why:
+            assert not split["test"] and reasons == [f"no_test_list:{why}"] and counts["train_only_users"] == 1
+            assert "held_out" not in parts
+            continue
+        assert reasons == [] and counts["train_only_users"] == 0
+        # The test cut: the latest n_test rows; where a tie straddles that cut, after the tie, or,
+        # when nothing is later than the tie, before it (the whole tie is then test).
+        first, before = times[n - n_test], times[n - n_test - 1]
+        expected = (list(times[n - n_test:]) if first != before else [t for t in times if t > first]
+                    or [t for t in times if t >= first])
+        assert split["test"] == expected, (list(times), split)
+        assert split["train"] and max(split["train"] + split["validation"]) < min(split["test"])
+        if split["validation"]:
+            assert max(split["train"]) < min(split["validation"])
+        else:  # only when everything before the test is at one time
+            assert len(set(split["train"])) == 1
+        if len(set(times)) == n:  # no ties: the shares exactly
+            assert (len(split["test"]), len(split["validation"])) == (n_test, n_val)
+        assert sorted(r["item_id"] for r in parts.get("held_out", [])) == sorted(
+            r["item_id"] for r in held if r["time_ms"] >= min(split["test"]))
+    assert seen == {"too_few_rows", "one_time", None}
+
+
 def test_sampled_items_were_never_interacted(embedded_data):
     folder, manifest = embedded_data
     positives = _positives(folder)

@@ -285,6 +285,7 @@ def _flat(grads, variables):
 ROUTED_CASES = {
     "softmax": (8, {"type": "softmax"}),
     "topk": (8, {"type": "topk", "k": 2, "noise": False}),
+    "topk_noise": (8, {"type": "topk", "k": 2, "noise": True}),  # rows also hold the noise scale's logits
     "dselect_k": (8, {"type": "dselect_k", "k": 2, "gamma": 1.0, "entropy_weight": 0.05}),
     "dselect_k_unreachable_codes": (6, {"type": "dselect_k", "k": 2, "gamma": 1.0, "entropy_weight": 0.05}),
     # The permutation search running (step 5 of [0, 100)): rows also hold each gate's permutation logits.

@@ -151,6 +151,38 @@ def test_killed_run_resumes_to_the_same_evaluation(embedded_data, tmp_path):
     assert losses[0] == losses[1] and len(losses[0]) == 3
 
 
+def test_a_saved_state_of_another_model_is_refused_with_one_line(tmp_path):
+    """A run's saved state from code whose model had other variables (Top-k without noise kept noise
+    weights before issue 24): the optimizer's slots no longer line up. One line, not a traceback."""
+    from pipeline import resume
+    from pipeline.artifacts import ArtifactError
+
+    class Model(tf.keras.Model):
+        def __init__(self, extra: bool):
+            super().__init__()
+            self.hidden = tf.keras.layers.Dense(4)
+            self.extra = tf.keras.layers.Dense(5) if extra else None  # weights the loss never reaches
+            self.out = tf.keras.layers.Dense(1)
+
+        def call(self, x):
+            if self.extra is not None:
+                self.extra(x)
+            return self.out(self.hidden(x))
+
+    def model(extra: bool):
+        built = Model(extra)
+        built.compile(optimizer="adam", loss="mse")
+        built(tf.zeros([1, 3]))
+        built.optimizer.build(built.trainable_variables)
+        return built
+
+    old = resume.RunState(str(tmp_path), str(tmp_path), model(extra=True), patience=0)
+    old.end_epoch(1, 0.5)
+    assert resume.RunState(str(tmp_path), str(tmp_path), model(extra=True), patience=0).restore() == 1
+    with pytest.raises(ArtifactError, match=r"state/epoch-001: the saved training state does not fit this model"):
+        resume.RunState(str(tmp_path), str(tmp_path), model(extra=False), patience=0).restore()
+
+
 def test_run_folder_of_other_settings_is_refused(embedded_data, tmp_path):
     """Resuming a folder trained with other settings would mix two runs: refused, never overwritten."""
     data_dir, _ = embedded_data
@@ -333,7 +365,8 @@ def test_bad_data_folders_and_gate_names(embedded_data, tmp_path):
     with pytest.raises(ArtifactError, match="incompatible feature declaration"):
         _train(fake, tmp_path / "run")
     (fake / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "format"}))
-    with pytest.raises(ArtifactError, match="format 1, this code reads format 4; run `mtlrec preprocess` again"):
+    from pipeline.manifest import DATA_FORMAT
+    with pytest.raises(ArtifactError, match=f"format 1, this code reads format {DATA_FORMAT}; run `mtlrec preprocess` again"):
         _train(fake, tmp_path / "run")
     result = subprocess.run([str(MTLREC), "train", "--set", "model.gate.type=sparsemax"], capture_output=True,
                             text=True, timeout=300)

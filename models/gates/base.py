@@ -149,7 +149,14 @@ class Gate(keras.layers.Layer):
             raise ValueError(f"{self.name}: a per-example gate needs routing_inputs [batch, features]")
         if not self.per_example and routing_inputs is not None:
             raise ValueError(f"{self.name}: a static gate takes no routing_inputs (got a tensor)")
-        return None if routing_inputs is None else tf.cast(routing_inputs, tf.float32)
+        if routing_inputs is None:
+            return None
+        routing_inputs = tf.cast(routing_inputs, tf.float32)
+        if not all(layer.built for layer in self.routing_layers()):
+            # All of them on the first call, also those a call may skip (Top-k's noise at inference):
+            # a variable made on a later call of a tf.function is an error.
+            self.build_routing(routing_inputs.shape)
+        return routing_inputs
 
     def weights_and_loss(self, routing_inputs=None, training=False):
         """(mixture weights [batch, n] or [n] if static, regularization loss or None), without
