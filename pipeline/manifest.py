@@ -26,12 +26,14 @@ REQUIRED = ("source", "splits", "raw_columns", "features", "declaration_hash")
 # (pipeline/preprocess.py) or the example builder (pipeline/exposure_examples.py).
 NO_TEST_LIST = "no_test_list"
 TOO_FEW_ROWS, ONE_TIME, NO_HELD_OUT_ROWS = "too_few_rows", "one_time", "no_held_out_rows"
+NO_TEST_DRAW = "no_test_draw"
 NO_TEST_LIST_REASONS = {
     TOO_FEW_ROWS: "fewer rows than data.split.min_interactions, or than the test and validation shares need: "
                   "all in train",
     ONE_TIME: "every row at one time, so no cut can leave later rows for test: all in train",
     NO_HELD_OUT_ROWS: "data.kuairand.random_log_test: no row of the random-policy log from the start of the "
                       "user's test period",
+    NO_TEST_DRAW: "data.split.mode random: none of the user's own rows was drawn into the test split",
 }
 
 

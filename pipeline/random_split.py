@@ -28,6 +28,7 @@ import numpy as np
 
 from features.datasets.movielens import MOVIELENS
 from pipeline.counting import COUNTS
+from pipeline.manifest import NO_TEST_DRAW, NO_TEST_LIST
 from pipeline.sampled_examples import SampleExamples
 from pipeline.sampling import user_rng
 
@@ -136,6 +137,8 @@ class SampleThenSplit(_DrawAll):
         test = [rows[r] for r in row_of[(split_of == SPLITS.index("test")) & positive]]
         if test:
             yield self._candidates(user_id, test, seen, catalog, counts)
+        else:  # counted, so that every user has a test list or a reason (manifest.users_without_test_list)
+            counts[f"{NO_TEST_LIST}:{NO_TEST_DRAW}"] = 1
 
 
 def sample_then_split(per_user, data_config, raw_columns, item_columns, catalog, item_meta):
