@@ -167,7 +167,10 @@ def test_gate_sparsity(run_dir: str) -> dict:
     if config.model.architecture != "mmoe":
         return {}
     model, inputs = runs.restore_model(run_dir)
-    batches = list(inputs.raw_dataset("test", 8192))
+    # A plain (not parallel) map: under op determinism, which `mtlrec train` turns on in the same process
+    # (compare), TensorFlow rewrites a parallel map and logs a spurious NodeDef error line.
+    records = tf.data.TFRecordDataset(split_files(inputs.data_dir, "test"), compression_type="GZIP")
+    batches = list(records.batch(8192).map(inputs.to_inputs))
     found = diagnose(model, batches, config.train.converged_share)
     return {task: {k: v for k, v in entry.items() if k != "weights"} for task, entry in found.items()}
 

@@ -42,7 +42,7 @@ from tfx_bsl.public import tfxio
 
 from features.datasets import dataset_of_source
 from features.transform import make_preprocessing_fn
-from pipeline import exposure_examples, locks, sampled_examples, storage
+from pipeline import exposure_examples, locks, random_split, sampled_examples, storage
 from pipeline.artifacts import MANIFEST, staged_folder, write_json
 from pipeline.counting import COUNTS, count_elements, read_counts, write_counts
 from pipeline.manifest import NO_TEST_LIST, ONE_TIME, SPLITS, TOO_FEW_ROWS, build_manifest
@@ -225,7 +225,9 @@ def build_pipeline(p, source, data_config, folder, scratch=None):
     does not know (TF's ram://): tf.Transform writes the transform there, and it is copied up."""
     raw_columns = list(source.info.raw_columns)
     dataset = dataset_of_source(data_config.source)
-    plan = sampled_examples if dataset.sampled_negatives else exposure_examples
+    # How examples are made: sampled negatives (split per user by time, or at random after sampling), or exposures.
+    plan = (random_split if data_config.split.mode == "random" else sampled_examples) \
+        if dataset.sampled_negatives else exposure_examples
     schema = schema_utils.schema_from_feature_spec(dataset.raw_feature_spec(raw_columns))
 
     rows, rejected = source.expand(p)

@@ -29,7 +29,7 @@ import numpy as np
 from features.datasets.movielens import MOVIELENS
 from pipeline.counting import COUNTS
 from pipeline.manifest import NO_TEST_DRAW, NO_TEST_LIST
-from pipeline.sampled_examples import SampleExamples
+from pipeline.sampled_examples import DEDUPE_KEY, DEDUPE_ORDER, REPEATED_REASON, SampleExamples, item_tables  # noqa: F401 (the plan's dedupe rule is sampled_examples')
 from pipeline.sampling import user_rng
 
 UNSPLIT = "all"  # the per-user rows the preprocess stage passes on before this split
@@ -149,3 +149,10 @@ def sample_then_split(per_user, data_config, raw_columns, item_columns, catalog,
     return per_user | "SampleThenSplit" >> beam.ParDo(
         SampleThenSplit(data_config, raw_columns, item_columns), beam.pvalue.AsSingleton(catalog),
         beam.pvalue.AsSingleton(item_meta), beam.pvalue.AsSingleton(cuts)).with_outputs(COUNTS, main="examples")
+
+
+def expand(per_user, data_config, raw_columns, source):
+    """As sampled_examples.expand, for `data.split.mode: random`: (examples, [count PCollections])."""
+    item_columns, counts, item_meta, catalog = item_tables(per_user, raw_columns)
+    sampled = sample_then_split(per_user, data_config, raw_columns, item_columns, catalog, item_meta)
+    return sampled.examples, counts + [sampled[COUNTS]]

@@ -157,19 +157,22 @@ class SampleExamples(beam.DoFn):
                 "like": [float(p and r >= threshold) for p, r in zip(positive, ratings)]}
 
 
-def expand(per_user, data_config, raw_columns, source):
-    """Per-user split rows -> (examples: (split, user, [tf.Example bytes]), [count PCollections]).
-    source: unused (the MovieLens sources join the movie and user columns into the rows)."""
+def item_tables(per_user, raw_columns):
+    """The items of every user's rows: (item columns, [the item count], item meta, catalog), as
+    PCollections; what sampling reads (here, and in pipeline/random_split.py)."""
     item_columns = [c for c in ("genres", "year") if c in raw_columns]
     items = per_user | "ItemTable" >> beam.CombineGlobally(ItemTable(item_columns))
     counts = [items | "CountItems" >> beam.Map(lambda t: {"items": len(t["meta"])})]
     item_meta = items | "ItemMeta" >> beam.Map(lambda t: t["meta"])
     catalog = items | "Catalog" >> beam.Map(lambda t: t["catalog"])
-    if data_config.split.mode == "random":
-        from pipeline.random_split import sample_then_split
-        sampled = sample_then_split(per_user, data_config, raw_columns, item_columns, catalog, item_meta)
-    else:
-        sampled = per_user | "Sample" >> beam.ParDo(
-            SampleExamples(data_config, raw_columns, item_columns), beam.pvalue.AsSingleton(catalog),
-            beam.pvalue.AsSingleton(item_meta)).with_outputs(COUNTS, main="examples")
+    return item_columns, counts, item_meta, catalog
+
+
+def expand(per_user, data_config, raw_columns, source):
+    """Per-user split rows -> (examples: (split, user, [tf.Example bytes]), [count PCollections]).
+    source: unused (the MovieLens sources join the movie and user columns into the rows)."""
+    item_columns, counts, item_meta, catalog = item_tables(per_user, raw_columns)
+    sampled = per_user | "Sample" >> beam.ParDo(
+        SampleExamples(data_config, raw_columns, item_columns), beam.pvalue.AsSingleton(catalog),
+        beam.pvalue.AsSingleton(item_meta)).with_outputs(COUNTS, main="examples")
     return sampled.examples, counts + [sampled[COUNTS]]

@@ -139,8 +139,8 @@ class FakeTrial:
         self.asked[name] = ("float", low, high, log)
         return low if self.end == "low" else high
 
-    def suggest_int(self, name, low, high):
-        self.asked[name] = ("int", low, high)
+    def suggest_int(self, name, low, high, log=False):
+        self.asked[name] = ("int", low, high, log) if log else ("int", low, high)
         return low if self.end == "low" else high
 
     def suggest_categorical(self, name, choices):
@@ -177,6 +177,8 @@ def test_search_spaces_ask_their_ranges_and_give_valid_configs(end, pick):
                 assert "entropy_warmup_steps" not in trial.asked
             else:
                 assert trial.asked["entropy_warmup_steps"] == ("int", 0, 105)  # half of 30 x 7 steps
+            # Always drawn: 1/64 to 1/16 of the 210 steps, on a log scale (models/gates/dselect_k_config.py).
+            assert trial.asked["entropy_doubling_steps"] == ("int", 3, 13, True)
 
 
 def test_search_spaces_run_under_optuna():

@@ -28,7 +28,9 @@ TINY = [*EMBEDDED_OVERRIDES, "train.epochs=2", "train.steps_per_epoch=2", "train
         # Top-k without noise, as in the default compare: it once made Keras warn about its noise weights.
         "compare.variants={softmax: {model: {gate: {type: softmax}}}, "
         "topk: {model: {gate: {type: topk, k: 2, noise: false}}}, "
-        "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}", "tune.trials=2"]
+        "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}", "tune.trials=2",
+        # Bands far narrower than Adam's first step: the 4-step DSelect-k trials end binary (feasible).
+        "tune.space={gamma: {low: 0.0005, high: 0.001, log: true}}", "tune.learning_rate=[0.005, 0.01]"]
 SYNTHETIC = ["--config", str(REPO / "configs" / "synthetic_tiny.yaml"), "--set", "synthetic.sweep_tasks=[]",
              "--set", "synthetic.compare=[topk_2, dselect_k_1]"]
 
