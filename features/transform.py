@@ -1,6 +1,6 @@
 """The tf.Transform preprocessing_fn of a dataset, and the model's view of its outputs.
 
-The Beam stage fits the analyzers on the TRAIN split only (pipeline/preprocess.py); trainer and
+The Beam stage fits the analyzers on the TRAIN split only (pipeline/stages/preprocess.py); trainer and
 exported model both apply the resulting transform graph to raw columns, so training and serving
 cannot drift. Each dataset's preprocessing_fn is in features/transform_<dataset>.py, the
 analyzers they share in features/transform_ops.py.

@@ -1,7 +1,7 @@
 """`mtlrec`: one entry point, one subcommand per stage.
 
 Every subcommand takes `--config FILE.yaml` and repeated `--set key=value` over the defaults,
-which live in code (pipeline/config.py; `mtlrec config` prints them resolved). Stage modules
+which live in code (pipeline/config/schema.py; `mtlrec config` prints them resolved). Stage modules
 are imported only when their subcommand runs, so `--help`, `mtlrec config` and config errors
 stay instant (TensorFlow takes seconds to import). The terminal shows each stage's own lines;
 `--verbose` adds the libraries' logs (pipeline/terminal.py).
@@ -50,19 +50,19 @@ def version() -> str:
 # name -> (help, runner). Runners take (config, parsed args) and return an exit code.
 COMMANDS = {
     "preprocess": ("Beam + tf.Transform: source data -> TFRecords, transform graph, manifest "
-                   "(Beam pipeline options go after --)", _stage("pipeline.preprocess")),
+                   "(Beam pipeline options go after --)", _stage("pipeline.stages.preprocess")),
     "tune": ("equal-budget Optuna tuning of every compare variant on validation loss; writes "
-             "<workdir>/tune/best.yaml for `compare --config` (resumes when started again)", _stage("pipeline.tune")),
+             "<workdir>/tune/best.yaml for `compare --config` (resumes when started again)", _stage("pipeline.stages.tune")),
     "train": ("train one multi-task model (TFRS, tf.distribute) on preprocessed data; "
-              "a killed run resumes when started again", _stage("pipeline.train")),
+              "a killed run resumes when started again", _stage("pipeline.stages.train")),
     "evaluate": ("score the fixed candidate lists with a run's exported model; writes eval.json",
-                 _stage("pipeline.evaluate")),
+                 _stage("pipeline.stages.evaluate")),
     "compare": ("the main job: preprocess, train and evaluate every gate x seed, then report",
-                _stage("pipeline.compare")),
+                _stage("pipeline.stages.compare")),
     "export": ("(re-)export a trained run as a SavedModel; --sparse computes only the experts static gates "
-               "select", _stage("pipeline.export")),
+               "select", _stage("pipeline.stages.export")),
     "synthetic": ("the synthetic expert-selection benchmark (the paper's study)",
-                  _stage("pipeline.synthetic")),
+                  _stage("pipeline.stages.synthetic")),
     "config": ("print the resolved config (defaults <- --config file <- --set) as YAML; "
                "it loads back with --config", print_config),
 }

@@ -85,7 +85,7 @@ LOG_MESSAGES = {
     # purpose: runs of 1-2 epochs trace them more often than TensorFlow expects (pipeline/synthetic/training.py).
     "tensorflow": [re.compile(r"\d+ out of the last \d+ calls to (<function train_runs\.<locals>\.run_epoch at "
                               r"0x[0-9a-f]+>|<bound method TaskRoutedMoE\.(expert_weights|row_diagnostics) of "
-                              r"<pipeline\.synthetic\.model\.TaskRoutedMoE object at 0x[0-9a-f]+>>)"
+                              r"<models\.synthetic\.TaskRoutedMoE object at 0x[0-9a-f]+>>)"
                               + _RETRACING_TAIL)],
 }
 

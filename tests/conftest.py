@@ -26,7 +26,7 @@ EMBEDDED_OVERRIDES = ("data.user_fraction=0.06", "data.negatives.per_positive=2"
 
 def run_preprocess(workdir, *overrides):
     """Run `mtlrec preprocess` in-process (the CLI is a thin wrapper) and return its manifest."""
-    from pipeline import preprocess
+    from pipeline.stages import preprocess
     from pipeline.config import load_config
     return preprocess.run(load_config(None, [f"workdir={workdir}", *overrides]))
 

@@ -115,8 +115,8 @@ def untrained_model(data_dir, manifest, *overrides):
     from features.transform import dense_model_inputs
     from models.recommender import MultiTaskRecommender
     from pipeline.config import load_config
-    from pipeline.dataset import InputPipeline
-    from pipeline.modeling import model_spec
+    from pipeline.training.dataset import InputPipeline
+    from pipeline.training.modeling import model_spec
     config = load_config(None, list(overrides))
     inputs = InputPipeline(data_dir, manifest["raw_columns"])
     model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
@@ -127,7 +127,7 @@ def untrained_model(data_dir, manifest, *overrides):
 
 HOLDER = """
 import sys, time
-from pipeline import locks
+from pipeline.artifacts import locks
 with locks.hold(sys.argv[1], "folder"):
     print("held", flush=True)
     time.sleep(120)
@@ -135,7 +135,7 @@ with locks.hold(sys.argv[1], "folder"):
 
 
 def hold_lock_in_another_process(folder):
-    """A live process holding the lock of `folder` (pipeline/locks.py), once this returns.
+    """A live process holding the lock of `folder` (pipeline/artifacts/locks.py), once this returns.
     The caller kills it (proc.kill(); proc.wait())."""
     import subprocess
     import sys

@@ -13,7 +13,7 @@ from sklearn.metrics import ndcg_score, roc_auc_score
 from conftest import EMBEDDED_OVERRIDES
 from fixtures import ratings, read_split, write_ml1m
 from pipeline import cli
-from pipeline.artifacts import ArtifactError
+from pipeline.artifacts.atomic import ArtifactError
 from pipeline.config import load_config
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
@@ -33,14 +33,14 @@ def _compare_config(workdir, data_dir, *overrides):
 
 
 def config_of(config, variant, seed):
-    from pipeline.compare import run_configs
-    from pipeline.runs import data_dir_of
+    from pipeline.stages.compare import run_configs
+    from pipeline.artifacts.runs import data_dir_of
     return run_configs(config, data_dir_of(config))[variant, seed].model_dump(mode="json")
 
 
 @pytest.fixture(scope="module")
 def compared(embedded_data, tmp_path_factory):
-    from pipeline import compare
+    from pipeline.stages import compare
     data_dir, _ = embedded_data
     workdir = tmp_path_factory.mktemp("compare")
     config = _compare_config(workdir, data_dir)
@@ -62,8 +62,8 @@ def _hand_made_users(rng, shift: dict, seeds=3, users=80):
 
 
 def test_significance_table_on_hand_made_per_user_values():
-    from pipeline.compare_results import significance_table
-    from pipeline.significance import seed_aware_test
+    from pipeline.reports.compare_results import significance_table
+    from pipeline.stats.significance import seed_aware_test
     rng = np.random.default_rng(7)
     ids, frames, arrays = _hand_made_users(rng, {
         "dselect_k": {"watch/ndcg@10": 0.03, "rating/rmse": -0.05}, "softmax": {}, "topk": {}})
@@ -99,7 +99,7 @@ def test_significance_table_on_hand_made_per_user_values():
 
 
 def test_significance_table_keeps_equal_variants_equal_and_names_missing_metrics():
-    from pipeline.compare_results import significance_table
+    from pipeline.reports.compare_results import significance_table
     rng = np.random.default_rng(8)
     _, frames, _ = _hand_made_users(rng, {"dselect_k": {}, "softmax": {}, "dselect_k_per_example": {}}, seeds=2)
     # Two focus variants: their pair is tested once; nothing differs, so nothing is significant.
@@ -151,9 +151,9 @@ def test_runs_that_did_not_converge_are_shown_but_left_out_of_the_tests(compared
     seed is flagged and left out of every test, with the count in the report; converged runs state the
     experts they use on the test examples."""
     import shutil
-    from pipeline.compare import run_configs
-    from pipeline.compare_report import write_report
-    from pipeline.runs import data_dir_of
+    from pipeline.stages.compare import run_configs
+    from pipeline.reports.compare import write_report
+    from pipeline.artifacts.runs import data_dir_of
     config, workdir, _ = compared
     summary = json.loads((workdir / "report" / "summary.json").read_text())
     static = summary["variants"]["dselect_k_static"]
@@ -225,9 +225,9 @@ def test_report_has_the_test_split_table(compared):
 
 def test_report_is_rebuilt_byte_identical(compared, tmp_path, monkeypatch):
     """write_report twice from the same finished runs, the second from another cwd: same summary.json."""
-    from pipeline.compare import run_configs
-    from pipeline.compare_report import write_report
-    from pipeline.runs import data_dir_of
+    from pipeline.stages.compare import run_configs
+    from pipeline.reports.compare import write_report
+    from pipeline.artifacts.runs import data_dir_of
     config, workdir, _ = compared
     data_dir = data_dir_of(config)
     first = write_report(config, run_configs(config, data_dir), data_dir, tmp_path / "one")
@@ -241,7 +241,7 @@ def test_report_is_rebuilt_byte_identical(compared, tmp_path, monkeypatch):
 
 
 def test_second_compare_trains_nothing(compared):
-    from pipeline import compare
+    from pipeline.stages import compare
     config, workdir, _ = compared
     finished = {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")}
     assert len(finished) == 4
@@ -270,7 +270,7 @@ def test_second_compare_trains_nothing(compared):
 
 def test_evaluation_matches_sklearn_per_user(compared):
     """eval_users.csv against sklearn on the scored candidate lists: the grouping is right."""
-    from pipeline.evaluate import score_candidates
+    from pipeline.stages.evaluate import score_candidates
     _, workdir, _ = compared
     run_dir = workdir / "compare" / "softmax" / "seed0"
     per_user = pd.read_csv(run_dir / "eval_users.csv").set_index("user_id")
@@ -319,8 +319,8 @@ def test_evaluate_through_rank_equals_the_rows_scored_one_by_one(compared):
     """
     import tensorflow as tf
 
-    from pipeline.dataset import split_files
-    from pipeline.evaluate import evaluation, score_candidates
+    from pipeline.training.dataset import split_files
+    from pipeline.stages.evaluate import evaluation, score_candidates
     config, workdir, _ = compared
     run_dir = workdir / "compare" / "softmax" / "seed0"
     result = subprocess.run([str(MTLREC), "evaluate", "--run", str(run_dir)], capture_output=True, text=True,
@@ -356,7 +356,7 @@ def test_test_split_metrics_match_sklearn_on_the_exported_predictions(compared):
     import tensorflow as tf
     from sklearn.metrics import accuracy_score, log_loss, mean_squared_error
 
-    from pipeline.dataset import split_files
+    from pipeline.training.dataset import split_files
     config, workdir, _ = compared
     run_dir = workdir / "compare" / "softmax" / "seed0"
     paper = json.loads((run_dir / "eval.json").read_text())["test_split"]
@@ -407,7 +407,7 @@ def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
 
 def test_data_folder_of_other_settings_is_kept_without_force(embedded_data, tmp_path):
     """Pointing compare at a data folder made with other data settings stops before any work."""
-    from pipeline import compare
+    from pipeline.stages import compare
     data_dir, _ = embedded_data
     before = (data_dir / "manifest.json").read_bytes()
     config = _compare_config(tmp_path, data_dir, "data.candidates.negatives=31")

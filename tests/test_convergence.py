@@ -11,8 +11,8 @@ import tensorflow as tf
 from models.gates import DSelectKGate, build_gate, reference
 from models.gates.dselect_k import MAX_DOUBLINGS
 from pipeline.config import load_config
-from pipeline.resume import RunState
-from pipeline.tuning import TunerSettings, counted_trials, finished_trials, mark_infeasible, run_study, summarize
+from pipeline.artifacts.resume import RunState
+from pipeline.tuning.studies import TunerSettings, counted_trials, finished_trials, mark_infeasible, run_study, summarize
 
 SMALL = ["train.batch_size=256", "train.steps_per_epoch=15", "train.diagnostics_batches=2",
          "model.expert_units=[16]", "model.tower_units=[8]", "model.num_experts=4", "model.id_embedding_dim=8"]
@@ -119,7 +119,7 @@ def test_best_epoch_and_early_stopping_wait_for_convergence(tmp_path, epochs, pa
 
 
 def test_train_records_convergence_and_evaluates_a_converged_epoch(embedded_data, tmp_path):
-    from pipeline import train
+    from pipeline.stages import train
     data_dir, _ = embedded_data
     # Adam moves z by about the learning rate per step, so a selector needs >= gamma / (2 lr) steps to
     # leave the smooth-step's band: 10 here, within the 60 steps of the run.

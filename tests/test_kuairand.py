@@ -1,5 +1,5 @@
 """The kuairand source and its exposure examples, on generated folders in the published layouts
-(pipeline/kuairand_generate.py, checked against the README in tests/test_kuairand_layout.py).
+(tests/kuairand_files.py, checked against the README in tests/test_kuairand_layout.py).
 
 Expected values come from the CSV files, read here with pandas, not from the source's parser."""
 import math
@@ -10,9 +10,9 @@ import pytest
 
 from conftest import run_preprocess
 from fixtures import read_split
-from pipeline.kuairand import KuaiRand
-from pipeline.kuairand_generate import write_kuairand
-from pipeline.rows import SourceError
+from pipeline.sources.kuairand import KuaiRand
+from kuairand_files import write_kuairand
+from pipeline.sources.rows import SourceError
 
 LATE = "log_standard_4_22_to_5_08_pure.csv"
 LABELS = {"click": "is_click", "long_view": "long_view", "like": "is_like", "follow": "is_follow",
@@ -115,7 +115,7 @@ def kuairand_run(tmp_path_factory):
     fields[-15] = "x"
     (folder / "user_features_pure.csv").write_text("\n".join(lines[:-1] + [",".join(fields)]) + "\n")
     with pytest.MonkeyPatch.context() as patch:  # ~100 byte ranges: lines cross range boundaries
-        patch.setattr("pipeline.kuairand.CHUNK_BYTES", 997)
+        patch.setattr("pipeline.sources.kuairand.CHUNK_BYTES", 997)
         manifest = run_preprocess(root / "run", "data.source=kuairand", f"data.path={folder}",
                                   "model.tasks={click: {}, long_view: {}, like: {}}", "data.num_shards=2")
     logged = pd.concat(logs.values(), ignore_index=True)
@@ -147,7 +147,7 @@ def test_every_log_line_is_accounted_for(kuairand_run):
     assert manifest["duplicates"] == {"exact": 1, "repeated_pairs": 1}
 
 
-# The README's 0/1 columns (its field descriptions), typed out here independently of pipeline/kuairand.py.
+# The README's 0/1 columns (its field descriptions), typed out here independently of pipeline/sources/kuairand.py.
 README_LOG_FLAGS = ["is_click", "is_like", "is_follow", "is_comment", "is_forward", "is_hate", "long_view",
                     "is_profile_enter", "is_rand"]
 README_USER_FLAGS = ["is_lowactive_period", "is_live_streamer", "is_video_author"]
@@ -244,7 +244,7 @@ def test_a_rejected_feature_line_is_named_in_its_log_rows(tmp_path, damage, file
 
 def test_fast_log_parse_equals_the_checked_parse():
     """The fast path of a log line takes only lines the checked path takes, with the same row."""
-    from pipeline.kuairand import LOG_FIELDS, LOG_FLAGS, NEEDED, _ParseLog
+    from pipeline.sources.kuairand import LOG_FIELDS, LOG_FLAGS, NEEDED, _ParseLog
     parser = _ParseLog("log.csv", tuple(LOG_FIELDS.index(f) for f in NEEDED), len(LOG_FIELDS), True, False,
                        tuple((LOG_FIELDS.index(f), f) for f in LOG_FLAGS))
     good = "7,12,20220501,1000,1651370400000,1,0,0,0,0,0,1,30000,20000,0,0,0,0,1".split(",")
@@ -272,7 +272,7 @@ def test_fast_log_parse_equals_the_checked_parse():
 
 def test_line_ranges_hold_every_line_once(tmp_path):
     """Byte ranges of any size split a file into its lines exactly as bytes.split would."""
-    from pipeline.textfiles import line_ranges, read_line_range
+    from pipeline.sources.textfiles import line_ranges, read_line_range
     rng = np.random.default_rng(1)
     for case in range(30):
         lines = [bytes(rng.choice(list(b"ab,\r"), size=rng.integers(0, 12))) for _ in range(rng.integers(0, 40))]
@@ -341,11 +341,11 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     import json
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
-    from pipeline.exposure_examples import ExposureExamples
-    from pipeline.preprocess import _user_history
-    from pipeline.rows import HELD_OUT
+    from pipeline.examples.exposure import ExposureExamples
+    from pipeline.stages.preprocess import _user_history
+    from pipeline.sources.rows import HELD_OUT
     from pipeline.config import SplitConfig
-    from pipeline import exposure_examples
+    from pipeline.examples import exposure as exposure_examples
 
     folder = tmp_path / "data"
     write_kuairand(folder, "pure", users=6, videos=12, per_user=15, random_per_user=6, seed=3)

@@ -49,7 +49,7 @@ def test_embedded_manifest(embedded_data):
 def test_materialized_splits_equal_the_transform_graph_on_the_raw_shards(embedded_data):
     """transformed/<split> (written by preprocess, what training reads) holds exactly what the
     transform graph gives on the raw shards, example by example, shard by shard, in order."""
-    from pipeline.dataset import BLOCK_SIZE, InputPipeline
+    from pipeline.training.dataset import BLOCK_SIZE, InputPipeline
     folder, manifest = embedded_data
     inputs = InputPipeline(folder, manifest["raw_columns"])
     for split in ("train", "validation"):
@@ -97,10 +97,10 @@ def test_ties_never_straddle_a_cut_and_every_cuttable_user_has_a_test_list():
     """Random histories with ties anywhere, and random-policy (held-out) rows: the cuts follow the
     rule of docs/KUAIRAND.md, and a user without a test list is counted with the reason."""
     import apache_beam as beam
-    from pipeline import exposure_examples
+    from pipeline.examples import exposure as exposure_examples
     from pipeline.config import SplitConfig
-    from pipeline.preprocess import _user_history
-    from pipeline.rows import HELD_OUT
+    from pipeline.stages.preprocess import _user_history
+    from pipeline.sources.rows import HELD_OUT
     rng = np.random.default_rng(24)
     seen = set()
     for case in range(3000):
@@ -433,7 +433,7 @@ def test_tfds_without_network_fails_with_one_line(tmp_path, monkeypatch, capsys)
 
 # ---------------------------------------------------------------- failures
 def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
-    from pipeline import shards
+    from pipeline.examples import shards
 
     def broken(self, keyed):
         raise RuntimeError("disk full (injected)")
@@ -444,7 +444,7 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="disk full"):
         run_preprocess(tmp_path / "run", "data.source=grouplens", f"data.path={folder}")
     assert not (tmp_path / "run" / "data").exists()
-    # No half-written temporary folder either; the data folder's lock file stays, free (pipeline/locks.py).
+    # No half-written temporary folder either; the data folder's lock file stays, free (pipeline/artifacts/locks.py).
     assert [p.name for p in (tmp_path / "run").iterdir()] == [".data.lock"]
     assert (tmp_path / "run" / ".data.lock").read_text() == ""
 

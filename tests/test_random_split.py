@@ -1,4 +1,4 @@
-"""The random split stratified on a label (data.split.mode: random), pipeline/random_split.py."""
+"""The random split stratified on a label (data.split.mode: random), pipeline/examples/random_split.py."""
 import re
 
 import numpy as np
@@ -9,7 +9,7 @@ from conftest import run_preprocess
 from fixtures import ratings, read_split, write_ml1m
 from pipeline import cli
 from pipeline.config import ConfigError, load_config
-from pipeline.random_split import assign, cutoffs
+from pipeline.examples.random_split import assign, cutoffs
 from test_preprocess import assert_train_only_aggregates
 
 RANDOM = ["data.split.mode=random", "data.split.stratify=watch", "data.split.test=0.1",
@@ -86,7 +86,7 @@ def test_candidates_are_each_test_users_test_interactions_and_unseen_items(rando
 
 
 def test_aggregates_and_tables_come_from_the_train_split(random_split):
-    from pipeline.tables import read_tables
+    from pipeline.examples.tables import read_tables
     folder, manifest, _ = random_split
     assert_train_only_aggregates(folder, manifest, unseen_test_items=False)
     ids, _ = read_tables(folder, manifest)["item"]
@@ -133,7 +133,7 @@ def test_temporal_manifest_records_no_random_split_keys(embedded_data):
     """The default (temporal) folder's manifest and hash are those of before the option existed."""
     _, manifest = embedded_data
     from pipeline.config import config_hash
-    from pipeline.manifest import DATA_FORMAT, data_hash
+    from pipeline.artifacts.manifest import DATA_FORMAT, data_hash
     assert set(manifest["config"]["split"]) == {"test", "validation", "min_interactions"}
     temporal = load_config(None, ["data.user_fraction=0.06"]).data
     tree = temporal.model_dump(mode="json")

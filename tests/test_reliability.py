@@ -20,7 +20,8 @@ from fixtures import TINY_DATA as DATA
 from fixtures import TINY_TRAIN as TRAIN
 from fixtures import cli_sets as sets
 from fixtures import hold_lock_in_another_process, ratings, write_ml100k
-from pipeline import cli, locks, storage
+from pipeline import cli
+from pipeline.artifacts import locks, storage
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
 
@@ -127,7 +128,7 @@ def test_unwritable_folder_is_one_line(tmp_path, capsys):
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
     """Only storage failures become one line: anything else is a bug, and is raised as it is."""
-    from pipeline import compare
+    from pipeline.stages import compare
     monkeypatch.setattr(compare, "run", lambda config, force=False: {}["a bug"])
     with pytest.raises(KeyError, match="a bug"):
         cli.main(["compare"])

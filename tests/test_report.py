@@ -8,8 +8,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from pipeline import report as report_module
-from pipeline.report import Report, forest_plot, heatmap, heatmaps, line_chart, write_json
+from pipeline.reports import render as report_module
+from pipeline.reports.render import Report, forest_plot, heatmap, heatmaps, line_chart, write_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -197,7 +197,7 @@ ROBUST = ["model.gate.type=dselect_k", "model.gate.per_example=false", "model.ga
 def test_robust_static_dselect_k_trains_through_mtlrec_train(embedded_data, tmp_path, capsys):
     """Restarts run before the first step of a fresh run only: a run resumed after a crash goes on from
     its saved state (which holds the kept candidate), without drawing candidates again."""
-    from pipeline import train
+    from pipeline.stages import train
     from pipeline.cli import main
     from pipeline.config import load_config
 

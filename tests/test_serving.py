@@ -8,8 +8,8 @@ import tensorflow_transform as tft
 
 from features.datasets.movielens import MOVIELENS, YEAR_BUCKETS
 from fixtures import untrained_model
-from pipeline.dataset import split_files
-from pipeline.export import export_model
+from pipeline.training.dataset import split_files
+from pipeline.stages.export import export_model
 
 SMALL = ["model.num_experts=4", "model.expert_units=[16]", "model.tower_units=[8]", "model.id_embedding_dim=8"]
 WEIGHTS = {"watch": 0.7, "rating": 0.2, "like": 1.5}  # the loss weights: rank's default weights

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from pipeline.significance import holm, seed_aware_test
+from pipeline.stats.significance import holm, seed_aware_test
 
 
 def paired_wilcoxon(a, b) -> dict:
     """Two-sided Wilcoxon signed-rank test of per-user metrics a vs b: compare's old procedure
     (on seed-averaged values), kept here to show how often it errs, as it ignores the variance
-    between training seeds (pipeline/significance.py); `seed_aware_test` replaced it.
+    between training seeds (pipeline/stats/significance.py); `seed_aware_test` replaced it.
     Only users with a value (non-NaN) in both arrays are paired; zero differences
     are dropped (zero_method="wilcox"). When every difference is zero there is no
     evidence either way, so p_value is 1.0 instead of scipy's error.
@@ -122,7 +122,7 @@ def test_holm_rejects_bad_input(p_values):
 
 
 def _loop_reference(a, b, confidence):
-    """The estimator of pipeline/significance.py's docstring written out with plain loops."""
+    """The estimator of pipeline/stats/significance.py's docstring written out with plain loops."""
     a, b = [list(row) for row in a], [list(row) for row in b]
     users = [u for u in range(len(a[0])) if not any(math.isnan(row[u]) for row in a + b)]
     n_users = len(users)

@@ -14,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 from models.gates import reference
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.synthetic.data import generate
-from pipeline.synthetic.model import TaskRoutedMoE
+from models.synthetic import TaskRoutedMoE
 from pipeline.synthetic.recovery import (
     adjusted_rand_index, argmax_k_ari, pair_agreement, selected_experts, selection_labels, top_k_sets)
 from pipeline.synthetic.report import NOT_CONVERGED, ROBUST_OPTIONS, matched_rows, sort_for_display, verdict_lines
@@ -519,6 +519,6 @@ def test_tiny_run_through_the_cli(tmp_path):
     assert "Robust DSelect-k" in report and "dselect_k_1_robust" in report
     assert summary["cpu_seconds"] > 0 and "s CPU time" in (out / "report.md").read_text()
     # The temp folder was renamed into place; only the study database's free lock file stays
-    # (lock files stay by design: deleting a flock'ed file breaks exclusion, pipeline/locks.py).
+    # (lock files stay by design: deleting a flock'ed file breaks exclusion, pipeline/artifacts/locks.py).
     assert [p.name for p in tmp_path.glob(".synthetic*")] in ([], [".synthetic_tuning.db.lock"])
     assert (tmp_path / "synthetic_tuning.db").is_file()  # beside the result folder: a rerun resumes the tuning

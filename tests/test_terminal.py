@@ -251,7 +251,7 @@ def _logged(logger: str, code: str) -> tuple[list[str], list[str]]:
     """(messages the logger was given, messages shown) while `code` runs, quiet, in a fresh process."""
     import json
     result = subprocess.run([sys.executable, "-c", SEEN, logger, code], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])})
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.splitlines()[-1])
     return out["given"], out["shown"]
@@ -298,9 +298,9 @@ def test_tf_transform_cache_key_notice_of_our_analyzer_is_produced_and_hidden(tm
     """tf.Transform's notice about our named z_score analyzer (KuaiRand's rates are z-scored after their
     own analyzer), produced by a real preprocess, is hidden."""
     given, shown = _logged("absl", f"""
-from pipeline import preprocess
+from pipeline.stages import preprocess
 from pipeline.config import load_config
-from pipeline.kuairand_generate import write_kuairand
+from kuairand_files import write_kuairand
 write_kuairand({str(tmp_path / "kuairand")!r}, "pure", users=8, videos=12, per_user=8, random_per_user=1)
 preprocess.run(load_config(None, ["workdir={tmp_path}", "data.source=kuairand", "data.path={tmp_path / 'kuairand'}",
                                   "data.num_shards=1"]))

@@ -1,10 +1,10 @@
-"""The papers' test-split metrics (pipeline/test_split.py) against scikit-learn on hand-made scores."""
+"""The papers' test-split metrics (pipeline/stats/test_split.py) against scikit-learn on hand-made scores."""
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, roc_auc_score
 
 from features.datasets.movielens import MOVIELENS
-from pipeline.test_split import paper_metrics
+from pipeline.stats.test_split import paper_metrics
 
 
 def _scored(n=400, seed=0):

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from pipeline.artifacts import ArtifactError
+from pipeline.artifacts.atomic import ArtifactError
 from pipeline.config import load_config
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
@@ -23,7 +23,7 @@ def _config(data_dir, run_dir, *overrides):
 
 
 def _train(data_dir, run_dir, *overrides, callbacks=()):
-    from pipeline import train
+    from pipeline.stages import train
     return train.run(_config(data_dir, run_dir, *overrides), callbacks=callbacks)
 
 
@@ -95,7 +95,7 @@ KILLER = """
 import os, signal, sys
 import features  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
-from pipeline import train
+from pipeline.stages import train
 from pipeline.config import load_config
 
 
@@ -154,8 +154,8 @@ def test_killed_run_resumes_to_the_same_evaluation(embedded_data, tmp_path):
 def test_a_saved_state_of_another_model_is_refused_with_one_line(tmp_path):
     """A run's saved state from code whose model had other variables (Top-k without noise kept noise
     weights before issue 24): the optimizer's slots no longer line up. One line, not a traceback."""
-    from pipeline import resume
-    from pipeline.artifacts import ArtifactError
+    from pipeline.artifacts import resume
+    from pipeline.artifacts.atomic import ArtifactError
 
     class Model(tf.keras.Model):
         def __init__(self, extra: bool):
@@ -193,7 +193,7 @@ def test_run_folder_of_other_settings_is_refused(embedded_data, tmp_path):
 
 def test_only_the_chief_writes_the_run_folder(embedded_data, tmp_path, monkeypatch):
     """Under a multi-worker strategy every worker trains; a non-chief (simulated) writes nothing there."""
-    from pipeline import train
+    from pipeline.stages import train
     data_dir, _ = embedded_data
     monkeypatch.setattr(train, "is_chief", lambda strategy: False)
     summary = _train(data_dir, tmp_path / "run", "train.epochs=2")
@@ -202,7 +202,7 @@ def test_only_the_chief_writes_the_run_folder(embedded_data, tmp_path, monkeypat
 
 
 def test_chief_follows_the_tf_config_roles():
-    from pipeline.train import is_chief
+    from pipeline.stages.train import is_chief
 
     class Resolver:  # what MultiWorkerMirroredStrategy reads from TF_CONFIG
         def __init__(self, task_type, task_id, cluster):
@@ -226,7 +226,7 @@ def test_chief_follows_the_tf_config_roles():
 def _raw_inputs(data_dir, manifest, n=64):
     """The first n candidate rows: raw columns, and the same rows as serialized tf.Examples."""
     from fixtures import read_split
-    from pipeline.dataset import split_files
+    from pipeline.training.dataset import split_files
     frame = read_split(data_dir, "candidates").head(n)
     records = list(tf.data.TFRecordDataset(split_files(data_dir, "candidates"), "GZIP").take(n).as_numpy_iterator())
     return {c: frame[c].to_numpy() for c in manifest["raw_columns"]}, np.array(records, dtype=object)
@@ -262,7 +262,7 @@ def _serve_without_our_packages(export_dir, raw, records, tmp_path) -> dict:
 def test_export_serves_without_our_packages(embedded_data, tmp_path, policy):
     """Every signature from tf.saved_model.load alone: tf.Examples, raw tensors and a ranking
     request give the model's predictions; rank's defaults come from the config's export section."""
-    from pipeline.runs import restore_model
+    from pipeline.artifacts.runs import restore_model
     data_dir, manifest = embedded_data
     run_dir = tmp_path / "run"
     _train(data_dir, run_dir, "train.epochs=1", f"train.mixed_precision={policy}",
@@ -365,7 +365,7 @@ def test_bad_data_folders_and_gate_names(embedded_data, tmp_path):
     with pytest.raises(ArtifactError, match="incompatible feature declaration"):
         _train(fake, tmp_path / "run")
     (fake / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "format"}))
-    from pipeline.manifest import DATA_FORMAT
+    from pipeline.artifacts.manifest import DATA_FORMAT
     with pytest.raises(ArtifactError, match=f"format 1, this code reads format {DATA_FORMAT}; run `mtlrec preprocess` again"):
         _train(fake, tmp_path / "run")
     result = subprocess.run([str(MTLREC), "train", "--set", "model.gate.type=sparsemax"], capture_output=True,

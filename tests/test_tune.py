@@ -41,7 +41,7 @@ def trials_of(workdir) -> dict:
 
 @pytest.fixture(scope="module")
 def tuned(embedded_data, tmp_path_factory):
-    from pipeline import tune
+    from pipeline.stages import tune
     data_dir, _ = embedded_data
     workdir = tmp_path_factory.mktemp("tune")
     config = _config(workdir, data_dir)
@@ -49,8 +49,8 @@ def tuned(embedded_data, tmp_path_factory):
 
 
 def test_best_yaml_is_a_compare_config_with_each_variants_best_trial(tuned):
-    from pipeline.compare import run_configs
-    from pipeline.runs import data_dir_of
+    from pipeline.stages.compare import run_configs
+    from pipeline.artifacts.runs import data_dir_of
     config, workdir, best_path = tuned
     assert best_path == workdir / "tune" / "best.yaml"
     best = load_config(best_path)
@@ -70,7 +70,7 @@ def test_best_yaml_is_a_compare_config_with_each_variants_best_trial(tuned):
         assert {k: gate[k] for k in winner[2] if k in gate} == {k: v for k, v in winner[2].items() if k in gate}
         assert run.train.epochs == 2 and run.model.num_experts == 4  # everything else as tuned with
     # compare's seed-0 run of the best setting trains exactly the tuned trial: same validation loss.
-    from pipeline import train
+    from pipeline.stages import train
     assert train.run(runs["dselect_k_static", config.train.seed])["best_val_loss"] == \
         summary["variants"]["dselect_k_static"]["best"]["value"]
     # Beyond compare.variants and focus, best.yaml is the config that was tuned (workdir made absolute).
@@ -107,7 +107,7 @@ def test_resumes_after_an_interruption_without_reading_the_test_split(tuned, emb
                                                                       monkeypatch, capfd):
     """Ctrl-C mid-trial, then the same command: the same trials as the uninterrupted run, here on a
     copy of the data whose test and candidate shards are garbage (tuning never reads them)."""
-    from pipeline import tune
+    from pipeline.stages import tune
     _, reference_workdir, _ = tuned
     data_dir = tmp_path / "data"
     shutil.copytree(embedded_data[0], data_dir)
@@ -152,7 +152,7 @@ def test_resumes_after_an_interruption_without_reading_the_test_split(tuned, emb
 
 def test_search_spaces_draw_valid_configs(embedded_data, tmp_path):
     from models.gates import gate_config_class
-    from pipeline.tune import trial_changes, variant_configs
+    from pipeline.stages.tune import trial_changes, variant_configs
     config = _config(tmp_path, embedded_data[0], "compare.variants={topk: {model: {gate: {type: topk}}}, "
                      "dselect_k_static: {model: {gate: {type: dselect_k}}}, "
                      "shared_bottom: {model: {architecture: shared_bottom}}}", "tune.variants=null",
@@ -263,7 +263,7 @@ def test_a_grid_and_a_range_from_the_config_are_obeyed(embedded_data, tmp_path):
 
 def test_a_url_workdir_needs_a_local_study_file():
     from pipeline.config import ConfigError
-    from pipeline.tune import storage_of
+    from pipeline.stages.tune import storage_of
     with pytest.raises(ConfigError, match="not on local disk; set tune.storage"):
         storage_of(load_config(None, ["workdir=gs://bucket/run"]))
     assert storage_of(load_config(None, ["workdir=gs://bucket/run", "tune.storage=/tmp/s.db"])) == Path("/tmp/s.db")

@@ -51,7 +51,7 @@ class DSelectKGateConfig(GateConfig):
         the entropy weight (log scale, 1/64 to 1/16 of the training steps): always on, and at least 16
         doublings (x65,536) fit in a run, so that the selectors become binary within it also in the
         seeds the tuner did not try (a period of 1/8 left 1 seed of 10 at 86% binary in the synthetic
-        study). A trial whose evaluated epoch is not converged is infeasible (pipeline/tuning.py)."""
+        study). A trial whose evaluated epoch is not converged is infeasible (pipeline/tuning/studies.py)."""
         steps = int(context["steps_per_epoch"]) * int(context["epochs"])
         params = {"gamma": trial.suggest_float("gamma", 0.1, 10.0, log=True),
                   "entropy_weight": trial.suggest_float("entropy_weight", 1e-4, 10.0, log=True),

@@ -1,7 +1,7 @@
 """The gate registry: config name -> (config schema, gate class), and the config base class.
 
 Everything that lists or dispatches on gate types reads it: `build_gate`, config validation
-(`parse_gate_config`, used by pipeline/config.py for `model.gate`, `model.task_gates.*` and
+(`parse_gate_config`, used by pipeline/config/schema.py for `model.gate`, `model.task_gates.*` and
 `synthetic.gates.*`), and the error messages that list the known types. A gate registered at
 run time is known everywhere from then on.
 
@@ -19,7 +19,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
-# The pydantic error type of a missing or unknown gate `type`; pipeline/config.py prints its message as is.
+# The pydantic error type of a missing or unknown gate `type`; pipeline/config/schema.py prints its message as is.
 GATE_TYPE_ERROR = "gate_type"
 
 
@@ -38,7 +38,7 @@ class GateConfig(BaseModel):
 
     layer: ClassVar = None  # the gate class, or its import path "module.Class"; set by register_gate
     # The names `search_space` draws, each with its kind ("float", "int" or "categorical"): what
-    # `tune.space` may give other ranges or grids for (pipeline/search_space.py).
+    # `tune.space` may give other ranges or grids for (pipeline/tuning/search_space.py).
     search_parameters: ClassVar[dict[str, str]] = {}
 
     @classmethod

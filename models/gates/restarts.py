@@ -10,7 +10,7 @@ training goes on from there. The validation data is never read.
 
 The gates ask for it with their `restarts` and `restart_steps` settings (DSelectKGateConfig);
 the training loop runs it before its first step: `best_of_restarts` for any loop, `keras_restarts`
-for a compiled Keras model (pipeline/train.py).
+for a compiled Keras model (pipeline/stages/train.py).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import report as rp
+from pipeline.reports import render as rp
 from pipeline.synthetic.recovery import DENSE_SELECTION
 
 NOT_CONVERGED = "NOT CONVERGED"

@@ -1,5 +1,5 @@
 """Equal-budget hyperparameter search for one variant of the synthetic study, with the generic
-tuner (pipeline/tuning.py): Optuna TPE, pruning on the per-epoch validation MSE, a SQLite study
+tuner (pipeline/tuning/studies.py): Optuna TPE, pruning on the per-epoch validation MSE, a SQLite study
 that resumes after an interruption.
 
 Each trial draws the learning rate (log-uniform over `synthetic.tuning.learning_rate`) and, apart
@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from models.gates import gate_config_class
 from pipeline.synthetic.data import SyntheticData
 from pipeline.synthetic.training import RunSpec, train_runs
-from pipeline.tuning import TunerSettings, is_feasible, mark_infeasible, remaining_trials, run_study, summarize
+from pipeline.tuning.studies import TunerSettings, is_feasible, mark_infeasible, remaining_trials, run_study, summarize
 
 PRUNE_EVERY = 10  # epochs between the validation MSEs the pruner sees
 

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from models.gates.restarts import best_of_restarts, restart_plan
 from pipeline.synthetic.data import SyntheticData
-from pipeline.synthetic.model import TaskRoutedMoE
+from models.synthetic import TaskRoutedMoE
 from pipeline.synthetic.recovery import (
     adjusted_rand_index, argmax_k_ari, pair_agreement, selected_experts, selection_labels)
 

@@ -1,0 +1,1 @@
+"""Sources: each reads one kind of input into rows and rejections with reasons."""

@@ -1,0 +1,1 @@
+"""The stages: one module per `mtlrec` command, each a function from artifacts to artifacts."""
