@@ -11,7 +11,7 @@ entropy and unreachable-code penalty, Top-k's load balancing) are added in train
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -25,19 +25,23 @@ keras = tf.keras
 
 @dataclass
 class ModelSpec:
-    """Everything that shapes the network; built by the trainer from config + data."""
+    """Everything that shapes the network; built by the trainer from config + data.
+
+    No field has a default: the defaults are the config's (pipeline/config/schema.py, ModelConfig),
+    written once there; pipeline/training/modeling.py fills every field from a resolved config.
+    """
     features: list[str]  # active feature names, from the data manifest
     categorical_sizes: dict[str, int]  # indices per categorical feature (vocabularies + OOV)
     tasks: dict[str, float]  # task -> loss weight
-    dataset: str = "movielens"  # the declaration (features/datasets/) of the features and tasks
-    gates: dict[str, dict] = field(default_factory=dict)  # task -> gate config (mmoe only)
-    architecture: str = "mmoe"
-    id_embedding_dim: int = 32
-    side_embedding_dim: int = 8
-    num_experts: int = 8
-    expert_units: list[int] = field(default_factory=lambda: [64])
-    expert_dropout: float = 0.0
-    tower_units: list[int] = field(default_factory=lambda: [32])
+    dataset: str  # the declaration (features/datasets/) of the features and tasks
+    gates: dict[str, dict]  # task -> gate config (mmoe only)
+    architecture: str  # "mmoe" or "shared_bottom"
+    id_embedding_dim: int
+    side_embedding_dim: int
+    num_experts: int
+    expert_units: list[int]
+    expert_dropout: float
+    tower_units: list[int]
 
 
 def to_predictions(logits: dict, tasks: dict) -> dict:

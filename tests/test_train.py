@@ -316,8 +316,10 @@ def test_rating_loss_ignores_sampled_items():
     """Sample weights: the rating of a sampled item (weight 0) cannot move the rating loss."""
     from models.recommender import ModelSpec, MultiTaskRecommender
     spec = ModelSpec(features=["user", "item", "user_count"], categorical_sizes={"user": 5, "item": 7},
-                     tasks={"watch": 1.0, "rating": 1.0}, gates={t: {"type": "softmax"} for t in ("watch", "rating")},
-                     num_experts=4, expert_units=[8], tower_units=[4])
+                     tasks={"watch": 1.0, "rating": 1.0}, dataset="movielens",
+                     gates={t: {"type": "softmax"} for t in ("watch", "rating")}, architecture="mmoe",
+                     id_embedding_dim=32, side_embedding_dim=8, num_experts=4, expert_units=[8], expert_dropout=0.0,
+                     tower_units=[4])
     model = MultiTaskRecommender(spec)
     batch = {"user": tf.constant([0, 1, 2, 3]), "item": tf.constant([1, 2, 3, 4]),
              "user_count": tf.constant([0.1, -0.3, 0.5, 1.0]), "watch": tf.constant([1.0, 0.0, 1.0, 0.0]),
@@ -340,7 +342,9 @@ def test_model_config_is_plain_data_that_rebuilds_the_model():
     """get_config is what Keras saves with the model: JSON, and from_config builds the same network."""
     from models.recommender import ModelSpec, MultiTaskRecommender
     spec = ModelSpec(features=["user", "item"], categorical_sizes={"user": 5, "item": 7}, tasks={"watch": 1.0},
-                     gates={"watch": {"type": "topk", "k": 2}}, num_experts=3, expert_units=[8], tower_units=[4])
+                     dataset="movielens", gates={"watch": {"type": "topk", "k": 2}}, architecture="mmoe",
+                     id_embedding_dim=32, side_embedding_dim=8, num_experts=3, expert_units=[8], expert_dropout=0.0,
+                     tower_units=[4])
     model = MultiTaskRecommender(spec, name="mine")
     config = json.loads(json.dumps(model.get_config()))
     rebuilt = MultiTaskRecommender.from_config(config)

@@ -1,10 +1,8 @@
-"""The run configuration: its schema (schema.py) and how a config is loaded and changed.
-
-Stages import from here: `load_config`, `validate`, `with_overrides`, `to_yaml`, `ConfigError`.
-"""
-from pipeline.config.schema import (
-    Config, ConfigError, ExportConfig, SplitConfig, config_hash, load_config, load_yaml, merge, to_yaml, validate,
-    with_overrides)
+"""The run configuration: its schema (schema.py, synthetic.py, on base.py's Section) and how a config
+is loaded, overridden and written back (load.py). Stages import from here."""
+from pipeline.config.load import (
+    ConfigError, config_hash, load_config, load_yaml, merge, to_yaml, validate, with_overrides)
+from pipeline.config.schema import Config, ExportConfig, SplitConfig
 
 __all__ = ["Config", "ConfigError", "ExportConfig", "SplitConfig", "config_hash", "load_config", "load_yaml", "merge",
            "to_yaml", "validate", "with_overrides"]

@@ -1,54 +1,22 @@
-"""The run configuration: one typed schema, loaded from YAML plus `--set key=value` overrides.
+"""The run configuration's schema: every section, its keys, their types, bounds and defaults.
 
-pydantic validates it: unknown keys and wrong types are rejected, and `ConfigError` turns
-the first problem into one line that names the key (e.g. `model.gate.k`). Every option
-has a default, and the defaults are the embedded-data run (`configs/default.yaml` spells
-them out).
+pydantic validates it: unknown keys and wrong types are rejected (pipeline/config/load.py turns
+the first problem into one line that names the key, e.g. `model.gate.k`). Every option has its
+default here, once; the defaults are the embedded-data run (`configs/default.yaml` spells them
+out, and a test keeps the two equal).
 """
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-import math
-import re
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, ValidationError, model_validator
-from pydantic_core import core_schema
+from pydantic import Field, model_validator
 
 from features.datasets import SOURCE_DATASET, dataset_of_source
 from features.datasets.movielens import MOVIELENS
-from models.gates import GATE_TYPE_ERROR, parse_gate_config
-from pipeline.errors import MtlrecError
+from models.gates import parse_gate_config
+from pipeline.config.base import GateSettings, Section, Units
+from pipeline.config.synthetic import SyntheticConfig
 from pipeline.tuning.search_space import spec_error
-
-
-class ConfigError(MtlrecError):
-    """A config problem, as one line naming the file or key."""
-
-
-class Section(BaseModel):
-    # strict: "3" is not an int and "yes" is not a bool; extra="forbid": typos are errors.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-# ---------------------------------------------------------------- gates (models/gates/)
-def _gate_schema(source, handler) -> core_schema.CoreSchema:
-    """A gate's settings: validated by the gate registry on its `type` (not a static Union, so that a
-    gate registered at run time is accepted too) into that gate's config model, e.g.
-    DSelectKGateConfig (models/gates/dselect_k_config.py), and dumped as that model."""
-    dump = core_schema.plain_serializer_function_ser_schema(
-        lambda gate, info: gate.model_dump(mode=info.mode), info_arg=True)
-    return core_schema.no_info_plain_validator_function(parse_gate_config, serialization=dump)
-
-
-GateSettings = Annotated[Any, GetPydanticSchema(_gate_schema)]
-
-
-Units = list[Annotated[int, Field(ge=1)]]
 
 
 class TaskConfig(Section):
@@ -302,109 +270,6 @@ class TuneConfig(Section):
         return self
 
 
-# ---------------------------------------------------------------- synthetic benchmark (issue #6)
-class SyntheticDataConfig(Section):
-    """The generator of pipeline/synthetic/data.py: T tasks in C clusters."""
-    tasks: int = Field(128, ge=2)
-    clusters: int = Field(8, ge=1)
-    input_dim: int = Field(16, ge=1)
-    cluster_hidden: int = Field(8, ge=1)      # tanh units of each cluster's true function
-    cluster_scale: float = Field(1.0, ge=0)   # std of the cluster function
-    task_scale: float = Field(0.1, ge=0)      # std of the task-specific linear term
-    noise_std: float = Field(0.2, ge=0)
-    train_size: int = Field(2000, ge=1)
-    val_size: int = Field(1000, ge=1)
-    test_size: int = Field(2000, ge=1)
-    seed: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _clusters_fit(self):
-        if self.clusters > self.tasks:
-            raise ValueError(f"clusters={self.clusters} exceeds tasks={self.tasks}")
-        return self
-
-
-class SyntheticTuningConfig(Section):
-    """Equal-budget tuning of every variant (pipeline/tuning/studies.py): Optuna TPE, pruning on the
-    per-epoch validation MSE, the same number of trials per variant; the learning rate is searched
-    beside the gate's own settings (its config class's `search_space`). The test split is never read."""
-    trials: int = Field(6, ge=1)                  # finished trials per variant
-    oracle_trials: int = Field(2, ge=1)           # the oracle reference: only its learning rate to tune
-    seed: int = Field(100, ge=0)                  # the sampler's, and the training seed of every trial
-    pruner: Literal["median", "successive_halving", "none"] = "median"
-    startup_trials: int = Field(3, ge=1)          # random trials before TPE models the history
-    learning_rate: list[Annotated[float, Field(gt=0)]] = Field(  # [low, high], log-uniform
-        default_factory=lambda: [1e-3, 0.1], min_length=2, max_length=2)
-
-    @model_validator(mode="after")
-    def _range(self):
-        if self.learning_rate[0] >= self.learning_rate[1]:
-            raise ValueError(f"learning_rate: low {self.learning_rate[0]} must be below high {self.learning_rate[1]}")
-        return self
-
-
-def _synthetic_gates() -> dict:
-    return {
-        "softmax": parse_gate_config({"type": "softmax", "per_example": False}),
-        "topk_1": parse_gate_config({"type": "topk", "k": 1, "per_example": False}),
-        "topk_2": parse_gate_config({"type": "topk", "k": 2, "per_example": False}),
-        "dselect_k_1": parse_gate_config({"type": "dselect_k", "k": 1}),
-        "dselect_k_2": parse_gate_config({"type": "dselect_k", "k": 2}),
-        "dselect_k_1_robust": parse_gate_config({"type": "dselect_k", "k": 1, "restarts": 3, "restart_steps": 300,
-                                                 "permutation_start": 200, "permutation_steps": 300}),
-    }
-
-
-class SyntheticConfig(Section):
-    """`mtlrec synthetic`: static gates per task on clustered synthetic tasks (see pipeline/synthetic/)."""
-    data: SyntheticDataConfig = SyntheticDataConfig()
-    num_experts: int = Field(16, ge=2)
-    # ReLU hidden layers, a linear output (models/synthetic.py: one output unit makes an expert one
-    # function, so two clusters sharing it cost MSE and recovery is identifiable).
-    expert_units: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 1], min_length=1)
-    tower_units: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)  # [] = linear tower
-    tower_init: Literal["shared", "independent"] = "shared"  # shared: every task's tower starts from one draw
-    max_epochs: int = Field(200, ge=1)            # training stops here if the selections have not converged
-    min_epochs: int = Field(60, ge=1)             # ... and not before this
-    patience: int = Field(10, ge=1)               # epochs without a change of selection that count as converged
-    batch_size: int = Field(256, ge=1)
-    seeds: int = Field(10, ge=1)                  # reported runs use seeds 0 .. seeds-1
-    gates: dict[str, GateSettings] = Field(default_factory=_synthetic_gates)  # named static variants
-    compare: list[str] = Field(default_factory=lambda: list(_synthetic_gates()), min_length=1)
-    # Compared variants that are not tuned but take another variant's tuned settings (keeping their own
-    # robust options): robust DSelect-k is DSelect-k's tuned settings plus restarts and the permutation search.
-    tuned_with: dict[str, str] = Field(default_factory=lambda: {"dselect_k_1_robust": "dselect_k_1"})
-    tuning: SyntheticTuningConfig = SyntheticTuningConfig()
-    sweep_tasks: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [8, 32])
-    sweep_seeds: int = Field(3, ge=1)             # the sweep's runs use seeds 0 .. sweep_seeds-1 (a trend, not a test)
-    oracle: bool = True                           # reference model with gates fixed to the true clusters
-    jit_compile: bool = True                      # XLA-compile each training epoch
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        for name in self.compare:
-            if name not in self.gates:
-                raise ValueError(f"compare lists {name!r}, which is not in gates ({', '.join(self.gates)})")
-        for name in self.compare:
-            gate = self.gates[name]
-            if gate.per_example:
-                raise ValueError(f"gates.{name}.per_example must be false: the study compares static per-task gates")
-            if getattr(gate, "k", 1) > self.num_experts:
-                raise ValueError(f"gates.{name}.k={gate.k} exceeds num_experts={self.num_experts}")
-        for name, source in self.tuned_with.items():  # entries of variants not compared are ignored
-            if name in self.compare and (source not in self.compare or source in self.tuned_with):
-                raise ValueError(f"tuned_with.{name}: {source!r} must be compared and tuned itself")
-            if self.gates[name].type != self.gates[source].type:
-                raise ValueError(f"tuned_with.{name}: a {self.gates[name].type} gate cannot take the settings "
-                                 f"of a {self.gates[source].type} gate ({source!r})")
-        if self.min_epochs > self.max_epochs:
-            raise ValueError(f"min_epochs={self.min_epochs} exceeds max_epochs={self.max_epochs}")
-        if self.oracle and self.data.clusters > self.num_experts:
-            raise ValueError(f"oracle needs one expert per cluster: data.clusters={self.data.clusters} "
-                             f"exceeds num_experts={self.num_experts}")
-        return self
-
-
 # ---------------------------------------------------------------- export (pipeline/stages/export.py)
 class ExportConfig(Section):
     """The exported model's `rank` signature: its defaults, which a request can override
@@ -464,144 +329,3 @@ class Config(Section):
             raise ValueError(f"model.features: {', '.join(unknown_features)} not declared for {dataset.name} "
                              f"(features/datasets/{dataset.name}.py)")
         return self
-
-
-# ---------------------------------------------------------------- loading
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading floats as YAML 1.2 does: PyYAML follows YAML 1.1, where `1e-3`
-    (no dot) is a string, so `learning_rate: 1e-3` would be refused as "not a number"."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
-
-
-def load_yaml(text: str):
-    """YAML text -> Python values: safe (no object tags), with YAML 1.2 floats such as 1e-3."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506  (_Loader is a SafeLoader)
-
-
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=3")
-    try:
-        value = load_yaml(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
-    return key.strip().split("."), value
-
-
-def merge(base: dict, update: dict, section: type[BaseModel] = None) -> dict:
-    """Deep-merge `update` into a copy of `base`, following the schema of `section`.
-
-    Sections (e.g. `train`, `data.split`) merge key by key. Every other value is replaced as a
-    whole -- lists, and mappings such as `model.tasks` or `compare.variants`, whose keys are
-    the user's to choose, and gates, so that a new gate type does not inherit parameters of
-    the previous one.
-    """
-    section = section or Config
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        field = section.model_fields.get(key)
-        kind = field.annotation if field else None
-        if isinstance(kind, type) and issubclass(kind, Section) and isinstance(value, dict) \
-                and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value, kind)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _set_path(tree: dict, path: list[str], value: Any) -> None:
-    node = tree
-    for i, part in enumerate(path[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
-        node = child
-    if path[-1] == "type" and node.get("type") != value:
-        node.clear()  # a new gate type starts from its own defaults, as merge() replaces gates
-    node[path[-1]] = value
-
-
-def _read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        tree = load_yaml(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return tree
-
-
-def _describe(error: dict) -> str:
-    # Union members are named in the path (e.g. "constrained-int"); keep the field only.
-    loc = [str(p) for p in error["loc"]]
-    loc = [p for p in loc if not (p.startswith("constrained-") or p in ("int", "float", "str", "none"))]
-    key = ".".join(loc) or "<top level>"
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return f"unknown key {key}"
-    if kind == GATE_TYPE_ERROR:  # a missing or unknown gate type: the message says it all
-        return f"{key}: {error['msg']}"
-    if kind == "value_error":  # from a cross-field check; the input would be a whole section
-        return f"{key}: {error['msg'].removeprefix('Value error, ')}"
-    return f"{key}: {error['msg']} (got {error.get('input')!r})"
-
-
-def validate(tree: dict, source: str = "config") -> Config:
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc.errors()[0])}") from None
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Defaults <- YAML file <- `--set` overrides, validated into a Config."""
-    tree = Config().model_dump(mode="json")
-    file_error = None
-    if path:
-        tree = merge(tree, _read_yaml(path))
-        try:
-            config = validate(tree, source=str(path))  # blame the file for its own mistakes
-        except ConfigError as error:
-            if not overrides:
-                raise
-            # A file may leave a value to the command line (configs/kuairand_pure.yaml: data.path).
-            file_error = error
-    if not overrides:
-        return config if path else Config()
-    for item in overrides:
-        keys, value = _parse_override(item)
-        _set_path(tree, keys, value)
-    try:
-        return validate(tree, source="--set")
-    except ConfigError:
-        if file_error is not None:
-            raise file_error from None
-        raise
-
-
-def with_overrides(config: Config, update: dict) -> Config:
-    """A copy of `config` with a nested dict of changes merged in (and validated)."""
-    return validate(merge(config.model_dump(mode="json"), update))
-
-
-def to_yaml(config: Config) -> str:
-    """The whole resolved config as YAML, in schema order: `load_config` of it gives `config` back."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-
-
-def config_hash(section: BaseModel | dict) -> str:
-    """Stable hash of a config (section): sha256 of its canonical JSON."""
-    tree = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
-    blob = json.dumps(tree, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
