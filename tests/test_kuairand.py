@@ -341,6 +341,7 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     import json
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
+    from features.datasets.kuairand import KUAIRAND
     from pipeline.examples.exposure import ExposureExamples
     from pipeline.stages.preprocess import _user_history
     from pipeline.sources.rows import HELD_OUT
@@ -365,7 +366,7 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     for user in sorted(set(random_log.user_id)):
         mine = [r for r in rows if r["user_id"] == user]
         out = list(_user_history((user, [[dict(r) for r in mine]]), SplitConfig(), str(folder), exposure_examples,
-                                 "time_ms"))
+                                 "time_ms", "item_id"))
         counts = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)][0]
         _, parts = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)][0]
         listed += len(parts["held_out"])
@@ -382,7 +383,7 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     assert counts == {"accepted_rows": len(mine), "users": 1, "train_only_users": 0, "held_out_rows": len(held),
                       "held_out_test_rows": len(later)}
     # The test list is the held-out rows (one request time), not the test impressions.
-    builder = ExposureExamples(list(source.info.raw_columns), held_out=True)
+    builder = ExposureExamples(KUAIRAND, list(source.info.raw_columns), held_out=True)
     builder.setup()
     built = {o[0]: o[2] for o in builder.process((user, parts), source.videos, source.users)
              if not isinstance(o, beam.pvalue.TaggedOutput)}

@@ -109,7 +109,8 @@ def test_ties_never_straddle_a_cut_and_every_cuttable_user_has_a_test_list():
         held = [{"user_id": 1, "item_id": 1000 + i, "time_ms": int(t), HELD_OUT: True}
                 for i, t in enumerate(rng.integers(0, 12, int(rng.integers(0, 3))) * 1000)]
         rows = [{"user_id": 1, "item_id": i, "time_ms": int(t)} for i, t in enumerate(times)]
-        out = list(_user_history((1, [rows + held]), SplitConfig(), "log.csv", exposure_examples, "time_ms"))
+        out = list(_user_history((1, [rows + held]), SplitConfig(), "log.csv", exposure_examples, "time_ms",
+                                       "item_id"))
         [counts] = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
         [(_, parts)] = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
         split = {s: [r["time_ms"] for r in parts[s]] for s in ("train", "validation", "test")}

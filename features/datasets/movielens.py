@@ -4,7 +4,7 @@ Tasks derive from one rating: watch is "rated at all" (sampled never-rated items
 negatives), like is "rating >= data.like_threshold", rating is the rating itself (learned on
 observed interactions only).
 """
-from features.spec import Dataset, Feature, RawColumn, Task, _by_name
+from features.spec import Dataset, Feature, RawColumn, Source, Task, _by_name
 
 YEAR_BUCKETS = 10  # quantile buckets of release year; unknown year gets its own index
 OOV_BUCKETS = 1  # ids unseen in the train split share one index
@@ -63,4 +63,8 @@ MOVIELENS = Dataset(
     entity_keys={"user": "user_id", "item": "item_id"}, time_column="timestamp",
     default_test_metrics={"watch": ["ndcg@10"], "rating": ["ndcg@10", "rmse"], "like": ["ndcg@10"]},
     constants={"year_buckets": YEAR_BUCKETS, "oov_buckets": OOV_BUCKETS, "max_values": MAX_VALUES},
-    sampled_negatives=True)
+    sampled_negatives=True,
+    sources={"embedded": Source("pipeline.sources.embedded.Embedded"),
+             "grouplens": Source("pipeline.sources.grouplens.GroupLens", path="a folder with the GroupLens files"),
+             "tfds": Source("pipeline.sources.tfds.Tfds")},
+    transform="features.transform_movielens.make_movielens_preprocessing_fn")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from features.datasets import SOURCE_DATASET, dataset_of_source
+from features.datasets import dataset_of_source, source_names
 from features.datasets.movielens import MOVIELENS
 from models.gates import parse_gate_config
 from pipeline.config.base import GateSettings, Section, Units
@@ -151,7 +151,8 @@ class KuaiRandConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["embedded", "grouplens", "tfds", "kuairand"] = "embedded"
+    # A source a dataset declares it is read by (features/datasets/: embedded, grouplens, tfds, kuairand).
+    source: str = "embedded"
     path: Union[str, None] = None  # grouplens / kuairand: the folder holding the dataset's files
     tfds_name: str = "movielens/100k-ratings"
     tfds_data_dir: Union[str, None] = None
@@ -167,11 +168,16 @@ class DataConfig(Section):
     beam_args: list[str] = Field(default_factory=list)  # Beam pipeline options, e.g. --runner=DataflowRunner
 
     @model_validator(mode="after")
+    @field_validator("source")
+    @classmethod
+    def _source_declared(cls, source: str) -> str:
+        dataset_of_source(source)  # ValueError naming the known sources
+        return source
+
     def _source_needs(self):
-        if self.source == "grouplens" and not self.path:
-            raise ValueError("source grouplens needs data.path (a folder with the GroupLens files)")
-        if self.source == "kuairand" and not self.path:
-            raise ValueError("source kuairand needs data.path (the data folder of KuaiRand-Pure, -1K or -27K)")
+        needs = dataset_of_source(self.source).sources[self.source].path
+        if needs and not self.path:
+            raise ValueError(f"source {self.source} needs data.path ({needs})")
         return self
 
     @model_validator(mode="after")
@@ -298,7 +304,7 @@ class Config(Section):
         (MovieLens's task names are not declared for another dataset: nothing explicit is replaced.)"""
         source = tree.get("data", {}).get("source") if isinstance(tree, dict) and isinstance(
             tree.get("data"), dict) else None
-        if source not in SOURCE_DATASET or dataset_of_source(source) is MOVIELENS:
+        if source not in source_names() or dataset_of_source(source) is MOVIELENS:
             return tree
         dataset, tree = dataset_of_source(source), dict(tree)
         model, compare = tree.get("model"), tree.get("compare")

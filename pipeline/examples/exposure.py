@@ -12,7 +12,6 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 
-from features.datasets.kuairand import KUAIRAND
 from pipeline.examples.counting import COUNTS
 from pipeline.artifacts.manifest import NO_HELD_OUT_ROWS, NO_TEST_LIST, label_sums
 from pipeline.examples.shards import file_order
@@ -29,16 +28,16 @@ class ExposureExamples(beam.DoFn):
     """One user's split rows -> (split, user, [tf.Example bytes in file order]) per split, the
     candidate list (the test impressions at one request time), and the counts."""
 
-    def __init__(self, raw_columns, held_out: bool):
-        self.raw_columns, self.held_out = raw_columns, held_out
-        tables = KUAIRAND.entity_columns(raw_columns)
+    def __init__(self, dataset, raw_columns, held_out: bool):
+        self.dataset, self.raw_columns, self.held_out = dataset, raw_columns, held_out
+        tables = dataset.entity_columns(raw_columns)
         self.user_columns, self.item_columns = tables.get("user", []), tables.get("item", [])
-        self.row_columns = [c for c in [*raw_columns, *KUAIRAND.label_columns]
+        self.row_columns = [c for c in [*raw_columns, *dataset.label_columns]
                             if c not in self.user_columns and c not in self.item_columns]
-        self.time = KUAIRAND.time_column
+        self.time = dataset.time_column
 
     def setup(self):
-        self.encoder = ExampleEncoder(KUAIRAND.raw_feature_spec(self.raw_columns))
+        self.encoder = ExampleEncoder(self.dataset.raw_feature_spec(self.raw_columns))
 
     def process(self, user_parts, videos, users):
         """videos, users: the source's tables (pipeline.sources.grouplens.Table) of the entity columns."""
@@ -71,7 +70,7 @@ class ExposureExamples(beam.DoFn):
             end = start + len(split_rows)
             mine = {c: values[start:end] for c, values in columns.items()}
             counts.update({f"examples:{split}": len(split_rows), f"positives:{split}": len(split_rows),
-                           **label_sums(KUAIRAND, mine, split)})
+                           **label_sums(self.dataset, mine, split)})
             yield split, user_id, file_order(records[start:end], np.asarray(mine[self.time]),
                                              np.asarray(mine["item_id"]))
             start = end
@@ -82,7 +81,7 @@ def _items_of(user_parts):
     return {r["item_id"] for rows in user_parts[1].values() for r in rows}
 
 
-def expand(per_user, data_config, raw_columns, source):
+def expand(per_user, dataset, data_config, raw_columns, source):
     """Per-user split rows -> (examples: (split, user, [tf.Example bytes]), [count PCollections]).
     source: the KuaiRand source (pipeline/sources/kuairand.py), whose user and video tables give the
     entity columns."""
@@ -92,6 +91,6 @@ def expand(per_user, data_config, raw_columns, source):
     videos = per_user.pipeline | "VideoTable" >> beam.Create([source.videos])
     users = per_user.pipeline | "UserTable" >> beam.Create([source.users])
     built = per_user | "Exposures" >> beam.ParDo(
-        ExposureExamples(raw_columns, data_config.kuairand.random_log_test), beam.pvalue.AsSingleton(videos),
+        ExposureExamples(dataset, raw_columns, data_config.kuairand.random_log_test), beam.pvalue.AsSingleton(videos),
         beam.pvalue.AsSingleton(users)).with_outputs(COUNTS, main="examples")
     return built.examples, [items, built[COUNTS]]

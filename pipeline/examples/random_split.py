@@ -26,10 +26,9 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 
-from features.datasets.movielens import MOVIELENS
 from pipeline.examples.counting import COUNTS
 from pipeline.artifacts.manifest import NO_TEST_DRAW, NO_TEST_LIST
-from pipeline.examples.sampled import DEDUPE_KEY, DEDUPE_ORDER, REPEATED_REASON, SampleExamples, item_tables  # noqa: F401 (the plan's dedupe rule is sampled_examples')
+from pipeline.examples.sampled import DEDUPE_KEY, DEDUPE_ORDER, REPEATED_REASON, SampleExamples, item_tables  # noqa: F401 (the plan's dedupe rule is pipeline.examples.sampled's)
 from pipeline.examples.sampling import user_rng
 
 UNSPLIT = "all"  # the per-user rows the preprocess stage passes on before this split
@@ -76,7 +75,7 @@ class _DrawAll(SampleExamples):
                                                        catalog, counts)
         keys = example_keys(self.cfg.seed, user_id, len(items))
         stratify = self.cfg.split.stratify
-        label = MOVIELENS.tasks[stratify].label if stratify else None  # the config checked it is a binary task
+        label = self.dataset.tasks[stratify].label if stratify else None  # the config checked it is a binary task
         strata = (np.asarray(self._labels(rows, row_of, positive)[label], dtype=np.int64) if label
                   else np.zeros(len(items), dtype=np.int64))
         return seen, row_of, items, positive, keys, strata
@@ -141,18 +140,18 @@ class SampleThenSplit(_DrawAll):
             counts[f"{NO_TEST_LIST}:{NO_TEST_DRAW}"] = 1
 
 
-def sample_then_split(per_user, data_config, raw_columns, item_columns, catalog, item_meta):
+def sample_then_split(per_user, dataset, data_config, raw_columns, item_columns, catalog, item_meta):
     """The random split's examples: a tagged output like SampleExamples' (main "examples", COUNTS)."""
-    cuts = (per_user | "StratumKeys" >> beam.ParDo(StratumKeys(data_config, raw_columns, item_columns),
+    cuts = (per_user | "StratumKeys" >> beam.ParDo(StratumKeys(dataset, data_config, raw_columns, item_columns),
                                                    beam.pvalue.AsSingleton(catalog))
             | "Cutoffs" >> beam.CombineGlobally(Cutoffs(data_config.split.test, data_config.split.validation)))
     return per_user | "SampleThenSplit" >> beam.ParDo(
-        SampleThenSplit(data_config, raw_columns, item_columns), beam.pvalue.AsSingleton(catalog),
+        SampleThenSplit(dataset, data_config, raw_columns, item_columns), beam.pvalue.AsSingleton(catalog),
         beam.pvalue.AsSingleton(item_meta), beam.pvalue.AsSingleton(cuts)).with_outputs(COUNTS, main="examples")
 
 
-def expand(per_user, data_config, raw_columns, source):
-    """As sampled_examples.expand, for `data.split.mode: random`: (examples, [count PCollections])."""
+def expand(per_user, dataset, data_config, raw_columns, source):
+    """As pipeline.examples.sampled.expand, for `data.split.mode: random`: (examples, [count PCollections])."""
     item_columns, counts, item_meta, catalog = item_tables(per_user, raw_columns)
-    sampled = sample_then_split(per_user, data_config, raw_columns, item_columns, catalog, item_meta)
+    sampled = sample_then_split(per_user, dataset, data_config, raw_columns, item_columns, catalog, item_meta)
     return sampled.examples, counts + [sampled[COUNTS]]

@@ -1,7 +1,9 @@
-"""MovieLens examples: each observed rating, followed by items the user never rated (watch = 0).
+"""Examples of a dataset of sampled negatives (MovieLens): each observed rating, followed by items
+the user never rated (watch = 0).
 
 The labels derive from the rating (features/datasets/movielens.py): watch = observed, like =
-rating >= data.like_threshold, rating on observed rows only (rating_weight). Sampled items are
+rating >= data.like_threshold, rating on observed rows only (rating_weight). A dataset declared
+with `sampled_negatives` has these label columns. Sampled items are
 drawn among items that existed at the time (pipeline/examples/sampling.py), seeded per user and purpose.
 Each test user also gets a fixed candidate list: their test interactions + N sampled items,
 at one request time. pipeline/stages/preprocess.py wires `expand` into the stage.
@@ -11,7 +13,6 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 
-from features.datasets.movielens import MOVIELENS
 from pipeline.examples.counting import COUNTS
 from pipeline.artifacts.manifest import label_sums
 from pipeline.examples.sampling import Catalog, user_rng
@@ -73,13 +74,13 @@ class SampleExamples(beam.DoFn):
     built as columns and encoded in one go: per-example Python dominated this stage.
     """
 
-    def __init__(self, data_config, raw_columns, item_columns):
-        self.cfg = data_config
+    def __init__(self, dataset, data_config, raw_columns, item_columns):
+        self.dataset, self.cfg = dataset, data_config
         self.raw_columns, self.item_columns = raw_columns, item_columns
         self.row_columns = [c for c in raw_columns if c != "item_id" and c not in item_columns]
 
     def setup(self):
-        self.encoder = ExampleEncoder(MOVIELENS.raw_feature_spec(self.raw_columns))
+        self.encoder = ExampleEncoder(self.dataset.raw_feature_spec(self.raw_columns))
 
     def process(self, user_parts, catalog, item_meta):
         """Yields (split, user_id, [tf.Example bytes in file order]): one element per user
@@ -89,7 +90,7 @@ class SampleExamples(beam.DoFn):
         for split, rows, row_of, items, positive, request_time in self._draws(user_id, parts, catalog, counts):
             columns = self._columns(rows, row_of.tolist(), items.tolist(), positive.tolist(), item_meta, request_time)
             counts.update({f"examples:{split}": len(items), f"positives:{split}": int(positive.sum()),
-                           **label_sums(MOVIELENS, columns, split)})
+                           **label_sums(self.dataset, columns, split)})
             yield split, user_id, file_order(self.encoder.encode(columns), np.asarray(columns["timestamp"]), items)
         yield beam.pvalue.TaggedOutput(COUNTS, counts)
 
@@ -168,11 +169,12 @@ def item_tables(per_user, raw_columns):
     return item_columns, counts, item_meta, catalog
 
 
-def expand(per_user, data_config, raw_columns, source):
+def expand(per_user, dataset, data_config, raw_columns, source):
     """Per-user split rows -> (examples: (split, user, [tf.Example bytes]), [count PCollections]).
-    source: unused (the MovieLens sources join the movie and user columns into the rows)."""
+    dataset: the declaration (features.spec.Dataset) of the examples. source: unused (the MovieLens
+    sources join the movie and user columns into the rows)."""
     item_columns, counts, item_meta, catalog = item_tables(per_user, raw_columns)
     sampled = per_user | "Sample" >> beam.ParDo(
-        SampleExamples(data_config, raw_columns, item_columns), beam.pvalue.AsSingleton(catalog),
+        SampleExamples(dataset, data_config, raw_columns, item_columns), beam.pvalue.AsSingleton(catalog),
         beam.pvalue.AsSingleton(item_meta)).with_outputs(COUNTS, main="examples")
     return sampled.examples, counts + [sampled[COUNTS]]

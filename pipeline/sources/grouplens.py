@@ -19,6 +19,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.artifacts import storage
+from pipeline.sources import Source
 from pipeline.sources.rows import (HALF_STARS, LINE, MAX_AGE, METADATA, REJECTED, WHOLE_STARS, RatingScale,
                            SourceError, SourceInfo, check_rating, parse_int, rejection, title_year)
 from pipeline.sources.textfiles import (SNIFF_BYTES, TextLines, check_not_wide, decode_line, line_ending, read_head,
@@ -241,8 +242,12 @@ def _genre_names(text: TextLines) -> tuple[str, ...]:
     return tuple(pairs[i] for i in range(len(pairs)))
 
 
-class GroupLens:
+class GroupLens(Source):
     """A GroupLens folder. Movies and users are side inputs; ratings are read by the runner."""
+
+    @classmethod
+    def from_config(cls, data_config) -> GroupLens:
+        return cls(data_config.path)
 
     def __init__(self, folder: str):
         self.folder = storage.absolute(folder).rstrip("/")  # the manifest records no cwd-relative path

@@ -28,6 +28,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from features.datasets.kuairand import KUAIRAND, ONEHOT_SIZES, USER_COUNTS, USER_FLAGS, USER_RANGES
+from pipeline.sources import Source
 from pipeline.sources.grouplens import Table, entity_values
 from pipeline.sources.rows import (HELD_OUT, LINE, METADATA, REJECTED, SourceError, SourceInfo,
                            parse_int, rejection)
@@ -283,9 +284,13 @@ class _ParseLog(beam.DoFn):
         return row
 
 
-class KuaiRand:
+class KuaiRand(Source):
     """A KuaiRand data folder. Users and videos are side inputs; the logs are read by the runner."""
     USER_BATCHES = True  # `rows` holds lists of one user's rows (pipeline/stages/preprocess.py)
+
+    @classmethod
+    def from_config(cls, data_config) -> KuaiRand:
+        return cls(data_config.path, data_config.kuairand.random_log_test)
 
     def __init__(self, folder: str, random_log_test: bool = False):
         self.folder = folder.rstrip("/")

@@ -1,6 +1,6 @@
 """One rating row: its validation, and the record of a row that is rejected.
 
-Every source (pipeline/sources/embedded.py, pipeline/sources/grouplens.py) turns its input into rows of the
+Every source (pipeline/sources/: embedded.py, grouplens.py, ...) turns its input into rows of the
 raw columns of features/spec.py plus `rating`, or into rejection records
 {file, row, reason, kind}: `row` is the original line (the record as JSON for in-memory
 sources), `kind` one of ROW_KINDS or METADATA. Ids, timestamps and ages must fit the int64 columns

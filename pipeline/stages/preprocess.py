@@ -13,7 +13,7 @@
                    (with the same bytes on every run: pipeline/artifacts/stable_savedmodel.py)
                 -> manifest.json (counts, label rates, config and its hash)
 
-Its parts: pipeline/sources/embedded.py (and pipeline/sources/kuairand.py) read the rows, pipeline/examples/sampling.py draws the items,
+Its parts: pipeline/sources/ reads the rows (the source `data.source` names), pipeline/examples/sampling.py draws the items,
 pipeline/examples/tfexample.py encodes the examples, pipeline/examples/shards.py writes the files,
 pipeline/examples/counting.py counts them and pipeline/artifacts/manifest.py describes the result; this
 module wires them into one Beam pipeline.
@@ -42,7 +42,7 @@ from tfx_bsl.public import tfxio
 
 from features.datasets import dataset_of_source
 from features.transform import make_preprocessing_fn
-from pipeline.examples import exposure as exposure_examples, random_split, sampled as sampled_examples
+from pipeline.examples import exposure, random_split, sampled
 from pipeline.artifacts import locks, storage
 from pipeline.artifacts.atomic import MANIFEST, staged_folder, write_json
 from pipeline.examples.counting import COUNTS, count_elements, read_counts, write_counts
@@ -53,7 +53,7 @@ from pipeline.sources.rows import (EXACT_DUPLICATE, HELD_OUT, LINE, REJECTED, RE
 from pipeline.artifacts.runs import preprocess_output_of
 from pipeline.examples.sampling import user_rng
 from pipeline.examples.shards import TrainBatches, WriteShard, WriteTransformedShard, shard_names, shard_of
-from pipeline.sources.embedded import open_source
+from pipeline.sources import open_source
 from pipeline.artifacts.storage import copy_tree
 from pipeline.artifacts.stable_savedmodel import canonicalize
 from pipeline.examples.tables import CandidatesFromTables, TrainTables, WriteTables
@@ -77,11 +77,11 @@ class _UserSample(beam.PartitionFn):
 
     The draw is remembered per user: seeding a generator per row cost ~25 us a row."""
 
-    def __init__(self, seed, fraction):
-        self.seed, self.fraction, self.kept = seed, fraction, {}
+    def __init__(self, seed, fraction, user_key):
+        self.seed, self.fraction, self.user_key, self.kept = seed, fraction, user_key, {}
 
     def partition_for(self, batch, num_partitions):
-        user_id = batch[0]["user_id"]
+        user_id = batch[0][self.user_key]
         keep = self.kept.get(user_id)
         if keep is None:
             keep = self.kept[user_id] = _keep_user(user_id, self.seed, self.fraction)
@@ -123,7 +123,7 @@ def _split_size(spec, n):
     return spec if isinstance(spec, int) else max(1, int(round(spec * n)))
 
 
-def _user_history(keyed, split_config, file, plan, time_column):
+def _user_history(keyed, split_config, file, plan, time_column, item_key):
     """(user, lists of the user's rows) -> deduplicated, by time -> {"train": [...], "validation": [...],
     "test": [...]}, or with split.mode random {UNSPLIT: [...]}.
 
@@ -138,7 +138,7 @@ def _user_history(keyed, split_config, file, plan, time_column):
         if isinstance(out, beam.pvalue.TaggedOutput):
             yield out
             continue
-        rows = sorted(out, key=lambda r: (r[time_column], r["item_id"]))
+        rows = sorted(out, key=lambda r: (r[time_column], r[item_key]))
     held, kept = [], []
     for row in rows:
         (held if row.pop(HELD_OUT, False) else kept).append(row)
@@ -227,8 +227,8 @@ def build_pipeline(p, source, data_config, folder, scratch=None):
     raw_columns = list(source.info.raw_columns)
     dataset = dataset_of_source(data_config.source)
     # How examples are made: sampled negatives (split per user by time, or at random after sampling), or exposures.
-    plan = (random_split if data_config.split.mode == "random" else sampled_examples) \
-        if dataset.sampled_negatives else exposure_examples
+    plan = (random_split if data_config.split.mode == "random" else sampled) if dataset.sampled_negatives else exposure
+    user_key, item_key = dataset.entity_keys["user"], dataset.entity_keys["item"]
     schema = schema_utils.schema_from_feature_spec(dataset.raw_feature_spec(raw_columns))
 
     rows, rejected = source.expand(p)
@@ -237,23 +237,23 @@ def build_pipeline(p, source, data_config, folder, scratch=None):
     batches = rows if getattr(source, "USER_BATCHES", False) else rows | "AsBatches" >> beam.Map(lambda r: [r])
     counts = [count_elements(batches, "parsed_rows", size=len)]  # pipeline/artifacts/manifest.py turns these into the manifest's
     if data_config.user_fraction < 1.0:
-        kept = batches | "SampleUsers" >> beam.Partition(_UserSample(data_config.seed, data_config.user_fraction), 2)
+        kept = batches | "SampleUsers" >> beam.Partition(_UserSample(data_config.seed, data_config.user_fraction, user_key), 2)
         batches = kept[0]
         counts.append(count_elements(kept[1], "sampled_out_rows", size=len))
 
     file = source.info.extra.get("rows_location") or (source.info.files[0] if source.info.files else
                                                        source.info.location)
-    histories = (batches | "ByUser" >> beam.Map(lambda b: (b[0]["user_id"], b))
+    histories = (batches | "ByUser" >> beam.Map(lambda b: (b[0][user_key], b))
                  | "GroupUsers" >> beam.GroupByKey()
                  | "DedupeAndSplit" >> beam.FlatMap(_user_history, data_config.split, file, plan,
-                                                     dataset.time_column).with_outputs(REJECTED, COUNTS, main="users"))
+                                                     dataset.time_column, item_key).with_outputs(REJECTED, COUNTS, main="users"))
     per_user = histories.users
     counts.append(histories[COUNTS])
     counts.append((rejected, histories[REJECTED]) | "AllRejected" >> beam.Flatten()
                   | "GatherRejected" >> beam.combiners.ToList()
                   | "WriteRejected" >> beam.Map(_write_rejected, str(folder)))
 
-    examples, example_counts = plan.expand(per_user, data_config, raw_columns, source)
+    examples, example_counts = plan.expand(per_user, dataset, data_config, raw_columns, source)
     counts += example_counts
 
     shards = data_config.num_shards
