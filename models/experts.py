@@ -142,7 +142,7 @@ def gate_diagnostics(gates: Mapping[str, Gate], routing_inputs=None, min_share: 
         weights = gate.expert_weights(routing).numpy()
         per_example = weights.reshape(-1, gate.num_experts)
         in_use = (per_example > 0).sum(axis=1)  # [examples] (1 row for a static gate)
-        k = getattr(gate, "k", None)
+        k = gate.selects
         entry = {
             "type": gate.gate_type, "per_example": gate.per_example, "k": k,
             "weights": per_example.mean(axis=0).tolist(),

@@ -62,7 +62,7 @@ def select_experts(mmoe: MMoE) -> Selection:
                 raise SparseExportError(f"task {task!r} has a per-example {name} gate: every expert has nonzero "
                                         f"weight for every example, so there is nothing to skip")
             tasks[task] = {"gate": name, "per_example": True, "experts": list(range(gate.num_experts)),
-                           "weights": f"per example, at most k={gate.k} nonzero once trained"}
+                           "weights": f"per example, at most k={gate.selects} nonzero once trained"}
             continue
         weights = gate.expert_weights().numpy()
         experts = np.flatnonzero(weights > 0)

@@ -23,6 +23,7 @@ arithmetic, so the gates are written to use few ops (measured in bench/train.py)
 """
 from __future__ import annotations
 
+import abc
 import json
 from typing import ClassVar
 
@@ -43,23 +44,32 @@ def _dense_group(layers, inputs):
     return tf.nn.bias_add(tf.matmul(inputs, kernel), bias)
 
 
-class Gate(keras.layers.Layer):
-    """Shared plumbing: float32 weights, the batched mixture, regularization via add_loss.
+class Gate(keras.layers.Layer, metaclass=abc.ABCMeta):
+    """The contract of every gate: what the stages, the sparse export, restarts and the synthetic study
+    may ask of a gate, so that none of them names a gate type.
 
-    What other code may ask of any gate (models/sparse.py, models/experts.py, the synthetic study),
-    so that none of it names a gate type:
-    - `config_class`: its config schema (registered with this class, see registry.py), and
-      `gate_type`, its config name;
-    - `exactly_sparse`: True if its weights contain exact zeros (Top-k, DSelect-k once trained),
-      False if every expert always keeps some weight (softmax);
-    - `routing_layers()`: the Dense layers applied to the routing inputs;
-    - `initialize_static_rows()`: see there;
-    - `diagnostics(routing_inputs)`: gate-specific entries of the training diagnostics, and
-      `row_diagnostics(routing_inputs)`: the numeric ones per row, as tensors; `selection_pending()`;
-    - `converged(routing_inputs, min_share)`: whether the gate has reached the property its name
-      promises (DSelect-k: binary selectors), so that a result read now may carry its name;
-    - `rows_independent`: False if its regularizer couples the rows of a batch (Top-k's load
-      balancing), so that packed static gates of independent models must be called apart.
+    A gate is one Keras layer (this class's subclass) plus its config schema (a GateConfig subclass,
+    registered with it: registry.py). A subclass MUST define:
+    - `config_class`: its config schema; `gate_type` is then its config name;
+    - `_gate(routing_inputs, training)`: (mixture weights [batch, n], or [n] if static; the
+      regularization loss or None), routing_inputs already cast and checked;
+    - `routing_layers()`: the Dense layers it applies to the routing inputs ([] when static);
+    - `initialize_static_rows()`: for a per-example gate routed on one-hot row ids, give every row of
+      its routing kernels the value a static gate of the same settings starts from (the synthetic study
+      packs its T static gates into one such gate; see below).
+    It MAY override, each with the default stated there:
+    - `exactly_sparse` (False): True if its weights contain exact zeros (Top-k; DSelect-k once trained);
+    - `selects` (None): the number of experts it keeps per example or task (its k); None if dense;
+    - `diagnostics(routing_inputs)` / `row_diagnostics(routing_inputs)` ({}): gate-specific entries of the
+      training diagnostics, and the numeric ones per row as tensors;
+    - `converged(routing_inputs, min_share)` (True): whether the gate has reached the property its
+      name promises (DSelect-k: binary selectors), so that a result read now may carry its name;
+    - `selection_pending()` (False): True while its own schedule will still change its selection;
+    - `rows_independent` (True): False if its regularizer couples the rows of a batch (Top-k's load
+      balancing), so that packed static gates of independent models must be called apart;
+    - `restart_plan()` ((1, 0): none) and `reinitialize_selectors(seed)`: restarts of its selection
+      from several initialisations (restarts.py), for a gate that asks for them;
+    - `group_key()` / `group_weights_and_loss(...)`: gates of one class and settings computed as one.
 
     Static and per-example gates of one class have the same parameters in the same order: a static
     gate's trainable weights, flattened and concatenated, are one row of the concatenated kernels of
@@ -82,19 +92,24 @@ class Gate(keras.layers.Layer):
         self.num_experts = int(num_experts)
         self.per_example = bool(per_example)
 
-    # Subclasses implement: _gate(routing_inputs, training) -> (weights, regularization loss),
-    # and list the Dense layers they apply to the routing inputs in routing_layers().
-    def _gate(self, routing_inputs, training):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _gate(self, routing_inputs, training) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """(weights [batch, n] or [n] if static, regularization loss or None)."""
 
+    @abc.abstractmethod
     def routing_layers(self) -> list:
-        return []
+        """The Dense layers applied to the routing inputs ([] for a static gate)."""
 
+    @abc.abstractmethod
     def initialize_static_rows(self) -> None:
         """For a per-example gate routed on one-hot row ids (see the class docstring): give every row
         of the routing kernels the value a static gate of the same settings starts from. Biases are
         the caller's (the synthetic study zeroes them)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot pack static gates into routing rows")
+
+    @property
+    def selects(self) -> int | None:
+        """How many experts the gate keeps per example (or per task, static): its k; None if dense."""
+        return None
 
     def diagnostics(self, routing_inputs=None) -> dict:
         """Gate-specific entries of the training diagnostics (gates.json); none by default."""
@@ -120,6 +135,16 @@ class Gate(keras.layers.Layer):
     def rows_independent(self) -> bool:
         """Whether each row's weights and regularizer depend on that row alone."""
         return True
+
+    def restart_plan(self) -> tuple[int, int]:
+        """(initialisations to try, training steps each) this gate asks restarts for (restarts.py);
+        (1, 0) by default: none."""
+        return 1, 0
+
+    def reinitialize_selectors(self, seed) -> None:
+        """Redraw what restarts restart (seed: a pair of ints); called only for a gate whose
+        `restart_plan` asks for more than one initialisation."""
+        raise NotImplementedError(f"{type(self).__name__} asks for no restarts")
 
     def build_routing(self, input_shape):
         """Create the routing layers' variables for routing inputs of this shape (a group

@@ -201,6 +201,15 @@ class DSelectKGate(Gate):
             name="step", shape=[], dtype=tf.int64, initializer="zeros", trainable=False,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
+    @property
+    def selects(self) -> int:
+        return self.k
+
+    def restart_plan(self) -> tuple[int, int]:
+        """(restarts, steps each): a candidate trains through the entropy warm-up and restart_steps
+        more (lock_start), so that candidates are compared once their selectors have had time to lock."""
+        return self.restarts, self.lock_start + self.restart_steps
+
     def routing_layers(self):
         layers = [self.selector_dense] if self.per_example else []
         return layers + [self.permutation_dense] if self.per_example and self.permutation_steps else layers

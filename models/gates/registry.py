@@ -49,6 +49,10 @@ class GateConfig(BaseModel):
             raise TypeError(f"{cls.__name__}: a gate config needs type: Literal['<name>'], one name")
         return names[0]
 
+    def selects(self) -> int | None:
+        """How many experts the gate keeps per example or task (its `k`); None for a dense gate."""
+        return getattr(self, "k", None)
+
     @classmethod
     def search_space(cls, trial, context: dict) -> dict:
         """This gate's own hyperparameters for a tuner: {config field: value drawn from `trial`}.

@@ -19,15 +19,17 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from models.gates.base import Gate
+
 
 def restart_plan(gates) -> tuple[list, int, int]:
-    """(the gates that ask for restarts, how many candidates, steps each): the largest asked for.
-    A candidate trains through its gates' entropy warm-up and restart_steps more (DSelectKGate.lock_start),
-    so that candidates are compared once their selectors have had time to lock."""
-    asking = [g for g in gates if getattr(g, "restarts", 1) > 1]
+    """(the gates that ask for restarts, how many candidates, steps each): the largest asked for
+    (Gate.restart_plan; DSelect-k's candidates train through its entropy warm-up and restart_steps more)."""
+    plans = {gate: gate.restart_plan() for gate in gates}
+    asking = [gate for gate, (candidates, _) in plans.items() if candidates > 1]
     if not asking:
         return [], 1, 0
-    return asking, max(g.restarts for g in asking), max(g.lock_start + g.restart_steps for g in asking)
+    return asking, max(plans[g][0] for g in asking), max(plans[g][1] for g in asking)
 
 
 def best_of_restarts(variables: Sequence[tf.Variable], gates, train_briefly: Callable[[], Sequence[float]],
@@ -87,7 +89,7 @@ def keras_restarts(model, make_dataset: Callable, seed: int, log=lambda message:
     before the model's first fit, not when resuming one (the kept state is then in the checkpoint).
     Returns the losses [restarts, 1], or None if no gate asks for restarts.
     """
-    gates, restarts, steps = restart_plan([m for m in model.submodules if hasattr(m, "reinitialize_selectors")])
+    gates, restarts, steps = restart_plan([m for m in model.submodules if isinstance(m, Gate)])
     if not gates:
         return None
     half = max(1, steps // 2)

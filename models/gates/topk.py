@@ -58,6 +58,10 @@ class TopKGate(Gate):
                 self.noise_logits = self.add_weight(name="noise", shape=[self.num_experts], initializer="zeros")
 
     @property
+    def selects(self) -> int:
+        return self.k
+
+    @property
     def rows_independent(self) -> bool:
         return self.load_balance_weight == 0  # load balancing measures the use of experts over the batch
 

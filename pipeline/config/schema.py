@@ -46,7 +46,7 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _consistent(self):
         for where, gate in [("gate", self.gate), *((f"task_gates.{t}", g) for t, g in self.task_gates.items())]:
-            if getattr(gate, "k", 1) > self.num_experts:
+            if (gate.selects() or 1) > self.num_experts:
                 raise ValueError(f"{where}.k={gate.k} exceeds num_experts={self.num_experts}")
         unknown = set(self.task_gates) - set(self.tasks)
         if unknown:

@@ -95,7 +95,7 @@ class SyntheticConfig(Section):
             gate = self.gates[name]
             if gate.per_example:
                 raise ValueError(f"gates.{name}.per_example must be false: the study compares static per-task gates")
-            if getattr(gate, "k", 1) > self.num_experts:
+            if (gate.selects() or 1) > self.num_experts:
                 raise ValueError(f"gates.{name}.k={gate.k} exceeds num_experts={self.num_experts}")
         for name, source in self.tuned_with.items():  # entries of variants not compared are ignored
             if name in self.compare and (source not in self.compare or source in self.tuned_with):

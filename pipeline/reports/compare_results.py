@@ -84,7 +84,7 @@ def _gate_summary(entry: dict, tasks: list[str]) -> dict:
     for task in tasks:
         gate = cfg.gate_for(task)
         exported = [g["exported"]["tasks"][task] for g in entry["gates"]]  # one per seed
-        out[task] = {"type": gate.type, "per_example": gate.per_example, "k": getattr(gate, "k", None),
+        out[task] = {"type": gate.type, "per_example": gate.per_example, "k": gate.selects(),
                      "num_experts": cfg.num_experts,
                      "nonzero_experts": [e["nonzero_experts"] for e in exported],
                      "experts_used": [e["experts_used"] for e in exported],

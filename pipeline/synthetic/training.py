@@ -58,7 +58,7 @@ class RunSpec:
 
 def study_ks(cfg) -> list[int]:
     """The k of every compared gate that has one, and 1: the k at which argmax-k ARI is scored."""
-    return sorted({getattr(cfg.gates[name], "k", 1) for name in cfg.compare} | {1})
+    return sorted({cfg.gates[name].selects() or 1 for name in cfg.compare} | {1})
 
 
 # Called every `report_every` epochs with (epoch, mean validation MSE over the seeds); may raise to stop the run.
