@@ -10,6 +10,10 @@ message of any other text (a real problem) still reaches the user:
 
 `--verbose` shows everything again: C++ logs from level 0 (INFO), absl and TensorFlow INFO,
 and Python warnings with the "default" action (DeprecationWarning included).
+
+The pipeline's own lines are log records of one logger per stage (`stage_log`: "mtlrec.train",
+...), written to stderr as `<stage>: <message>` whatever --verbose says: what a stage did and
+where its results went.
 """
 from __future__ import annotations
 
@@ -97,6 +101,61 @@ PER_MODEL_RETRACING = re.compile(r"\d+ out of the last \d+ calls to <function Mo
                                  r"\.<locals>\.(train|test|predict)_function at 0x[0-9a-f]+>" + _RETRACING_TAIL)
 
 _verbose = False
+
+# The pipeline's own loggers: "mtlrec.<stage>", each line written to stderr as its prefix + message.
+ROOT_LOGGER = "mtlrec"
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to sys.stderr as it is at each record (pytest's capsys replaces it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def _own_lines() -> logging.Logger:
+    """The "mtlrec" logger, writing plain lines to stderr: set up once, on first use."""
+    root = logging.getLogger(ROOT_LOGGER)
+    if not any(isinstance(h, _Stderr) for h in root.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(prefix)s%(message)s", defaults={"prefix": ""}))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False  # not also through the root logger's handlers (absl's, under --verbose)
+    return root
+
+
+def stage_log(stage: str, prefix: str | None = None) -> logging.LoggerAdapter:
+    """The logger of one stage ("mtlrec.<stage>"): `.info(message)` writes `<stage>: <message>` to
+    stderr, or `<prefix><message>` when a prefix is given.
+
+    A caller silences a stage with `logging.getLogger("mtlrec.<stage>").setLevel(logging.WARNING)`
+    (tune's trials, which train quietly)."""
+    _own_lines()
+    return logging.LoggerAdapter(logging.getLogger(f"{ROOT_LOGGER}.{stage}"),
+                                 {"prefix": f"{stage}: " if prefix is None else prefix})
+
+
+@contextlib.contextmanager
+def quiet(*stages: str):
+    """Within the block, the given stages' loggers show warnings only (tune's trials train quietly)."""
+    loggers = [logging.getLogger(f"{ROOT_LOGGER}.{stage}") for stage in stages]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def verbose() -> bool:

@@ -102,6 +102,6 @@ def keras_restarts(model, make_dataset: Callable, seed: int, log=lambda message:
         model.optimizer.build(model.trainable_variables)
     variables = [*model.variables, *model.optimizer.variables]
     losses = best_of_restarts(variables, gates, train_briefly, restarts, seed)
-    log(f"restarts: {restarts} selector initialisations x {2 * half} steps, training loss "
+    log(f"{restarts} selector initialisations x {2 * half} steps, training loss "
         f"{', '.join(f'{v:.4f}' for v in losses[:, 0])}: kept #{int(np.nanargmin(losses[:, 0]))}")
     return losses

@@ -17,18 +17,16 @@ checks or preprocesses it (pipeline/artifacts/locks.py); a second one stops at o
 """
 from __future__ import annotations
 
-import sys
 import time
 
 from pipeline.artifacts import locks, runs, storage
 from pipeline.artifacts.atomic import ArtifactError
 from pipeline.config import ConfigError, with_overrides
 from pipeline.artifacts.manifest import data_hash, read_manifest
-from pipeline.terminal import models_one_after_another, time_left
+from pipeline.terminal import models_one_after_another, stage_log, time_left
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+LOG = stage_log("compare")
 
 
 def ensure_data(config, force: bool = False) -> str:
@@ -45,11 +43,11 @@ def _ensure_data(config, folder: str, force: bool) -> str:
     check_data_folder(config, force)
     try:
         if read_manifest(folder).get("config_hash") == data_hash(config.data):
-            log(f"compare: reusing {folder} (same data config)")
+            LOG.info(f"reusing {folder} (same data config)")
             return folder
-        log(f"compare: {folder} holds data of other settings; preprocessing again (--force)")
+        LOG.info(f"{folder} holds data of other settings; preprocessing again (--force)")
     except ArtifactError:  # missing or incomplete: nothing finished is lost by writing it
-        log(f"compare: preprocessing into {folder}")
+        LOG.info(f"preprocessing into {folder}")
     from pipeline.stages import preprocess  # Beam and tf.Transform: imported only when there is work for them
     preprocess.run(config, output=str(folder))
     return folder
@@ -107,12 +105,12 @@ def _run(config, data_dir: str, configs: dict, force: bool) -> str:
     ensure_data(config, force)
     from pipeline.stages import evaluate, train  # TensorFlow: imported once the settings are known to be usable
     for name, seed in stale:
-        log(f"compare: {name} seed {seed} was run with other settings; starting it over (--force)")
+        LOG.info(f"{name} seed {seed} was run with other settings; starting it over (--force)")
         with locks.hold(configs[name, seed].train.run_dir, "run folder"):  # not while another process trains it
             storage.rmtree(configs[name, seed].train.run_dir)
     todo = [(key, cfg) for key, cfg in configs.items() if not runs.is_evaluated(cfg.train.run_dir)]
-    log(f"compare: {len(configs)} runs ({len(config.compare.variants)} variants x {len(config.compare.seeds)} seeds), "
-        f"{len(configs) - len(todo)} already finished")
+    LOG.info(f"{len(configs)} runs ({len(config.compare.variants)} variants x {len(config.compare.seeds)} seeds), "
+             f"{len(configs) - len(todo)} already finished")
     runs_started = time.perf_counter()
     with models_one_after_another():  # a model per run
         for i, ((name, seed), cfg) in enumerate(todo, start=1):
@@ -120,14 +118,14 @@ def _run(config, data_dir: str, configs: dict, force: bool) -> str:
             now = time.perf_counter()
             # Time left at this session's pace, once one run has finished.
             pace = f", {time_left((now - runs_started) / (i - 1) * (len(todo) - i + 1))}" if i > 1 else ""
-            log(f"compare: [{i}/{len(todo)}] {name} seed {seed} ({len(todo) - i} left after this, "
-                f"{now - started:.0f} s so far{pace})")
+            LOG.info(f"[{i}/{len(todo)}] {name} seed {seed} ({len(todo) - i} left after this, "
+                     f"{now - started:.0f} s so far{pace})")
             if not runs.is_trained(run_dir):
                 train.run(cfg)
             evaluate.run(run_dir)
     output = runs.report_dir_of(config)
     write_report(config, configs, data_dir, output)
-    log(f"compare: report in {output} ({time.perf_counter() - started:.0f} s)")
+    LOG.info(f"report in {output} ({time.perf_counter() - started:.0f} s)")
     return output
 
 

@@ -31,8 +31,6 @@ one row per test user, so that gates can be compared with paired tests over user
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -42,8 +40,10 @@ from pipeline.artifacts import locks, runs, storage
 from pipeline.stats import metrics, test_split
 from pipeline.artifacts.atomic import ArtifactError, atomic_write, write_json
 from pipeline.training.dataset import split_files
+from pipeline.terminal import stage_log
 
 KS = (5, 10, 20)
+LOG = stage_log("evaluate")
 
 
 def read_candidates(data_dir, manifest) -> dict[str, np.ndarray]:
@@ -197,11 +197,11 @@ def main(config, args) -> int:
     for task, values in result["tasks"].items():
         shown = {k: v["mean"] for k, v in values["per_user"].items() if k in ("ndcg@10", "gauc", "rmse")}
         shown.update(values["pooled"])
-        print(f"evaluate: {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), file=sys.stderr)
+        LOG.info(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     paper = result["test_split"]
     if paper["examples"]:
         shown = [f"loss {paper['loss']:.4f}"] + [f"{task} {name} {value:.4f}" for task, values in paper["tasks"].items()
                                                  for name, value in values.items() if name in ("accuracy", "auc", "mse")]
-        print(f"evaluate: test split ({paper['examples']} examples): " + ", ".join(shown), file=sys.stderr)
-    print(f"evaluate: wrote {storage.join(run_dir, runs.EVAL)}", file=sys.stderr)
+        LOG.info(f"test split ({paper['examples']} examples): " + ", ".join(shown))
+    LOG.info(f"wrote {storage.join(run_dir, runs.EVAL)}")
     return 0

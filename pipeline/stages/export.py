@@ -36,10 +36,12 @@ from pipeline.artifacts import locks, runs, storage
 from pipeline.artifacts.atomic import ArtifactError, write_json
 from pipeline.config import ExportConfig
 from pipeline.errors import MtlrecError
+from pipeline.terminal import stage_log
 from pipeline.artifacts.manifest import read_manifest
 from pipeline.examples.tables import read_tables
 
 RANK_OUTPUTS = ("score", "top_k")  # beside one output per task
+LOG = stage_log("export")
 
 
 def rank_weights(model, options) -> dict[str, float]:
@@ -216,7 +218,7 @@ class ExportError(MtlrecError):
     """A run that cannot be exported as asked."""
 
 
-def export_run(run_dir, sparse: bool = False, options=None) -> Path:
+def export_run(run_dir, sparse: bool = False, options=None) -> str:
     """(Re-)export a trained run: dense to <run>/export, sparse to <run>/export_sparse.
 
     The sparse export drops every expert that no task's static gate selects and records
@@ -241,8 +243,7 @@ def export_run(run_dir, sparse: bool = False, options=None) -> Path:
 
 
 def main(config, args) -> int:
-    import sys
     run_dir = args.run or runs.run_dir_of(config)
     path = export_run(run_dir, sparse=args.sparse, options=config.export)
-    print(f"export: wrote {path}", file=sys.stderr)
+    LOG.info(f"wrote {path}")
     return 0

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import sys
 import tempfile
 
 import apache_beam as beam
@@ -57,6 +56,7 @@ from pipeline.sources import open_source
 from pipeline.artifacts.storage import copy_tree
 from pipeline.artifacts.stable_savedmodel import canonicalize
 from pipeline.examples.tables import CandidatesFromTables, TrainTables, WriteTables
+from pipeline.terminal import stage_log
 
 # Runner defaults when the user passes none. bench/preprocess.py (2 shared cores): in-memory
 # took 0.78x the wall time of multi-process with 2 workers on the embedded data (40 s vs 51 s)
@@ -65,6 +65,7 @@ DEFAULT_BEAM_ARGS = ["--direct_running_mode=in_memory"]
 # Train examples per RecordBatch that tf.Transform analyzes: a batch passes each distinct
 # vocabulary token on once, so larger batches repeat fewer tokens (10k before KuaiRand).
 ANALYZE_BATCH = 100_000
+LOG = stage_log("preprocess")
 
 
 # ---------------------------------------------------------------- rows -> users
@@ -336,7 +337,7 @@ def run(config, output=None, beam_args=()) -> dict:
 def main(config, args) -> int:
     manifest = run(config, output=args.output, beam_args=args.beam_args)
     splits = ", ".join(f"{k} {v['examples']}" for k, v in manifest["splits"].items())
-    print(f"preprocess: {manifest['input_rows']} rows = {manifest['accepted_rows']} accepted + "
-          f"{manifest['rejected_rows']} rejected + {manifest['sampled_out_rows']} sampled out; "
-          f"{manifest['users']} users, {manifest['items']} items; examples: {splits}", file=sys.stderr)
+    LOG.info(f"{manifest['input_rows']} rows = {manifest['accepted_rows']} accepted + "
+             f"{manifest['rejected_rows']} rejected + {manifest['sampled_out_rows']} sampled out; "
+             f"{manifest['users']} users, {manifest['items']} items; examples: {splits}")
     return 0

@@ -17,10 +17,14 @@ This module imports nothing heavy: data.py and recovery.py stay usable without T
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Callable
+
+from pipeline.terminal import stage_log
+
+LOG = stage_log("synthetic", prefix="mtlrec synthetic: ")
+PROGRESS = stage_log("synthetic", prefix="")  # the study's own "[i/N, ...] ..." lines
 
 
 def run(config, output: str | Path | None = None, progress: Callable[[str], None] = lambda m: None) -> str:
@@ -42,8 +46,7 @@ def run(config, output: str | Path | None = None, progress: Callable[[str], None
 def main(config, args) -> int:
     """`mtlrec synthetic`: progress lines on stderr, the result folder on stdout."""
     started = time.perf_counter()
-    out = run(config, output=getattr(args, "output", None),
-              progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(f"mtlrec synthetic: wrote {out} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    out = run(config, output=getattr(args, "output", None), progress=PROGRESS.info)
+    LOG.info(f"wrote {out} in {time.perf_counter() - started:.0f} s")
     print(out)
     return 0

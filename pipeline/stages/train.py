@@ -24,8 +24,12 @@ from pipeline.training.dataset import InputPipeline
 from pipeline.stages.export import export_model
 from pipeline.artifacts.manifest import read_training_manifest
 from pipeline.training.modeling import build_model, set_precision
+from pipeline.terminal import stage_log
 
 keras = tf.keras
+
+LOG = stage_log("train")
+RESTARTS_LOG = stage_log("restarts")  # DSelect-k's selector restarts, before the first epoch
 
 
 # ---------------------------------------------------------------- tf.distribute
@@ -117,8 +121,7 @@ def selection_summary(gate_records: list[dict], exported: dict, steps_per_epoch:
     return out
 
 
-def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr, flush=True),
-        scratch: bool = False) -> dict:
+def run(config, callbacks=(), scratch: bool = False) -> dict:
     """Train, export and write the run folder.
 
     A run folder that holds an unfinished run of the same settings is resumed exactly: from the
@@ -129,7 +132,6 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
       config: the resolved Config.
       callbacks: extra Keras callbacks (e.g. the tuner's pruning reporter); they run after the
         epoch's state is saved.
-      log: where progress lines go.
       scratch: a tuning trial, which needs only the returned validation losses and whose folder
         is deleted afterwards: no checkpoints, no resumable state, no SavedModel, no train.json
         (so the folder never counts as a complete run). The export alone was ~1/6 of a run.
@@ -149,10 +151,10 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
     # The chief alone writes the run folder, and holds its lock while it does (a tuning trial's
     # scratch folder is its own, under the tune folder's lock).
     with locks.hold(run_dir, "run folder") if chief and not scratch else contextlib.nullcontext():
-        return _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log, scratch)
+        return _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, scratch)
 
 
-def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log, scratch) -> dict:
+def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, scratch) -> dict:
     train_config = config.train
     # Non-chief workers save their (identical) state too -- saving may need every worker -- but
     # into a scratch folder that nothing reads and that is removed at the end.
@@ -182,10 +184,10 @@ def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log,
     if start == 0:  # a resumed run goes on from the saved state, which holds what its restarts kept
         keras_restarts(model, lambda steps_each, epochs: inputs.training_batches(
             batch, steps_each, epochs, seed=train_config.seed + 1, shuffle_buffer=train_config.shuffle_buffer,
-            cache=train_config.cache), train_config.seed, log)
-    log(f"train: {storage.name(run_dir)}: {config.model.architecture}, gate {config.model.gate.type}, "
-        f"{strategy.num_replicas_in_sync} replica(s), {steps} steps/epoch, up to {train_config.epochs} epochs"
-        + (f", resuming after epoch {start}" if start else ""))
+            cache=train_config.cache), train_config.seed, RESTARTS_LOG.info)
+    LOG.info(f"{storage.name(run_dir)}: {config.model.architecture}, gate {config.model.gate.type}, "
+             f"{strategy.num_replicas_in_sync} replica(s), {steps} steps/epoch, up to {train_config.epochs} epochs"
+             + (f", resuming after epoch {start}" if start else ""))
     started = time.perf_counter()
     if start < train_config.epochs and not state.stopped:
         train_ds = inputs.training_batches(batch, steps, train_config.epochs, start_epoch=start,
@@ -229,9 +231,9 @@ def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log,
     }
     write_json(storage.join(run_dir, runs.TRAIN_DONE), summary)  # last: the run folder is complete
     unconverged = [t for t, g in summary["gates"].items() if not g["converged"]]
-    log(f"train: {storage.name(run_dir)}: best epoch {best['epoch']} (val_loss {best['val_loss']:.4f}), "
-        f"{seconds:.0f} s, exported to {storage.join(run_dir, runs.EXPORT)}"
-        + (f"; gates NOT converged (selectors not binary): {', '.join(unconverged)}" if unconverged else ""))
+    LOG.info(f"{storage.name(run_dir)}: best epoch {best['epoch']} (val_loss {best['val_loss']:.4f}), "
+             f"{seconds:.0f} s, exported to {storage.join(run_dir, runs.EXPORT)}"
+             + (f"; gates NOT converged (selectors not binary): {', '.join(unconverged)}" if unconverged else ""))
     return summary
 
 

@@ -27,7 +27,6 @@ import contextlib
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ from pipeline.artifacts.runs import PATH_FIELDS, absolute_paths
 from pipeline.artifacts.manifest import read_manifest
 from pipeline.config import ConfigError, config_hash, merge, validate, with_overrides
 from pipeline.tuning.search_space import SpaceTrial, check_against_gates
-from pipeline.terminal import models_one_after_another, time_left
+from pipeline.terminal import models_one_after_another, quiet, stage_log, time_left
 from pipeline.tuning.studies import (
     INFEASIBLE, TunerSettings, TuningError, finished_trials, is_feasible, mark_infeasible, remaining_trials,
     run_study, summarize)
@@ -48,8 +47,7 @@ from pipeline.tuning.studies import (
 SEARCH_SPACE_VERSION = 4  # part of every study's name: bump it when a search space changes
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+LOG = stage_log("tune")
 
 
 # ---------------------------------------------------------------- search spaces
@@ -116,9 +114,9 @@ def make_objective(base, context: dict, learning_rate: list[float], scratch: Pat
         run_dir = Path(tempfile.mkdtemp(dir=scratch, prefix=f"trial{trial.number}-"))
         try:
             config = with_overrides(base, {**changes, "train": {**changes["train"], "run_dir": str(run_dir)}})
-            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # Keras' epoch lines
-                summary = train.run(config, callbacks=[_epoch_reports(trial, reporter, started)],
-                                    log=lambda message: None, scratch=True)
+            # A trial trains quietly: no Keras epoch lines (stdout), no train or restarts lines.
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), quiet("train", "restarts"):
+                summary = train.run(config, callbacks=[_epoch_reports(trial, reporter, started)], scratch=True)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
             # CPU seconds of all threads: on a shared machine, a better guide than wall time.
@@ -194,7 +192,7 @@ class _Progress:
         else:
             outcome = f"val_loss {trial.value:.4f} (best epoch {trial.user_attrs.get('best_epoch')})"
         left = self.spent / self.done * self.remaining
-        log(f"tune: {variant} [{slot + 1}/{self.trials}] {outcome}, {seconds:.0f} s; {time_left(left)}")
+        LOG.info(f"{variant} [{slot + 1}/{self.trials}] {outcome}, {seconds:.0f} s; {time_left(left)}")
 
 
 def run(config, force: bool = False) -> str:
@@ -223,7 +221,7 @@ def _run(config, force: bool) -> str:
     study_names = {name: study_name(name, base, config.tune) for name, base in bases.items()}
     started = time.perf_counter()
     studies, todo = {}, sum(remaining_trials(settings, n) for n in study_names.values())
-    log(f"tune: {len(bases)} variants x {settings.trials} trials, {todo} to run; studies in {database}")
+    LOG.info(f"{len(bases)} variants x {settings.trials} trials, {todo} to run; studies in {database}")
     progress = _Progress(settings.trials, todo)
     with models_one_after_another():  # a model per trial
         for name, base in bases.items():
@@ -235,7 +233,7 @@ def _run(config, force: bool) -> str:
     write_report(config, summaries, {n: finished_trials(s) for n, s in studies.items()},
                  storage.join(tune_dir_of(config), "report"))
     best = _write_best(config, bases, summaries)
-    log(f"tune: best settings in {best} ({time.perf_counter() - started:.0f} s)")
+    LOG.info(f"best settings in {best} ({time.perf_counter() - started:.0f} s)")
     return best
 
 
