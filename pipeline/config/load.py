@@ -111,7 +111,8 @@ def _describe(error: dict) -> str:
     if kind == GATE_TYPE_ERROR:  # a missing or unknown gate type: the message says it all
         return f"{key}: {error['msg']}"
     if kind == "value_error":  # from a cross-field check; the input would be a whole section
-        return f"{key}: {error['msg'].removeprefix('Value error, ')}"
+        message = error["msg"].removeprefix("Value error, ")
+        return message if not loc else f"{key}: {message}"  # a check of the whole config names its keys
     return f"{key}: {error['msg']} (got {error.get('input')!r})"
 
 

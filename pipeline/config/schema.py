@@ -16,6 +16,7 @@ from features.datasets.movielens import MOVIELENS
 from models.gates import parse_gate_config
 from pipeline.config.base import GateSettings, Section, Units
 from pipeline.config.synthetic import SyntheticConfig
+from pipeline.stats.registry import per_user_names
 from pipeline.tuning.search_space import spec_error
 
 
@@ -167,13 +168,13 @@ class DataConfig(Section):
     seed: int = 42
     beam_args: list[str] = Field(default_factory=list)  # Beam pipeline options, e.g. --runner=DataflowRunner
 
-    @model_validator(mode="after")
     @field_validator("source")
     @classmethod
     def _source_declared(cls, source: str) -> str:
         dataset_of_source(source)  # ValueError naming the known sources
         return source
 
+    @model_validator(mode="after")
     def _source_needs(self):
         needs = dataset_of_source(self.source).sources[self.source].path
         if needs and not self.path:
@@ -334,4 +335,15 @@ class Config(Section):
         if unknown_features:
             raise ValueError(f"model.features: {', '.join(unknown_features)} not declared for {dataset.name} "
                              f"(features/datasets/{dataset.name}.py)")
+        # Before any training: a misspelt metric would otherwise fail only once every run is done.
+        for task, names in self.compare.test_metrics.items():
+            if task not in dataset.tasks:
+                raise ValueError(f"compare.test_metrics: {task!r} is not a task of {dataset.name}; "
+                                 f"known: {', '.join(dataset.tasks)}")
+            kind = dataset.tasks[task].kind
+            known = per_user_names(kind)
+            for name in names:
+                if name not in known:
+                    raise ValueError(f"compare.test_metrics.{task}: {name!r} is not a per-user metric of a {kind} "
+                                     f"task; known: {', '.join(known)}")
         return self

@@ -20,18 +20,16 @@ import numpy as np
 from pipeline.reports import render as rp
 from pipeline.artifacts.atomic import is_url, local_staging
 from pipeline.reports.compare_results import (
-    ALPHA, CONFIDENCE, LOWER_IS_BETTER, better_direction, collect, converged_users, metric_label,
-    significance_table, summarize, test_split_summary)
+    ALPHA, CONFIDENCE, better_direction, collect, converged_users, significance_table, summarize, test_split_summary)
+from pipeline.stats.registry import label as metric_label
+from pipeline.stats.registry import lower_is_better, table_columns
 from features.datasets import dataset_of_manifest
 from pipeline.artifacts.manifest import read_manifest
 
-TABLE_METRICS = {"binary": ["ndcg@5", "ndcg@10", "ndcg@20", "recall@10", "mrr", "gauc", "gauc_weighted", "auc",
-                            "logloss"],
-                 "regression": ["ndcg@5", "ndcg@10", "rmse", "mae", "pooled_rmse"]}
 
 
 def _header(metric: str) -> str:
-    return f"{metric_label(metric)} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
+    return f"{metric_label(metric)} {'↓' if lower_is_better(metric) else '↑'}"
 
 
 def _num(value, digits: int = 4, sign: bool = False) -> str:
@@ -73,15 +71,13 @@ def _label(summary: dict, name: str) -> str:
     return f"{name} (NOT converged in {len(converged) - sum(converged)}/{len(converged)} seeds: not k-sparse)"
 
 
-def _metric_tables(doc, summary: dict, names: list[str], tasks: list[str]) -> None:
+def _metric_tables(doc, summary: dict, names: list[str], tasks: list[str], dataset) -> None:
     for task in tasks:
-        available = summary[names[0]]["tasks"][task]
-        kind = "binary" if "gauc" in available else "regression"
-        columns = [m for m in TABLE_METRICS[kind] if m in available]
+        columns = table_columns(dataset.tasks[task].kind, summary[names[0]]["tasks"][task])
         bold = set()
         for c, metric in enumerate(columns, start=1):
             means = [summary[n]["tasks"][task][metric]["mean"] for n in names]
-            bold.add((int(np.nanargmin(means) if metric in LOWER_IS_BETTER else np.nanargmax(means)), c))
+            bold.add((int(np.nanargmin(means) if lower_is_better(metric) else np.nanargmax(means)), c))
         rows = [[_label(summary, n), *[f"{summary[n]['tasks'][task][m]['mean']:.4f} ± "
                                        f"{summary[n]['tasks'][task][m]['std']:.4f}" for m in columns]] for n in names]
         doc.heading(f"Task: {task}")
@@ -181,7 +177,7 @@ def _significance_section(doc, folder: Path, tests: list[dict], n_seeds: int) ->
     for task, metric in dict.fromkeys((t["task"], t["metric"]) for t in tests):
         rows = [t for t in tests if (t["task"], t["metric"]) == (task, metric)]
         label = metric_label(metric)
-        favours = "< 0" if metric in LOWER_IS_BETTER else "> 0"
+        favours = "< 0" if lower_is_better(metric) else "> 0"
         png = rp.forest_plot(
             folder / f"differences_{task}_{metric.replace('@', '')}.png",
             [f"{t['focus']} − {t['baseline']}" for t in rows],
@@ -298,7 +294,7 @@ def write_report(config, runs: dict, data_dir: str, output: str) -> str:
             f"{cfg.train.epochs} epochs, early stopping on validation loss, the best validation epoch is evaluated. "
             f"Values: mean ± std over seeds of the per-user mean; ↑ higher is better, ↓ lower is better. Best mean "
             f"per column in bold: a description, not a test (see the seed-aware comparison below).")
-        _metric_tables(doc, summary, names, tasks)
+        _metric_tables(doc, summary, names, tasks, dataset_of_manifest(manifest))
         _sparsity_section(doc, summary, names, tasks, left_out)
         _test_split_section(doc, paper, names)
         _significance_section(doc, folder, tests, len(config.compare.seeds))

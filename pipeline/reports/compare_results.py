@@ -18,24 +18,16 @@ import pandas as pd
 from pipeline.artifacts import storage
 from pipeline.artifacts.atomic import ArtifactError, read_json
 from pipeline.artifacts.runs import EVAL, EVAL_USERS, GATES, read_train_summary
+from pipeline.stats.registry import lower_is_better
 from pipeline.stats.significance import holm, seed_aware_test
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
-LOWER_IS_BETTER = {"rmse", "mae", "logloss", "pooled_rmse", "pooled_mae"}
-_LABELS = {"ndcg": "NDCG", "recall": "Recall", "mrr": "MRR", "gauc": "GAUC", "gauc_weighted": "GAUC (impression-weighted)",
-           "auc": "AUC", "logloss": "log loss",
-           "rmse": "RMSE", "mae": "MAE", "pooled_rmse": "pooled RMSE", "pooled_mae": "pooled MAE"}
-
-
-def metric_label(metric: str) -> str:
-    """'ndcg@10' -> 'NDCG@10', 'pooled_rmse' -> 'pooled RMSE'; unknown names stay as they are."""
-    name, at, k = metric.partition("@")
-    return _LABELS.get(name, name) + at + k
 
 
 def better_direction(metric: str) -> str:
-    return "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+    """'lower is better' or 'higher is better', as the metric registry says (pipeline/stats/registry.py)."""
+    return "lower is better" if lower_is_better(metric) else "higher is better"
 
 
 def _run_values(evaluation: dict) -> dict[str, dict[str, float]]:
@@ -197,7 +189,7 @@ def significance_table(users: dict[str, list[pd.DataFrame]], focus: list[str],
                     renamed = {"mean_a": "focus_mean", "mean_b": "baseline_mean",
                                "n_seeds_a": "n_seeds_focus", "n_seeds_b": "n_seeds_baseline"}
                     tests.append({"focus": first, "baseline": other, "task": task, "metric": metric,
-                                  "lower_is_better": metric in LOWER_IS_BETTER,
+                                  "lower_is_better": lower_is_better(metric),
                                   **{renamed.get(k, k): v for k, v in result.items()}})
     for test, adjusted in zip(tests, holm([t["p_value"] for t in tests])):
         test["p_holm"] = adjusted

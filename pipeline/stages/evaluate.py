@@ -37,12 +37,11 @@ import tensorflow as tf
 
 from features.datasets import DATASETS, dataset_of_manifest
 from pipeline.artifacts import locks, runs, storage
-from pipeline.stats import metrics, test_split
+from pipeline.stats import metrics, registry, test_split
 from pipeline.artifacts.atomic import ArtifactError, atomic_write, write_json
 from pipeline.training.dataset import split_files
 from pipeline.terminal import stage_log
 
-KS = (5, 10, 20)
 LOG = stage_log("evaluate")
 
 
@@ -115,23 +114,13 @@ def candidate_arrays(users: np.ndarray, columns: dict[str, np.ndarray]):
 
 def task_metrics(task, scores, frame_arrays, mask, pooled: pd.DataFrame):
     """(per-user metrics {name: [U]}, pooled metrics {name: value}) for one declared task
-    (features.spec.Task)."""
-    label = frame_arrays[task.label]
-    predicted = pooled[f"pred_{task.name}"].to_numpy()
-    if task.kind == "binary":
-        per_user = metrics.ranking_metrics(scores, label, mask, ks=KS)
-        pointwise = metrics.pointwise_metrics(predicted, pooled[task.label].to_numpy())
-        pointwise["gauc_weighted"] = metrics.weighted_mean(per_user["gauc"], mask.sum(axis=1))
-        return per_user, pointwise
-    # Regression: rank the user's rows that carry the task's weight (MovieLens: the user's own
-    # test interactions, not the sampled items) by the predicted value.
-    weighted = mask & (frame_arrays[task.weight] > 0) if task.weight else mask
-    ranking = metrics.ranking_metrics(scores, label, weighted, ks=KS)
-    per_user = {k: v for k, v in ranking.items() if k.startswith("ndcg@")}
-    per_user.update(metrics.regression_metrics(scores, label, weighted))
+    (features.spec.Task): every metric registered for its kind (pipeline/stats/registry.py), on the
+    rows that carry the task's weight (all rows when it has none; MovieLens rating: the user's own
+    test interactions, not the sampled items)."""
+    lists = registry.UserLists(scores, frame_arrays[task.label],
+                               mask & (frame_arrays[task.weight] > 0) if task.weight else mask, registry.all_ks())
     rows = pooled[pooled[task.weight] > 0] if task.weight else pooled
-    error = rows[f"pred_{task.name}"].to_numpy() - rows[task.label].to_numpy()
-    return per_user, {"pooled_rmse": float(np.sqrt(np.mean(error**2))), "pooled_mae": float(np.mean(np.abs(error)))}
+    return registry.compute_task(task.kind, lists, rows[f"pred_{task.name}"].to_numpy(), rows[task.label].to_numpy())
 
 
 def _dataset_of_frame(pooled: pd.DataFrame):
@@ -152,7 +141,7 @@ def evaluation(pooled: pd.DataFrame, dataset=None) -> tuple[dict, pd.DataFrame]:
     users, arrays, mask = candidate_arrays(pooled["user_id"].to_numpy(), columns)
 
     per_user_table = {"user_id": users}
-    result = {"users": int(len(users)), "candidates": int(mask.sum()), "ks": list(KS), "tasks": {}}
+    result = {"users": int(len(users)), "candidates": int(mask.sum()), "ks": list(registry.all_ks()), "tasks": {}}
     for task in tasks:
         per_user, pointwise = task_metrics(dataset.tasks[task], arrays[f"pred_{task}"], arrays, mask, pooled)
         result["tasks"][task] = {"per_user": metrics.summarize(per_user), "pooled": pointwise}
