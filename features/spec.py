@@ -1,13 +1,12 @@
-"""What a dataset declaration is: raw columns, model features, tasks, and what follows from them.
+"""What a dataset declaration is, as the stages read it: raw columns, model features, tasks.
 
-Each dataset declares its columns, features and tasks once, in features/datasets/<name>.py
-(MovieLens, KuaiRand); `features.datasets.dataset_of_source` picks the declaration of a
-`data.source`. The Beam stage writes the raw columns into tf.Examples and fits the
-tf.Transform analyzers for the features (features/transform.py); the trainer builds its input
-layers from the same declaration and the transform graph; the exported model serves the raw
-columns. A source that lacks a raw column (e.g. the dslabs subset has no demographics)
-simply runs without the features that need it. No stage names a task or a label: they read
-them from here.
+Each dataset is declared once, in one YAML file (configs/datasets/<name>.yaml, or the user's own:
+data.dataset); features/declaration/ reads and checks it and builds the `Dataset` here. The Beam
+stage writes the raw columns into tf.Examples and fits the tf.Transform analyzers for the
+features (features/transform.py); the trainer builds its input layers from the same declaration
+and the transform graph; the exported model serves the raw columns. A source that lacks a raw
+column (e.g. the dslabs subset has no demographics) simply runs without the features that need
+it. No stage names a column, a task or a label: they read them from here.
 """
 from __future__ import annotations
 
@@ -71,10 +70,11 @@ def _by_name(items) -> dict:
 
 @dataclass(frozen=True)
 class Dataset:
-    """One dataset's declaration.
+    """One dataset's declaration, as the stages read it (built from its YAML file by
+    features/declaration/build.py).
 
     Args:
-      name: "movielens" | "kuairand" (recorded in the data manifest).
+      name: recorded in the data manifest (e.g. "movielens").
       raw_columns: the raw columns any of its sources may provide.
       required_raw: the raw columns every source of it provides.
       label_columns: the label (and per-example weight) columns of every example.
@@ -83,13 +83,16 @@ class Dataset:
         ones `mtlrec compare` tests for significance unless the config says otherwise.
       features: every model feature.
       entity_keys: {entity: id column}; each entity's feature table is keyed by it.
-      time_column: the raw column that orders a user's interactions (and is the request time).
-      constants: the numbers that shape the transform (buckets, list lengths), hashed.
+      time_column: the raw column that orders a user's interactions (and is the request time);
+        None when the files' order does (features/declaration/schema.py, Time).
+      constants: values recorded with the declaration, hashed.
       sampled_negatives: whether examples are observed interactions plus sampled items
         (MovieLens), or every example is an exposure with its own labels (KuaiRand).
       sources: {`data.source` name: Source}, the sources that read it (the config accepts these).
-      transform: its tf.Transform preprocessing_fn maker, `maker(raw_columns) -> preprocessing_fn`,
-        or its import path (features/transform_<name>.py; imports TensorFlow, so named, not imported).
+      transform: None (the preprocessing_fn is built from `declaration`: features/transform.py), or
+        a maker `maker(raw_columns) -> preprocessing_fn` for what a declaration cannot say.
+      declaration: the checked YAML declaration (features/declaration/schema.py, Declaration).
+      path: the file it was read from.
     """
     name: str
     raw_columns: dict
@@ -99,12 +102,14 @@ class Dataset:
     default_tasks: tuple
     features: dict
     entity_keys: dict
-    time_column: str
+    time_column: str | None
     default_test_metrics: dict = field(default_factory=dict)
     constants: dict = field(default_factory=dict)
     sampled_negatives: bool = False
     sources: dict = field(default_factory=dict)
     transform: object = None
+    declaration: object = None
+    path: str | None = None
 
     def active_features(self, raw_columns) -> list[str]:
         """The features a source can feed: those whose raw columns it all provides."""
@@ -141,19 +146,30 @@ class Dataset:
         """tf.io spec of one example's model inputs (features.transform.dense_model_inputs) and
         labels: the columns of preprocess's materialized transformed/ splits."""
         import tensorflow as tf
-        max_values = self.constants.get("max_values", 1)
-        shapes = {"categorical": ([], tf.int64), "multi_categorical": ([max_values], tf.int64),
-                  "numeric": ([], tf.float32)}
-        spec = {name: tf.io.FixedLenFeature(*shapes[self.features[name].kind])
+        widths = self.max_values()
+        shapes = {"categorical": lambda _: ([], tf.int64), "multi_categorical": lambda n: ([widths[n]], tf.int64),
+                  "numeric": lambda _: ([], tf.float32)}
+        spec = {name: tf.io.FixedLenFeature(*shapes[self.features[name].kind](name))
                 for name in self.active_features(raw_columns)}
         spec.update({c.name: tf.io.FixedLenFeature([], tf.as_dtype(c.dtype)) for c in self.label_columns.values()})
         return spec
 
-    def declaration_hash(self, raw_columns) -> str:
-        """Fingerprint of everything that shapes the data of a source with these raw columns.
+    def max_values(self) -> dict[str, int]:
+        """{multi_categorical feature: the values it keeps} (its dense width in the model's inputs)."""
+        specs = self.declaration.features if self.declaration is not None else {}
+        return {name: (specs[name].max_values if name in specs else self.constants.get("max_values", 1))
+                for name, f in self.features.items() if f.kind == "multi_categorical"}
 
-        The trainer compares it with the manifest's, so data made under another declaration
-        (other transforms, buckets, columns) is refused instead of silently misread.
+    def declaration_hash(self, raw_columns) -> str:
+        """Fingerprint of what the later stages read from the declaration for a source with these
+        raw columns: raw columns, labels, features (kinds, vocabularies, sizes, descriptions),
+        tasks, keys, time column and constants.
+
+        The trainer compares it with the manifest's, so data made under another declaration is
+        refused instead of silently misread. (How each feature is computed lives in the data
+        folder's transform graph; a changed declaration file changes the folder's config hash:
+        pipeline/artifacts/manifest.py.) Its fields are those of the Python declarations this
+        replaced, so their data folders keep their hash.
         """
         blob = {
             "dataset": self.name,

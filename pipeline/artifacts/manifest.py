@@ -8,7 +8,8 @@ through here and refuse a folder made by an incompatible version of the code.
 """
 from __future__ import annotations
 
-from features.datasets import dataset_of_manifest, dataset_of_source
+from features.datasets import dataset_of_data, dataset_of_manifest
+from features.declaration import content_hash
 from pipeline.artifacts import storage
 from pipeline.artifacts.atomic import MANIFEST, ArtifactError, read_json
 from pipeline.config import config_hash
@@ -26,7 +27,7 @@ REQUIRED = ("source", "splits", "raw_columns", "features", "declaration_hash")
 # (pipeline/stages/preprocess.py) or the example builder (pipeline/examples/exposure.py).
 NO_TEST_LIST = "no_test_list"
 TOO_FEW_ROWS, ONE_TIME, NO_HELD_OUT_ROWS = "too_few_rows", "one_time", "no_held_out_rows"
-NO_TEST_DRAW = "no_test_draw"
+NO_TEST_DRAW, NO_TEST_ROWS = "no_test_draw", "no_test_rows"
 NO_TEST_LIST_REASONS = {
     TOO_FEW_ROWS: "fewer rows than data.split.min_interactions, or than the test and validation shares need: "
                   "all in train",
@@ -34,6 +35,7 @@ NO_TEST_LIST_REASONS = {
     NO_HELD_OUT_ROWS: "data.kuairand.random_log_test: no row of the random-policy log from the start of the "
                       "user's test period",
     NO_TEST_DRAW: "data.split.mode random: none of the user's own rows was drawn into the test split",
+    NO_TEST_ROWS: "data.split.mode column: none of the user's rows is named test",
 }
 
 
@@ -50,12 +52,20 @@ def describe_tables(dataset, raw_columns, counts: dict[str, int]) -> dict:
 
 
 def data_settings(data_config) -> dict:
-    """The data config as the manifest records it. The keys of the random split (split.mode,
-    split.stratify) appear only when it is used: a temporal folder keeps the manifest and hash
-    it had before the option existed, so no data folder is made again for nothing."""
+    """The data config as the manifest records it. Keys added after folders were made appear only
+    when they are used, so such a folder keeps the manifest and hash it had and is not made again
+    for nothing: the split's mode, stratify and column (only beside a split other than temporal),
+    and data.dataset, recorded with the sha256 of the declaration file's text (a changed file
+    makes other data)."""
     tree = data_config.model_dump(mode="json")
     if tree["split"]["mode"] == "temporal":
-        tree["split"] = {k: v for k, v in tree["split"].items() if k not in ("mode", "stratify")}
+        tree["split"] = {k: v for k, v in tree["split"].items() if k not in ("mode", "stratify", "column")}
+    elif tree["split"]["column"] is None:
+        del tree["split"]["column"]
+    if tree["dataset"] is None:
+        del tree["dataset"]
+    else:
+        tree["dataset_sha256"] = content_hash(tree["dataset"])
     return tree
 
 
@@ -93,7 +103,8 @@ def users_without_test_list(counts: dict[str, int]) -> dict:
     """The manifest's count of users without a test list, per reason; checks that every user
     either has a test list or a reason."""
     reasons = {reason: {"users": counts.get(f"{NO_TEST_LIST}:{reason}", 0), "why": why}
-               for reason, why in NO_TEST_LIST_REASONS.items()}
+               for reason, why in NO_TEST_LIST_REASONS.items()
+               if reason != NO_TEST_ROWS or counts.get(f"{NO_TEST_LIST}:{reason}")}  # listed once it occurs
     total = sum(entry["users"] for entry in reasons.values())
     if counts.get("users", 0) != counts.get("test_users", 0) + total:
         raise RuntimeError(f"users do not add up: {counts.get('users', 0)} users, {counts.get('test_users', 0)} "
@@ -151,7 +162,7 @@ def build_manifest(source_info, data_config, counts: dict[str, int], shards: dic
       shards: split -> {"files": [...], "transformed_files": [...]}, the shard file names written.
     """
     raw_columns = list(source_info.raw_columns)
-    dataset = dataset_of_source(data_config.source)
+    dataset = dataset_of_data(data_config)
     rows = row_counts(counts)
     decoding = {path: dict(entry) for path, entry in source_info.decoding.items()}
     if source_info.files and source_info.files[0] in decoding:  # the ratings file, read by the runner

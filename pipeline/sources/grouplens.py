@@ -246,7 +246,7 @@ class GroupLens(Source):
     """A GroupLens folder. Movies and users are side inputs; ratings are read by the runner."""
 
     @classmethod
-    def from_config(cls, data_config) -> GroupLens:
+    def from_config(cls, data_config, dataset) -> GroupLens:
         return cls(data_config.path)
 
     def __init__(self, folder: str):

@@ -8,7 +8,8 @@ The README of github chongminggao/KuaiRand names the files of each version's dat
 
 The standard-policy logs are the examples; the random-policy log is read only as the optional
 unbiased test set (data.kuairand.random_log_test); the daily video statistics are not read
-(features/datasets/kuairand.py says why). The user and basic video files are read by the
+(configs/datasets/kuairand.yaml says why). What the rows become (features, tasks) is that
+declaration's; this module knows the files: their names, fields and the README's value checks. The user and basic video files are read by the
 driver and joined as side inputs, as GroupLens's movie files are; the logs are read by the
 runner, in byte ranges of whole lines, each bad line rejected with its reason: input = accepted +
 rejected; each range's rows go on as one list per user (USER_BATCHES).
@@ -27,7 +28,6 @@ import re
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from features.datasets.kuairand import KUAIRAND, ONEHOT_SIZES, USER_COUNTS, USER_FLAGS, USER_RANGES
 from pipeline.sources import Source
 from pipeline.sources.grouplens import Table, entity_values
 from pipeline.sources.rows import (HELD_OUT, LINE, METADATA, REJECTED, SourceError, SourceInfo,
@@ -39,14 +39,23 @@ VERSIONS = ("pure", "1k", "27k")
 LOG_FIELDS = ("user_id", "video_id", "date", "hourmin", "time_ms", "is_click", "is_like", "is_follow", "is_comment",
               "is_forward", "is_hate", "long_view", "play_time_ms", "duration_ms", "profile_stay_time",
               "comment_stay_time", "is_profile_enter", "is_rand", "tab")  # the README's order
-# Log field -> label column (features/datasets/kuairand.py).
-BINARY_LABELS = {"is_click": "click", "long_view": "long_view", "is_like": "like", "is_follow": "follow",
-                 "is_comment": "comment", "is_forward": "forward"}
-NEEDED = ("user_id", "video_id", "time_ms", "play_time_ms", *BINARY_LABELS)
+# The log's feedback fields a row carries (the declaration's tasks read them).
+FEEDBACK = ("is_click", "long_view", "is_like", "is_follow", "is_comment", "is_forward")
+NEEDED = ("user_id", "video_id", "time_ms", "play_time_ms", *FEEDBACK)
 # The README's 0/1 columns of the logs (the labels and the rest): a line with another value is rejected.
 LOG_FLAGS = ("is_click", "is_like", "is_follow", "is_comment", "is_forward", "is_hate", "long_view",
              "is_profile_enter", "is_rand")
 MIN_TIME_MS, MAX_TIME_MS = 946_684_800_000, 4_102_444_800_000  # 2000 .. 2100
+# The user file's fields (README): the encrypted one-hot features' value ranges (0..n-1), and the others.
+ONEHOT_SIZES = (2, 7, 50, 1471, 15, 34, 3, 118, 454, 7, 5, 5, 2, 2, 2, 2, 2, 2)
+USER_FLAGS = ("is_lowactive_period", "is_live_streamer", "is_video_author")
+USER_RANGES = ("user_active_degree", "follow_user_num_range", "fans_user_num_range", "friend_user_num_range",
+               "register_days_range")
+USER_COUNTS = ("follow_user_num", "fans_user_num", "friend_user_num", "register_days")
+# The raw columns the reader gives: the log's ids and time, the user file's, the basic video file's.
+PROVIDED = ("user_id", "item_id", "time_ms", *USER_RANGES, *USER_FLAGS, *USER_COUNTS,
+            *(f"onehot_feat{i}" for i in range(len(ONEHOT_SIZES))), "author_id", "video_type", "upload_type",
+            "visible_status", "music_type", "upload_day", "video_duration", "tag")
 _EPOCH = dt.date(1970, 1, 1)
 CHUNK_BYTES = 16 << 20  # a log is read in byte ranges of whole lines, one element each
 
@@ -111,7 +120,7 @@ def _int_or(text: str, what: str, default: int, low: int = 0) -> int:
 
 
 def user_columns(fields: dict) -> dict:
-    """A user_features line (field -> text) -> the user's raw columns (features/datasets/kuairand.py)."""
+    """A user_features line (field -> text) -> the user's raw columns."""
     out = {name: fields[name].strip() for name in USER_RANGES}
     out.update({name: _int_or(fields[name], name, -1) for name in (*USER_FLAGS, *USER_COUNTS)})
     for name in USER_FLAGS:  # the README's 0/1 columns of the user file ('' -> unknown, -1)
@@ -212,7 +221,7 @@ class _ParseLog(beam.DoFn):
     def __init__(self, file, order, width, header, held_out, flags):
         self.file, self.order, self.width, self.header, self.held_out = file, order, width, header, held_out
         self.ints = tuple(order[NEEDED.index(f)] for f in ("user_id", "video_id", "time_ms", "play_time_ms"))
-        self.labels = tuple((order[NEEDED.index(f)], label) for f, label in BINARY_LABELS.items())
+        self.feedback = tuple((order[NEEDED.index(f)], f) for f in FEEDBACK)
         self.flags = tuple(sorted(flags))  # every 0/1 field, labels included, in the line's order
 
     def process(self, line_range, videos, users):
@@ -249,9 +258,9 @@ class _ParseLog(beam.DoFn):
                     and MIN_TIME_MS <= int(time_ms) <= MAX_TIME_MS
                     and all(fields[i] in ("0", "1") for i, _ in self.flags)):
                 row = {"user_id": int(user), "item_id": int(video), "time_ms": int(time_ms)}
-                for i, label in self.labels:
-                    row[label] = 1.0 if fields[i] == "1" else 0.0
-                row["play_time"] = math.log1p(int(play_ms) / 1000.0)
+                for i, field in self.feedback:
+                    row[field] = 1 if fields[i] == "1" else 0
+                row["play_time_ms"] = int(play_ms)
                 row[LINE] = line
                 if self.held_out:
                     row[HELD_OUT] = True
@@ -274,10 +283,9 @@ class _ParseLog(beam.DoFn):
         for i, name in self.flags:
             if fields[i].strip() not in ("0", "1"):
                 raise ValueError(f"{name} must be 0 or 1, found {fields[i].strip()!r}")
-        for field, label in BINARY_LABELS.items():
-            row[label] = float(value[field])
-        play_ms = parse_int(value["play_time_ms"], "play_time_ms")
-        row["play_time"] = math.log1p(play_ms / 1000.0)
+        for field in FEEDBACK:
+            row[field] = int(value[field])
+        row["play_time_ms"] = parse_int(value["play_time_ms"], "play_time_ms")
         row[LINE] = line
         if self.held_out:
             row[HELD_OUT] = True
@@ -289,10 +297,10 @@ class KuaiRand(Source):
     USER_BATCHES = True  # `rows` holds lists of one user's rows (pipeline/stages/preprocess.py)
 
     @classmethod
-    def from_config(cls, data_config) -> KuaiRand:
-        return cls(data_config.path, data_config.kuairand.random_log_test)
+    def from_config(cls, data_config, dataset) -> KuaiRand:
+        return cls(data_config.path, data_config.kuairand.random_log_test, dataset)
 
-    def __init__(self, folder: str, random_log_test: bool = False):
+    def __init__(self, folder: str, random_log_test: bool = False, dataset=None):
         self.folder = folder.rstrip("/")
         self.version, self.files = detect_version(self.folder)
         if random_log_test and not self.files["random"]:
@@ -305,11 +313,14 @@ class KuaiRand(Source):
             self._path(self.files["user"][0]), "user", "user_id", user_columns, self.metadata_rejected)
         self.videos, decoding[self._path(self.files["video"][0])] = _read_table(
             self._path(self.files["video"][0]), "video", "video_id", video_columns, self.metadata_rejected)
+        self.tables = {"user": self.users, "item": self.videos}  # the entity columns (pipeline/examples/exposure.py)
         logs = self.files["standard"] + (self.files["random"] if random_log_test else [])
         self.logs = {self._path(name): sniff_log(self._path(name)) for name in logs}
         for path, (header, _, width, _) in self.logs.items():
             decoding[path] = {"encoding": "utf-8", "header": header, "fields": width}
-        raw_columns = tuple(KUAIRAND.raw_columns)
+        from features.datasets import dataset_named  # noqa: PLC0415
+        declared = (dataset or dataset_named("kuairand")).raw_columns
+        raw_columns = tuple(c for c in declared if c in PROVIDED)
         extra = {"version": self.version, "random_log": "test" if random_log_test else "not read",
                  "rows_location": self.folder,  # duplicates may be lines of different log files
                  "not_read": [n for n in self.files["statistic"] + self.files["random"]

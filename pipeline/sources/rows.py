@@ -17,6 +17,9 @@ from pipeline.errors import MtlrecError
 
 REJECTED = "rejected"  # tag of the rejection output of every source
 LINE = "_line"  # row key: the original line, kept until duplicates are resolved
+# Row key of a dataset without a time column: the row's place in the files (file, then byte offset),
+# which orders a user's rows (features/declaration/schema.py, Time: order file).
+POSITION = "_position"
 # Row key: a row of a held-out log (KuaiRand's random-policy log), used only in the test lists of
 # the users, from the start of their test period (pipeline/stages/preprocess.py).
 HELD_OUT = "_held_out"

@@ -66,7 +66,7 @@ class Tfds(Source):
     spreads the shards over its workers."""
 
     @classmethod
-    def from_config(cls, data_config) -> Tfds:
+    def from_config(cls, data_config, dataset) -> Tfds:
         return cls(data_config.tfds_name, data_config.tfds_data_dir)
 
     def __init__(self, name: str, data_dir: str | None):

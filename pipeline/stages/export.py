@@ -117,6 +117,7 @@ class ServingModule(tf.Module):
             raise ArtifactError(f"{inputs.data_dir}: no feature tables (made by an older version); "
                                 f"run `mtlrec preprocess` again")
         dataset = inputs.declaration
+        self.max_values = dataset.max_values()
         self.entity_keys = dict(dataset.entity_keys)
         defaults = {name: column.default for name, column in dataset.raw_columns.items()}
         self.tables = {entity: EntityTable(ids, columns, defaults, name=f"{entity}_table")
@@ -155,7 +156,7 @@ class ServingModule(tf.Module):
 
     def _predict(self, raw):
         """Raw columns {name: [B]} -> {task: [B] float32}."""
-        outputs = self.model(dense_model_inputs(self.tft_layer(raw)), training=False)
+        outputs = self.model(dense_model_inputs(self.tft_layer(raw), self.max_values), training=False)
         return {t: tf.cast(outputs[t], tf.float32) for t in self.tasks}
 
     def candidate_rows(self, request, item_ids):

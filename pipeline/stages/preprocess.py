@@ -3,11 +3,12 @@
     source rows -> rejected/ (malformed, duplicates)
                 -> per user, by time: train / validation / test (data.split.mode temporal; with
                    mode random the split follows the negatives: pipeline/examples/random_split.py)
-                -> the dataset's examples (features/datasets/): MovieLens: sampled
-                   never-interacted items as watch = 0 negatives, and each test user's fixed
-                   candidate list of test interactions + N items (pipeline/examples/sampled.py);
-                   KuaiRand: every exposure is an example with its own labels, the test
-                   impressions are the candidate list (pipeline/examples/exposure.py)
+                   (mode column: a column names each row's split)
+                -> the declaration's examples (configs/datasets/, data.dataset): negatives
+                   sampled: never-interacted items as negatives (every label 0), and each test
+                   user's fixed candidate list of test interactions + N items
+                   (pipeline/examples/sampled.py); exposure: every row is an example with its
+                   own labels, the test impressions are the candidate list (pipeline/examples/exposure.py)
                 -> raw tf.Examples, gzip TFRecord shards per split, written deterministically
                 -> tf.Transform analyzers fitted on the train split -> transform graph
                    (with the same bytes on every run: pipeline/artifacts/stable_savedmodel.py)
@@ -39,16 +40,16 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_transform.tf_metadata import schema_utils
 from tfx_bsl.public import tfxio
 
-from features.datasets import dataset_of_source
+from features.datasets import dataset_of_data
 from features.transform import make_preprocessing_fn
 from pipeline.examples import exposure, random_split, sampled
 from pipeline.artifacts import locks, storage
 from pipeline.artifacts.atomic import MANIFEST, staged_folder, write_json
 from pipeline.examples.counting import COUNTS, count_elements, read_counts, write_counts
-from pipeline.artifacts.manifest import NO_TEST_LIST, ONE_TIME, SPLITS, TOO_FEW_ROWS, build_manifest
+from pipeline.artifacts.manifest import NO_TEST_LIST, NO_TEST_ROWS, ONE_TIME, SPLITS, TOO_FEW_ROWS, build_manifest
 from pipeline.examples.random_split import UNSPLIT
-from pipeline.sources.rows import (EXACT_DUPLICATE, HELD_OUT, LINE, REJECTED, REPEATED_PAIR, SourceError, record_text,
-                           rejection)
+from pipeline.sources.rows import (EXACT_DUPLICATE, HELD_OUT, LINE, POSITION, REJECTED, REPEATED_PAIR, SourceError,
+                                   record_text, rejection)
 from pipeline.artifacts.runs import preprocess_output_of
 from pipeline.examples.sampling import user_rng
 from pipeline.examples.shards import TrainBatches, WriteShard, WriteTransformedShard, shard_names, shard_of
@@ -90,28 +91,48 @@ class _UserSample(beam.PartitionFn):
 
 
 def _values(row):
-    return {k: v for k, v in row.items() if k != LINE}
+    return {k: v for k, v in row.items() if k not in (LINE, POSITION)}
 
 
-def _dedupe(rows, file, plan):
-    """Keep one row per plan.DEDUPE_KEY (MovieLens: per movie, the latest rating; KuaiRand: per
+class DedupeRule:
+    """The declaration's `duplicates`: rows of one user equal in `key` (None: in every column) are
+    one; the last in (key, order, line, earliest place in the files) is kept."""
+
+    def __init__(self, duplicates, key_names: dict):
+        self.key = None if duplicates.key == "all" else tuple(duplicates.key)
+        self.order = tuple(duplicates.order)
+        named = [key_names.get(c, c) for c in (self.key or ())]
+        self.reason = duplicates.reason or (
+            "repeated row: only one is kept" if self.key is None else
+            f"repeated ({', '.join(['user', *named])}) with other values: only one row is kept")
+
+    def key_of(self, row) -> tuple:
+        if self.key is None:
+            return tuple(sorted((k, v) for k, v in _values(row).items()))
+        return tuple(row[c] for c in self.key)
+
+    def sort_key(self, row) -> tuple:
+        return (self.key_of(row), *(row[c] for c in self.order), row.get(LINE, ""), -row.get(POSITION, 0))
+
+
+def _dedupe(rows, file, rule):
+    """Keep one row per rule.key_of (MovieLens: per movie, the latest rating; KuaiRand: per
     video and time); yield the others as rejections, each with its original line (the source's
     LINE; for in-memory sources, the row as JSON)."""
-    keys = [tuple(r[c] for c in plan.DEDUPE_KEY) for r in rows]
+    keys = [rule.key_of(r) for r in rows]
     if len(set(keys)) == len(keys):  # nothing to reject (the usual case): no sort needed
         for row in rows:
             row.pop(LINE, None)
         yield rows
         return
     latest: dict[tuple, dict] = {}
-    order = lambda r: (*(r[c] for c in plan.DEDUPE_KEY), *(r[c] for c in plan.DEDUPE_ORDER), r.get(LINE, ""))  # noqa: E731
-    for row in sorted(rows, key=order):
-        key = tuple(row[c] for c in plan.DEDUPE_KEY)
+    for row in sorted(rows, key=rule.sort_key):
+        key = rule.key_of(row)
         previous = latest.get(key)
         latest[key] = row
         if previous is not None:
             exact = _values(previous) == _values(row)
-            reason = "exact duplicate of another row" if exact else plan.REPEATED_REASON
+            reason = "exact duplicate of another row" if exact else rule.reason
             line = previous.get(LINE) or record_text(previous)
             yield beam.pvalue.TaggedOutput(
                 REJECTED, rejection(file, line, reason, EXACT_DUPLICATE if exact else REPEATED_PAIR))
@@ -124,9 +145,10 @@ def _split_size(spec, n):
     return spec if isinstance(spec, int) else max(1, int(round(spec * n)))
 
 
-def _user_history(keyed, split_config, file, plan, time_column, item_key):
-    """(user, lists of the user's rows) -> deduplicated, by time -> {"train": [...], "validation": [...],
-    "test": [...]}, or with split.mode random {UNSPLIT: [...]}.
+def _user_history(keyed, split_config, file, rule, time_column, item_key):
+    """(user, lists of the user's rows) -> deduplicated, by time (or by place in the files, for a
+    dataset without a time column) -> {"train": [...], "validation": [...], "test": [...]}, or with
+    split.mode random {UNSPLIT: [...]}; with split.mode column, as the rows' split column says.
 
     Cuts are placed by `_split_cuts`: no two rows of one time are on both sides of a cut. A user
     whose rows cannot be cut (too few, or all at one time) stays in train only, and the counts
@@ -135,11 +157,12 @@ def _user_history(keyed, split_config, file, plan, time_column, item_key):
     period, so strictly later than every train and validation row, are returned as "held_out":
     the user's unbiased test list."""
     user_id, batches = keyed
-    for out in _dedupe([row for batch in batches for row in batch], file, plan):
+    for out in _dedupe([row for batch in batches for row in batch], file, rule):
         if isinstance(out, beam.pvalue.TaggedOutput):
             yield out
             continue
-        rows = sorted(out, key=lambda r: (r[time_column], r[item_key]))
+        rows = sorted(out, key=(lambda r: (r[time_column], r[item_key])) if time_column else
+                      (lambda r: r[POSITION]))
     held, kept = [], []
     for row in rows:
         (held if row.pop(HELD_OUT, False) else kept).append(row)
@@ -148,7 +171,15 @@ def _user_history(keyed, split_config, file, plan, time_column, item_key):
         yield beam.pvalue.TaggedOutput(COUNTS, {"accepted_rows": n + len(held), "users": 1})
         yield user_id, {UNSPLIT: rows}
         return
-    times = [r[time_column] for r in rows]
+    if split_config.mode == "column":  # each row's split is named (the source checked the names)
+        parts = {split: [r for r in rows if r[split_config.column] == split] for split in ("train", "validation", "test")}
+        counts = {"accepted_rows": n, "users": 1, "train_only_users": int(not parts["test"])}
+        if not parts["test"]:
+            counts[f"{NO_TEST_LIST}:{NO_TEST_ROWS}"] = 1
+        yield beam.pvalue.TaggedOutput(COUNTS, counts)
+        yield user_id, parts
+        return
+    times = [r[time_column] for r in rows] if time_column else list(range(n))  # file order: no ties
     cuts, reason = _split_cuts(times, split_config)
     counts = {"accepted_rows": n + len(held), "users": 1, "train_only_users": int(cuts is None)}
     if held:
@@ -161,7 +192,7 @@ def _user_history(keyed, split_config, file, plan, time_column, item_key):
     val_start, test_start = cuts
     parts = {"train": rows[:val_start], "validation": rows[val_start:test_start], "test": rows[test_start:]}
     if held:
-        parts["held_out"] = [r for r in held if r[time_column] >= times[test_start]]
+        parts["held_out"] = [r for r in held if r[time_column] >= rows[test_start][time_column]]
         counts["held_out_test_rows"] = len(parts["held_out"])
     yield beam.pvalue.TaggedOutput(COUNTS, counts)
     yield user_id, parts
@@ -226,9 +257,11 @@ def build_pipeline(p, source, data_config, folder, scratch=None):
     scratch: a local folder, when `folder` is on a file system without folder renames that Beam
     does not know (TF's ram://): tf.Transform writes the transform there, and it is copied up."""
     raw_columns = list(source.info.raw_columns)
-    dataset = dataset_of_source(data_config.source)
+    dataset = dataset_of_data(data_config)
     # How examples are made: sampled negatives (split per user by time, or at random after sampling), or exposures.
     plan = (random_split if data_config.split.mode == "random" else sampled) if dataset.sampled_negatives else exposure
+    rule = DedupeRule(dataset.declaration.duplicates, {dataset.entity_keys[e]: n
+                                                       for e, n in dataset.declaration.keys.names.items()})
     user_key, item_key = dataset.entity_keys["user"], dataset.entity_keys["item"]
     schema = schema_utils.schema_from_feature_spec(dataset.raw_feature_spec(raw_columns))
 
@@ -246,7 +279,7 @@ def build_pipeline(p, source, data_config, folder, scratch=None):
                                                        source.info.location)
     histories = (batches | "ByUser" >> beam.Map(lambda b: (b[0][user_key], b))
                  | "GroupUsers" >> beam.GroupByKey()
-                 | "DedupeAndSplit" >> beam.FlatMap(_user_history, data_config.split, file, plan,
+                 | "DedupeAndSplit" >> beam.FlatMap(_user_history, data_config.split, file, rule,
                                                      dataset.time_column, item_key).with_outputs(REJECTED, COUNTS, main="users"))
     per_user = histories.users
     counts.append(histories[COUNTS])
