@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from features.datasets.movielens import MOVIELENS
+from features.datasets import dataset_named
 from pipeline.artifacts.atomic import MANIFEST, read_json, staged_folder, write_json
 from pipeline.examples.tfexample import ExampleEncoder
+
+MOVIELENS = dataset_named("movielens")
 
 
 def test_staged_folder_replaces_only_on_success(tmp_path):

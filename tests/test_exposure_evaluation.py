@@ -6,9 +6,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss, mean_squared_error, ndcg_score, roc_auc_score
 
-from features.datasets.kuairand import KUAIRAND
+from features.datasets import dataset_named
 from pipeline.stages.evaluate import evaluation
 from pipeline.stats.metrics import weighted_mean
+
+KUAIRAND = dataset_named("kuairand")
 
 LABELS = list(KUAIRAND.label_columns)
 

@@ -341,7 +341,8 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     import json
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
-    from features.datasets.kuairand import KUAIRAND
+    from features.datasets import dataset_named
+    KUAIRAND = dataset_named("kuairand")
     from pipeline.examples.exposure import ExposureExamples
     from pipeline.stages.preprocess import _user_history
     from pipeline.sources.rows import HELD_OUT

@@ -6,10 +6,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from features.datasets.movielens import MOVIELENS, YEAR_BUCKETS
+from features.datasets import dataset_named
 from fixtures import untrained_model
 from pipeline.training.dataset import split_files
 from pipeline.stages.export import export_model
+
+MOVIELENS = dataset_named("movielens")
 
 SMALL = ["model.num_experts=4", "model.expert_units=[16]", "model.tower_units=[8]", "model.id_embedding_dim=8"]
 WEIGHTS = {"watch": 0.7, "rating": 0.2, "like": 1.5}  # the loss weights: rank's default weights
@@ -108,5 +110,5 @@ def test_unknown_ids_take_the_out_of_vocabulary_path(served):
     transformed = output.transform_features_layer()({k: tf.constant(v) for k, v in rows.items()})
     assert transformed["item"].numpy()[1:].tolist() == [output.vocabulary_size_by_name("item")] * 2
     assert transformed["user"].numpy().tolist() == [output.vocabulary_size_by_name("user")] * 3
-    assert transformed["year_bucket"].numpy()[1:].tolist() == [YEAR_BUCKETS] * 2
+    assert transformed["year_bucket"].numpy()[1:].tolist() == [MOVIELENS.constants["year_buckets"]] * 2
     assert transformed["genres"].to_list()[1:] == [[output.vocabulary_size_by_name("genres")]] * 2

@@ -7,10 +7,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_preprocess
-from features.datasets.movielens import MOVIELENS
+from features.datasets import dataset_named
 from fixtures import ratings, read_split, users, write_ml1m
 from pipeline.stages.export import EntityTable
 from pipeline.examples.tables import read_tables
+
+MOVIELENS = dataset_named("movielens")
 
 
 RAW_COLUMNS = MOVIELENS.raw_columns

@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, roc_auc_score
 
-from features.datasets.movielens import MOVIELENS
+from features.datasets import dataset_named
 from pipeline.stats.test_split import paper_metrics
+
+MOVIELENS = dataset_named("movielens")
 
 
 def _scored(n=400, seed=0):
