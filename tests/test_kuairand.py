@@ -342,12 +342,11 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from features.datasets import dataset_named
-    KUAIRAND = dataset_named("kuairand")
     from pipeline.examples.exposure import ExposureExamples
-    from pipeline.stages.preprocess import _user_history
+    from pipeline.stages.preprocess import DedupeRule, _user_history
     from pipeline.sources.rows import HELD_OUT
     from pipeline.config import SplitConfig
-    from pipeline.examples import exposure as exposure_examples
+    KUAIRAND = dataset_named("kuairand")
 
     folder = tmp_path / "data"
     write_kuairand(folder, "pure", users=6, videos=12, per_user=15, random_per_user=6, seed=3)
@@ -366,7 +365,7 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     listed = 0
     for user in sorted(set(random_log.user_id)):
         mine = [r for r in rows if r["user_id"] == user]
-        out = list(_user_history((user, [[dict(r) for r in mine]]), SplitConfig(), str(folder), exposure_examples,
+        out = list(_user_history((user, [[dict(r) for r in mine]]), SplitConfig(), str(folder), DedupeRule.of(KUAIRAND),
                                  "time_ms", "item_id"))
         counts = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)][0]
         _, parts = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)][0]

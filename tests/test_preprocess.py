@@ -97,9 +97,9 @@ def test_ties_never_straddle_a_cut_and_every_cuttable_user_has_a_test_list():
     """Random histories with ties anywhere, and random-policy (held-out) rows: the cuts follow the
     rule of docs/KUAIRAND.md, and a user without a test list is counted with the reason."""
     import apache_beam as beam
-    from pipeline.examples import exposure as exposure_examples
     from pipeline.config import SplitConfig
-    from pipeline.stages.preprocess import _user_history
+    from features.datasets import dataset_named
+    from pipeline.stages.preprocess import DedupeRule, _user_history
     from pipeline.sources.rows import HELD_OUT
     rng = np.random.default_rng(24)
     seen = set()
@@ -109,7 +109,7 @@ def test_ties_never_straddle_a_cut_and_every_cuttable_user_has_a_test_list():
         held = [{"user_id": 1, "item_id": 1000 + i, "time_ms": int(t), HELD_OUT: True}
                 for i, t in enumerate(rng.integers(0, 12, int(rng.integers(0, 3))) * 1000)]
         rows = [{"user_id": 1, "item_id": i, "time_ms": int(t)} for i, t in enumerate(times)]
-        out = list(_user_history((1, [rows + held]), SplitConfig(), "log.csv", exposure_examples, "time_ms",
+        out = list(_user_history((1, [rows + held]), SplitConfig(), "log.csv", DedupeRule.of(dataset_named("kuairand")), "time_ms",
                                        "item_id"))
         [counts] = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
         [(_, parts)] = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]

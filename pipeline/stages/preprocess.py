@@ -106,6 +106,12 @@ class DedupeRule:
             "repeated row: only one is kept" if self.key is None else
             f"repeated ({', '.join(['user', *named])}) with other values: only one row is kept")
 
+    @classmethod
+    def of(cls, dataset) -> DedupeRule:
+        """The rule of a features.spec.Dataset's declaration, its keys named as its messages name them."""
+        decl = dataset.declaration
+        return cls(decl.duplicates, {dataset.entity_keys[e]: n for e, n in decl.keys.names.items()})
+
     def key_of(self, row) -> tuple:
         if self.key is None:
             return tuple(sorted((k, v) for k, v in _values(row).items()))
@@ -260,8 +266,7 @@ def build_pipeline(p, source, data_config, folder, scratch=None):
     dataset = dataset_of_data(data_config)
     # How examples are made: sampled negatives (split per user by time, or at random after sampling), or exposures.
     plan = (random_split if data_config.split.mode == "random" else sampled) if dataset.sampled_negatives else exposure
-    rule = DedupeRule(dataset.declaration.duplicates, {dataset.entity_keys[e]: n
-                                                       for e, n in dataset.declaration.keys.names.items()})
+    rule = DedupeRule.of(dataset)
     user_key, item_key = dataset.entity_keys["user"], dataset.entity_keys["item"]
     schema = schema_utils.schema_from_feature_spec(dataset.raw_feature_spec(raw_columns))
 
