@@ -72,18 +72,41 @@ def _describe(error: dict) -> str:
     return f"{key}: {message} (got {error.get('input')!r})"
 
 
-def parse(tree, where: str, path: str | None = None):
-    """A YAML tree -> its Dataset; DeclarationError prefixed by `where` (the file)."""
+def _line(node, key: str) -> int | None:
+    """The line (from 1) of a dotted key in a composed YAML document, or of its deepest existing
+    parent; None without a document."""
+    line = None
+    for part in key.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = [(k, v) for k, v in node.value if k.value == part]
+        if not match:
+            break
+        line = match[0][0].start_mark.line + 1
+        node = match[0][1]
+    return line
+
+
+def parse(tree, where: str, path: str | None = None, document=None):
+    """A YAML tree -> its Dataset; DeclarationError prefixed by `where` (the file) and, given the
+    composed `document`, the line of the key at fault."""
     if not isinstance(tree, dict):
         raise DeclarationError(f"{where}: the top level must be a mapping (name, files, keys, columns, ...)")
     try:
         declaration = Declaration.model_validate(tree)
         check(declaration)
     except ValidationError as error:
-        raise DeclarationError(f"{where}: {_describe(error.errors()[0])}") from None
+        first = error.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise DeclarationError(f"{_at(where, document, key)}: {_describe(first)}") from None
     except DeclarationProblem as problem:
-        raise DeclarationError(f"{where}: {problem}") from None
+        raise DeclarationError(f"{_at(where, document, problem.key)}: {problem}") from None
     return build(declaration, path)
+
+
+def _at(where: str, document, key: str) -> str:
+    line = _line(document, key) if document is not None else None
+    return f"{where}:{line}" if line else where
 
 
 def load_declaration(path: str):
@@ -95,7 +118,7 @@ def load_declaration(path: str):
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
         raise DeclarationError(f"{where}: invalid YAML: {getattr(error, 'problem', error)}") from None
-    return parse(tree, path, path)
+    return parse(tree, path, path, yaml.compose(text, Loader=_Loader))
 
 
 def to_yaml(dataset) -> str:

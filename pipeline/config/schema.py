@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from features.datasets import TABLE, dataset_named, dataset_of_data, dataset_of_source, load_dataset, source_names
+from features.datasets import TABLE, dataset_named, dataset_of_data, dataset_of_source, load_dataset
 from models.gates import parse_gate_config
 from pipeline.config.base import GateSettings, Section, Units
 from pipeline.config.synthetic import SyntheticConfig
@@ -189,7 +189,7 @@ class DataConfig(Section):
         line naming the file's key."""
         if path is None:
             return path
-        from pipeline.artifacts.storage import absolute  # noqa: PLC0415 (keeps the config import light)
+        from pipeline.artifacts.storage import absolute
         path = absolute(path)
         load_dataset(path)
         return path
@@ -260,7 +260,8 @@ class CompareConfig(Section):
     # (pipeline/reports/compare_results.py).
     focus: list[str] = Field(default_factory=lambda: ["dselect_k_static", "dselect_k_per_example"])
     # Per-user metrics that get a paired test, per task.
-    test_metrics: dict[str, list[str]] = Field(default_factory=lambda: dict(dataset_named("movielens").default_test_metrics))
+    test_metrics: dict[str, list[str]] = Field(
+        default_factory=lambda: dict(dataset_named("movielens").default_test_metrics))
     output: Union[str, None] = None  # report folder; default <workdir>/report
 
     @model_validator(mode="after")
@@ -327,7 +328,8 @@ class Config(Section):
     def _dataset_defaults(cls, tree):
         """What a declaration says about runs on it, for the keys the config leaves at their defaults
         (MovieLens's): model.tasks (its default tasks and their loss weights), compare.test_metrics,
-        data.split (mode, stratify, column) and data.negatives (per_positive, distribution). So
+        data.split (mode, stratify, column), data.negatives (per_positive, distribution) and
+        data.source (the declaration's first reader: `table` for one of its own files). So
         `--set data.dataset=mydata.yaml` alone runs; nothing set explicitly is replaced."""
         if not isinstance(tree, dict) or not isinstance(tree.get("data", {}), dict):
             return tree
@@ -338,6 +340,10 @@ class Config(Section):
         except Exception:  # noqa: BLE001  (an unknown source or a bad file: its field says why)
             return tree
         default, tree = dataset_named("movielens"), dict(tree)
+        if data.get("dataset") and data.get("source", DataConfig().source) == DataConfig().source \
+                and DataConfig().source not in dataset.sources:  # data.source left alone: the file's own reader
+            data = {**data, "source": next(iter(dataset.sources))}
+            tree["data"] = data
         if dataset is default:
             return tree
         decl = dataset.declaration
