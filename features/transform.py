@@ -114,10 +114,12 @@ class _Builder:
         count_name = {"user": "user_count", "item": "item_count", EVERYONE: "count"}
         if sampled:  # per entity: its count and sums
             parts = {name: part for who in ("user", "item", EVERYONE) for name, part in
-                     [(count_name[who], (key_of[who], ones)), *((sum_name(who, m), (key_of[who], value[m])) for m in means)]}
+                     [(count_name[who], (key_of[who], ones)),
+                      *((sum_name(who, m), (key_of[who], value[m])) for m in means)]}
         else:  # the counts, then per label its sums
             parts = {count_name[who]: (key_of[who], ones) for who in ("user", "item", EVERYONE)}
-            parts.update({sum_name(who, m): (key_of[who], value[m]) for m in means for who in ("user", "item", EVERYONE)})
+            parts.update({sum_name(who, m): (key_of[who], value[m])
+                          for m in means for who in ("user", "item", EVERYONE)})
         affinity_parts = {}
         for name, f in affinities:  # the user's train count of each value of a multi-valued feature
             tokens = self._tokens(f.affinity)
@@ -128,7 +130,8 @@ class _Builder:
             affinity_parts[name] = (tokens, pair, part)
         everyone_query = lambda: tf.constant([EVERYONE])  # noqa: E731
         if sampled:  # the global entries first, then per entity
-            queries = {count_name[EVERYONE]: everyone_query(), **{sum_name(EVERYONE, m): everyone_query() for m in means}}
+            queries = {count_name[EVERYONE]: everyone_query(),
+                       **{sum_name(EVERYONE, m): everyone_query() for m in means}}
             for who in ("user", "item"):
                 queries[count_name[who]] = key_of[who]
                 queries.update({sum_name(who, m): key_of[who] for m in means})

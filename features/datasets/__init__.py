@@ -35,7 +35,8 @@ def register_dataset(dataset: Dataset) -> Dataset:
     taken = [s for s in dataset.sources if s != TABLE and s in source_names()
              and dataset_of_source(s).name != dataset.name]
     if taken:
-        raise ValueError(f"dataset {dataset.name!r}: source {taken[0]!r} already reads {dataset_of_source(taken[0]).name}")
+        raise ValueError(f"dataset {dataset.name!r}: source {taken[0]!r} already reads "
+                         f"{dataset_of_source(taken[0]).name}")
     DATASETS[dataset.name] = dataset
     return dataset
 

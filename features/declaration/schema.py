@@ -56,7 +56,8 @@ class Time(Part):
     of the rows in the files (for data without timestamps)."""
     column: Optional[str] = None
     unit: Literal["seconds", "milliseconds"] = "seconds"
-    years: list[int] = Field(default_factory=lambda: [1970, 2100], min_length=2, max_length=2)  # outside [first, last): a bad row
+    # A time outside [first, last) of these years is a bad row.
+    years: list[int] = Field(default_factory=lambda: [1970, 2100], min_length=2, max_length=2)
     utc_offset_hours: int = Field(0, ge=-12, le=14)  # hour and weekday features in this local time
     order: Literal["time", "file"] = "time"  # file: the rows' order in the files, within each user
 

@@ -47,7 +47,7 @@ class ExposureExamples(beam.DoFn):
         self.random = data_config is not None and data_config.split.mode == "random"
 
     def setup(self):
-        from pipeline.config.schema import DataConfig  # noqa: PLC0415
+        from pipeline.config.schema import DataConfig
         self.encoder = ExampleEncoder(self.dataset.raw_feature_spec(self.raw_columns))
         self.labels = Labels(self.dataset, self.cfg or DataConfig())
 

@@ -9,10 +9,11 @@ The README of github chongminggao/KuaiRand names the files of each version's dat
 The standard-policy logs are the examples; the random-policy log is read only as the optional
 unbiased test set (data.kuairand.random_log_test); the daily video statistics are not read
 (configs/datasets/kuairand.yaml says why). What the rows become (features, tasks) is that
-declaration's; this module knows the files: their names, fields and the README's value checks. The user and basic video files are read by the
-driver and joined as side inputs, as GroupLens's movie files are; the logs are read by the
-runner, in byte ranges of whole lines, each bad line rejected with its reason: input = accepted +
-rejected; each range's rows go on as one list per user (USER_BATCHES).
+declaration's; this module knows the files: their names, fields and the README's value checks.
+The user and basic video files are read by the driver and joined as side inputs, as GroupLens's
+movie files are; the logs are read by the runner, in byte ranges of whole lines, each bad line
+rejected with its reason: input = accepted + rejected; each range's rows go on as one list per
+user (USER_BATCHES).
 A log file's header names its columns, so their order is read off it (the README's order
 when a file has no header).
 """
@@ -318,7 +319,7 @@ class KuaiRand(Source):
         self.logs = {self._path(name): sniff_log(self._path(name)) for name in logs}
         for path, (header, _, width, _) in self.logs.items():
             decoding[path] = {"encoding": "utf-8", "header": header, "fields": width}
-        from features.datasets import dataset_named  # noqa: PLC0415
+        from features.datasets import dataset_named
         declared = (dataset or dataset_named("kuairand")).raw_columns
         raw_columns = tuple(c for c in declared if c in PROVIDED)
         extra = {"version": self.version, "random_log": "test" if random_log_test else "not read",

@@ -178,7 +178,8 @@ def _user_history(keyed, split_config, file, rule, time_column, item_key):
         yield user_id, {UNSPLIT: rows}
         return
     if split_config.mode == "column":  # each row's split is named (the source checked the names)
-        parts = {split: [r for r in rows if r[split_config.column] == split] for split in ("train", "validation", "test")}
+        parts = {split: [r for r in rows if r[split_config.column] == split]
+                 for split in ("train", "validation", "test")}
         counts = {"accepted_rows": n, "users": 1, "train_only_users": int(not parts["test"])}
         if not parts["test"]:
             counts[f"{NO_TEST_LIST}:{NO_TEST_ROWS}"] = 1

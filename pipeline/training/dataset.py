@@ -79,7 +79,8 @@ class InputPipeline:
     def to_inputs(self, serialized):
         """A batch of serialized raw tf.Examples -> model inputs + labels."""
         raw = tf.io.parse_example(serialized, self.spec)
-        features = dense_model_inputs(self.transform({c: raw[c] for c in self.raw_columns}), self.declaration.max_values())
+        features = dense_model_inputs(self.transform({c: raw[c] for c in self.raw_columns}),
+                                      self.declaration.max_values())
         features.update({name: raw[name] for name in self.declaration.label_columns})
         return features
 
