@@ -33,6 +33,15 @@ def _stage(module: str, function: str = "main"):
 
 
 def print_config(config, args) -> int:
+    """The resolved config; with --dataset, the resolved declaration of the dataset it reads
+    (every default spelled out), which loads back as a declaration file (data.dataset)."""
+    if getattr(args, "dataset", False):
+        from features.datasets import dataset_of_data
+        from features.declaration import to_yaml as declaration_yaml
+        dataset = dataset_of_data(config.data)
+        sys.stdout.write(f"# the declaration of dataset {dataset.name} ({dataset.path}), resolved\n")
+        sys.stdout.write(declaration_yaml(dataset))
+        return 0
     sys.stdout.write(to_yaml(config))
     return 0
 
@@ -73,6 +82,9 @@ EXTRA_ARGUMENTS = {
                (("--sparse",), {"action": "store_true", "help": "drop experts no task selects (static gates only)"})],
     "evaluate": [(("--run",), {"metavar": "RUN_DIR", "help": "a trained run folder (default: train.run_dir)"})],
     "synthetic": [(("--output",), {"metavar": "DIR", "help": "result folder (default: <workdir>/synthetic)"})],
+    "config": [(("--dataset",), {"action": "store_true",
+                                 "help": "print the resolved declaration of the dataset the config reads "
+                                         "(data.dataset, or data.source's built-in) instead"})],
     "preprocess": [(("--output",), {"metavar": "DIR", "help": "data folder (default: data.output or <workdir>/data)"})],
     "compare": [(("--force",), {"action": "store_true",
                                 "help": "replace run folders and the data folder made with other settings "

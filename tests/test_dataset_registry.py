@@ -1,120 +1,106 @@
-"""Adding a dataset: a declaration, its tf.Transform function and a source, all defined in this file,
-registered at run time, and driven through `mtlrec preprocess`, `train` and `evaluate`.
+"""Adding a dataset: one YAML declaration, written by the test, and nothing else.
 
-No stage, nor the config, names a dataset or a source: they read the declaration (features/spec.py)
-and the source registry (pipeline/sources/__init__.py).
+No stage, nor the config, names a dataset, a column or a task: they read the declaration
+(features/declaration/ -> features/spec.py) and the `table` source reads its files
+(pipeline/sources/table.py). The registry knows the built-in declarations by name and a user's
+by its file.
 """
 import json
 
-import apache_beam as beam
+import numpy as np
 import pytest
 import tensorflow as tf
 
-from features.datasets import dataset_of_source, register_dataset, source_names, unregister_dataset
-from features.datasets.movielens import MOVIELENS
-from features.spec import Dataset, Feature, RawColumn, Source
-from features.transform_ops import index
-from fixtures import TINY_TRAIN, cli_sets, ratings
+from features.datasets import DATASETS, dataset_named, load_dataset, source_names
+from fixtures import TINY_TRAIN, cli_sets
 from pipeline.config import ConfigError, load_config
-from pipeline.sources import Source as SourceReader
-from pipeline.sources.records import ParseRecords
-from pipeline.sources.rows import REJECTED, WHOLE_STARS, SourceInfo
-
-
-# ---------------------------------------------------------------- the dataset, defined here only
-class ToyBooks(SourceReader):
-    """Book ratings, one JSON object per line: {"user_id", "item_id", "rating", "timestamp"}."""
-
-    @classmethod
-    def from_config(cls, data_config):
-        return cls(data_config.path)
-
-    def __init__(self, path: str):
-        self.path = path
-        self.info = SourceInfo("toy_books", "json-lines", path, ("user_id", "item_id", "timestamp"), WHOLE_STARS,
-                               [path])
-
-    def expand(self, pipeline):
-        with open(self.path, encoding="utf-8") as lines:
-            records = [json.loads(line) for line in lines]
-        parsed = (pipeline | "Records" >> beam.Create(records)
-                  | "Parse" >> beam.ParDo(ParseRecords(self.path, WHOLE_STARS)).with_outputs(REJECTED, main="rows"))
-        return parsed.rows, parsed[REJECTED]
-
-
-def make_toy_preprocessing_fn(raw_columns):
-    def preprocessing_fn(inputs):
-        hour = tf.math.floormod(inputs["timestamp"] // 3600, 24)
-        return {"user": index(tf.strings.as_string(inputs["user_id"]), "user"),
-                "item": index(tf.strings.as_string(inputs["item_id"]), "item"), "hour": hour}
-    return preprocessing_fn
-
-
-TOY = Dataset(
-    name="toybooks",
-    raw_columns={c.name: c for c in [RawColumn("user_id", "int64", None, "reader id", "user"),
-                                     RawColumn("item_id", "int64", None, "book id", "item"),
-                                     RawColumn("timestamp", "int64", None, "rating time, unix seconds", "request")]},
-    required_raw=("user_id", "item_id", "timestamp"),
-    label_columns=MOVIELENS.label_columns,  # what examples with sampled negatives carry (pipeline/examples/sampled.py)
-    tasks={t: MOVIELENS.tasks[t] for t in ("watch", "like")}, default_tasks=("watch", "like"),
-    features={f.name: f for f in [
-        Feature("user", "categorical", ("user_id",), "vocabulary + OOV", vocabulary="user", id_like=True),
-        Feature("item", "categorical", ("item_id",), "vocabulary + OOV", vocabulary="item", id_like=True),
-        Feature("hour", "categorical", ("timestamp",), "UTC hour of day", size=24)]},
-    entity_keys={"user": "user_id", "item": "item_id"}, time_column="timestamp",
-    default_test_metrics={"watch": ["ndcg@10"], "like": ["gauc"]}, sampled_negatives=True,
-    sources={"toy_books": Source(ToyBooks, path="a JSON-lines file of book ratings")},
-    transform=make_toy_preprocessing_fn)
-
-
-@pytest.fixture
-def toy_books():
-    register_dataset(TOY)
-    yield
-    unregister_dataset(TOY.name)
+from table_files import DECLARATION, write_shop
 
 
 # ---------------------------------------------------------------- the registry
-def test_a_registered_dataset_and_its_source_are_known_to_the_config(toy_books):
-    assert "toy_books" in source_names() and dataset_of_source("toy_books") is TOY
-    config = load_config(None, ["data.source=toy_books", "data.path=books.jsonl"])
-    assert list(config.model.tasks) == ["watch", "like"]  # the dataset's defaults, not MovieLens's
-    assert config.compare.test_metrics == {"watch": ["ndcg@10"], "like": ["gauc"]}
-    with pytest.raises(ConfigError, match=r"data: source toy_books needs data.path \(a JSON-lines file of book"):
-        load_config(None, ["data.source=toy_books"])
-    with pytest.raises(ConfigError, match="model.tasks: rating not declared for toybooks"):
-        load_config(None, ["data.source=toy_books", "data.path=x", "model.tasks={rating: {weight: 1.0}}"])
+def test_builtin_declarations_are_yaml_and_registered_by_name():
+    assert list(DATASETS)[:2] == ["movielens", "kuairand"]
+    assert dataset_named("movielens").path.endswith("configs/datasets/movielens.yaml")
+    assert dataset_named("kuairand").path.endswith("configs/datasets/kuairand.yaml")
+    assert source_names()[:5] == ["embedded", "grouplens", "tfds", "kuairand", "table"]
 
 
-def test_an_unregistered_source_is_unknown(toy_books):
-    unregister_dataset(TOY.name)
-    with pytest.raises(ConfigError, match="data.source: unknown source 'toy_books'; known: embedded, grouplens, "
-                                          "tfds, kuairand$"):
-        load_config(None, ["data.source=toy_books"])
-    register_dataset(TOY)  # for the fixture's teardown
+def test_a_declared_dataset_sets_the_configs_defaults(tmp_path):
+    written = write_shop(tmp_path / "shop", bad_rows=False)
+    config = load_config(None, [f"data.dataset={written['declaration']}"])
+    assert config.data.source == "table"  # data.source left alone: the file's own reader
+    assert {t: c.weight for t, c in config.model.tasks.items()} == {"click": 1.0, "long_dwell": 0.5, "dwell": 1.0}
+    assert config.compare.test_metrics == {"click": ["gauc", "ndcg@10"], "long_dwell": ["ndcg@10"], "dwell": ["rmse"]}
+    explicit = load_config(None, [f"data.dataset={written['declaration']}", "model.tasks={click: {weight: 2.0}}"])
+    assert list(explicit.model.tasks) == ["click"]  # what is set is kept
+    with pytest.raises(ConfigError, match="model.tasks: rating not declared for shop"):
+        load_config(None, [f"data.dataset={written['declaration']}", "model.tasks={rating: {weight: 1.0}}"])
+    with pytest.raises(ConfigError, match=r"source table reads the files of a declaration: set data.dataset"):
+        load_config(None, ["data.source=table"])
+    with pytest.raises(ConfigError, match=r"data.source: unknown source 'toy'; known: embedded, grouplens, tfds, "
+                                          r"kuairand, table"):
+        load_config(None, ["data.source=toy"])
 
 
-def test_names_are_registered_once(toy_books):
-    with pytest.raises(ValueError, match="'toybooks' is already registered"):
-        register_dataset(Dataset(**{**TOY.__dict__, "sources": {}}))
-    with pytest.raises(ValueError, match="source 'grouplens' already reads movielens"):
-        register_dataset(Dataset(**{**TOY.__dict__, "name": "other", "sources": {"grouplens": Source(ToyBooks)}}))
+def test_a_declaration_may_not_take_a_builtin_name(tmp_path):
+    path = tmp_path / "movielens.yaml"
+    path.write_text(DECLARATION.replace("name: shop", "name: movielens"), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"dataset 'movielens' is a built-in declaration .*; choose another name"):
+        load_dataset(str(path))
+    assert dataset_named("movielens").path.endswith("configs/datasets/movielens.yaml")
 
 
-@pytest.mark.slow
-def test_the_toy_dataset_runs_through_mtlrec(tmp_path, toy_books):
+def test_a_changed_file_is_read_again(tmp_path):
+    written = write_shop(tmp_path / "shop", bad_rows=False)
+    first = load_dataset(written["declaration"])
+    assert load_dataset(written["declaration"]) is first  # read once per content
+    path = tmp_path / "shop" / "shop.yaml"
+    path.write_text(path.read_text().replace("weight: 0.5", "weight: 0.25"), encoding="utf-8")
+    assert load_dataset(written["declaration"]).declaration.tasks["long_dwell"].weight == 0.25
+
+
+@pytest.mark.parametrize("settings", [["data.source=embedded"], ["data.source=kuairand", "data.path=x"], "shop"])
+def test_mtlrec_config_prints_the_resolved_declaration(tmp_path, capsys, settings):
+    """Every default spelled out, as YAML that loads back to the same declaration."""
+    import yaml
+    from features.declaration import parse
     from pipeline.cli import main
-    path = tmp_path / "books.jsonl"
-    path.write_text("".join(json.dumps({"user_id": u, "item_id": i, "rating": r, "timestamp": t}) + "\n"
-                            for u, i, r, t in ratings(num_users=12, num_items=30, per_user=12)), encoding="utf-8")
-    sets = cli_sets("data.source=toy_books", f"data.path={path}", f"workdir={tmp_path / 'w'}",
-                    "data.candidates.negatives=5", "data.split.test=2", "data.split.validation=1", *TINY_TRAIN)
-    for command in ("preprocess", "train", "evaluate"):
+    if settings == "shop":
+        settings = [f"data.dataset={write_shop(tmp_path / 'shop', bad_rows=False)['declaration']}"]
+    assert main(["config", "--dataset", *cli_sets(*settings)]) == 0
+    text = capsys.readouterr().out
+    tree = yaml.safe_load(text)
+    dataset = dataset_named(tree["name"])  # the one the config read, registered by its name
+    assert text.startswith(f"# the declaration of dataset {dataset.name} ({dataset.path}), resolved\n")
+    assert parse(tree, "printed").declaration == dataset.declaration
+    assert "observed_only: false" in text and "max_values: 10" in text  # defaults spelled out
+
+
+# ---------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_the_declared_dataset_runs_through_mtlrec(tmp_path):
+    """preprocess, train, evaluate and export on the declaration alone: every row accounted for,
+    and the `rank` signature takes the declared request columns and returns the declared tasks."""
+    from pipeline.cli import main
+    written = write_shop(tmp_path / "shop", users=24, items=30, per_user=14)
+    workdir = tmp_path / "w"
+    sets = cli_sets(f"data.dataset={written['declaration']}", f"workdir={workdir}", "data.num_shards=1",
+                    "data.split.test=2", "data.split.validation=1", *TINY_TRAIN)
+    for command in ("preprocess", "train", "evaluate", "export"):
         assert main([command, *sets]) == 0, command
-    manifest = json.loads((tmp_path / "w" / "data" / "manifest.json").read_text())
-    assert manifest["dataset"] == "toybooks" and manifest["features"] == ["user", "item", "hour"]
-    assert manifest["input_rows"] == manifest["accepted_rows"] == 12 * 12
-    evaluation = json.loads((tmp_path / "w" / "models" / "default" / "eval.json").read_text())
-    assert list(evaluation["tasks"]) == ["watch", "like"] and evaluation["users"] == 12
-    assert 0 <= evaluation["tasks"]["watch"]["per_user"]["ndcg@10"]["mean"] <= 1
+    manifest = json.loads((workdir / "data" / "manifest.json").read_text())
+    assert manifest["dataset"] == "shop"
+    assert manifest["input_rows"] == written["rows"] == manifest["accepted_rows"] + manifest["rejected_rows"]
+    assert manifest["rejected_rows"] == len(written["bad"])  # duplicates included: every bad row, no good one
+    evaluation = json.loads((workdir / "models" / "default" / "eval.json").read_text())
+    assert list(evaluation["tasks"]) == ["click", "long_dwell", "dwell"] and evaluation["users"] > 0
+    assert 0 <= evaluation["tasks"]["click"]["per_user"]["gauc"]["mean"] <= 1
+
+    rank = tf.saved_model.load(str(workdir / "models" / "default" / "export")).signatures["rank"]
+    inputs = {k: (v.shape.as_list(), v.dtype.name) for k, v in rank.structured_input_signature[1].items()}
+    assert inputs == {"uid": ([], "int64"), "ts": ([], "int64"), "device": ([], "string"),
+                      "item_ids": ([None], "int64")}
+    out = rank(uid=tf.constant(3, tf.int64), ts=tf.constant(1_650_500_000, tf.int64), device=tf.constant("ios"),
+               item_ids=tf.constant([1, 2, 3, 999], tf.int64))  # 999: unknown, scored through the OOV path
+    assert set(out) == {"click", "long_dwell", "dwell", "score", "top_k"}
+    assert out["click"].shape == (4,) and np.all(np.isfinite(out["score"].numpy()))
