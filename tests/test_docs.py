@@ -24,3 +24,14 @@ def test_the_check_finds_machine_paths_and_spares_urls_and_placeholders():
     line = ("output in `/work/synth_out/default`, or /tmp/synth, or C:\\Users\\me; not gs://b/tmp/x, "
             "https://grouplens.org/datasets/, $PWD/data, .../KuaiRand-Pure/data, <workdir>/models/default")
     assert ABSOLUTE.findall(line) + WINDOWS.findall(line) == ["/work/synth_out/default", "/tmp/synth", "C:\\"]
+
+
+def test_the_datasets_reference_names_every_key_of_a_declaration():
+    """docs/DATASETS.md's schema reference cannot fall behind features/declaration/schema.py."""
+    from features.declaration import schema
+    text = (REPO / "docs" / "DATASETS.md").read_text(encoding="utf-8")
+    models = [schema.Declaration, schema.Files, schema.FileSpec, schema.Keys, schema.Time, schema.Column,
+              schema.Feature, schema.Task, schema.Negatives, schema.Split, schema.Duplicates]
+    missing = [f"{model.__name__}.{field.alias or name}" for model in models
+               for name, field in model.model_fields.items() if f"`{field.alias or name}`" not in text]
+    assert missing == []
