@@ -3,9 +3,10 @@ one example with its own labels.
 
 No item is sampled: the exposures the user did not click are the click negatives, and so on for
 every task (the declaration's tasks: pipeline/examples/labels.py). Each test user's candidate
-list is their test impressions, at one request time (the first of them: a list is one ranking
-request; a dataset without a time column has none), so the evaluation ranks what the user was
-actually shown; with data.kuairand.random_log_test, their random-policy impressions from the start
+list is their test impressions as one ranking request: every request column (the time, and any
+other context column such as a device) is that of the earliest test impression (the first in the
+files, for a dataset without a time column), so the evaluation ranks what the user was actually
+shown; with data.kuairand.random_log_test, their random-policy impressions from the start
 of their test period instead (an unbiased test set). The user and item columns come from the
 source's side tables when it has them (KuaiRand: joined here, per user, not copied into every
 row), else from the rows. pipeline/stages/preprocess.py wires `expand` into the stage after
@@ -44,6 +45,7 @@ class ExposureExamples(beam.DoFn):
         self.user_columns, self.item_columns = tables.get("user", []), tables.get("item", [])
         self.row_columns = [c for c in raw_columns if c not in self.user_columns and c not in self.item_columns]
         self.keys, self.time = dataset.entity_keys, dataset.time_column
+        self.request = dataset.request_columns(raw_columns)  # what one ranking request sends besides the ids
         self.random = data_config is not None and data_config.split.mode == "random"
 
     def setup(self):
@@ -87,9 +89,11 @@ class ExposureExamples(beam.DoFn):
         order = columns[self.time] if self.time else [r[POSITION] for r in rows]
         start = 0
         for split, split_rows in lists:
-            if split == "candidates" and self.time:  # one request: the time of the first test impression
+            if split == "candidates":  # one request: the request columns of the first test impression
                 end = start + len(split_rows)
-                columns[self.time][start:end] = [min(columns[self.time][start:end])] * len(split_rows)
+                first = start + (int(np.argmin(columns[self.time][start:end])) if self.time else 0)
+                for column in self.request:  # the time included: the earliest
+                    columns[column][start:end] = [columns[column][first]] * len(split_rows)
             start += len(split_rows)
         records = self.encoder.encode(columns, constants=constants)
         start = 0
