@@ -121,7 +121,8 @@ def untrained_model(data_dir, manifest, *overrides):
     inputs = InputPipeline(data_dir, manifest["raw_columns"])
     model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
     frame = read_split(data_dir, "candidates").head(8)
-    model(dense_model_inputs(inputs.transform({c: tf.constant(frame[c].to_numpy()) for c in manifest["raw_columns"]})))
+    model(dense_model_inputs(inputs.transform({c: tf.constant(frame[c].to_numpy()) for c in manifest["raw_columns"]}),
+                             inputs.declaration.max_values()))
     return model, inputs
 
 

@@ -116,9 +116,11 @@ def test_the_split_is_the_same_under_other_sharding(random_split, tmp_path):
      "data: split.stratify: 'rating' is not a binary task of movielens"),
     (["data.split.mode=random", "data.negatives.distribution=popularity"],
      "data: split.mode random draws negatives before the split"),
-    (["data.split.mode=random", "data.source=kuairand", "data.path=/nowhere"],
-     "data: split.mode random: kuairand examples are logged exposures"),
-    (["data.split.mode=shuffled"], "data.split.mode: Input should be 'temporal' or 'random'"),
+    (["data.split.mode=column"], "data.split: mode column needs `column`"),
+    (["data.split.column=fold"], "data.split: mode column needs `column`"),
+    (["data.split.mode=column", "data.split.column=timestamp"],
+     "data: split.column: 'timestamp' is not a column of movielens that is read only (entity label)"),
+    (["data.split.mode=shuffled"], "data.split.mode: Input should be 'temporal', 'random' or 'column'"),
 ])
 def test_bad_split_settings_are_one_line_naming_the_key(tmp_path, capsys, override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -139,6 +141,7 @@ def test_temporal_manifest_records_no_random_split_keys(embedded_data):
     tree = temporal.model_dump(mode="json")
     for key in ("beam_args", "output"):
         tree.pop(key)
-    tree["split"] = {k: v for k, v in tree["split"].items() if k not in ("mode", "stratify")}
+    tree["split"] = {k: v for k, v in tree["split"].items() if k not in ("mode", "stratify", "column")}
+    del tree["dataset"]  # data.dataset, when null, is not recorded either
     assert data_hash(temporal) == config_hash({**tree, "format": DATA_FORMAT})
     assert data_hash(load_config(None, ["data.user_fraction=0.06", *RANDOM]).data) != data_hash(temporal)
