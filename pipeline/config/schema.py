@@ -27,7 +27,8 @@ class ModelConfig(Section):
     """The TFRS multi-task model (models/recommender.py)."""
     architecture: Literal["mmoe", "shared_bottom"] = "mmoe"
     tasks: dict[str, TaskConfig] = Field(  # tasks declared for the dataset (data.dataset / data.source), its defaults
-        default_factory=lambda: {"watch": TaskConfig(), "rating": TaskConfig(), "like": TaskConfig()},
+        default_factory=lambda: {t: TaskConfig(weight=dataset_named("movielens").declaration.tasks[t].weight)
+                                 for t in dataset_named("movielens").default_tasks},
         min_length=1)
     # Model inputs: null = every feature the data provides; or a subset, e.g. [user, item].
     features: Union[list[str], None] = None
