@@ -184,3 +184,39 @@ def test_preprocess_accounts_for_every_row(tmp_path):
     assert sorted(r for r in reasons if r in source_reasons) == sorted(source_reasons)
     assert manifest["features"] == ["user", "item", "device", "segment", "category", "tags", "price", "age_bucket",
                                     "hour", "user_count", "item_click_rate"]
+
+
+def test_the_fast_path_of_a_field_agrees_with_the_checked_one():
+    """Converter.fast takes the usual texts only, with the same value as the checked conversion
+    (which also gives the reason of a bad field): random texts of every shape, every dtype."""
+    import numpy as np
+    from features.declaration.schema import Column, Time
+    from pipeline.sources.table import SLOW, Converter
+    rng = np.random.default_rng(5)
+    pieces = ["0", "1", "7", "42", "007", "1650000000", "99999999999999999999", "-3", "+4", "3.0", "2.5", ".5", "5.",
+              "1e5", "nan", "inf", " 1", "1 ", "", "\\N", "a", "١٢", "1_0", "web", "ios"]
+    columns = [Converter("n", Column(dtype="int64", entity="context", default=-1)),
+               Converter("k", Column(dtype="int64", entity="user"), is_key=True),
+               Converter("v", Column(dtype="int64", entity="label", values=[0, 1])),
+               Converter("t", Column(dtype="int64", entity="context"), time=Time(column="t", years=[2000, 2100])),
+               Converter("m", Column(dtype="int64", entity="label", min=2, max=40)),
+               Converter("f", Column(dtype="float32", entity="label", min=0)),
+               Converter("g", Column(dtype="float32", entity="item", default=-1.0)),
+               Converter("s", Column(dtype="string", entity="context", default="unknown",
+                                     values=["web", "ios", "unknown"])),
+               Converter("u", Column(dtype="string", entity="user"), ["\\N"]),
+               Converter("z", Column(dtype="int64", entity="item", default=-1), ["0"])]
+    taken = 0
+    for convert in columns:
+        fast = convert.fast()
+        for _ in range(400):
+            text = "".join(rng.choice(pieces, size=int(rng.integers(1, 3))))
+            quick = fast(text)
+            try:
+                checked = convert(text)
+            except ValueError:
+                checked = ValueError
+            if quick is not SLOW:
+                taken += 1
+                assert quick == checked and type(quick) is type(checked), (convert.name, text)
+    assert taken > 500  # the fast path is taken for the usual texts

@@ -41,6 +41,7 @@ _DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _WHOLE = re.compile(r"[+-]?[0-9]+(\.0*)?")  # 3 or 3.0 (pandas writes int columns with gaps as floats)
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://")
 SPLIT_NAMES = ("train", "validation", "test")
+SLOW = None  # Converter.fast: not the usual case, convert it with every check (None: it survives pickling)
 
 
 # ---------------------------------------------------------------- files
@@ -132,7 +133,7 @@ class Converter:
     """A declared column's conversion of a file's value (text, or a JSON / Parquet value) to its
     dtype, and its checks; ValueError naming the column and what is wrong."""
 
-    def __init__(self, name: str, column, nulls, is_key: bool = False, time=None):
+    def __init__(self, name: str, column, nulls=(), is_key: bool = False, time=None):
         self.name, self.column, self.nulls = name, column, frozenset(nulls)
         self.low = 0 if is_key else -INT64_MAX
         self.years = None
@@ -140,6 +141,39 @@ class Converter:
             per_second = SECONDS[time.unit]
             first, last = time.years
             self.years = (_epoch(first) * per_second, _epoch(last) * per_second - 1, time.unit, first, last)
+
+    def fast(self):
+        """A quick conversion of a text field for the usual case (plain digits, a plain decimal, a
+        non-empty string), with every check of __call__; it returns SLOW for anything else, which
+        __call__ then converts or rejects with its reason. Same values either way."""
+        column, nulls = self.column, self.nulls
+        values = frozenset(column.values) if column.values is not None else None
+        low = max(0, self.low, column.min if column.min is not None else 0, self.years[0] if self.years else 0)
+        high = min(INT64_MAX, column.max if column.max is not None else INT64_MAX,
+                   self.years[1] if self.years else INT64_MAX)
+        if column.dtype == "int64":
+            def convert(text):
+                if text.isdigit() and text.isascii() and len(text) <= 18 and text not in nulls:
+                    number = int(text)
+                    if low <= number <= high and (values is None or number in values):
+                        return number
+                return SLOW
+        elif column.dtype == "float32":
+            lowest = column.min if column.min is not None else -3.4e38
+            highest = column.max if column.max is not None else 3.4e38
+            def convert(text):
+                if text.replace(".", "", 1).isdigit() and text.isascii() and text not in nulls:
+                    number = float(text)
+                    if lowest <= number <= highest:
+                        return number
+                return SLOW
+        else:
+            def convert(text):
+                if text and not text[0].isspace() and not text[-1].isspace() and text not in nulls \
+                        and (values is None or text in values):
+                    return text
+                return SLOW
+        return convert
 
     def __call__(self, value) -> int | float | str:
         column = self.column
@@ -220,12 +254,20 @@ class RecordReader:
                 raise SourceError(f"{path}: no column {missing[0]!r} ({key_prefix}: the file's columns are "
                                   f"{', '.join(header)})")
             self.index = {name: header.index(s) for name, s in self.sources.items()}
+            self.plan = tuple((name, self.index[name], convert.fast(), convert)
+                              for name, (_, convert) in columns.items())
 
     def text(self, line: str, only: tuple[str, ...] | None = None) -> dict:
         """A line's columns (`only` these); ValueError naming the first problem."""
+        fields = line.split(self.delimiter) if '"' not in line else _fields(line, self.delimiter)
+        if len(fields) == self.width and only is None:  # the usual case: each field's fast path first
+            out = {}
+            for name, i, fast, convert in self.plan:
+                value = fast(fields[i])
+                out[name] = convert(fields[i]) if value is SLOW else value
+            return out
         if not line.strip():
             raise ValueError("blank line")
-        fields = _fields(line, self.delimiter)
         if len(fields) != self.width and only is None:
             raise ValueError(f"expected {self.width} fields, found {len(fields)}")
         return {name: convert(fields[self.index[name]]) for name, (_, convert) in self.columns.items()
