@@ -1,5 +1,4 @@
 """Errors the CLI reports as one line (exit code 2): bad config, unusable input or artifacts."""
+from features.errors import MtlrecError
 
-
-class MtlrecError(ValueError):
-    """A problem with what the user gave us, stated as one line naming the file, path or key."""
+__all__ = ["MtlrecError"]

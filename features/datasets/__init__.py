@@ -41,11 +41,6 @@ def register_dataset(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def unregister_dataset(name: str) -> None:
-    """Forget a dataset (e.g. one a test registered) and its sources."""
-    del DATASETS[name]
-
-
 def dataset_named(name: str) -> Dataset:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

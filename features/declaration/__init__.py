@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from features.declaration.build import build
 from features.declaration.checks import DeclarationProblem, check
 from features.declaration.schema import Declaration
-from pipeline.errors import MtlrecError
+from features.errors import MtlrecError
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
