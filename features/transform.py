@@ -13,8 +13,8 @@ creation order):
   1. the user and item ids as strings and their vocabularies
   2. the train aggregates, in one weighted vocabulary: counts, label means, affinities
   3. the time features (hour, weekday)
-  4. every other feature in declaration order; the z-scores of all numeric features (one
-     analyzer) right after the last numeric one is declared
+  4. every other feature in declaration order (or the declaration's transform_order); the
+     z-scores of all numeric features (one analyzer) right after the last numeric one
 """
 from __future__ import annotations
 
@@ -59,8 +59,10 @@ class _Builder:
                 self.out[name] = index(self.keys["user" if f.column == keys.user else "item"], f.vocabulary or name)
         self._aggregates()  # 2.
         self._time()  # 3.
-        last_numeric = max((i for i, f in enumerate(self.specs.values()) if f.kind == "numeric"), default=-1)
-        for i, (name, f) in enumerate(self.specs.items()):  # 4.
+        listed = [n for n in self.decl.transform_order if n in self.specs]
+        ordered = [(n, self.specs[n]) for n in [*listed, *(n for n in self.specs if n not in listed)]]
+        last_numeric = max((i for i, (_, f) in enumerate(ordered) if f.kind == "numeric"), default=-1)
+        for i, (name, f) in enumerate(ordered):  # 4.
             if name not in self.out and name not in self.numeric:
                 self._feature(name, f)
             if i == last_numeric and self.numeric:

@@ -89,6 +89,11 @@ def check(decl) -> None:
             _column(decl, f"duplicates.key[{i}]", name)
     for i, name in enumerate(decl.duplicates.order):
         _column(decl, f"duplicates.order[{i}]", name)
+    for i, name in enumerate(decl.transform_order):
+        if name not in decl.features:
+            raise DeclarationProblem(f"transform_order[{i}]", f"unknown feature {name!r}")
+        if name in decl.transform_order[:i]:
+            raise DeclarationProblem(f"transform_order[{i}]", f"{name!r} is listed twice")
 
 
 def _check_feature(decl, name, f) -> None:

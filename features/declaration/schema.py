@@ -188,3 +188,7 @@ class Declaration(Part):
     split: Split = Split()
     duplicates: Duplicates
     constants: dict[str, Union[int, float, str, list]] = Field(default_factory=dict)  # hashed with the declaration
+    # The order in which the transform graph builds the features (default: the features' order;
+    # those not listed follow in it). Graph ops are numbered in creation order, so only a data
+    # folder that must keep its bytes across a reordering of `features` needs it.
+    transform_order: list[str] = Field(default_factory=list)
