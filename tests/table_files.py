@@ -31,20 +31,25 @@ columns:
   category: {dtype: string, entity: item, default: ""}
   tags: {dtype: string, entity: item, default: ""}
   price: {dtype: float32, entity: item, default: -1.0}
+  launch_day: {dtype: int64, entity: item, default: -1, description: days since 1970-01-01}
   click: {dtype: int64, entity: label, values: [0, 1]}
   dwell: {dtype: float32, entity: label, min: 0}
-features:
+features:                # one of every kind
   user: {kind: id, column: uid}
   item: {kind: id, column: iid}
-  device: {kind: categorical, column: device}
-  segment: {kind: categorical, column: segment}
-  category: {kind: categorical, column: category}
+  device: {kind: categorical, column: device, vocabulary: small, shared: true}
+  segment: {kind: categorical, column: segment, vocabulary: small, shared: true}
+  category: {kind: categorical, column: category, prefix: 2}
   tags: {kind: multi_categorical, column: tags, separator: "|", max_values: 4}
   price: {kind: numeric, column: price, transform: [log1p, zscore], unknown_below: 0}
   age_bucket: {kind: categorical, column: age, buckets: 4, known_above: 0}
+  age_range: {kind: categorical, column: age, range: 121}
   hour: {kind: categorical, time: hour}
+  weekday: {kind: categorical, time: weekday}
+  item_days: {kind: numeric, since: launch_day, unit: days, transform: [log1p, zscore], unknown_below: 0}
   user_count: {kind: numeric, count: user}
   item_click_rate: {kind: numeric, mean: click, per: item}
+  tag_affinity: {kind: numeric, affinity: tags}
 tasks:
   click: {kind: binary, from: click, metrics: [gauc, ndcg@10]}
   long_dwell: {kind: binary, from: dwell >= 30, weight: 0.5}
@@ -61,9 +66,14 @@ CATEGORIES = ("shoes", "books", "garden", "toys")
 
 
 def write_shop(folder, users: int = 30, items: int = 40, per_user: int = 20, seed: int = 0,
-               bad_rows: bool = True) -> dict:
+               bad_rows: bool = True, fold: bool = False) -> dict:
     """Write the shop dataset into `folder`: shop.yaml and its files. Returns {"declaration": path,
-    "rows": impression rows written (bad ones included), "bad": [(line, reason)]}."""
+    "rows": impression rows written (bad ones included), "bad": [(line, reason)]}.
+    fold: the impressions get a 7th column `fold` naming each row's split (a user's rows in time
+    order: every 5th, from the first, test; the one after each, validation), for split mode column
+    (with bad_rows false)."""
+    if fold and bad_rows:
+        raise ValueError("fold: the bad rows are written for the 6 columns")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -80,18 +90,21 @@ def write_shop(folder, users: int = 30, items: int = 40, per_user: int = 20, see
                       "tags": "|".join(sorted({f"t{int(t)}" for t in rng.integers(0, 6, 1 + i % 3)}))}
             if i % 9 == 5:
                 record["price"] = None  # missing: the default
+            if i % 10 != 7:  # else missing: the default
+                record["launch_day"] = 19000 + 7 * i
             out.write(json.dumps(record) + "\n")
     lines = []
     for u in range(users):
         n = int(rng.poisson(per_user)) + 6
         times = np.sort(START + rng.integers(0, 20 * 86400, n))
-        for t in times:
+        for k, t in enumerate(times):
             i = int(rng.integers(0, items))
             p = 1 / (1 + np.exp(-(taste[u] @ quality[i]) + 0.5))
             click = int(rng.random() < p)
             dwell = round(float(rng.exponential(40 if click else 5)), 1)
             device = "\\N" if rng.random() < 0.05 else DEVICES[int(rng.integers(0, 3))]
-            lines.append(f"{u},{i},{int(t)},{device},{click},{dwell}")
+            lines.append(f"{u},{i},{int(t)},{device},{click},{dwell}"
+                         + (f",{('test', 'validation', 'train', 'train', 'train')[k % 5]}" if fold else ""))
     bad = []
     if bad_rows:
         first = lines[0].split(",")
@@ -112,9 +125,10 @@ def write_shop(folder, users: int = 30, items: int = 40, per_user: int = 20, see
             ("", "blank line"),
         ]
     half = len(lines) // 2
+    header = ",".join([*IMPRESSION_COLUMNS, *(["fold"] if fold else [])])
     with open(folder / "impressions_1.csv", "w", encoding="utf-8") as out:
-        out.write(",".join(IMPRESSION_COLUMNS) + "\n" + "\n".join(lines[:half]) + "\n")
+        out.write(header + "\n" + "\n".join(lines[:half]) + "\n")
     with open(folder / "impressions_2.csv", "w", encoding="utf-8") as out:
-        out.write(",".join(IMPRESSION_COLUMNS) + "\n" + "\n".join([*lines[half:], *(b for b, _ in bad)]) + "\n")
+        out.write(header + "\n" + "\n".join([*lines[half:], *(b for b, _ in bad)]) + "\n")
     (folder / "shop.yaml").write_text(DECLARATION, encoding="utf-8")
     return {"declaration": str(folder / "shop.yaml"), "rows": len(lines) + len(bad), "bad": bad}

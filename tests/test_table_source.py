@@ -151,7 +151,11 @@ def test_files_on_an_object_store_and_file_order(tmp_path):
         tf.io.gfile.makedirs(base)
         tf.io.gfile.copy(str(path), f"{base}/{path.name}", overwrite=True)
     text = DECLARATION.replace("time: {column: ts, unit: seconds, years: [2000, 2100]}", "time: {order: file}")
-    text = text.replace("  hour: {kind: categorical, time: hour}\n", "")
+    for feature in ("  hour: {kind: categorical, time: hour}\n", "  weekday: {kind: categorical, time: weekday}\n",
+                    "  item_days: {kind: numeric, since: launch_day, unit: days, transform: [log1p, zscore], "
+                    "unknown_below: 0}\n"):
+        assert feature in text
+        text = text.replace(feature, "")  # what needs a time column
     with tf.io.gfile.GFile(f"{base}/shop.yaml", "w") as handle:
         handle.write(text)
     dataset = load_dataset(f"{base}/shop.yaml")
@@ -183,7 +187,8 @@ def test_preprocess_accounts_for_every_row(tmp_path):
     source_reasons = [r for _, r in written["bad"] if "duplicate" not in r and "repeated" not in r]
     assert sorted(r for r in reasons if r in source_reasons) == sorted(source_reasons)
     assert manifest["features"] == ["user", "item", "device", "segment", "category", "tags", "price", "age_bucket",
-                                    "hour", "user_count", "item_click_rate"]
+                                    "age_range", "hour", "weekday", "item_days", "user_count", "item_click_rate",
+                                    "tag_affinity"]  # one of every kind
 
 
 def test_the_fast_path_of_a_field_agrees_with_the_checked_one():
@@ -220,3 +225,64 @@ def test_the_fast_path_of_a_field_agrees_with_the_checked_one():
                 taken += 1
                 assert quick == checked and type(quick) is type(checked), (convert.name, text)
     assert taken > 500  # the fast path is taken for the usual texts
+
+
+# ---------------------------------------------------------------- split modes and negatives
+def _variant(folder, change) -> str:
+    """The shop declaration changed by `change(tree)`, written next to the files."""
+    import yaml
+    tree = yaml.safe_load(DECLARATION)
+    change(tree)
+    path = folder / "variant.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+def _column_split(tree):
+    tree["columns"]["fold"] = {"dtype": "string", "entity": "label"}
+    tree["split"] = {"mode": "column", "column": "fold"}
+
+
+def _random_split(tree):
+    tree["split"] = {"mode": "random", "stratify": "click"}
+
+
+def _sampled(tree):
+    tree["negatives"] = {"mode": "sampled", "per_positive": 2}
+    tree["tasks"] = {"watch": {"kind": "binary", "from": "observed"}, **tree["tasks"],
+                     "dwell": {**tree["tasks"]["dwell"], "observed_only": True}}
+    tree["duplicates"] = {"key": ["iid"], "order": ["ts"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, change", [("column", _column_split), ("random", _random_split),
+                                          ("sampled", _sampled)])
+def test_split_modes_and_sampled_negatives_through_preprocess(tmp_path, name, change):
+    from fixtures import read_split
+    from pipeline.cli import main
+    written = write_shop(tmp_path / "shop", bad_rows=False, fold=name == "column")
+    declaration = _variant(tmp_path / "shop", change)
+    extra = {"column": [], "random": ["data.split.test=0.2", "data.split.validation=0.1"],
+             "sampled": ["data.split.test=2", "data.split.validation=1"]}[name]
+    sets = [a for o in [f"data.dataset={declaration}", f"workdir={tmp_path / 'w'}", "data.num_shards=1",
+                        "data.candidates.negatives=5", *extra] for a in ("--set", o)]
+    assert main(["preprocess", *sets]) == 0
+    folder = tmp_path / "w" / "data"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["input_rows"] == written["rows"] == manifest["accepted_rows"] + manifest["rejected_rows"]
+    splits = {s: read_split(folder, s) for s in ("train", "validation", "test")}
+    lines = [line.split(",") for f in sorted((tmp_path / "shop").glob("impressions_*.csv"))
+             for line in f.read_text().splitlines()[1:]]
+    if name == "column":  # each row lands in the split its fold names
+        for split, frame in splits.items():
+            named = sorted((int(u), int(i), int(t)) for u, i, t, *_, fold in lines if fold == split)
+            assert sorted(zip(frame.uid, frame.iid, frame.ts)) == named, split
+    elif name == "random":  # every row is an example of one split; the shares follow data.split
+        assert sum(len(f) for f in splits.values()) == manifest["accepted_rows"]
+        assert 0.1 < len(splits["test"]) / manifest["accepted_rows"] < 0.3
+    else:  # each logged row and 2 sampled items; the side tables' columns on sampled items too
+        train = splits["train"]
+        assert set(train.watch) == {0.0, 1.0} and (train.watch == 1).sum() * 3 >= len(train) > 0
+        sampled = train[train.watch == 0]
+        assert (sampled.click == 0).all() and (sampled.dwell_weight == 0).all()
+        assert set(sampled.category) <= {"shoes", "books", "garden", "toys"} and (sampled.age >= -1).all()
