@@ -228,18 +228,21 @@ def _gates_section(doc, folder: Path, summary: dict, names: list[str], tasks: li
     doc.figure(png, "Sparsity per epoch (a trend: mean over tasks and seeds)")
 
 
-def _test_split_section(doc, paper: dict, names: list[str]) -> None:
+def _test_split_section(doc, paper: dict, names: list[str], sampled: bool) -> None:
     """The papers' own metrics on the test split's examples (pipeline/stats/test_split.py), one row per
     variant: the test loss (task weights x task losses), accuracy and AUC per binary task, MSE per
-    regression task on its observed rows."""
+    regression task on its observed rows. sampled: the dataset's negatives are sampled items (else
+    every example is a logged impression)."""
     doc.heading("Test split: the papers' metrics")
+    examples = ("observed interactions and their sampled items" if sampled else
+                "the logged impressions, each with its own labels")
+    carried = "the rows that carry it (weight 1: the observed interactions)" if sampled else "the rows that carry it"
     doc.paragraph(
-        "Every example of the test split (observed interactions and their sampled items), scored by the exported "
-        "model, as the DSelect-k and COMET papers report MovieLens: test loss = the sum over tasks of the task's "
-        "weight x its loss (binary cross-entropy; for a regression task the MSE over the rows that carry it, i.e. "
-        "the observed ratings), accuracy (prediction > 0.5) and AUC per binary task, MSE per regression task. "
-        "Mean ± std over seeds; ↑ higher is better, ↓ lower is better; best mean per column in bold (a description, "
-        "not a test).")
+        f"Every example of the test split ({examples}), scored by the exported model, as the DSelect-k and COMET "
+        f"papers report their test sets: test loss = the sum over tasks of the task's weight x its loss (binary "
+        f"cross-entropy; for a regression task the MSE over {carried}), accuracy (prediction > 0.5) and AUC per "
+        f"binary task, MSE per regression task. Mean ± std over seeds; ↑ higher is better, ↓ lower is better; best "
+        f"mean per column in bold (a description, not a test).")
     scored = [n for n in names if paper[n]["metrics"]]
     missing = [n for n in names if not paper[n]["metrics"]]
     if missing:
@@ -296,7 +299,7 @@ def write_report(config, runs: dict, data_dir: str, output: str) -> str:
             f"per column in bold: a description, not a test (see the seed-aware comparison below).")
         _metric_tables(doc, summary, names, tasks, dataset_of_manifest(manifest))
         _sparsity_section(doc, summary, names, tasks, left_out)
-        _test_split_section(doc, paper, names)
+        _test_split_section(doc, paper, names, dataset_of_manifest(manifest).sampled_negatives)
         _significance_section(doc, folder, tests, len(config.compare.seeds))
         _gates_section(doc, folder, summary, names, tasks)
         rp.write_json(folder / "summary.json", {
