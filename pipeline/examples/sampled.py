@@ -77,6 +77,7 @@ class SampleExamples(beam.DoFn):
         self.dataset, self.cfg = dataset, data_config
         self.raw_columns, self.item_columns = raw_columns, item_columns
         self.item_key, self.time = dataset.entity_keys["item"], dataset.time_column
+        self.request = [c for c in dataset.request_columns(raw_columns) if c != self.time]  # sent with a request
         self.row_columns = [c for c in raw_columns if c != self.item_key and c not in item_columns]
 
     def setup(self):
@@ -149,8 +150,11 @@ class SampleExamples(beam.DoFn):
         meta = [item_meta[item] for item in items]
         columns.update({c: [m[c] for m in meta] for c in self.item_columns})
         columns[self.item_key] = items
-        if request_time is not None and self.time:
-            columns[self.time] = [request_time] * len(items)
+        if request_time is not None:  # a candidate list, one request: the first test row's request columns
+            for column in self.request:
+                columns[column] = [rows[0][column]] * len(items)
+            if self.time:
+                columns[self.time] = [request_time] * len(items)
         columns.update(self.labels.of_examples(rows, row_of, positive))
         return columns
 
