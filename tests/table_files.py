@@ -132,3 +132,32 @@ def write_shop(folder, users: int = 30, items: int = 40, per_user: int = 20, see
         out.write(header + "\n" + "\n".join([*lines[half:], *(b for b, _ in bad)]) + "\n")
     (folder / "shop.yaml").write_text(DECLARATION, encoding="utf-8")
     return {"declaration": str(folder / "shop.yaml"), "rows": len(lines) + len(bad), "bad": bad}
+
+
+# ---------------------------------------------------------------- variants of the declaration
+def column_split(tree: dict) -> None:
+    """split mode column: the impressions' `fold` column (write_shop(fold=True)) names the split."""
+    tree["columns"]["fold"] = {"dtype": "string", "entity": "label"}
+    tree["split"] = {"mode": "column", "column": "fold"}
+
+
+def random_split(tree: dict) -> None:
+    tree["split"] = {"mode": "random", "stratify": "click"}
+
+
+def sampled_negatives(tree: dict) -> None:
+    """Every impression a positive (watch), with sampled unseen items as negatives."""
+    tree["negatives"] = {"mode": "sampled", "per_positive": 2}
+    tree["tasks"] = {"watch": {"kind": "binary", "from": "observed"}, **tree["tasks"],
+                     "dwell": {**tree["tasks"]["dwell"], "observed_only": True}}
+    tree["duplicates"] = {"key": ["iid"], "order": ["ts"]}
+
+
+def write_variant(folder, change) -> str:
+    """The shop declaration changed by `change(tree)`, written next to the files; its path."""
+    import yaml
+    tree = yaml.safe_load(DECLARATION)
+    change(tree)
+    path = Path(folder) / "variant.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
+    return str(path)

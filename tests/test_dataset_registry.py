@@ -14,7 +14,7 @@ import tensorflow as tf
 from features.datasets import DATASETS, dataset_named, load_dataset, source_names
 from fixtures import TINY_TRAIN, cli_sets
 from pipeline.config import ConfigError, load_config
-from table_files import DECLARATION, write_shop
+from table_files import DECLARATION, column_split, random_split, sampled_negatives, write_shop, write_variant
 
 
 # ---------------------------------------------------------------- the registry
@@ -78,23 +78,32 @@ def test_mtlrec_config_prints_the_resolved_declaration(tmp_path, capsys, setting
 
 # ---------------------------------------------------------------- end to end
 @pytest.mark.slow
-def test_the_declared_dataset_runs_through_mtlrec(tmp_path):
-    """preprocess, train, evaluate and export on the declaration alone: every row accounted for,
-    and the `rank` signature takes the declared request columns and returns the declared tasks."""
+@pytest.mark.parametrize("mode", ["temporal", "column", "random", "sampled"])
+def test_the_declared_dataset_runs_through_mtlrec(tmp_path, mode):
+    """preprocess, train, evaluate and export on the declaration alone, in each split mode and with
+    sampled negatives: every row accounted for, and the `rank` signature takes the declared request
+    columns and returns the declared tasks."""
     from pipeline.cli import main
-    written = write_shop(tmp_path / "shop", users=24, items=30, per_user=14)
+    written = write_shop(tmp_path / "shop", users=24, items=30, per_user=14, bad_rows=mode != "column",
+                         fold=mode == "column")
+    change = {"temporal": None, "column": column_split, "random": random_split, "sampled": sampled_negatives}[mode]
+    declaration = write_variant(tmp_path / "shop", change) if change else written["declaration"]
+    sizes = ["data.split.test=0.2", "data.split.validation=0.1"] if mode == "random" else \
+        ["data.split.test=2", "data.split.validation=1"]
     workdir = tmp_path / "w"
-    sets = cli_sets(f"data.dataset={written['declaration']}", f"workdir={workdir}", "data.num_shards=1",
-                    "data.split.test=2", "data.split.validation=1", *TINY_TRAIN)
+    sets = cli_sets(f"data.dataset={declaration}", f"workdir={workdir}", "data.num_shards=1",
+                    "data.candidates.negatives=5", *sizes, *TINY_TRAIN)
     for command in ("preprocess", "train", "evaluate", "export"):
         assert main([command, *sets]) == 0, command
     manifest = json.loads((workdir / "data" / "manifest.json").read_text())
     assert manifest["dataset"] == "shop"
     assert manifest["input_rows"] == written["rows"] == manifest["accepted_rows"] + manifest["rejected_rows"]
-    assert manifest["rejected_rows"] == len(written["bad"])  # duplicates included: every bad row, no good one
+    if mode != "sampled":  # (sampled: repeated (user, item) pairs are rejected too, by its duplicates rule)
+        assert manifest["rejected_rows"] == len(written["bad"])  # duplicates included: every bad row, no good one
+    tasks = ["watch", "click", "long_dwell", "dwell"] if mode == "sampled" else ["click", "long_dwell", "dwell"]
     evaluation = json.loads((workdir / "models" / "default" / "eval.json").read_text())
-    assert list(evaluation["tasks"]) == ["click", "long_dwell", "dwell"] and evaluation["users"] > 0
-    assert 0 <= evaluation["tasks"]["click"]["per_user"]["gauc"]["mean"] <= 1
+    assert list(evaluation["tasks"]) == tasks and evaluation["users"] > 0
+    assert 0 <= evaluation["tasks"]["click"]["per_user"]["ndcg@10"]["mean"] <= 1
 
     rank = tf.saved_model.load(str(workdir / "models" / "default" / "export")).signatures["rank"]
     inputs = {k: (v.shape.as_list(), v.dtype.name) for k, v in rank.structured_input_signature[1].items()}
@@ -102,5 +111,5 @@ def test_the_declared_dataset_runs_through_mtlrec(tmp_path):
                       "item_ids": ([None], "int64")}
     out = rank(uid=tf.constant(3, tf.int64), ts=tf.constant(1_650_500_000, tf.int64), device=tf.constant("ios"),
                item_ids=tf.constant([1, 2, 3, 999], tf.int64))  # 999: unknown, scored through the OOV path
-    assert set(out) == {"click", "long_dwell", "dwell", "score", "top_k"}
+    assert set(out) == {*tasks, "score", "top_k"}
     assert out["click"].shape == (4,) and np.all(np.isfinite(out["score"].numpy()))

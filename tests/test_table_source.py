@@ -13,7 +13,8 @@ from features.datasets import load_dataset
 from features.declaration import DeclarationError, load_declaration
 from pipeline.sources.rows import LINE, POSITION, SourceError
 from pipeline.sources.table import Table
-from table_files import DECLARATION, IMPRESSION_COLUMNS, write_shop
+from table_files import (DECLARATION, IMPRESSION_COLUMNS, column_split, random_split, sampled_negatives, write_shop,
+                         write_variant)
 
 
 def _read(source, tmp_path):
@@ -228,40 +229,14 @@ def test_the_fast_path_of_a_field_agrees_with_the_checked_one():
 
 
 # ---------------------------------------------------------------- split modes and negatives
-def _variant(folder, change) -> str:
-    """The shop declaration changed by `change(tree)`, written next to the files."""
-    import yaml
-    tree = yaml.safe_load(DECLARATION)
-    change(tree)
-    path = folder / "variant.yaml"
-    path.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
-    return str(path)
-
-
-def _column_split(tree):
-    tree["columns"]["fold"] = {"dtype": "string", "entity": "label"}
-    tree["split"] = {"mode": "column", "column": "fold"}
-
-
-def _random_split(tree):
-    tree["split"] = {"mode": "random", "stratify": "click"}
-
-
-def _sampled(tree):
-    tree["negatives"] = {"mode": "sampled", "per_positive": 2}
-    tree["tasks"] = {"watch": {"kind": "binary", "from": "observed"}, **tree["tasks"],
-                     "dwell": {**tree["tasks"]["dwell"], "observed_only": True}}
-    tree["duplicates"] = {"key": ["iid"], "order": ["ts"]}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name, change", [("column", _column_split), ("random", _random_split),
-                                          ("sampled", _sampled)])
+@pytest.mark.parametrize("name, change", [("column", column_split), ("random", random_split),
+                                          ("sampled", sampled_negatives)])
 def test_split_modes_and_sampled_negatives_through_preprocess(tmp_path, name, change):
     from fixtures import read_split
     from pipeline.cli import main
     written = write_shop(tmp_path / "shop", bad_rows=False, fold=name == "column")
-    declaration = _variant(tmp_path / "shop", change)
+    declaration = write_variant(tmp_path / "shop", change)
     extra = {"column": [], "random": ["data.split.test=0.2", "data.split.validation=0.1"],
              "sampled": ["data.split.test=2", "data.split.validation=1"]}[name]
     sets = [a for o in [f"data.dataset={declaration}", f"workdir={tmp_path / 'w'}", "data.num_shards=1",
