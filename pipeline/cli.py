@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import ast
-import errno
 import importlib
 import importlib.metadata
 import os
-import re
 import signal
 import sys
 import threading
@@ -22,7 +20,7 @@ from pathlib import Path
 
 from pipeline import terminal
 from pipeline.config import ConfigError, load_config, to_yaml
-from pipeline.errors import MtlrecError
+from pipeline.errors import MtlrecError, classify
 
 
 def _stage(module: str, function: str = "main"):
@@ -151,42 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     except MtlrecError as exc:
         print(f"mtlrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001  (only storage failures are mapped; anything else is re-raised)
-        message = storage_failure(exc)
-        if message is None:
+    except Exception as exc:  # noqa: BLE001  (only failures of storage, network, cluster are mapped)
+        failure = classify(exc)
+        if failure is None:
             raise  # a bug: keep its traceback
-        print(f"mtlrec {args.command}: {message}", file=sys.stderr)
+        print(f"mtlrec {args.command}: {failure.category}: {failure}", file=sys.stderr)
         return 1
-
-
-# TensorFlow's errors that tf.io.gfile, checkpoints and SavedModels raise for the storage itself;
-# others (e.g. OutOfRangeError, which a file over its size limit raises) count when their message
-# gives a storage cause.
-_TF_STORAGE_ERRORS = ("PermissionDeniedError", "ResourceExhaustedError", "NotFoundError", "AlreadyExistsError",
-                      "UnavailableError", "DataLossError")
-_STORAGE_CAUSES = tuple(os.strerror(e) for e in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES,
-                                                 errno.EIO, errno.ENOTDIR))
-
-
-def storage_failure(exc: BaseException) -> str | None:
-    """One line for an exception that says the disk or object store failed us (full, read-only,
-    missing, unreachable), naming the path and the cause; None for anything else.
-
-    Beam and Keras may wrap the original error: the chain (__cause__ / __context__) is searched.
-    """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno is not None:
-            cause = exc.strerror or os.strerror(exc.errno)
-            return f"{exc.filename}: {cause}" if exc.filename else f"storage error: {cause}"
-        tf = sys.modules.get("tensorflow")  # its errors can only occur once a stage imported it
-        if tf is not None and isinstance(exc, tf.errors.OpError) and (
-                type(exc).__name__ in _TF_STORAGE_ERRORS or any(c in exc.message for c in _STORAGE_CAUSES)):
-            # TensorFlow's message names the path; drop the op names around it.
-            return re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]$", "", " ".join(str(exc.message).split()))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def test_disk_full_during_export_is_one_line_and_keeps_the_old_export(tiny):
                           preexec_fn=_file_size_limit(64 * 1024))
     lines = [line for line in done.stderr.splitlines() if line.startswith("mtlrec ")]
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith(f"mtlrec export: {run}/.export.tmp/"), lines
+    assert len(lines) == 1 and lines[0].startswith(f"mtlrec export: storage error: {run}/.export.tmp/"), lines
     assert lines[0].endswith("File too large"), lines
     assert (run / "export/saved_model.pb").read_bytes() == before  # the complete export is untouched
     assert not (run / ".export.tmp").exists()  # nothing half-written is left behind
@@ -121,12 +121,13 @@ def test_unwritable_folder_is_one_line(tmp_path, capsys):
     output = tmp_path / "ro/sub/data"
     assert cli.main(["preprocess", "--output", str(output)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mtlrec preprocess: ") and err[0].endswith(cause), err
+    assert len(err) == 1 and err[0].startswith("mtlrec preprocess: storage error: ") and err[0].endswith(cause), err
     assert str(tmp_path / "ro") in err[0]
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    """Only storage failures become one line: anything else is a bug, and is raised as it is."""
+    """Only failures of the storage, network or cluster become one line (tests/test_errors.py): anything
+    else is a bug, and is raised as it is."""
     from pipeline import compare
     monkeypatch.setattr(compare, "run", lambda config, force=False: {}["a bug"])
     with pytest.raises(KeyError, match="a bug"):
