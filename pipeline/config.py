@@ -112,6 +112,10 @@ class TrainConfig(Section):
     mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
     jit_compile: bool = False  # XLA-compile the train step
     diagnostics_batches: int = Field(8, ge=1)  # validation batches averaged for per-example gate weights
+    # strategy multi_worker (pipeline/cluster.py): a worker silent this long counts as lost (the others
+    # stop with one line naming it), and every worker must have joined the cluster within the second.
+    worker_timeout_seconds: float = Field(30.0, gt=0)
+    worker_start_timeout_seconds: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
     def _tpu_needs_address(self):
@@ -177,6 +181,17 @@ class DataConfig(Section):
         if self.source == "kuairand" and not self.path:
             raise ValueError("source kuairand needs data.path (the data folder of KuaiRand-Pure, -1K or -27K)")
         return self
+
+
+# Settings of how a stage runs, not of what it computes: data or a run made with other values of
+# these is the same data or run. They are left out of the data hash (pipeline/manifest.py), of a
+# run's settings (pipeline/runs.py) and of tune's study names (pipeline/tune.py).
+EXECUTION_FIELDS = {"train": ("worker_timeout_seconds", "worker_start_timeout_seconds")}
+
+
+def without_execution_fields(section: str, values: dict) -> dict:
+    """A section's values (a config tree's) without its EXECUTION_FIELDS."""
+    return {k: v for k, v in values.items() if k not in EXECUTION_FIELDS.get(section, ())}
 
 
 # ---------------------------------------------------------------- compare (pipeline/compare.py)

@@ -94,15 +94,17 @@ class InputPipeline:
 
         cache: keep the parsed blocks (the whole split) in memory after the first full pass.
         """
-        return self._blocks(split, cache).rebatch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+        return shard_by_data(self._blocks(split, cache).rebatch(batch_size, drop_remainder=drop_remainder)
+                             .prefetch(AUTOTUNE))
 
     def training_batches(self, batch_size: int, steps: int, epochs: int, start_epoch: int = 0, seed: int = 0,
                          shuffle_buffer: int = 1_000_000, cache: bool = False) -> tf.data.Dataset:
         """The train split's batches for epochs start_epoch .. epochs - 1, `steps` batches each.
 
         Epoch e's batches depend only on (seed, e): a run resumed at epoch e reads exactly what
-        an uninterrupted run reads from epoch e on. An epoch reads passes over the split (as
-        many as its steps need); each pass delivers every example once, shuffled per example
+        an uninterrupted run reads from epoch e on, and every worker of a multi-worker cluster
+        reads them all and keeps its slice of each batch (`shard_by_data`). An epoch reads
+        passes over the split (as many as its steps need); each pass delivers every example once, shuffled per example
         in windows of `shuffle_buffer` examples: the block order is shuffled, consecutive
         blocks are joined into a window and the window is permuted with a stateless seed. The
         window is at most the split, so a buffer at least as large permutes the whole split.
@@ -133,7 +135,7 @@ class InputPipeline:
         ds = epochs_ds[0]
         for more in epochs_ds[1:]:
             ds = ds.concatenate(more)
-        return ds.prefetch(AUTOTUNE)
+        return shard_by_data(ds.prefetch(AUTOTUNE))
 
     def _blocks(self, split: str, cache: bool) -> tf.data.Dataset:
         """The parsed blocks of a materialized split, in file order; one dataset per (split, cache),
@@ -146,6 +148,18 @@ class InputPipeline:
                         num_parallel_calls=AUTOTUNE, deterministic=True)
             self._block_datasets[key] = ds.cache() if cache else ds
         return self._block_datasets[key]
+
+
+def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Under a multi-worker strategy, every worker reads the whole dataset and keeps its slice of
+    each global batch: tf.distribute splits a batch of B examples into one piece per replica, in
+    order, and worker w keeps piece w (tf.data's DATA auto-shard policy). Those are the pieces one
+    process with as many replicas gives each replica, so the epoch has the same steps and every
+    step the same examples. TF's default policy would give each worker other shard files instead,
+    and an epoch would run out of data after 1/N of its steps. No effect on one worker."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def _one_pass(blocks, window: int, examples: int, seeds: np.random.SeedSequence) -> tf.data.Dataset:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from features.datasets import dataset_of_manifest, dataset_of_source
 from pipeline import storage
 from pipeline.artifacts import MANIFEST, ArtifactError, read_json
-from pipeline.config import config_hash
+from pipeline.config import config_hash, without_execution_fields
 from pipeline.rows import EXACT_DUPLICATE, METADATA, REPEATED_PAIR, ROW, UNDECODABLE_ROW
 
 # Of a data folder; 2: train and validation also materialized (transformed/); 3: the user and
@@ -37,7 +37,7 @@ def describe_tables(dataset, raw_columns, counts: dict[str, int]) -> dict:
 def data_hash(data_config) -> str:
     """Hash of the data settings that shape the output (runner options excluded), and of the
     folder's format, so a folder of an older format counts as made with other settings."""
-    return config_hash({**{k: v for k, v in data_config.model_dump(mode="json").items()
+    return config_hash({**{k: v for k, v in without_execution_fields("data", data_config.model_dump(mode="json")).items()
                            if k not in ("beam_args", "output")}, "format": DATA_FORMAT})
 
 

@@ -40,7 +40,7 @@ import os
 
 from pipeline import storage
 from pipeline.artifacts import atomic_write, read_json
-from pipeline.config import load_yaml, to_yaml, validate
+from pipeline.config import load_yaml, to_yaml, validate, without_execution_fields
 from pipeline.storage import join
 
 CONFIG = "config.yaml"
@@ -142,9 +142,11 @@ def read_config(run_dir):
 
 
 def _settings(tree: dict) -> dict:
-    """The RUN_SECTIONS of a config tree, paths absolute, without PATH_FIELDS."""
+    """The RUN_SECTIONS of a config tree, paths absolute, without PATH_FIELDS and the settings of
+    how it runs (config.EXECUTION_FIELDS)."""
     tree = absolute_paths(tree)
-    return {section: {k: v for k, v in (tree.get(section) or {}).items() if k not in PATH_FIELDS.get(section, ())}
+    return {section: {k: v for k, v in without_execution_fields(section, tree.get(section) or {}).items()
+                      if k not in PATH_FIELDS.get(section, ())}
             for section in RUN_SECTIONS}
 
 

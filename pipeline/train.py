@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 
@@ -18,7 +17,7 @@ import tensorflow as tf
 
 from models.experts import gate_diagnostics
 from models.gates.restarts import keras_restarts
-from pipeline import locks, resume, runs, storage
+from pipeline import cluster, locks, resume, runs, storage
 from pipeline.artifacts import ArtifactError, read_json, write_json
 from pipeline.dataset import InputPipeline
 from pipeline.export import export_model
@@ -52,8 +51,8 @@ def make_strategy(train_config) -> tf.distribute.Strategy:
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    if kind == "multi_worker":  # the cluster comes from TF_CONFIG
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "multi_worker":  # the cluster comes from TF_CONFIG (pipeline/cluster.py)
+        return cluster.strategy(train_config)
     gpus = tf.config.list_logical_devices("GPU")
     if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
         if gpus:
@@ -132,15 +131,30 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
     chief = is_chief(strategy)
     # The chief alone writes the run folder, and holds its lock while it does (a tuning trial's
     # scratch folder is its own, under the tune folder's lock).
-    with locks.hold(run_dir, "run folder") if chief and not scratch else contextlib.nullcontext():
-        return _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log, scratch)
+    try:
+        with locks.hold(run_dir, "run folder") if chief and not scratch else contextlib.nullcontext():
+            return _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log, scratch)
+    except tf.errors.OpError as exc:  # a lost peer of a multi-worker cluster: one line naming it
+        failure = cluster.failure(exc, getattr(strategy, "cluster_resolver", None), train_config)
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log, scratch) -> dict:
+    if chief:
+        return _train_in(run_dir, config, strategy, chief, data_dir, run_dir, manifest, callbacks, log, scratch)
+    # Non-chief workers save their (identical) state and export too -- saving needs every worker
+    # of a multi-worker strategy -- but into a scratch folder that nothing reads, removed at the end.
+    out_dir = cluster.scratch_folder(run_dir, strategy)
+    try:
+        return _train_in(out_dir, config, strategy, chief, data_dir, run_dir, manifest, callbacks, log, scratch)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _train_in(out_dir, config, strategy, chief, data_dir, run_dir, manifest, callbacks, log, scratch) -> dict:
     train_config = config.train
-    # Non-chief workers save their (identical) state too -- saving may need every worker -- but
-    # into a scratch folder that nothing reads and that is removed at the end.
-    out_dir = run_dir if chief else tempfile.mkdtemp(prefix="mtlrec-worker-")
     if chief:
         resume.check_settings(run_dir, config)
         storage.makedirs(run_dir)
@@ -157,6 +171,9 @@ def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log,
     with strategy.scope():
         model = build_model(config, manifest, inputs)
         model.compile(optimizer=make_optimizer(train_config, steps), jit_compile=train_config.jit_compile)
+        # The metrics' results are all-reduced over the replicas already (Keras merges them): log
+        # them as they are. tf-keras' default ("auto") sums them again over a multi-worker strategy.
+        model.distribute_reduction_method = "first"
         # Every variable exists before a saved state is restored into it.
         model(diagnostics_inputs[0])
         model.optimizer.build(model.trainable_variables)
@@ -168,8 +185,8 @@ def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log,
             batch, steps_each, epochs, seed=train_config.seed + 1, shuffle_buffer=train_config.shuffle_buffer,
             cache=train_config.cache), train_config.seed, log)
     log(f"train: {storage.name(run_dir)}: {config.model.architecture}, gate {config.model.gate.type}, "
-        f"{strategy.num_replicas_in_sync} replica(s), {steps} steps/epoch, up to {train_config.epochs} epochs"
-        + (f", resuming after epoch {start}" if start else ""))
+        f"{strategy.num_replicas_in_sync} replica(s){cluster.describe(strategy)}, {steps} steps/epoch, "
+        f"up to {train_config.epochs} epochs" + (f", resuming after epoch {start}" if start else ""))
     started = time.perf_counter()
     if start < train_config.epochs and not state.stopped:
         train_ds = inputs.training_batches(batch, steps, train_config.epochs, start_epoch=start,
@@ -182,21 +199,25 @@ def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log,
         model.fit(train_ds, epochs=train_config.epochs, initial_epoch=start, steps_per_epoch=steps,
                   validation_data=val_ds, callbacks=fit_callbacks, verbose=1 if sys.stdout.isatty() else 2)
     seconds = time.perf_counter() - started
-    if not chief:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return {"chief": False, "epochs_this_session": epoch_end.trained}
-
-    history = runs.read_history(run_dir)
+    history = state.history  # what history.json holds: the saved epochs and this session's
     best = history[state.progress["best_epoch"] - 1]
     if scratch:
         return {"epochs": len(history), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                 "epochs_this_session": epoch_end.trained}
-    # Export the best validation epoch (early stopping may have run past it).
-    model.load_weights(runs.checkpoint(run_dir, best["epoch"])).expect_partial()
-    gates = read_json(storage.join(run_dir, runs.GATES), "gate diagnostics")
-    gates["exported"] = {"epoch": best["epoch"], "tasks": diagnose(model, diagnostics_inputs)}
-    write_json(storage.join(run_dir, runs.GATES), gates)
-    export_model(model, inputs, storage.join(run_dir, runs.EXPORT))
+    # Export the best validation epoch (early stopping may have run past it). Every worker of a
+    # cluster exports (saving needs them all); a non-chief reads the checkpoint it wrote this
+    # session, or else the run folder's, written in an earlier session.
+    best_checkpoint = runs.checkpoint(out_dir, best["epoch"])
+    if not chief and not storage.exists(f"{best_checkpoint}.index"):
+        best_checkpoint = runs.checkpoint(run_dir, best["epoch"])
+    model.load_weights(best_checkpoint).expect_partial()
+    exported_gates = {"epoch": best["epoch"], "tasks": diagnose(model, diagnostics_inputs)}
+    if chief:
+        gates = read_json(storage.join(run_dir, runs.GATES), "gate diagnostics")
+        write_json(storage.join(run_dir, runs.GATES), {**gates, "exported": exported_gates})
+    export_model(model, inputs, storage.join(out_dir, runs.EXPORT))
+    if not chief:
+        return {"chief": False, "epochs_this_session": epoch_end.trained}
 
     trained = epoch_end.trained
     summary = {

@@ -37,7 +37,7 @@ from pipeline import locks, storage
 from pipeline.artifacts import atomic_write, is_url
 from pipeline.runs import PATH_FIELDS, absolute_paths
 from pipeline.manifest import read_manifest
-from pipeline.config import ConfigError, config_hash, merge, validate, with_overrides
+from pipeline.config import ConfigError, config_hash, merge, validate, with_overrides, without_execution_fields
 from pipeline.terminal import time_left
 from pipeline.tuning import TunerSettings, TuningError, finished_count, finished_trials, run_study, summarize
 
@@ -146,7 +146,8 @@ def variant_configs(config, names: list[str], data_dir: Path) -> dict:
 
 def study_name(name: str, base, tune_config) -> str:
     tree = base.model_dump(mode="json")
-    fingerprint = {section: {k: v for k, v in tree[section].items() if k not in PATH_FIELDS.get(section, ())}
+    fingerprint = {section: {k: v for k, v in without_execution_fields(section, tree[section]).items()
+                             if k not in PATH_FIELDS.get(section, ())}
                    for section in ("data", "model", "train")}
     fingerprint["tune"] = {"seed": tune_config.seed, "pruner": tune_config.pruner,
                            "learning_rate": tune_config.learning_rate, "space": SEARCH_SPACE_VERSION}
