@@ -173,6 +173,22 @@ class DataConfig(Section):
     num_shards: int = Field(4, ge=1)  # TFRecord files per split
     seed: int = 42
     beam_args: list[str] = Field(default_factory=list)  # Beam pipeline options, e.g. --runner=DataflowRunner
+    # Beam runner (pipeline/beam_runner.py): direct (in-process) or portable: a Beam job server at
+    # job_endpoint (host:port) running the SDK workers of the worker pool at worker_pool (host:port;
+    # null: the job server's own default environment). Dataflow, Flink, Spark: options in beam_args.
+    runner: Literal["direct", "portable"] = "direct"
+    job_endpoint: Union[str, None] = None
+    worker_pool: Union[str, None] = None
+    # portable: how long the job server, the worker pool and a started worker may take to answer
+    runner_timeout_seconds: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _runner_needs(self):
+        if self.runner == "portable" and not self.job_endpoint:
+            raise ValueError("runner portable needs data.job_endpoint (host:port of a Beam job server)")
+        if self.runner != "portable" and (self.job_endpoint or self.worker_pool):
+            raise ValueError("data.job_endpoint and data.worker_pool are settings of data.runner=portable")
+        return self
 
     @model_validator(mode="after")
     def _source_needs(self):
@@ -186,7 +202,8 @@ class DataConfig(Section):
 # Settings of how a stage runs, not of what it computes: data or a run made with other values of
 # these is the same data or run. They are left out of the data hash (pipeline/manifest.py), of a
 # run's settings (pipeline/runs.py) and of tune's study names (pipeline/tune.py).
-EXECUTION_FIELDS = {"train": ("worker_timeout_seconds", "worker_start_timeout_seconds")}
+EXECUTION_FIELDS = {"data": ("runner", "job_endpoint", "worker_pool", "runner_timeout_seconds"),
+                    "train": ("worker_timeout_seconds", "worker_start_timeout_seconds")}
 
 
 def without_execution_fields(section: str, values: dict) -> dict:

@@ -147,7 +147,8 @@ def build_manifest(source_info, data_config, counts: dict[str, int], shards: dic
         "features": dataset.active_features(raw_columns),
         "declaration_hash": dataset.declaration_hash(raw_columns),
         "tables": describe_tables(dataset, raw_columns, counts),
-        "config": data_config.model_dump(mode="json"),
+        # What the data is made with; not how it ran (config.EXECUTION_FIELDS): every runner gives the same bytes.
+        "config": without_execution_fields("data", data_config.model_dump(mode="json")),
         "config_hash": data_hash(data_config),
     }
 

@@ -19,7 +19,8 @@ module wires them into one Beam pipeline.
 
 Everything is written into a temporary folder that is renamed into place on success (on an
 object store, in place, with the manifest written last: pipeline/artifacts.py).
-Any Beam runner works: pipeline options pass through (`data.beam_args` or after `--`).
+Any Beam runner works: pipeline options pass through (`data.beam_args` or after `--`);
+`data.runner=portable` sends the job to a Beam job server (pipeline/beam_runner.py, docs/SCALE.md).
 Randomness is seeded per (seed, user, purpose), so the output does not depend on the
 runner, the number of workers or the order of elements.
 """
@@ -41,7 +42,7 @@ from tfx_bsl.public import tfxio
 
 from features.datasets import dataset_of_source
 from features.transform import make_preprocessing_fn
-from pipeline import exposure_examples, locks, sampled_examples, storage
+from pipeline import beam_runner, exposure_examples, locks, sampled_examples, storage
 from pipeline.artifacts import MANIFEST, staged_folder, write_json
 from pipeline.counting import COUNTS, count_elements, read_counts, write_counts
 from pipeline.manifest import SPLITS, build_manifest
@@ -180,17 +181,20 @@ def _write_rejected(records, folder):
 
 
 # ---------------------------------------------------------------- the pipeline
-def build_pipeline(p, source, data_config, folder, scratch=None):
+def build_pipeline(p, source, data_config, folder, scratch=None, started_marker=None):
     """Wire the whole stage into pipeline `p`, writing under `folder`.
 
     scratch: a local folder, when `folder` is on a file system without folder renames that Beam
-    does not know (TF's ram://): tf.Transform writes the transform there, and it is copied up."""
+    does not know (TF's ram://): tf.Transform writes the transform there, and it is copied up.
+    started_marker: a file the first bundle a worker runs writes (pipeline/beam_runner.py)."""
     raw_columns = list(source.info.raw_columns)
     dataset = dataset_of_source(data_config.source)
     plan = sampled_examples if dataset.sampled_negatives else exposure_examples
     schema = schema_utils.schema_from_feature_spec(dataset.raw_feature_spec(raw_columns))
 
     rows, rejected = source.expand(p)
+    if started_marker:
+        rows = rows | "MarkWorkerStarted" >> beam.ParDo(beam_runner.MarkWorkerStarted(started_marker))
     # Lists of one user's rows: a source may pass them on so (USER_BATCHES), sparing the runner
     # an element per row; the others' rows become lists of one.
     batches = rows if getattr(source, "USER_BATCHES", False) else rows | "AsBatches" >> beam.Map(lambda r: [r])
@@ -264,21 +268,31 @@ def _beam_temp(folder: str):
 
 
 def run(config, output=None, beam_args=()) -> dict:
-    """Run the stage; returns the manifest. Raises SourceError for unusable input."""
+    """Run the stage; returns the manifest. Raises SourceError for unusable input, NetworkError
+    for a portable runner's server that does not answer (pipeline/beam_runner.py)."""
     data_config = config.data
-    source = open_source(data_config)  # fails fast, before any folder exists
-    final = str(output or preprocess_output_of(config))  # a string: pathlib breaks gs://
-    args = list(data_config.beam_args) + list(beam_args)
+    args = beam_runner.portable_args(data_config) + list(data_config.beam_args) + list(beam_args)
     if not any(a.startswith("--runner") or a.startswith("--direct_running_mode") for a in args):
         args = DEFAULT_BEAM_ARGS + args
+    portable = beam_runner.is_portable(PipelineOptions(args))
+    if portable:  # fails fast, before any folder exists
+        args = beam_runner.with_job_server_timeout(args)
+        beam_runner.check(PipelineOptions(args), data_config.runner_timeout_seconds, _settings(data_config))
+    source = open_source(data_config)  # fails fast, before any folder exists
+    final = str(output or preprocess_output_of(config))  # a string: pathlib breaks gs://
     with locks.hold(final, "data folder"), staged_folder(final) as staged, _beam_temp(str(staged)) as beam_temp:
         folder, tmp = str(staged), f"{staged}/tmp"
         temp = {} if any(a.startswith("--temp_location") for a in args) else {"temp_location": beam_temp}
         options = PipelineOptions(args, save_main_session=False, **temp)  # keyword options override flags
         pipeline = beam.Pipeline(options=options)
+        marker = f"{tmp}/worker-started" if portable else None
         with tft_beam.Context(temp_dir=beam_temp, force_tf_compat_v1=False):
-            build_pipeline(pipeline, source, data_config, folder, None if beam_temp == tmp else beam_temp)
-        pipeline.run().wait_until_finish()
+            build_pipeline(pipeline, source, data_config, folder, None if beam_temp == tmp else beam_temp, marker)
+        result = pipeline.run()
+        if portable:  # a pool whose workers cannot start would leave the job waiting forever
+            beam_runner.wait_for_a_worker(result, marker, data_config.runner_timeout_seconds,
+                                          beam_runner.worker_pool_of(options), _settings(data_config)["pool"])
+        result.wait_until_finish()
         shards = {split: {"files": shard_names(folder, split),
                           "transformed_files": shard_names(folder, split, transformed=True)} for split in SPLITS}
         manifest = build_manifest(source.info, data_config, read_counts(counts_path(folder)), shards)
@@ -290,6 +304,13 @@ def run(config, output=None, beam_args=()) -> dict:
             tf.io.gfile.rmtree(tmp)
         write_json(f"{folder}/{MANIFEST}", manifest)  # last: its presence marks the folder complete
     return manifest
+
+
+def _settings(data_config) -> dict:
+    """The names of the settings that gave a portable runner its servers (for error lines)."""
+    if data_config.runner == "portable":
+        return {"job": "data.job_endpoint", "pool": "data.worker_pool"}
+    return {"job": "--job_endpoint", "pool": "--environment_config"}
 
 
 def main(config, args) -> int:
