@@ -24,9 +24,10 @@ What Beam 2.78 does on its own when a portable runner's servers fail, and what i
 - no worker pool at its address: the job fails ~10 s later with the job server's traceback.
   Here: the pool must answer within the timeout, before the job is submitted.
 - a pool whose workers cannot start (a broken Python on its PATH, a missing package): the job
-  server waits for a worker forever. Here: the job's first bundle on a worker writes a marker
-  file (`MarkWorkerStarted`); without it within the timeout of the submission, the job is
-  cancelled and the line names the pool.
+  server waits for a worker forever. Here, for an EXTERNAL pool: the job's first bundle on a
+  worker writes a marker file (`MarkWorkerStarted`); without it within the timeout of the
+  submission, the job is cancelled and the line names the pool. (Other environments, e.g.
+  Docker images a cluster first pulls, may take minutes to start: they are not timed.)
 """
 from __future__ import annotations
 
@@ -145,7 +146,7 @@ class MarkWorkerStarted(beam.DoFn):
         yield element
 
 
-def wait_for_a_worker(result, marker: str, timeout: float, pool: str | None, setting: str = "data.worker_pool") -> None:
+def wait_for_a_worker(result, marker: str, timeout: float, pool: str, setting: str = "data.worker_pool") -> None:
     """Return once a worker ran a bundle (`marker` exists) or the job ended (the caller's
     wait_until_finish reports how); after `timeout` seconds without either, cancel the job and
     raise NetworkError naming the worker pool."""
@@ -158,7 +159,7 @@ def wait_for_a_worker(result, marker: str, timeout: float, pool: str | None, set
                 result.cancel()
             except Exception:  # noqa: BLE001  (the line below says what matters)
                 pass
-            source = f"the Beam worker pool at {pool} ({setting})" if pool else "the job server's environment"
             raise NetworkError(f"no Beam SDK worker ran within {timeout:g} s (data.runner_timeout_seconds): "
-                               f"{source} accepted the job but its workers did not start; the pool's log says why")
+                               f"the Beam worker pool at {pool} ({setting}) accepted the job but its workers "
+                               f"did not start; the pool's log says why")
         time.sleep(0.5)

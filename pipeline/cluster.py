@@ -93,7 +93,7 @@ def strategy(train_config) -> tf.distribute.MultiWorkerMirroredStrategy:
         with _start_watch(resolver, train_config) if jobs else contextlib.nullcontext():
             return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     except tf.errors.OpError as exc:  # the cluster did not come together
-        raise failure(exc, resolver, train_config) or exc
+        raise _failure(exc, resolver, train_config) or exc
 
 
 # The watcher of `_start_watch`: it waits for one byte from its pipe until the deadline. A byte
@@ -154,18 +154,27 @@ def _start_watch(resolver, train_config):
 _DEVNULL = open(os.devnull, "w")  # noqa: SIM115  (faulthandler needs a file that stays open)
 
 
-def task_of(strategy_) -> tuple[str, int] | None:
-    """(job, index) of this process in its cluster; None without a cluster."""
-    resolver = getattr(strategy_, "cluster_resolver", None)
-    if resolver is None or resolver.task_type is None:
+def _resolver(strategy_):
+    """The cluster resolver of a multi-worker strategy with a cluster; None otherwise (one
+    process, or another strategy: a TPU's resolver names TPU hosts, not our workers)."""
+    if not isinstance(strategy_, tf.distribute.MultiWorkerMirroredStrategy):
         return None
-    return resolver.task_type, int(resolver.task_id)
+    resolver = strategy_.cluster_resolver
+    if resolver is None or resolver.task_type is None or not resolver.cluster_spec().as_dict():
+        return None
+    return resolver
+
+
+def task_of(strategy_) -> tuple[str, int] | None:
+    """(job, index) of this process in its multi-worker cluster; None without one."""
+    resolver = _resolver(strategy_)
+    return None if resolver is None else (resolver.task_type, int(resolver.task_id))
 
 
 def describe(strategy_) -> str:
-    """', worker 1 of 2' for a process of a cluster, '' otherwise."""
+    """', worker 1 of 2 workers' for a process of a multi-worker cluster, '' otherwise."""
     task = task_of(strategy_)
-    if task is None or not strategy_.cluster_resolver.cluster_spec().as_dict():
+    if task is None:
         return ""
     spec = strategy_.cluster_resolver.cluster_spec()
     total = sum(spec.num_tasks(job) for job in COORDINATED_JOBS if job in spec.jobs)
@@ -184,9 +193,13 @@ def scratch_folder(run_dir, strategy_) -> str:
     return folder
 
 
-def failure(exc: tf.errors.OpError, resolver, train_config) -> ClusterError | None:
-    """One line for a TensorFlow error that says a peer of the cluster was lost or never came;
-    None if it says nothing about the cluster's tasks."""
+def failure(exc: tf.errors.OpError, strategy_, train_config) -> ClusterError | None:
+    """One line for a TensorFlow error of a multi-worker strategy that says a peer of the cluster
+    was lost or never came; None if it says nothing about the cluster's tasks."""
+    return _failure(exc, _resolver(strategy_), train_config)
+
+
+def _failure(exc: tf.errors.OpError, resolver, train_config) -> ClusterError | None:
     message = " ".join(str(exc.message).split())
     if resolver is None:
         return None
@@ -203,7 +216,7 @@ def failure(exc: tf.errors.OpError, resolver, train_config) -> ClusterError | No
     if unhealthy or "heartbeat" in message.lower():
         return ClusterError(f"lost contact with {peer}: no heartbeat for {train_config.worker_timeout_seconds:g} s "
                             f"(train.worker_timeout_seconds); {resume}")
-    if re.search(r"regist|barrier|did not connect|not joined", message, re.IGNORECASE):
+    if re.search(r"regist", message, re.IGNORECASE):
         return ClusterError(f"{peer} did not join within {train_config.worker_start_timeout_seconds:g} s "
                             f"(train.worker_start_timeout_seconds); start every worker with the same command")
     cause = CAUSE.search(message)

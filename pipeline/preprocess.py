@@ -285,13 +285,15 @@ def run(config, output=None, beam_args=()) -> dict:
         temp = {} if any(a.startswith("--temp_location") for a in args) else {"temp_location": beam_temp}
         options = PipelineOptions(args, save_main_session=False, **temp)  # keyword options override flags
         pipeline = beam.Pipeline(options=options)
-        marker = f"{tmp}/worker-started" if portable else None
+        # A pool whose workers cannot start would leave the job waiting forever (pipeline/beam_runner.py).
+        pool = beam_runner.worker_pool_of(options) if portable else None
+        marker = f"{tmp}/worker-started" if pool else None
         with tft_beam.Context(temp_dir=beam_temp, force_tf_compat_v1=False):
             build_pipeline(pipeline, source, data_config, folder, None if beam_temp == tmp else beam_temp, marker)
         result = pipeline.run()
-        if portable:  # a pool whose workers cannot start would leave the job waiting forever
-            beam_runner.wait_for_a_worker(result, marker, data_config.runner_timeout_seconds,
-                                          beam_runner.worker_pool_of(options), _settings(data_config)["pool"])
+        if pool:
+            beam_runner.wait_for_a_worker(result, marker, data_config.runner_timeout_seconds, pool,
+                                          _settings(data_config)["pool"])
         result.wait_until_finish()
         shards = {split: {"files": shard_names(folder, split),
                           "transformed_files": shard_names(folder, split, transformed=True)} for split in SPLITS}

@@ -135,7 +135,7 @@ def run(config, callbacks=(), log=lambda message: print(message, file=sys.stderr
         with locks.hold(run_dir, "run folder") if chief and not scratch else contextlib.nullcontext():
             return _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, log, scratch)
     except tf.errors.OpError as exc:  # a lost peer of a multi-worker cluster: one line naming it
-        failure = cluster.failure(exc, getattr(strategy, "cluster_resolver", None), train_config)
+        failure = cluster.failure(exc, strategy, train_config)
         if failure is None:
             raise
         raise failure from exc

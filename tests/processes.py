@@ -13,7 +13,7 @@ from pathlib import Path
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
 # What a server prints when the port we picked was taken in the meantime (then: new ports, again).
-PORT_TAKEN = ("Address already in use", "Failed to add port", "Could not start gRPC server", "bind")
+PORT_TAKEN = ("Address already in use", "Failed to add port", "Could not start gRPC server", "Failed to bind")
 
 
 def free_ports(n: int) -> list[int]:

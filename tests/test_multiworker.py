@@ -235,3 +235,29 @@ def test_timeouts_are_not_settings_of_the_run(tmp_path):
     assert not runs.made_with_other_config(tmp_path / "run", other)
     assert study_name("softmax", other, other.tune) == study_name("softmax", config, config.tune)
     assert runs.made_with_other_config(tmp_path / "run", load_config(None, [*SETTINGS, "train.epochs=3", *CLUSTER]))
+
+
+# What TensorFlow 2.21 said in the runs of this file's tests and of issue 27 (one line each here).
+HEARTBEATS = ("Collective ops is aborted by: Error reported from /job:worker/task:1: The following tasks are "
+              "unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.")
+RESET = ("Graph execution error: Detected at node cond_5/CollectiveGatherV2 ... Collective ops is aborted by: "
+         "recvmsg:Connection reset by peer Additional GRPC error information from remote target "
+         "/job:worker/replica:0/task:0 while calling /tensorflow.WorkerService/CompleteInstance")
+
+
+@pytest.mark.parametrize("me, message, expected", [
+    (1, HEARTBEATS, None),  # the lost task is this one: nothing to name
+    (0, HEARTBEATS, "lost contact with worker 1 (10.0.0.2:2222): no heartbeat for 10 s (train.worker_timeout_seconds); "
+                    "start every worker again with the same command to resume after the last completed epoch"),
+    (1, RESET, "lost contact with worker 0 (10.0.0.1:2222): Connection reset by peer; "
+               "start every worker again with the same command to resume after the last completed epoch"),
+    (0, "Failed to allocate memory for a tensor", None),  # nothing about the cluster: not ours to explain
+])
+def test_lost_peers_are_named_with_their_address(me, message, expected):
+    from pipeline import cluster
+    from pipeline.config import load_config
+    spec = tf.train.ClusterSpec({"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]})
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(spec, task_type="worker", task_id=me)
+    found = cluster._failure(tf.errors.UnavailableError(None, None, message), resolver,
+                             load_config(None, CLUSTER).train)
+    assert (found and str(found)) == expected
