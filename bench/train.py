@@ -251,7 +251,8 @@ def main():
         for mode in args.modes:
             runners[variant, mode, "current"] = make_runner(config, manifest, inputs, cached_it, mode == "xla")
         if baseline_cls is not None and variant != "shared_bottom":  # shared-bottom has no MMoE
-            runners[variant, "graph", "baseline"] = make_runner(config, manifest, inputs, cached_it, False, baseline_cls)
+            runners[variant, "graph", "baseline"] = make_runner(config, manifest, inputs, cached_it, False,
+                                                                baseline_cls)
     profiles = {}
     if args.profile:  # before the timing, in a fresh process state
         profiles = {"/".join(key): profile(run, args.profile_steps) for key, run in runners.items()
@@ -317,9 +318,11 @@ def main():
             "(inter-op parallelism), so compare shares and op counts, not absolute op ms"), **profiles}
     reference = current["graph" if "graph" in args.modes else args.modes[0]]
     result["input_pipeline_examples_per_second"] = pipeline
-    result["input_to_train_ratio"] = {mode: {v: rate / reference[v] for v in reference} for mode, rate in pipeline.items()}
+    result["input_to_train_ratio"] = {mode: {v: rate / reference[v] for v in reference}
+                                      for mode, rate in pipeline.items()}
     result["input_target"] = {"uncached_over_train_at_least": INPUT_TARGET,
-                              "met": {v: r >= INPUT_TARGET for v, r in result["input_to_train_ratio"]["uncached"].items()}}
+                              "met": {v: r >= INPUT_TARGET
+                                      for v, r in result["input_to_train_ratio"]["uncached"].items()}}
 
     for mode in args.modes:
         for v, rate in current[mode].items():

@@ -145,7 +145,7 @@ class TaskRoutedMoE(keras.Model):
         else:
             parts = [self.gate.weights_and_loss(self.replica_rows(s), training=training) for s in range(self.replicas)]
             weights = tf.concat([w for w, _ in parts], axis=0)
-            losses = [l for _, l in parts if l is not None]
+            losses = [part for _, part in parts if part is not None]
             loss = tf.add_n(losses) if losses else None
         return tf.reshape(weights, [self.replicas, self.num_tasks, self.num_experts]), loss
 

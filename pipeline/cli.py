@@ -9,7 +9,6 @@ stay instant (TensorFlow takes seconds to import). The terminal shows each stage
 from __future__ import annotations
 
 import argparse
-import ast
 import errno
 import importlib
 import importlib.metadata
@@ -38,13 +37,12 @@ def print_config(config, args) -> int:
 
 
 def version() -> str:
-    """The installed package's version; from a checkout that is not installed, setup.py's."""
+    """The installed package's version; from a checkout that is not installed, pyproject.toml's."""
     try:
         return importlib.metadata.version("mtlrec")
     except importlib.metadata.PackageNotFoundError:
-        setup = ast.parse((Path(__file__).resolve().parents[1] / "setup.py").read_text())
-        return next(keyword.value.value for node in ast.walk(setup) if isinstance(node, ast.Call)
-                    for keyword in node.keywords if keyword.arg == "version")
+        metadata = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+        return re.search(r'^version = "([^"]+)"$', metadata, re.M).group(1)  # [project]'s: the first one
 
 
 # name -> (help, runner). Runners take (config, parsed args) and return an exit code.
@@ -52,7 +50,8 @@ COMMANDS = {
     "preprocess": ("Beam + tf.Transform: source data -> TFRecords, transform graph, manifest "
                    "(Beam pipeline options go after --)", _stage("pipeline.stages.preprocess")),
     "tune": ("equal-budget Optuna tuning of every compare variant on validation loss; writes "
-             "<workdir>/tune/best.yaml for `compare --config` (resumes when started again)", _stage("pipeline.stages.tune")),
+             "<workdir>/tune/best.yaml for `compare --config` (resumes when started again)",
+             _stage("pipeline.stages.tune")),
     "train": ("train one multi-task model (TFRS, tf.distribute) on preprocessed data; "
               "a killed run resumes when started again", _stage("pipeline.stages.train")),
     "evaluate": ("score the fixed candidate lists with a run's exported model; writes eval.json",
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     except MtlrecError as exc:
         print(f"mtlrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001  (only storage failures are mapped; anything else is re-raised)
+    except Exception as exc:  # only storage failures are mapped; anything else is re-raised
         message = storage_failure(exc)
         if message is None:
             raise  # a bug: keep its traceback

@@ -3,13 +3,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import features  # noqa: E402,F401  (selects tf-keras before TensorFlow loads)
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes over ~10 s (deselect with -m 'not slow')")
+import features  # noqa: F401  (selects tf-keras before TensorFlow loads)
+import pytest
+import tensorflow as tf
 
 
 @pytest.fixture(autouse=True)

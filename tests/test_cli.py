@@ -1,7 +1,7 @@
 """The `mtlrec` entry point and the config loader, driven as a user would."""
 import importlib.metadata
-import re
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,14 +108,14 @@ def test_version_is_the_installed_one():
     assert result.stdout.strip() == f"mtlrec {importlib.metadata.version('mtlrec')}"
 
 
-def test_version_from_a_checkout_is_setup_pys(monkeypatch):
+def test_version_from_a_checkout_is_pyprojects(monkeypatch):
     from pipeline import cli
 
     def not_installed(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "version", not_installed)
-    assert cli.version() == re.search(r'version="([^"]+)"', (REPO / "setup.py").read_text()).group(1)
+    assert cli.version() == re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
 
 
 def test_config_prints_the_defaults_from_code(tmp_path):

@@ -118,7 +118,8 @@ def test_summary_holds_every_gate_task_metric(compared):
     assert set(summary["variants"]) == {"softmax", "dselect_k_static"}
     for variant in summary["variants"].values():
         assert set(variant["tasks"]) == {"watch", "rating", "like"}
-        for task, expected in [("watch", ["ndcg@5", "ndcg@10", "ndcg@20", "recall@10", "mrr", "gauc", "auc", "logloss"]),
+        for task, expected in [("watch", ["ndcg@5", "ndcg@10", "ndcg@20", "recall@10", "mrr", "gauc", "auc",
+                                          "logloss"]),
                                ("like", ["ndcg@10", "gauc", "auc", "logloss"]),
                                ("rating", ["ndcg@10", "rmse", "mae", "pooled_rmse"])]:
             for metric in expected:
@@ -185,7 +186,8 @@ def test_report_files_and_plots(compared):
     for text in ("Task: watch", "Task: rating", "DSelect-k against each baseline (seed-aware test)", "p (Holm)",
                  "seeds agreeing", "difference [95% CI]", "training seeds", "What 2 seed(s) can and cannot show",
                  "Realized sparsity, per seed", "RMSE ↓", "NDCG@10 ↑", "Experts in use: the sparsity compared",
-                 "watch: experts in use", "Runs left out of the tests below, because their gates had not converged: 0."):
+                 "watch: experts in use",
+                 "Runs left out of the tests below, because their gates had not converged: 0."):
         assert text in md and text in html
     assert "**" in md and "<strong>" in html  # best values in bold
     pngs = sorted(report.glob("*.png"))
@@ -216,7 +218,8 @@ def test_report_has_the_test_split_table(compared):
             task, _, metric = key.partition("/")
             values = [r["loss"] if key == "loss" else r["tasks"][task][metric] for r in runs]
             assert stats["per_seed"] == values
-            assert stats["mean"] == pytest.approx(np.mean(values)) and stats["std"] == pytest.approx(np.std(values, ddof=1))
+            assert stats["mean"] == pytest.approx(np.mean(values))
+            assert stats["std"] == pytest.approx(np.std(values, ddof=1))
     md = (report / "report.md").read_text()
     assert "Test split: the papers' metrics" in md
     for header in ("test loss ↓", "watch accuracy ↑", "watch AUC ↑", "rating MSE ↓"):
@@ -398,7 +401,8 @@ def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
     assert not (tmp_path / "compare").exists()
     # Before any work: with no data yet, nothing is preprocessed either.
     result = subprocess.run(
-        [str(MTLREC), "compare", "--set", f"workdir={tmp_path / 'fresh'}", *sum([["--set", o] for o in EMBEDDED_OVERRIDES], []),
+        [str(MTLREC), "compare", "--set", f"workdir={tmp_path / 'fresh'}",
+         *sum([["--set", o] for o in EMBEDDED_OVERRIDES], []),
          "--set", "compare.variants={good: {model: {gate: {type: softmax}}}, bad: {model: {gate: {k: 0, type: topk}}}}",
          "--set", "compare.focus=[good]"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "compare.variants.bad" in result.stderr and "gate.k" in result.stderr

@@ -12,7 +12,8 @@ from models.gates import DSelectKGate, build_gate, reference
 from models.gates.dselect_k import MAX_DOUBLINGS
 from pipeline.config import load_config
 from pipeline.artifacts.resume import RunState
-from pipeline.tuning.studies import TunerSettings, counted_trials, finished_trials, mark_infeasible, run_study, summarize
+from pipeline.tuning.studies import (
+    TunerSettings, counted_trials, finished_trials, mark_infeasible, run_study, summarize)
 
 SMALL = ["train.batch_size=256", "train.steps_per_epoch=15", "train.diagnostics_batches=2",
          "model.expert_units=[16]", "model.tower_units=[8]", "model.num_experts=4", "model.id_embedding_dim=8"]

@@ -199,7 +199,8 @@ def test_every_0_1_column_is_checked_in_every_file(tmp_path):
         assert reasons.pop(line, None) == reason, line
     # The rest: the log rows of the users whose user line was rejected, naming it.
     assert len(reasons) == logged.user_id.isin([1, 2, 3]).sum() > 0
-    assert all(re.fullmatch(r"user id [123]: its line user_features_pure.csv:\d+ was rejected", r) for r in reasons.values())
+    assert all(re.fullmatch(r"user id [123]: its line user_features_pure.csv:\d+ was rejected", r)
+               for r in reasons.values())
     assert len(rows) == len(logged) - len(reasons)
 
 

@@ -31,7 +31,8 @@ def test_embedded_manifest(embedded_data):
     folder, manifest = embedded_data
     assert manifest["source"]["name"] == "embedded"
     assert manifest["input_rows"] == 100004  # every row of the dslabs subset was read
-    assert manifest["input_rows"] == manifest["accepted_rows"] + manifest["rejected_rows"] + manifest["sampled_out_rows"]
+    assert manifest["input_rows"] == (manifest["accepted_rows"] + manifest["rejected_rows"]
+                                      + manifest["sampled_out_rows"])
     assert 20 <= manifest["users"] <= 70
     # The dslabs subset has no demographics: those features are absent, not faked.
     assert "gender" not in manifest["features"] and "genres" in manifest["features"]
@@ -59,7 +60,8 @@ def test_materialized_splits_equal_the_transform_graph_on_the_raw_shards(embedde
         for name in names:
             blocks = list(tf.data.TFRecordDataset(str(folder / "transformed" / split / name), "GZIP").map(
                 lambda record: tf.io.parse_single_example(record, inputs.block_spec)))
-            assert all(len(b["watch"]) == BLOCK_SIZE for b in blocks[:-1]) and 0 < len(blocks[-1]["watch"]) <= BLOCK_SIZE
+            assert all(len(b["watch"]) == BLOCK_SIZE for b in blocks[:-1])
+            assert 0 < len(blocks[-1]["watch"]) <= BLOCK_SIZE
             raw = tf.data.TFRecordDataset(str(folder / split / name), "GZIP").batch(100_000).map(inputs.to_inputs)
             expected = raw.get_single_element()
             assert set(blocks[0]) == set(expected)
@@ -312,8 +314,10 @@ def test_same_seed_gives_identical_bytes_without_runner_metrics(ml1m_with_bad_ro
     run_preprocess(root / "run2", *overrides)
     first, second = root / "run1/data", root / "run2/data"
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert {"train", "transformed", "rejected", "tables", "transform_fn", "transformed_metadata"} <= {f.parts[0] for f in files}
-    assert {Path("transform_fn/saved_model.pb"), Path("transform_fn/fingerprint.pb"), Path("manifest.json")} <= set(files)
+    folders = {"train", "transformed", "rejected", "tables", "transform_fn", "transformed_metadata"}
+    assert folders <= {f.parts[0] for f in files}
+    assert {Path("transform_fn/saved_model.pb"), Path("transform_fn/fingerprint.pb"), Path("manifest.json")} <= set(
+        files)
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     differ = [str(name) for name in files if (first / name).read_bytes() != (second / name).read_bytes()]
     assert differ == []

@@ -167,7 +167,8 @@ def test_compare_preprocess_and_tune_refuse_a_folder_in_use(tmp_path, capsys, co
         holder.kill()
         holder.wait()
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{what} {tmp_path / folder}: in use by another mtlrec process (pid {holder.pid} " in err[0]
+    assert len(err) == 1
+    assert f"{what} {tmp_path / folder}: in use by another mtlrec process (pid {holder.pid} " in err[0]
 
 
 def test_nested_stages_share_their_lock_and_release_it(tmp_path):

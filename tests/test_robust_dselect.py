@@ -46,7 +46,8 @@ def test_search_starts_near_the_identity_and_anneals():
                                          steps=101, initial_temperature=tau).numpy()
     np.testing.assert_allclose(np.diag(start), permutation.START_MASS, atol=2e-3)
     assert float(permutation.temperature(110, 10, 101, tau)) == pytest.approx(tau * permutation.FINAL_TEMPERATURE_RATIO)
-    assert float(permutation.temperature(60, 10, 101, tau)) == pytest.approx(tau * permutation.FINAL_TEMPERATURE_RATIO**0.5)
+    halfway = tau * permutation.FINAL_TEMPERATURE_RATIO**0.5
+    assert float(permutation.temperature(60, 10, 101, tau)) == pytest.approx(halfway)
 
 
 def test_fold_moves_binary_selectors_and_keeps_the_others():

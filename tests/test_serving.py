@@ -24,7 +24,8 @@ def served(embedded_data, tmp_path_factory):
     path = export_model(model, inputs, tmp_path_factory.mktemp("serving") / "export")
     records = np.array(list(tf.data.TFRecordDataset(split_files(data_dir, "candidates"), "GZIP").as_numpy_iterator()),
                        dtype=object)  # not numpy bytes: they drop trailing zero bytes
-    raw = {k: v.numpy() for k, v in tf.io.parse_example(records, MOVIELENS.raw_feature_spec(manifest["raw_columns"])).items()}
+    parsed = tf.io.parse_example(records, MOVIELENS.raw_feature_spec(manifest["raw_columns"]))
+    raw = {k: v.numpy() for k, v in parsed.items()}
     return tf.saved_model.load(str(path)).signatures, records, raw, data_dir
 
 

@@ -247,5 +247,6 @@ def test_malformed_genre_file_is_named(tmp_path):
     from pipeline.sources.rows import SourceError
     folder = write_ml100k(tmp_path / "files", ratings(num_users=2, num_items=4, per_user=2))
     recode(folder / "u.genre", replace={b"Comedy|5": b"Comedy 5"})
-    with pytest.raises(SourceError, match=re.escape(f"{folder / 'u.genre'}:6: expected 'genre|index', found 'Comedy 5'")):
+    message = f"{folder / 'u.genre'}:6: expected 'genre|index', found 'Comedy 5'"
+    with pytest.raises(SourceError, match=re.escape(message)):
         grouplens(folder)

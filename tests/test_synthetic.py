@@ -249,7 +249,8 @@ def test_verdicts_follow_ari_significance_and_convergence():
     assert "no significant" in verdict_lines([row], converged)[0] and "no p-value" in verdict_lines([row], converged)[0]
     # Robust DSelect-k against the variant it took its settings from.
     gates["r"] = {"type": "dselect_k", "k": 2}
-    rows = compare_variants(gates, {"d": runs(low), "t": runs(low), "s": runs(low), "r": runs(high)}, [1, 2], {"r": "d"})
+    results = {"d": runs(low), "t": runs(low), "s": runs(low), "r": runs(high)}
+    rows = compare_variants(gates, results, [1, 2], {"r": "d"})
     assert [(r["a"], r["b"]) for r in rows] == [("d", "t"), ("r", "t"), ("r", "d")]
 
 
@@ -443,7 +444,8 @@ def test_tuning_gives_every_variant_the_same_budget_resumes_and_never_reads_the_
         assert study["trials_feasible"] == 3 and study["trials_finished"] == 3 + study["trials_infeasible"]
         assert tuning.learning_rate[0] <= result["learning_rate"] <= tuning.learning_rate[1]
     assert softmax["study"]["trials_infeasible"] == 0
-    assert softmax["gate_params"] == {} and {"gamma", "entropy_weight", "entropy_schedule"} <= set(dselect["gate_params"])
+    assert softmax["gate_params"] == {}
+    assert {"gamma", "entropy_weight", "entropy_schedule"} <= set(dselect["gate_params"])
     trained = softmax["study"]["trials_finished"] + dselect["study"]["trials_finished"]
     assert len(runs) == trained and all(args[4] == [tuning.seed] for args in runs)  # one tuning seed per trial
     again = tune_variant("dselect_k", data, spec, {"type": "dselect_k", "k": 1}, tuning, storage)

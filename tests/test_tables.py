@@ -48,7 +48,8 @@ def test_lookup_known_and_unknown_ids():
 def test_item_table_is_the_train_split(embedded_data):
     folder, manifest = embedded_data
     assert manifest["tables"] == {"item": {"key": "item_id", "columns": ["genres", "year"],
-                                           "file": "tables/item.tfrecord.gz", "rows": manifest["tables"]["item"]["rows"]}}
+                                           "file": "tables/item.tfrecord.gz",
+                                           "rows": manifest["tables"]["item"]["rows"]}}
     ids, columns = read_tables(folder, manifest)["item"]
     train = read_split(folder, "train")
     # Every item of the train split (observed or sampled there), nothing else, with its train columns.

@@ -71,7 +71,8 @@ def runs(tmp_path_factory):
 
 def test_every_subcommand_prints_only_its_own_lines(runs):
     listed = set(re.findall(r"^    (\w+) ", mtlrec("--help").stdout, re.M))
-    assert {"preprocess", "synthetic"} <= listed <= set(runs), f"subcommands this test does not run: {listed - set(runs)}"
+    assert {"preprocess", "synthetic"} <= listed <= set(runs), \
+        f"subcommands this test does not run: {listed - set(runs)}"
     for name, result in runs.items():
         if "--verbose" in name:
             continue
@@ -112,7 +113,8 @@ HARMLESS = ("Analyzer (z_score/mean_and_var/temporary_analyzer_output/Placeholde
             "varies on repeated tracing. This warning is safe to ignore if you either specify `name` for all "
             "analyzers or if the order in which they are invoked is deterministic. If not, please file a bug "
             "with details.")
-NO_DRIVER = "I0000 00:00:1796162886.032995   10045 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used."
+NO_DRIVER = ("I0000 00:00:1796162886.032995   10045 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
+             "GPU will not be used.")
 CUINIT = ("E0000 00:00:1796162898.494630   10045 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
           "Failed call to cuInit: UNKNOWN ERROR (303)")
 REAL_CPP = "E0000 00:00:1796162898.494630   10045 some_kernel.cc:12] a real problem in C++"
@@ -315,7 +317,8 @@ preprocess.run(load_config(None, ["workdir={tmp_path}", "data.source=kuairand", 
 def test_tensorflow_cpp_log_level_is_the_users_when_set(users, verbose, level):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env.update({"PYTHONPATH": str(REPO), **({"TF_CPP_MIN_LOG_LEVEL": users} if users else {})})
-    script = f"import os; from pipeline import terminal; terminal.configure({verbose}); print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    script = (f"import os; from pipeline import terminal; terminal.configure({verbose}); "
+              f"print(os.environ['TF_CPP_MIN_LOG_LEVEL'])")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert result.stdout.strip() == level, result.stderr
 

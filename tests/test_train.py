@@ -286,15 +286,18 @@ def test_export_serves_without_our_packages(embedded_data, tmp_path, policy):
     assert served["rank"]["top_k"] == np.argsort(-np.array(served["rank"]["score"]), kind="stable")[:10].tolist()
 
     if policy == "none":  # `mtlrec export` with other rank defaults
-        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir), "--set", "export.rank_weights={like: 2.0}",
+        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir),
+                                 "--set", "export.rank_weights={like: 2.0}",
                                  "--set", "export.top_k=3"], capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         ranked = _serve_without_our_packages(run_dir / "export", raw, records, tmp_path)["rank"]
         np.testing.assert_allclose(ranked["score"], 2 * np.array(ranked["like"]), atol=1e-6, rtol=0)
         assert ranked["top_k"] == np.argsort(-np.array(ranked["like"]), kind="stable")[:3].tolist()
-        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir), "--set", "export.rank_weights={clicks: 1}"],
+        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir),
+                                 "--set", "export.rank_weights={clicks: 1}"],
                                 capture_output=True, text=True, timeout=600)
-        assert result.returncode == 2 and "export.rank_weights names tasks that are not trained: clicks" in result.stderr
+        assert result.returncode == 2
+        assert "export.rank_weights names tasks that are not trained: clicks" in result.stderr
 
 
 def test_mirrored_strategy_on_two_logical_cpus(embedded_data, tmp_path):
@@ -370,7 +373,8 @@ def test_bad_data_folders_and_gate_names(embedded_data, tmp_path):
         _train(fake, tmp_path / "run")
     (fake / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "format"}))
     from pipeline.artifacts.manifest import DATA_FORMAT
-    with pytest.raises(ArtifactError, match=f"format 1, this code reads format {DATA_FORMAT}; run `mtlrec preprocess` again"):
+    message = f"format 1, this code reads format {DATA_FORMAT}; run `mtlrec preprocess` again"
+    with pytest.raises(ArtifactError, match=message):
         _train(fake, tmp_path / "run")
     result = subprocess.run([str(MTLREC), "train", "--set", "model.gate.type=sparsemax"], capture_output=True,
                             text=True, timeout=300)

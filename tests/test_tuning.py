@@ -192,7 +192,8 @@ def test_one_process_per_database(tmp_path):
     config = settings(tmp_path)
     holder = hold_lock_in_another_process(Path(config.storage).resolve())
     try:
-        with pytest.raises(LockError, match=rf"study database .*: in use by another mtlrec process \(pid {holder.pid} "):
+        message = rf"study database .*: in use by another mtlrec process \(pid {holder.pid} "
+        with pytest.raises(LockError, match=message):
             run_study(config, "toy", toy)
     finally:
         holder.kill()

@@ -22,7 +22,8 @@ def register_dataset(dataset: Dataset) -> Dataset:
         raise ValueError(f"dataset {dataset.name!r} is already registered")
     taken = [s for s in dataset.sources if s in source_names() and dataset_of_source(s) is not dataset]
     if taken:
-        raise ValueError(f"dataset {dataset.name!r}: source {taken[0]!r} already reads {dataset_of_source(taken[0]).name}")
+        raise ValueError(f"dataset {dataset.name!r}: source {taken[0]!r} already reads "
+                         f"{dataset_of_source(taken[0]).name}")
     DATASETS[dataset.name] = dataset
     return dataset
 

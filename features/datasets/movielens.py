@@ -46,15 +46,18 @@ FEATURES = _by_name([
     Feature("weekday", "categorical", ("timestamp",), "UTC day of week", size=7),
     Feature("item_age", "numeric", ("timestamp", "year"), "years from release to interaction, z-score; 0 if unknown"),
     Feature("user_count", "numeric", ("user_id",), "log1p(train interactions of the user), z-score"),
-    Feature("user_mean_rating", "numeric", ("user_id",), "mean train rating of the user (global mean if none), z-score"),
+    Feature("user_mean_rating", "numeric", ("user_id",),
+            "mean train rating of the user (global mean if none), z-score"),
     Feature("item_count", "numeric", ("item_id",), "popularity: log1p(train interactions of the item), z-score"),
-    Feature("item_mean_rating", "numeric", ("item_id",), "mean train rating of the item (global mean if none), z-score"),
+    Feature("item_mean_rating", "numeric", ("item_id",),
+            "mean train rating of the item (global mean if none), z-score"),
     Feature("genre_affinity", "numeric", ("user_id", "genres"),
             "mean over the item's genres of the user's train share of that genre, z-score"),
     Feature("gender", "categorical", ("gender",), "vocabulary + OOV", vocabulary="gender"),
     Feature("age", "categorical", ("age",), "vocabulary of ages/age groups + OOV", vocabulary="age"),
     Feature("occupation", "categorical", ("occupation",), "vocabulary + OOV", vocabulary="occupation"),
-    Feature("zip_prefix", "categorical", ("zip_code",), "first 2 characters, vocabulary + OOV", vocabulary="zip_prefix"),
+    Feature("zip_prefix", "categorical", ("zip_code",), "first 2 characters, vocabulary + OOV",
+            vocabulary="zip_prefix"),
 ])
 
 MOVIELENS = Dataset(

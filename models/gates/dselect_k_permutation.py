@@ -8,13 +8,14 @@ gate's mixture with a learned soft permutation of the experts,
 
 so a selector locked on expert i puts its mass on row i of P, and the loss moves that mass
 to other experts through the logits L (which start at a multiple of the identity, so the search
-starts from the selection the gate has: `identity_logits`). The temperature tau anneals geometrically from its start value to
-FINAL_TEMPERATURE_RATIO times it, so P hardens. The window's last training step folds the
-permutation into the selectors: a selector locked on expert i is rewritten (its z set to the
-bits of the new code, saturated) to point at argmax_j P[i, j], and P is dropped. After the
-window the gate is a plain DSelect-k again: exactly sparse, exported and served as before. (A
-selector that is not binary at the fold holds no single expert and is left as it is: the mixture
-then uses it without P, which the search's rows of it did not change much from the identity.)
+starts from the selection the gate has: `identity_logits`). The temperature tau anneals
+geometrically from its start value to FINAL_TEMPERATURE_RATIO times it, so P hardens. The
+window's last training step folds the permutation into the selectors: a selector locked on
+expert i is rewritten (its z set to the bits of the new code, saturated) to point at
+argmax_j P[i, j], and P is dropped. After the window the gate is a plain DSelect-k again:
+exactly sparse, exported and served as before. (A selector that is not binary at the fold holds no
+single expert and is left as it is: the mixture then uses it without P, which the search's rows of
+it did not change much from the identity.)
 
 COMET learns permutations through Gumbel-Sinkhorn and rounds them with the Hungarian
 algorithm; here only each locked selector's row matters, so the fold takes its row's argmax.

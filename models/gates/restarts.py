@@ -85,8 +85,9 @@ def keras_restarts(model, make_dataset: Callable, seed: int, log=lambda message:
 
     Each candidate runs `model.fit` on a fresh `make_dataset(steps_per_epoch, epochs)` (so every
     candidate sees the same batches, and the caller's own training dataset is not touched) for the
-    planned steps, in two halves (epochs=2), and is scored by the training loss ("loss", the data loss) of the second half. Call it
-    before the model's first fit, not when resuming one (the kept state is then in the checkpoint).
+    planned steps, in two halves (epochs=2), and is scored by the training loss ("loss", the data
+    loss) of the second half. Call it before the model's first fit, not when resuming one (the kept
+    state is then in the checkpoint).
     Returns the losses [restarts, 1], or None if no gate asks for restarts.
     """
     gates, restarts, steps = restart_plan([m for m in model.submodules if isinstance(m, Gate)])

@@ -2,8 +2,9 @@
 
 A stage writes into a hidden temporary sibling and renames it into place only when it
 has succeeded, so a crash or kill leaves at most a `.<name>.tmp-*` folder that no later
-stage reads, and that the next run writing <name> removes. (A rename is atomic on a local disk; on object stores such as GCS, which
-cannot rename folders, the manifest, written last, is what marks a folder complete.)
+stage reads, and that the next run writing <name> removes. (A rename is atomic on a local disk;
+on object stores such as GCS, which cannot rename folders, the manifest, written last, is what
+marks a folder complete.)
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from pipeline.artifacts import locks, storage
 from pipeline.errors import MtlrecError
-from pipeline.artifacts.storage import is_url  # noqa: F401  (re-exported: stages ask artifacts whether a path is remote)
+from pipeline.artifacts.storage import is_url  # also for the stages: whether a path is remote
 
 MANIFEST = "manifest.json"
 _UMASK = os.umask(0o022)

@@ -197,7 +197,8 @@ def read_manifest(folder, required=REQUIRED) -> dict:
     manifest = read_json(storage.join(folder, MANIFEST), "data manifest (was `mtlrec preprocess` run to completion?)")
     missing = [key for key in required if key not in manifest]
     if missing:
-        raise ArtifactError(f"{storage.join(folder, MANIFEST)}: not a valid data manifest, missing {', '.join(missing)}")
+        raise ArtifactError(f"{storage.join(folder, MANIFEST)}: not a valid data manifest, "
+                            f"missing {', '.join(missing)}")
     return manifest
 
 

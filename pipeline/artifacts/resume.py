@@ -83,7 +83,8 @@ class RunState:
             self.checkpoint.read(saved).assert_existing_objects_matched()
         except (ValueError, AssertionError):  # other variables: saved by a version of the model code that differs
             raise ArtifactError(f"{saved}: the saved training state does not fit this model (saved by another "
-                                f"version of mtlrec?); remove the run folder {self.run_dir} to train it again") from None
+                                f"version of mtlrec?); remove the run folder {self.run_dir} to train it "
+                                f"again") from None
         done = self.progress["epoch"]
         self.history = [r for r in _records(join(self.run_dir, runs.HISTORY)) if r["epoch"] <= done]
         self.gates = [r for r in _records(join(self.run_dir, runs.GATES)) if r["epoch"] <= done]

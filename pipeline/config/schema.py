@@ -75,7 +75,8 @@ class TrainConfig(Section):
     # examples it is checked on (train.diagnostics_batches); a static gate on all of them.
     converged_share: float = Field(0.99, gt=0, le=1)
     shuffle_buffer: int = Field(1_000_000, ge=1)  # examples permuted together (capped at the split: a full shuffle)
-    cache: bool = True  # keep the parsed train/validation blocks in memory after the first epoch (pipeline/training/dataset.py)
+    # Keep the parsed train/validation blocks in memory after the first epoch (pipeline/training/dataset.py).
+    cache: bool = True
     seed: int = 0
     # Same command, same bytes: tf.config.experimental.enable_op_determinism() (some GPU ops get slower).
     deterministic: bool = True
@@ -242,7 +243,8 @@ class CompareConfig(Section):
     def _focus_known(self):
         unknown = [f for f in self.focus if f not in self.variants]
         if unknown:
-            raise ValueError(f"focus names unknown variant(s) {', '.join(unknown)}; variants: {', '.join(self.variants)}")
+            raise ValueError(f"focus names unknown variant(s) {', '.join(unknown)}; "
+                             f"variants: {', '.join(self.variants)}")
         return self
 
 

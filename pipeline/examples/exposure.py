@@ -4,8 +4,9 @@ No item is sampled: the exposures the user did not click are the click negatives
 for every task (features/datasets/kuairand.py). Each test user's candidate list is their test
 impressions, at one request time (the first of them: a list is one ranking request), so the
 evaluation ranks what the user was actually shown; with data.kuairand.random_log_test, their
-random-policy impressions from the start of their test period instead (an unbiased test set). pipeline/stages/preprocess.py wires `expand` into
-the stage after deduplication and the per-user time split.
+random-policy impressions from the start of their test period instead (an unbiased test set).
+pipeline/stages/preprocess.py wires `expand` into the stage after deduplication and the per-user
+time split.
 """
 from __future__ import annotations
 

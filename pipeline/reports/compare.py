@@ -285,8 +285,9 @@ def write_report(config, runs: dict, data_dir: str, output: str) -> str:
         doc = rp.Report("Gate comparison: DSelect-k vs Top-k vs softmax (MMoE)")
         cfg = first["config"]
         doc.paragraph(
-            f"Data: {manifest['source']['location']} ({manifest['accepted_rows']} interactions, {manifest['users']} users, "
-            f"{manifest['items']} items); {manifest['test_users']} test users, each ranked on a fixed list of their "
+            f"Data: {manifest['source']['location']} ({manifest['accepted_rows']} interactions, "
+            f"{manifest['users']} users, {manifest['items']} items); {manifest['test_users']} test users, each "
+            f"ranked on a fixed list of their "
             + (f"test interactions + {cfg.data.candidates.negatives} sampled never-interacted items. "
                if dataset_of_manifest(manifest).sampled_negatives else
                "test impressions (the logged exposures with their own labels; nothing sampled). ")

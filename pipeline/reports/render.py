@@ -22,7 +22,7 @@ from pipeline.artifacts.atomic import atomic_write as _atomic_write
 from pipeline.artifacts.atomic import write_json  # noqa: F401  (re-exported: reports write their JSON with it)
 
 matplotlib.use("Agg")  # headless: reports are made on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 # Above this many cells a heatmap's numbers would overlap, so only colours are drawn.
 _MAX_ANNOTATED_CELLS = 100

@@ -20,10 +20,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.artifacts import storage
 from pipeline.sources import Source
-from pipeline.sources.rows import (HALF_STARS, LINE, MAX_AGE, METADATA, REJECTED, WHOLE_STARS, RatingScale,
-                           SourceError, SourceInfo, check_rating, parse_int, rejection, title_year)
-from pipeline.sources.textfiles import (SNIFF_BYTES, TextLines, check_not_wide, decode_line, line_ending, read_head,
-                                read_lines)
+from pipeline.sources.rows import (
+    HALF_STARS, LINE, MAX_AGE, METADATA, REJECTED, WHOLE_STARS, RatingScale, SourceError, SourceInfo, check_rating,
+    parse_int, rejection, title_year)
+from pipeline.sources.textfiles import (
+    SNIFF_BYTES, TextLines, check_not_wide, decode_line, line_ending, read_head, read_lines)
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",

@@ -30,10 +30,9 @@ from apache_beam.io.filesystems import FileSystems
 from features.datasets.kuairand import KUAIRAND, ONEHOT_SIZES, USER_COUNTS, USER_FLAGS, USER_RANGES
 from pipeline.sources import Source
 from pipeline.sources.grouplens import Table, entity_values
-from pipeline.sources.rows import (HELD_OUT, LINE, METADATA, REJECTED, SourceError, SourceInfo,
-                           parse_int, rejection)
-from pipeline.sources.textfiles import (check_not_wide, decode_line, line_ending, line_ranges, read_head, read_line_range,
-                                read_lines)
+from pipeline.sources.rows import HELD_OUT, LINE, METADATA, REJECTED, SourceError, SourceInfo, parse_int, rejection
+from pipeline.sources.textfiles import (
+    check_not_wide, decode_line, line_ending, line_ranges, read_head, read_line_range, read_lines)
 
 VERSIONS = ("pure", "1k", "27k")
 LOG_FIELDS = ("user_id", "video_id", "date", "hourmin", "time_ms", "is_click", "is_like", "is_follow", "is_comment",

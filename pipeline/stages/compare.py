@@ -99,7 +99,8 @@ def _run(config, data_dir: str, configs: dict, force: bool) -> str:
     stale = [key for key, cfg in configs.items() if runs.made_with_other_config(cfg.train.run_dir, cfg)]
     if stale and not force:
         (name, seed), more = stale[0], len(stale) - 1
-        raise ArtifactError(f"{runs.compare_run_dir(config, name, seed)}{f' and {more} more run folders' if more else ''}: "
+        others = f" and {more} more run folders" if more else ""
+        raise ArtifactError(f"{runs.compare_run_dir(config, name, seed)}{others}: "
                             f"made with other settings; rerun with --force to replace them, or use another "
                             f"workdir (--set workdir=...)")
     ensure_data(config, force)

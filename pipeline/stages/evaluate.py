@@ -190,7 +190,8 @@ def main(config, args) -> int:
     paper = result["test_split"]
     if paper["examples"]:
         shown = [f"loss {paper['loss']:.4f}"] + [f"{task} {name} {value:.4f}" for task, values in paper["tasks"].items()
-                                                 for name, value in values.items() if name in ("accuracy", "auc", "mse")]
+                                                 for name, value in values.items()
+                                                 if name in ("accuracy", "auc", "mse")]
         LOG.info(f"test split ({paper['examples']} examples): " + ", ".join(shown))
     LOG.info(f"wrote {storage.join(run_dir, runs.EVAL)}")
     return 0

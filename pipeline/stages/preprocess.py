@@ -13,10 +13,11 @@
                    (with the same bytes on every run: pipeline/artifacts/stable_savedmodel.py)
                 -> manifest.json (counts, label rates, config and its hash)
 
-Its parts: pipeline/sources/ reads the rows (the source `data.source` names), pipeline/examples/sampling.py draws the items,
-pipeline/examples/tfexample.py encodes the examples, pipeline/examples/shards.py writes the files,
-pipeline/examples/counting.py counts them and pipeline/artifacts/manifest.py describes the result; this
-module wires them into one Beam pipeline.
+Its parts: pipeline/sources/ reads the rows (the source `data.source` names),
+pipeline/examples/sampling.py draws the items, pipeline/examples/tfexample.py encodes the
+examples, pipeline/examples/shards.py writes the files, pipeline/examples/counting.py counts them
+and pipeline/artifacts/manifest.py describes the result; this module wires them into one Beam
+pipeline.
 
 Everything is written into a temporary folder that is renamed into place on success (on an
 object store, in place, with the manifest written last: pipeline/artifacts/atomic.py).
@@ -236,9 +237,11 @@ def build_pipeline(p, source, data_config, folder, scratch=None):
     # Lists of one user's rows: a source may pass them on so (USER_BATCHES), sparing the runner
     # an element per row; the others' rows become lists of one.
     batches = rows if getattr(source, "USER_BATCHES", False) else rows | "AsBatches" >> beam.Map(lambda r: [r])
-    counts = [count_elements(batches, "parsed_rows", size=len)]  # pipeline/artifacts/manifest.py turns these into the manifest's
+    # pipeline/artifacts/manifest.py turns these counts into the manifest's.
+    counts = [count_elements(batches, "parsed_rows", size=len)]
     if data_config.user_fraction < 1.0:
-        kept = batches | "SampleUsers" >> beam.Partition(_UserSample(data_config.seed, data_config.user_fraction, user_key), 2)
+        sample = _UserSample(data_config.seed, data_config.user_fraction, user_key)
+        kept = batches | "SampleUsers" >> beam.Partition(sample, 2)
         batches = kept[0]
         counts.append(count_elements(kept[1], "sampled_out_rows", size=len))
 
@@ -247,7 +250,8 @@ def build_pipeline(p, source, data_config, folder, scratch=None):
     histories = (batches | "ByUser" >> beam.Map(lambda b: (b[0][user_key], b))
                  | "GroupUsers" >> beam.GroupByKey()
                  | "DedupeAndSplit" >> beam.FlatMap(_user_history, data_config.split, file, plan,
-                                                     dataset.time_column, item_key).with_outputs(REJECTED, COUNTS, main="users"))
+                                                     dataset.time_column, item_key).with_outputs(
+                     REJECTED, COUNTS, main="users"))
     per_user = histories.users
     counts.append(histories[COUNTS])
     counts.append((rejected, histories[REJECTED]) | "AllRejected" >> beam.Flatten()

@@ -219,7 +219,8 @@ def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, scra
 
     trained = epoch_end.trained
     summary = {
-        "run_dir": storage.absolute(run_dir), "data": runs.stored_data_path(run_dir, data_dir), "epochs": len(history), "best_epoch": best["epoch"],
+        "run_dir": storage.absolute(run_dir), "data": runs.stored_data_path(run_dir, data_dir), "epochs": len(history),
+        "best_epoch": best["epoch"],
         "best_val_loss": best["val_loss"], "epochs_this_session": trained, "train_seconds": seconds,
         "examples_per_second": len(trained) * steps * batch / seconds if trained else None,
         "replicas": strategy.num_replicas_in_sync, "mixed_precision": train_config.mixed_precision,
