@@ -18,10 +18,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import terminal
 from pipeline.config import ConfigError, load_config, to_yaml
 from pipeline.errors import MtlrecError
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.schema import Config
 
 
 def _stage(module: str, function: str = "main"):
@@ -31,7 +35,7 @@ def _stage(module: str, function: str = "main"):
     return run
 
 
-def print_config(config, args) -> int:
+def print_config(config: Config, args: argparse.Namespace) -> int:
     sys.stdout.write(to_yaml(config))
     return 0
 

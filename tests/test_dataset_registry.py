@@ -10,7 +10,7 @@ import apache_beam as beam
 import pytest
 import tensorflow as tf
 
-from features.datasets import dataset_of_source, register_dataset, source_names, unregister_dataset
+from features.datasets import DATASETS, dataset_of_source, register_dataset, source_names
 from features.datasets.movielens import MOVIELENS
 from features.spec import Dataset, Feature, RawColumn, Source
 from features.transform_ops import index
@@ -72,7 +72,7 @@ TOY = Dataset(
 def toy_books():
     register_dataset(TOY)
     yield
-    unregister_dataset(TOY.name)
+    DATASETS.pop(TOY.name, None)  # no other test sees it
 
 
 # ---------------------------------------------------------------- the registry
@@ -88,11 +88,10 @@ def test_a_registered_dataset_and_its_source_are_known_to_the_config(toy_books):
 
 
 def test_an_unregistered_source_is_unknown(toy_books):
-    unregister_dataset(TOY.name)
+    del DATASETS[TOY.name]
     with pytest.raises(ConfigError, match="data.source: unknown source 'toy_books'; known: embedded, grouplens, "
                                           "tfds, kuairand$"):
         load_config(None, ["data.source=toy_books"])
-    register_dataset(TOY)  # for the fixture's teardown
 
 
 def test_names_are_registered_once(toy_books):

@@ -2,8 +2,8 @@
 
 A dataset is one declaration module here (movielens.py, kuairand.py: a features.spec.Dataset with
 its columns, features, tasks, sources and tf.Transform function), listed once below. A test or a
-plugin adds one at run time with `register_dataset`; the config, preprocess, the model, evaluation
-and compare then know it and its sources.
+plugin adds one at run time with `register_dataset` (a test removes it from DATASETS afterwards);
+the config, preprocess, the model, evaluation and compare then know it and its sources.
 """
 from __future__ import annotations
 
@@ -26,11 +26,6 @@ def register_dataset(dataset: Dataset) -> Dataset:
                          f"{dataset_of_source(taken[0]).name}")
     DATASETS[dataset.name] = dataset
     return dataset
-
-
-def unregister_dataset(name: str) -> None:
-    """Forget a dataset (e.g. one a test registered) and its sources."""
-    del DATASETS[name]
 
 
 def dataset_named(name: str) -> Dataset:

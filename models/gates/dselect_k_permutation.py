@@ -24,6 +24,7 @@ This module holds the maths (TensorFlow, no layers); models/gates/dselect_k.py u
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -33,7 +34,7 @@ FINAL_TEMPERATURE_RATIO = 0.01  # tau ends at 1% of its start: P is then a permu
 START_MASS = 0.99  # P_ii at the start: the search starts from the gate's selection, leaking 1% of it
 
 
-def sinkhorn(log_alpha, iterations: int = SINKHORN_ITERATIONS):
+def sinkhorn(log_alpha: tf.Tensor, iterations: int = SINKHORN_ITERATIONS) -> tf.Tensor:
     """Alternate row and column normalisation in log space (Sinkhorn & Knopp, 1967).
 
     Args:
@@ -47,13 +48,13 @@ def sinkhorn(log_alpha, iterations: int = SINKHORN_ITERATIONS):
     return tf.exp(log_alpha)
 
 
-def temperature(step, start: int, steps: int, initial: float):
+def temperature(step: Any, start: int, steps: int, initial: float) -> tf.Tensor:
     """tau at training call `step` of a window [start, start + steps): initial -> initial * ratio."""
     progress = tf.clip_by_value((tf.cast(step, tf.float32) - start) / max(steps - 1, 1), 0.0, 1.0)
     return initial * tf.pow(FINAL_TEMPERATURE_RATIO, progress)
 
 
-def soft_permutation(logits, step, start: int, steps: int, initial_temperature: float):
+def soft_permutation(logits: tf.Tensor, step: Any, start: int, steps: int, initial_temperature: float) -> tf.Tensor:
     """P = Sinkhorn(L / tau(step)): [..., n, n] logits -> [..., n, n]."""
     return sinkhorn(logits / temperature(step, start, steps, initial_temperature))
 
@@ -68,7 +69,7 @@ def identity_logits(num_experts: int, initial_temperature: float) -> np.ndarray:
     return (margin * np.eye(num_experts)).astype(np.float32)
 
 
-def folded_z(z, selectors, permutation, gamma: float):
+def folded_z(z: tf.Tensor, selectors: tf.Tensor, permutation: tf.Tensor, gamma: float) -> tf.Tensor:
     """The selectors' z after folding the permutation in: each selector points at the expert its
     (hardened) row of P sends it to.
 

@@ -8,11 +8,19 @@ through here and refuse a folder made by an incompatible version of the code.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 from features.datasets import dataset_of_manifest, dataset_of_source
 from pipeline.artifacts import storage
 from pipeline.artifacts.atomic import MANIFEST, ArtifactError, read_json
 from pipeline.config import config_hash
 from pipeline.sources.rows import EXACT_DUPLICATE, METADATA, REPEATED_PAIR, ROW, UNDECODABLE_ROW
+
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.artifacts.storage import Location
+    from pipeline.config.schema import DataConfig
+    from pipeline.sources.rows import SourceInfo
 
 # Of a data folder; 2: train and validation also materialized (transformed/); 3: the user and
 # item feature tables (tables/), from which the candidate lists take their user and item columns;
@@ -42,14 +50,14 @@ def table_file(entity: str) -> str:
     return f"tables/{entity}.tfrecord.gz"
 
 
-def describe_tables(dataset, raw_columns, counts: dict[str, int]) -> dict:
+def describe_tables(dataset: Dataset, raw_columns: Sequence[str], counts: dict[str, int]) -> dict:
     """The manifest's record of the feature tables: {entity: {key, columns, file, rows}}."""
     return {entity: {"key": dataset.entity_keys[entity], "columns": columns, "file": table_file(entity),
                      "rows": counts.get(f"table_rows:{entity}", 0)}
             for entity, columns in dataset.entity_columns(raw_columns).items()}
 
 
-def data_settings(data_config) -> dict:
+def data_settings(data_config: DataConfig) -> dict:
     """The data config as the manifest records it. The keys of the random split (split.mode,
     split.stratify) appear only when it is used: a temporal folder keeps the manifest and hash
     it had before the option existed, so no data folder is made again for nothing."""
@@ -59,7 +67,7 @@ def data_settings(data_config) -> dict:
     return tree
 
 
-def data_hash(data_config) -> str:
+def data_hash(data_config: DataConfig) -> str:
     """Hash of the data settings that shape the output (runner options excluded), and of the
     folder's format, so a folder of an older format counts as made with other settings."""
     return config_hash({**{k: v for k, v in data_settings(data_config).items()
@@ -101,7 +109,7 @@ def users_without_test_list(counts: dict[str, int]) -> dict:
     return {"users": total, "reasons": reasons}
 
 
-def label_sums(dataset, columns: dict, split: str) -> dict[str, int]:
+def label_sums(dataset: Dataset, columns: dict, split: str) -> dict[str, int]:
     """The counts of a batch of examples' labels that describe_split reads: per label column,
     its sum (in LABEL_UNITs); for regression labels, also the sum of their weights."""
     out = {}
@@ -116,7 +124,7 @@ def label_sums(dataset, columns: dict, split: str) -> dict[str, int]:
     return out
 
 
-def describe_split(dataset, counts: dict[str, int], split: str, shards: dict) -> dict:
+def describe_split(dataset: Dataset, counts: dict[str, int], split: str, shards: dict) -> dict:
     """One split's entry: its files, examples, observed interactions ("positives": the examples
     that are not sampled items), the rate of every binary label and weight column, and the
     weighted mean of every regression label."""
@@ -139,7 +147,8 @@ def describe_split(dataset, counts: dict[str, int], split: str, shards: dict) ->
     }
 
 
-def build_manifest(source_info, data_config, counts: dict[str, int], shards: dict[str, dict]) -> dict:
+def build_manifest(source_info: SourceInfo, data_config: DataConfig, counts: dict[str, int],
+                   shards: dict[str, dict]) -> dict:
     """The manifest of a finished preprocess run.
 
     Args:
@@ -190,7 +199,7 @@ def build_manifest(source_info, data_config, counts: dict[str, int], shards: dic
     }
 
 
-def read_manifest(folder, required=REQUIRED) -> dict:
+def read_manifest(folder: Location, required: Sequence[str] = REQUIRED) -> dict:
     """The manifest of a preprocessed data folder, checked for the keys later stages need."""
     if not storage.isdir(folder):
         raise ArtifactError(f"{folder}: no such data folder (run `mtlrec preprocess` first)")
@@ -202,7 +211,7 @@ def read_manifest(folder, required=REQUIRED) -> dict:
     return manifest
 
 
-def read_training_manifest(data_dir, tasks) -> dict:
+def read_training_manifest(data_dir: Location, tasks: Iterable[str]) -> dict:
     """The manifest of a data folder to train `tasks` on; refused when the folder's format or
     feature declaration is not this code's, or it has no labels for a task."""
     manifest = read_manifest(data_dir)

@@ -7,7 +7,7 @@ out, and a test keeps the two equal).
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -18,6 +18,9 @@ from pipeline.config.base import GateSettings, Section, Units
 from pipeline.config.synthetic import SyntheticConfig
 from pipeline.stats.registry import per_user_names
 from pipeline.tuning.search_space import spec_error
+
+if TYPE_CHECKING:  # names in annotations only
+    from models.gates.registry import GateConfig
 
 
 class TaskConfig(Section):
@@ -54,7 +57,7 @@ class ModelConfig(Section):
             raise ValueError(f"task_gates names tasks that are not trained: {', '.join(sorted(unknown))}")
         return self
 
-    def gate_for(self, task: str):
+    def gate_for(self, task: str) -> GateConfig:
         return self.task_gates.get(task, self.gate)
 
 

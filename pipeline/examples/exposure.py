@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import apache_beam as beam
 import numpy as np
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from pipeline.examples.counting import COUNTS
 from pipeline.artifacts.manifest import NO_HELD_OUT_ROWS, NO_TEST_LIST, label_sums
 from pipeline.examples.shards import file_order
 from pipeline.examples.tfexample import ExampleEncoder
+
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.config.schema import DataConfig
+    from pipeline.sources import Source
+    from pipeline.sources.grouplens import Table
 
 # One row per (user, video, time): a second row of the same impression is rejected.
 DEDUPE_KEY = ("item_id", "time_ms")
@@ -29,7 +37,7 @@ class ExposureExamples(beam.DoFn):
     """One user's split rows -> (split, user, [tf.Example bytes in file order]) per split, the
     candidate list (the test impressions at one request time), and the counts."""
 
-    def __init__(self, dataset, raw_columns, held_out: bool):
+    def __init__(self, dataset: Dataset, raw_columns: Sequence[str], held_out: bool):
         self.dataset, self.raw_columns, self.held_out = dataset, raw_columns, held_out
         tables = dataset.entity_columns(raw_columns)
         self.user_columns, self.item_columns = tables.get("user", []), tables.get("item", [])
@@ -37,10 +45,10 @@ class ExposureExamples(beam.DoFn):
                             if c not in self.user_columns and c not in self.item_columns]
         self.time = dataset.time_column
 
-    def setup(self):
+    def setup(self) -> None:
         self.encoder = ExampleEncoder(self.dataset.raw_feature_spec(self.raw_columns))
 
-    def process(self, user_parts, videos, users):
+    def process(self, user_parts: tuple[int, dict[str, list[dict]]], videos: Table, users: Table) -> Iterator:
         """videos, users: the source's tables (pipeline.sources.grouplens.Table) of the entity columns."""
         user_id, parts = user_parts
         counts = {}
@@ -82,7 +90,8 @@ def _items_of(user_parts):
     return {r["item_id"] for rows in user_parts[1].values() for r in rows}
 
 
-def expand(per_user, dataset, data_config, raw_columns, source):
+def expand(per_user: beam.PCollection, dataset: Dataset, data_config: DataConfig, raw_columns: Sequence[str],
+           source: Source) -> tuple[beam.PCollection, beam.PCollection]:
     """Per-user split rows -> (examples: (split, user, [tf.Example bytes]), [count PCollections]).
     source: the KuaiRand source (pipeline/sources/kuairand.py), whose user and video tables give the
     entity columns."""

@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import apache_beam as beam
 import numpy as np
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pipeline.examples.counting import COUNTS
 from pipeline.artifacts.manifest import label_sums
 from pipeline.examples.sampling import Catalog, user_rng
 from pipeline.examples.shards import file_order
 from pipeline.examples.tfexample import ExampleEncoder
+
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.config.schema import DataConfig
+    from pipeline.sources import Source
 
 # Which of two rows of one (user, movie) is kept: the latest (then the higher rating, then by line).
 DEDUPE_KEY = ("item_id",)
@@ -32,13 +39,13 @@ class ItemTable(beam.CombineFn):
     source that disagrees with itself about an item's columns gets the minimum: deterministic.
     """
 
-    def __init__(self, item_columns):
+    def __init__(self, item_columns: Sequence[str]):
         self.item_columns = item_columns
 
-    def create_accumulator(self):
+    def create_accumulator(self) -> Any:
         return {}, {}
 
-    def add_input(self, accumulator, user_parts):
+    def add_input(self, accumulator: Any, user_parts: tuple[int, dict[str, list[dict]]]) -> Any:
         first, counts = accumulator
         for split, rows in user_parts[1].items():
             for r in rows:
@@ -49,7 +56,7 @@ class ItemTable(beam.CombineFn):
                     counts[r["item_id"]] = counts.get(r["item_id"], 0) + 1
         return accumulator
 
-    def merge_accumulators(self, accumulators):
+    def merge_accumulators(self, accumulators: Iterable[Any]) -> Any:
         merged = self.create_accumulator()
         for first, counts in accumulators:
             for item, entry in first.items():
@@ -59,7 +66,7 @@ class ItemTable(beam.CombineFn):
                 merged[1][item] = merged[1].get(item, 0) + n
         return merged
 
-    def extract_output(self, accumulator):
+    def extract_output(self, accumulator: Any) -> Any:
         first, counts = accumulator
         return {"meta": {item: dict(zip(self.item_columns, entry[1])) for item, entry in first.items()},
                 "catalog": Catalog({item: entry[0] for item, entry in first.items()}, counts)}
@@ -74,15 +81,16 @@ class SampleExamples(beam.DoFn):
     built as columns and encoded in one go: per-example Python dominated this stage.
     """
 
-    def __init__(self, dataset, data_config, raw_columns, item_columns):
+    def __init__(self, dataset: Dataset, data_config: DataConfig, raw_columns: Sequence[str],
+                 item_columns: Sequence[str]):
         self.dataset, self.cfg = dataset, data_config
         self.raw_columns, self.item_columns = raw_columns, item_columns
         self.row_columns = [c for c in raw_columns if c != "item_id" and c not in item_columns]
 
-    def setup(self):
+    def setup(self) -> None:
         self.encoder = ExampleEncoder(self.dataset.raw_feature_spec(self.raw_columns))
 
-    def process(self, user_parts, catalog, item_meta):
+    def process(self, user_parts: tuple[int, dict[str, list[dict]]], catalog: Catalog, item_meta: dict) -> Iterator:
         """Yields (split, user_id, [tf.Example bytes in file order]): one element per user
         and split, as per-element overhead dominates a Beam stage with 10^5-10^7 examples."""
         user_id, parts = user_parts
@@ -158,7 +166,8 @@ class SampleExamples(beam.DoFn):
                 "like": [float(p and r >= threshold) for p, r in zip(positive, ratings)]}
 
 
-def item_tables(per_user, raw_columns):
+def item_tables(per_user: beam.PCollection, raw_columns: Sequence[str]) -> tuple[list[str], list[beam.PCollection],
+                beam.PCollection, beam.PCollection]:
     """The items of every user's rows: (item columns, [the item count], item meta, catalog), as
     PCollections; what sampling reads (here, and in pipeline/examples/random_split.py)."""
     item_columns = [c for c in ("genres", "year") if c in raw_columns]
@@ -169,7 +178,8 @@ def item_tables(per_user, raw_columns):
     return item_columns, counts, item_meta, catalog
 
 
-def expand(per_user, dataset, data_config, raw_columns, source):
+def expand(per_user: beam.PCollection, dataset: Dataset, data_config: DataConfig, raw_columns: Sequence[str],
+           source: Source) -> tuple[beam.PCollection, beam.PCollection]:
     """Per-user split rows -> (examples: (split, user, [tf.Example bytes]), [count PCollections]).
     dataset: the declaration (features.spec.Dataset) of the examples. source: unused (the MovieLens
     sources join the movie and user columns into the rows)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from pipeline.stats.registry import label as metric_label
 from pipeline.stats.registry import lower_is_better, table_columns
 from features.datasets import dataset_of_manifest
 from pipeline.artifacts.manifest import read_manifest
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.schema import Config
 
 
 
@@ -262,7 +266,7 @@ def _test_split_section(doc, paper: dict, names: list[str]) -> None:
     doc.table(["variant", *headers], rows, bold)
 
 
-def write_report(config, runs: dict, data_dir: str, output: str) -> str:
+def write_report(config: Config, runs: dict, data_dir: str, output: str) -> str:
     """Read the finished runs and write summary.json, report.md, report.html and plots to `output`.
 
     Args:

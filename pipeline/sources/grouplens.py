@@ -13,7 +13,7 @@ import codecs
 import csv
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -25,6 +25,9 @@ from pipeline.sources.rows import (
     parse_int, rejection, title_year)
 from pipeline.sources.textfiles import (
     SNIFF_BYTES, TextLines, check_not_wide, decode_line, line_ending, read_head, read_lines)
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.schema import DataConfig
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
@@ -124,7 +127,7 @@ class Table:
     rejected: dict = field(default_factory=dict)
 
 
-def entity_values(table: Table, id_) -> dict:
+def entity_values(table: Table, id_: Any) -> dict:
     """The columns of an id in a movie, user or video table; ValueError naming why it has none."""
     values = table.rows.get(id_)
     if values is None:
@@ -247,7 +250,7 @@ class GroupLens(Source):
     """A GroupLens folder. Movies and users are side inputs; ratings are read by the runner."""
 
     @classmethod
-    def from_config(cls, data_config) -> GroupLens:
+    def from_config(cls, data_config: DataConfig) -> GroupLens:
         return cls(data_config.path)
 
     def __init__(self, folder: str):
@@ -315,7 +318,7 @@ class GroupLens(Source):
         self.metadata_rejected.append(rejection(f"{text.path}:{number}", text.original(number),
                                                 f"metadata: {reason}", METADATA))
 
-    def expand(self, pipeline):
+    def expand(self, pipeline: beam.Pipeline) -> tuple[beam.PCollection, beam.PCollection]:
         items = pipeline | "Movies" >> beam.Create([self.items])
         users = pipeline | "Users" >> beam.Create([self.users])
         # Bytes, decoded per line in the parser: one undecodable byte rejects one line.

@@ -27,10 +27,13 @@ runner, the number of workers or the order of elements.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import apache_beam as beam
 import tensorflow as tf
@@ -58,6 +61,11 @@ from pipeline.artifacts.storage import copy_tree
 from pipeline.artifacts.stable_savedmodel import canonicalize
 from pipeline.examples.tables import CandidatesFromTables, TrainTables, WriteTables
 from pipeline.terminal import stage_log
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.artifacts.storage import Location
+    from pipeline.config.schema import Config, DataConfig
+    from pipeline.sources import Source
 
 # Runner defaults when the user passes none. bench/preprocess.py (2 shared cores): in-memory
 # took 0.78x the wall time of multi-process with 2 workers on the embedded data (40 s vs 51 s)
@@ -221,7 +229,8 @@ def _write_rejected(records, folder):
 
 
 # ---------------------------------------------------------------- the pipeline
-def build_pipeline(p, source, data_config, folder, scratch=None):
+def build_pipeline(p: beam.Pipeline, source: Source, data_config: DataConfig, folder: Location,
+                   scratch: str | None = None) -> None:
     """Wire the whole stage into pipeline `p`, writing under `folder`.
 
     scratch: a local folder, when `folder` is on a file system without folder renames that Beam
@@ -288,7 +297,7 @@ def build_pipeline(p, source, data_config, folder, scratch=None):
         WriteTransformedShard(str(folder), shards, dataset, raw_columns), beam.pvalue.AsSingleton(written))
 
 
-def counts_path(folder) -> str:
+def counts_path(folder: Location) -> str:
     """Where the pipeline writes its counts (pipeline/examples/counting.py): in the temporary folder."""
     return f"{folder}/tmp/counts.json"
 
@@ -309,7 +318,7 @@ def _beam_temp(folder: str):
     yield f"{folder}/tmp"
 
 
-def run(config, output=None, beam_args=()) -> dict:
+def run(config: Config, output: Location | None = None, beam_args: Sequence[str] = ()) -> dict:
     """Run the stage; returns the manifest. Raises SourceError for unusable input."""
     data_config = config.data
     source = open_source(data_config)  # fails fast, before any folder exists
@@ -338,7 +347,7 @@ def run(config, output=None, beam_args=()) -> dict:
     return manifest
 
 
-def main(config, args) -> int:
+def main(config: Config, args: argparse.Namespace) -> int:
     manifest = run(config, output=args.output, beam_args=args.beam_args)
     splits = ", ".join(f"{k} {v['examples']}" for k, v in manifest["splits"].items())
     LOG.info(f"{manifest['input_rows']} rows = {manifest['accepted_rows']} accepted + "

@@ -7,12 +7,15 @@ run would (pipeline/artifacts/resume.py).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import shutil
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
@@ -25,6 +28,11 @@ from pipeline.stages.export import export_model
 from pipeline.artifacts.manifest import read_training_manifest
 from pipeline.training.modeling import build_model, set_precision
 from pipeline.terminal import stage_log
+
+if TYPE_CHECKING:  # names in annotations only
+    from models.recommender import MultiTaskRecommender
+    from pipeline.artifacts.resume import RunState
+    from pipeline.config.schema import Config, TrainConfig
 
 keras = tf.keras
 
@@ -47,7 +55,7 @@ def split_cpu(devices: int) -> None:
                             f"start a new process") from None
 
 
-def make_strategy(train_config) -> tf.distribute.Strategy:
+def make_strategy(train_config: TrainConfig) -> tf.distribute.Strategy:
     if train_config.cpu_devices > 1:
         split_cpu(train_config.cpu_devices)
     kind = train_config.strategy
@@ -69,12 +77,12 @@ def make_strategy(train_config) -> tf.distribute.Strategy:
 
 
 # ---------------------------------------------------------------- optimizer
-def epoch_steps(train_config, manifest) -> int:
+def epoch_steps(train_config: TrainConfig, manifest: dict) -> int:
     """train.steps_per_epoch, or one pass over the train split."""
     return train_config.steps_per_epoch or max(1, manifest["splits"]["train"]["examples"] // train_config.batch_size)
 
 
-def make_optimizer(train_config, steps_per_epoch: int):
+def make_optimizer(train_config: TrainConfig, steps_per_epoch: int) -> tf.keras.optimizers.Optimizer:
     lr = train_config.learning_rate
     if train_config.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=train_config.epochs * steps_per_epoch)
@@ -86,7 +94,7 @@ def make_optimizer(train_config, steps_per_epoch: int):
 
 
 # ---------------------------------------------------------------- the stage
-def is_chief(strategy) -> bool:
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run folder: always, except the non-chief workers of a
     multi-worker strategy (TF_CONFIG), which train in step with the chief but write nothing it reads."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -97,7 +105,7 @@ def is_chief(strategy) -> bool:
     return task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def diagnose(model, inputs, min_share: float = 1.0) -> dict:
+def diagnose(model: MultiTaskRecommender, inputs: Sequence[dict], min_share: float = 1.0) -> dict:
     """Gate diagnostics of an MMoE model ({} for shared-bottom); `min_share`: the share of examples
     a per-example gate's selection must be final on to count as converged (train.converged_share)."""
     if model.spec.architecture != "mmoe":
@@ -121,7 +129,7 @@ def selection_summary(gate_records: list[dict], exported: dict, steps_per_epoch:
     return out
 
 
-def run(config, callbacks=(), scratch: bool = False) -> dict:
+def run(config: Config, callbacks: Sequence[tf.keras.callbacks.Callback] = (), scratch: bool = False) -> dict:
     """Train, export and write the run folder.
 
     A run folder that holds an unfinished run of the same settings is resumed exactly: from the
@@ -244,7 +252,8 @@ class EpochEnd(keras.callbacks.Callback):
     and early stopping. A callback that raises after it (a pruned trial, a crash) leaves a
     complete epoch behind."""
 
-    def __init__(self, state, out_dir: str, diagnostics_inputs, converged_share: float, save_weights: bool = True):
+    def __init__(self, state: RunState, out_dir: str, diagnostics_inputs: list, converged_share: float,
+                 save_weights: bool = True):
         super().__init__()
         self.state, self.out_dir, self.inputs, self.save_weights = state, out_dir, diagnostics_inputs, save_weights
         self.converged_share = converged_share
@@ -252,10 +261,10 @@ class EpochEnd(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(storage.join(out_dir, runs.TENSORBOARD, "gates"))
         self.trained = []  # epochs (1-based) this process trained
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.trained.append(epoch + 1)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = {k: float(v) for k, v in (logs or {}).items()}
         if self.save_weights:
             self.model.save_weights(runs.checkpoint(self.out_dir, epoch + 1))
@@ -273,6 +282,6 @@ class EpochEnd(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def main(config, args) -> int:
+def main(config: Config, args: argparse.Namespace) -> int:
     run(config)
     return 0

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from features.datasets import dataset_of_manifest
 from features.transform import dense_model_inputs
@@ -25,12 +27,16 @@ from pipeline.artifacts import storage
 from pipeline.artifacts.atomic import ArtifactError
 from pipeline.artifacts.manifest import read_manifest
 
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.artifacts.storage import Location
+
 AUTOTUNE = tf.data.AUTOTUNE
 BLOCK_SIZE = 1024  # examples per materialized record
 MATERIALIZED = ("train", "validation")  # the splits preprocess writes through the transform graph
 
 
-def split_files(data_dir, split: str) -> list[str]:
+def split_files(data_dir: Location, split: str) -> list[str]:
     """The raw tf.Example shards of a split."""
     files = storage.glob(storage.join(data_dir, split, "*.tfrecord.gz"))
     if not files:
@@ -38,7 +44,7 @@ def split_files(data_dir, split: str) -> list[str]:
     return files
 
 
-def transformed_files(data_dir, split: str) -> list[str]:
+def transformed_files(data_dir: Location, split: str) -> list[str]:
     """The materialized (transformed, block) shards of a split."""
     folder = storage.join(data_dir, "transformed", split)
     files = storage.glob(storage.join(folder, "*.tfrecord.gz"))
@@ -63,7 +69,7 @@ def encode_block(columns: dict) -> bytes:
 class InputPipeline:
     """Datasets of one preprocessed data folder; holds the transform layer once."""
 
-    def __init__(self, data_dir, raw_columns, dataset=None):
+    def __init__(self, data_dir: Location, raw_columns: Sequence[str], dataset: Dataset | None = None):
         """dataset: the features.spec.Dataset the folder is made with; None: its manifest's."""
         self.data_dir = str(data_dir)
         self.raw_columns = list(raw_columns)
@@ -76,7 +82,7 @@ class InputPipeline:
         self.transform = self.tft_output.transform_features_layer()
         self._block_datasets = {}
 
-    def to_inputs(self, serialized):
+    def to_inputs(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         """A batch of serialized raw tf.Examples -> model inputs + labels."""
         raw = tf.io.parse_example(serialized, self.spec)
         features = dense_model_inputs(self.transform({c: raw[c] for c in self.raw_columns}))
