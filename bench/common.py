@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.artifacts import write_json
+from pipeline.artifacts.atomic import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

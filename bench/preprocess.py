@@ -13,7 +13,7 @@ A size is `embedded` (100,004 ratings, the default config), a number of ratings:
 ml-latest folder (ratings.csv + movies.csv) generated here, deterministically from --seed,
 with Zipf-like item popularity, skewed user activity and increasing timestamps per user; or
 `kuairand-pure`: a KuaiRand-Pure data folder of Pure's size and shape (27,285 users, 7,551
-videos, ~1.44M standard-policy impressions, ~1.18M random ones; pipeline/kuairand_generate.py),
+videos, ~1.44M standard-policy impressions, ~1.18M random ones; tests/kuairand_files.py),
 preprocessed with configs/kuairand_pure.yaml (issue 17's target: < 5 min on 2 cores):
 
     python -m bench.preprocess --sizes kuairand-pure --modes in_memory --name preprocess_kuairand
@@ -96,7 +96,7 @@ def child(spec: dict) -> None:
     import resource
 
     import features  # noqa: F401  (Keras 2 before TensorFlow)
-    from pipeline import preprocess
+    from pipeline.stages import preprocess
     from pipeline.config import load_config
 
     config = load_config(spec.get("config"), spec["overrides"])
@@ -128,7 +128,8 @@ def digest(folder: Path) -> dict[str, str]:
 
 def generate_kuairand(folder: Path, seed: int) -> Path:
     """A KuaiRand-Pure-shaped data folder; written once per seed."""
-    from pipeline.kuairand_generate import write_kuairand
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the generator is test data
+    from kuairand_files import write_kuairand
     folder = folder / f"KuaiRand-Pure-seed{seed}" / "data"
     if not folder.exists():
         tmp = folder.with_name("data.tmp")

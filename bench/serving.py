@@ -2,7 +2,7 @@
 
 Writes bench/results/serving.json. Sparse serving (models/sparse.py) pays off where the experts'
 FLOPs outweigh the fixed per-call cost, so it is judged where a deployed ranker works: one
-`rank` request (pipeline/export.py: user id, request time, N candidate item ids -> every task's
+`rank` request (pipeline/stages/export.py: user id, request time, N candidate item ids -> every task's
 scores, the combined score and the top K) at N = 100 and 1000 candidates, on the embedded data,
 
 - at the paper's size (configs/movielens_1m_paper.yaml: 16 experts of Dense 256 on the 128-d
@@ -113,10 +113,10 @@ def rank_exports(data_dir: str, folder: Path, size: str) -> dict:
     """Dense and sparse exports of a model of `size` with binary static DSelect-k selectors."""
     from models.sparse import SparseRecommender
     from pipeline.config import load_config
-    from pipeline.dataset import InputPipeline
-    from pipeline.export import export_model
-    from pipeline.manifest import read_training_manifest
-    from pipeline.modeling import build_model
+    from pipeline.training.dataset import InputPipeline
+    from pipeline.stages.export import export_model
+    from pipeline.artifacts.manifest import read_training_manifest
+    from pipeline.training.modeling import build_model
     config_file, choices = RANK_SIZES[size]
     config = load_config(config_file, [f"train.data={data_dir}", "model.gate.type=dselect_k", f"model.gate.k={K}",
                                        "model.gate.per_example=false"])
@@ -136,9 +136,9 @@ def rank_exports(data_dir: str, folder: Path, size: str) -> dict:
 
 def rank_requests(data_dir: str) -> dict:
     """{N: one ranking request}: a test user at its request time, N distinct items of the item table."""
-    from pipeline.evaluate import read_candidates
-    from pipeline.manifest import read_manifest
-    from pipeline.tables import read_tables
+    from pipeline.stages.evaluate import read_candidates
+    from pipeline.artifacts.manifest import read_manifest
+    from pipeline.examples.tables import read_tables
     manifest = read_manifest(data_dir)
     items, _ = read_tables(data_dir, manifest)["item"]
     candidates = read_candidates(data_dir, manifest)

@@ -27,7 +27,7 @@ graph mode unless said; figures of bench/results/train.json):
   becomes a slow sort under XLA on CPU: over half of the XLA kernel time. XLA on the gates alone
   was not faster than the flat graph ops either. So jit_compile stays off by default.
 - No host round trip per step: the gate step counter is an AssignAddVariableOp inside the graph,
-  gate diagnostics run once per epoch (pipeline/train.py EpochRecords), and with verbose=2 (not a
+  gate diagnostics run once per epoch (pipeline/stages/train.py EpochRecords), and with verbose=2 (not a
   tty) no callback has per-batch hooks. (verbose=1 adds Keras' progress bar, which syncs per batch.)
 """
 from __future__ import annotations
@@ -51,10 +51,10 @@ import tensorflow as tf
 
 from bench.common import write
 from pipeline.config import load_config
-from pipeline.dataset import InputPipeline
-from pipeline.manifest import read_training_manifest
-from pipeline.modeling import model_spec
-from pipeline.train import make_optimizer
+from pipeline.training.dataset import InputPipeline
+from pipeline.artifacts.manifest import read_training_manifest
+from pipeline.training.modeling import model_spec
+from pipeline.stages.train import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -251,7 +251,8 @@ def main():
         for mode in args.modes:
             runners[variant, mode, "current"] = make_runner(config, manifest, inputs, cached_it, mode == "xla")
         if baseline_cls is not None and variant != "shared_bottom":  # shared-bottom has no MMoE
-            runners[variant, "graph", "baseline"] = make_runner(config, manifest, inputs, cached_it, False, baseline_cls)
+            runners[variant, "graph", "baseline"] = make_runner(config, manifest, inputs, cached_it, False,
+                                                                baseline_cls)
     profiles = {}
     if args.profile:  # before the timing, in a fresh process state
         profiles = {"/".join(key): profile(run, args.profile_steps) for key, run in runners.items()
@@ -317,9 +318,11 @@ def main():
             "(inter-op parallelism), so compare shares and op counts, not absolute op ms"), **profiles}
     reference = current["graph" if "graph" in args.modes else args.modes[0]]
     result["input_pipeline_examples_per_second"] = pipeline
-    result["input_to_train_ratio"] = {mode: {v: rate / reference[v] for v in reference} for mode, rate in pipeline.items()}
+    result["input_to_train_ratio"] = {mode: {v: rate / reference[v] for v in reference}
+                                      for mode, rate in pipeline.items()}
     result["input_target"] = {"uncached_over_train_at_least": INPUT_TARGET,
-                              "met": {v: r >= INPUT_TARGET for v, r in result["input_to_train_ratio"]["uncached"].items()}}
+                              "met": {v: r >= INPUT_TARGET
+                                      for v, r in result["input_to_train_ratio"]["uncached"].items()}}
 
     for mode in args.modes:
         for v, rate in current[mode].items():

@@ -51,6 +51,20 @@ class Task:
     description: str
 
 
+@dataclass(frozen=True)
+class Source:
+    """A `data.source` that reads a dataset: its reader class in pipeline/sources/ and what it needs.
+
+    Args:
+      reader: the reader class (a pipeline.sources.Source subclass), or its import path, e.g.
+        "pipeline.sources.grouplens.GroupLens", imported only when preprocess runs (it needs Beam).
+      path: what `data.path` must name for this source (e.g. "a folder with the GroupLens
+        files"), or None if the source takes no path.
+    """
+    reader: object
+    path: str | None = None
+
+
 def _by_name(items) -> dict:
     return {item.name: item for item in items}
 
@@ -73,6 +87,9 @@ class Dataset:
       constants: the numbers that shape the transform (buckets, list lengths), hashed.
       sampled_negatives: whether examples are observed interactions plus sampled items
         (MovieLens), or every example is an exposure with its own labels (KuaiRand).
+      sources: {`data.source` name: Source}, the sources that read it (the config accepts these).
+      transform: its tf.Transform preprocessing_fn maker, `maker(raw_columns) -> preprocessing_fn`,
+        or its import path (features/transform_<name>.py; imports TensorFlow, so named, not imported).
     """
     name: str
     raw_columns: dict
@@ -86,6 +103,8 @@ class Dataset:
     default_test_metrics: dict = field(default_factory=dict)
     constants: dict = field(default_factory=dict)
     sampled_negatives: bool = False
+    sources: dict = field(default_factory=dict)
+    transform: object = None
 
     def active_features(self, raw_columns) -> list[str]:
         """The features a source can feed: those whose raw columns it all provides."""

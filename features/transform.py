@@ -1,24 +1,29 @@
 """The tf.Transform preprocessing_fn of a dataset, and the model's view of its outputs.
 
-The Beam stage fits the analyzers on the TRAIN split only (pipeline/preprocess.py); trainer and
+The Beam stage fits the analyzers on the TRAIN split only (pipeline/stages/preprocess.py); trainer and
 exported model both apply the resulting transform graph to raw columns, so training and serving
 cannot drift. Each dataset's preprocessing_fn is in features/transform_<dataset>.py, the
 analyzers they share in features/transform_ops.py.
 """
 from __future__ import annotations
 
+import importlib
+
 import tensorflow as tf
 
 from features.datasets.movielens import MAX_VALUES
-from features.transform_kuairand import make_kuairand_preprocessing_fn
-from features.transform_movielens import make_movielens_preprocessing_fn
 from features.transform_ops import OOV_BUCKETS
+
 
 def make_preprocessing_fn(dataset, raw_columns):
     """The preprocessing_fn of `dataset` (a features.spec.Dataset) for a source with these raw
-    columns (features whose columns are missing are skipped)."""
-    makers = {"movielens": make_movielens_preprocessing_fn, "kuairand": make_kuairand_preprocessing_fn}
-    return makers[dataset.name](raw_columns)
+    columns (features whose columns are missing are skipped): its declared `transform`, a maker
+    or the import path of one (e.g. features/transform_movielens.py)."""
+    maker = dataset.transform
+    if isinstance(maker, str):
+        module, _, name = maker.rpartition(".")
+        maker = getattr(importlib.import_module(module), name)
+    return maker(raw_columns)
 
 
 def categorical_sizes(dataset, tft_output, feature_names) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """`mtlrec`: one entry point, one subcommand per stage.
 
 Every subcommand takes `--config FILE.yaml` and repeated `--set key=value` over the defaults,
-which live in code (pipeline/config.py; `mtlrec config` prints them resolved). Stage modules
+which live in code (pipeline/config/schema.py; `mtlrec config` prints them resolved). Stage modules
 are imported only when their subcommand runs, so `--help`, `mtlrec config` and config errors
 stay instant (TensorFlow takes seconds to import). The terminal shows each stage's own lines;
 `--verbose` adds the libraries' logs (pipeline/terminal.py).
@@ -9,18 +9,22 @@ stay instant (TensorFlow takes seconds to import). The terminal shows each stage
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import importlib.metadata
 import os
+import re
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import terminal
 from pipeline.config import ConfigError, load_config, to_yaml
 from pipeline.errors import MtlrecError, classify
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.schema import Config
 
 
 def _stage(module: str, function: str = "main"):
@@ -30,37 +34,37 @@ def _stage(module: str, function: str = "main"):
     return run
 
 
-def print_config(config, args) -> int:
+def print_config(config: Config, args: argparse.Namespace) -> int:
     sys.stdout.write(to_yaml(config))
     return 0
 
 
 def version() -> str:
-    """The installed package's version; from a checkout that is not installed, setup.py's."""
+    """The installed package's version; from a checkout that is not installed, pyproject.toml's."""
     try:
         return importlib.metadata.version("mtlrec")
     except importlib.metadata.PackageNotFoundError:
-        setup = ast.parse((Path(__file__).resolve().parents[1] / "setup.py").read_text())
-        return next(keyword.value.value for node in ast.walk(setup) if isinstance(node, ast.Call)
-                    for keyword in node.keywords if keyword.arg == "version")
+        metadata = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+        return re.search(r'^version = "([^"]+)"$', metadata, re.M).group(1)  # [project]'s: the first one
 
 
 # name -> (help, runner). Runners take (config, parsed args) and return an exit code.
 COMMANDS = {
     "preprocess": ("Beam + tf.Transform: source data -> TFRecords, transform graph, manifest "
-                   "(Beam pipeline options go after --)", _stage("pipeline.preprocess")),
+                   "(Beam pipeline options go after --)", _stage("pipeline.stages.preprocess")),
     "tune": ("equal-budget Optuna tuning of every compare variant on validation loss; writes "
-             "<workdir>/tune/best.yaml for `compare --config` (resumes when started again)", _stage("pipeline.tune")),
+             "<workdir>/tune/best.yaml for `compare --config` (resumes when started again)",
+             _stage("pipeline.stages.tune")),
     "train": ("train one multi-task model (TFRS, tf.distribute) on preprocessed data; "
-              "a killed run resumes when started again", _stage("pipeline.train")),
+              "a killed run resumes when started again", _stage("pipeline.stages.train")),
     "evaluate": ("score the fixed candidate lists with a run's exported model; writes eval.json",
-                 _stage("pipeline.evaluate")),
+                 _stage("pipeline.stages.evaluate")),
     "compare": ("the main job: preprocess, train and evaluate every gate x seed, then report",
-                _stage("pipeline.compare")),
+                _stage("pipeline.stages.compare")),
     "export": ("(re-)export a trained run as a SavedModel; --sparse computes only the experts static gates "
-               "select", _stage("pipeline.export")),
+               "select", _stage("pipeline.stages.export")),
     "synthetic": ("the synthetic expert-selection benchmark (the paper's study)",
-                  _stage("pipeline.synthetic")),
+                  _stage("pipeline.stages.synthetic")),
     "config": ("print the resolved config (defaults <- --config file <- --set) as YAML; "
                "it loads back with --config", print_config),
 }
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     except MtlrecError as exc:
         print(f"mtlrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001  (only failures of storage, network, cluster are mapped)
+    except Exception as exc:  # only failures of storage, network, cluster and system are mapped; others re-raised
         failure = classify(exc)
         if failure is None:
             raise  # a bug: keep its traceback

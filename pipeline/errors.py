@@ -80,7 +80,7 @@ CLUSTER_MESSAGE = re.compile(r"/job:\w+/replica:\d+/task:\d+|heartbeat|[Cc]ollec
                              r"coordination service", re.IGNORECASE)
 
 
-def one_line(text) -> str:
+def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

@@ -10,6 +10,10 @@ message of any other text (a real problem) still reaches the user:
 
 `--verbose` shows everything again: C++ logs from level 0 (INFO), absl and TensorFlow INFO,
 and Python warnings with the "default" action (DeprecationWarning included).
+
+The pipeline's own lines are log records of one logger per stage (`stage_log`: "mtlrec.train",
+...), written to stderr as `<stage>: <message>` whatever --verbose says: what a stage did and
+where its results went.
 """
 from __future__ import annotations
 
@@ -20,19 +24,51 @@ import re
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 
-_TF_LOG = r"[IWE]\d{4} [\d:.]+ +\d+ "  # absl C++ prefix: severity, date, time, thread id
+# TensorFlow's C++ log prefix: absl's "I0000 00:00:1712345678.123456   12345 port.cc:153] " (TF >= 2.16:
+# severity, date, time, thread, file), or the older "2024-03-01 10:00:00.123456: I tensorflow/core/util/port.cc:113] ".
+_PREFIX = r"(?:[IWE]\d{4} [\d:.]+ +\d+ |\d{4}-\d\d-\d\d [\d:.]+: [IWE] (?:[\w.-]+/)*)"
 
-# C++ lines written while TensorFlow loads and looks for GPUs, before its log level applies.
-STARTUP_LINES = [re.compile(p) for p in (
-    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
-    _TF_LOG + r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used\.",
-)]
-# Harmless only after "Could not find cuda drivers": no driver, so CUDA cannot start; on a
-# machine with a driver, the same failure is a real problem and stays visible.
-NO_DRIVER_CUINIT = re.compile(
-    _TF_LOG + r"cuda_platform\.cc:\d+\] failed call to cuInit: INTERNAL: CUDA error: "
-              r"Failed call to cuInit: UNKNOWN ERROR \(303\)")
+
+def _cpp(files: str, message: str) -> re.Pattern:
+    """A C++ log line of one of `files` (a regex, e.g. "port"), any line number, whose message is `message`."""
+    return re.compile(_PREFIX + f"(?:{files})" + r"\.cc:\d+\] " + message)
+
+
+# C++ lines written while TensorFlow loads and looks for GPUs, before its log level applies. Which
+# of them appear depends on the CPU (oneDNN, the instruction-set notice) and on the CUDA install.
+_NO_DRIVER = _cpp("cudart_stub", r"Could not find cuda drivers on your machine, GPU will not be used\.")
+_CPU_GUARD = [  # the binary's instruction-set notice; the next line names the instructions it was not built with
+    _cpp("cpu_feature_guard", r"This TensorFlow binary is optimized to use available CPU instructions in "
+                              r"performance-critical operations\."),
+    _cpp("cpu_feature_guard", r"This TensorFlow binary is optimized with oneAPI Deep Neural Network Library "
+                              r"\(oneDNN\) to use the following CPU instructions in performance-critical "
+                              r"operations: +[A-Z0-9_ ]+")]
+STARTUP_LINES = [
+    re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"),
+    _cpp("port", re.escape("oneDNN custom operations are on. You may see slightly different numerical results due "
+                           "to floating-point round-off errors from different computation orders. To turn them off, "
+                           "set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.")),
+    *_CPU_GUARD,
+    _NO_DRIVER,
+    _cpp("py_utils", r"TF-TRT Warning: Could not find TensorRT"),
+    # The CUDA wheels register these plugins twice (XLA's and TensorFlow's copies); the first one is used.
+    *[_cpp(file, f"Unable to register {plugin} factory: Attempting to register factory for plugin {plugin} when "
+                 f"one has already been registered")
+      for file, plugin in (("cuda_dnn", "cuDNN"), ("cuda_fft", "cuFFT"), ("cuda_blas", "cuBLAS"))],
+]
+# Lines harmless only after one of the given start-up lines: (the line, those it must follow).
+STARTUP_SEQUELS = [
+    (re.compile(r"To enable the following instructions: [A-Z0-9_ ]+, in other operations, rebuild TensorFlow with "
+                r"the appropriate compiler flags\."), _CPU_GUARD),
+    (re.compile(r"To enable them in other operations, rebuild TensorFlow with the appropriate compiler flags\."),
+     _CPU_GUARD),
+    # No driver, so CUDA cannot start; on a machine with a driver, the same failure is a real
+    # problem and stays visible.
+    (_cpp("cuda_platform|cuda_driver", r"failed call to cuInit: (?:INTERNAL: CUDA error: Failed call to cuInit: )?"
+                                       r"UNKNOWN ERROR \(303\)"), [_NO_DRIVER]),
+]
 
 _RETRACING_TAIL = re.escape(
     " triggered tf.function retracing. Tracing is expensive and the excessive number of tracings could be due "
@@ -50,12 +86,77 @@ LOG_MESSAGES = {
         r"cache key varies on repeated tracing\. This warning is safe to ignore if you either specify `name` "
         r"for all analyzers or if the order in which they are invoked is deterministic\. If not, please file "
         r"a bug with details\.")],
-    # The synthetic study builds ~100 models, each with its own compiled epoch loop, on purpose.
-    "tensorflow": [re.compile(r"\d+ out of the last \d+ calls to <function train_run\.<locals>\."
-                              r"(run_epoch|<lambda>) at 0x[0-9a-f]+>" + _RETRACING_TAIL)],
+    # The synthetic study builds ~100 models, each with its own compiled epoch loop and gate read-outs, on
+    # purpose: runs of 1-2 epochs trace them more often than TensorFlow expects (pipeline/synthetic/training.py).
+    "tensorflow": [re.compile(r"\d+ out of the last \d+ calls to (<function train_runs\.<locals>\.run_epoch at "
+                              r"0x[0-9a-f]+>|<bound method TaskRoutedMoE\.(expert_weights|row_diagnostics) of "
+                              r"<models\.synthetic\.TaskRoutedMoE object at 0x[0-9a-f]+>>)"
+                              + _RETRACING_TAIL)],
 }
 
+# Keras compiles a train, test and predict function per model, all from the same code, which
+# TensorFlow's retracing count does not tell apart: a stage that trains model after model in one
+# process (tune's trials, compare's runs), each for a few steps, gets its notice about no problem.
+# Hidden only there (models_one_after_another): in one model, a retracing notice is news.
+PER_MODEL_RETRACING = re.compile(r"\d+ out of the last \d+ calls to <function Model\.make_(train|test|predict)_function"
+                                 r"\.<locals>\.(train|test|predict)_function at 0x[0-9a-f]+>" + _RETRACING_TAIL)
+
 _verbose = False
+
+# The pipeline's own loggers: "mtlrec.<stage>", each line written to stderr as its prefix + message.
+ROOT_LOGGER = "mtlrec"
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to sys.stderr as it is at each record (pytest's capsys replaces it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def _own_lines() -> logging.Logger:
+    """The "mtlrec" logger, writing plain lines to stderr: set up once, on first use."""
+    root = logging.getLogger(ROOT_LOGGER)
+    if not any(isinstance(h, _Stderr) for h in root.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(prefix)s%(message)s", defaults={"prefix": ""}))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False  # not also through the root logger's handlers (absl's, under --verbose)
+    return root
+
+
+def stage_log(stage: str, prefix: str | None = None) -> logging.LoggerAdapter:
+    """The logger of one stage ("mtlrec.<stage>"): `.info(message)` writes `<stage>: <message>` to
+    stderr, or `<prefix><message>` when a prefix is given.
+
+    A caller silences a stage with `logging.getLogger("mtlrec.<stage>").setLevel(logging.WARNING)`
+    (tune's trials, which train quietly)."""
+    _own_lines()
+    return logging.LoggerAdapter(logging.getLogger(f"{ROOT_LOGGER}.{stage}"),
+                                 {"prefix": f"{stage}: " if prefix is None else prefix})
+
+
+@contextlib.contextmanager
+def quiet(*stages: str) -> Iterator[None]:
+    """Within the block, the given stages' loggers show warnings only (tune's trials train quietly)."""
+    loggers = [logging.getLogger(f"{ROOT_LOGGER}.{stage}") for stage in stages]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def verbose() -> bool:
@@ -92,7 +193,22 @@ def configure(verbose_: bool) -> None:
 
 
 @contextlib.contextmanager
-def startup_lines_filtered():
+def models_one_after_another() -> Iterator[None]:
+    """Within the block, a stage trains one Keras model after another: TensorFlow's retracing notice
+    for Keras' per-model functions (PER_MODEL_RETRACING) is hidden, unless --verbose."""
+    if _verbose:
+        yield
+        return
+    logger, hide = logging.getLogger("tensorflow"), _DropKnown([PER_MODEL_RETRACING])
+    logger.addFilter(hide)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hide)
+
+
+@contextlib.contextmanager
+def startup_lines_filtered() -> Iterator[None]:
     """Within the block, lines written to fd 2 (C++ or Python) reach it unless in STARTUP_LINES.
 
     A thread forwards the lines as they come, so a crash in the block still shows its message.
@@ -104,13 +220,14 @@ def startup_lines_filtered():
     os.close(write_end)
 
     def forward():
-        no_driver = False
+        seen = set()  # the start-up lines met so far
         with os.fdopen(read_end, "rb") as lines:
             for line in lines:
                 text = line.decode("utf-8", "replace").rstrip("\n")
-                if any(p.fullmatch(text) for p in STARTUP_LINES):
-                    no_driver = no_driver or "Could not find cuda drivers" in text
-                elif not (no_driver and NO_DRIVER_CUINIT.fullmatch(text)):
+                known = [p for p in STARTUP_LINES if p.fullmatch(text)]
+                seen.update(known)
+                if not known and not any(p.fullmatch(text) and seen.intersection(after)
+                                         for p, after in STARTUP_SEQUELS):
                     os.write(saved, line)
 
     forwarder = threading.Thread(target=forward, name="mtlrec-startup-lines", daemon=True)

@@ -3,9 +3,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import features  # noqa: E402,F401  (selects tf-keras before TensorFlow loads)
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import features  # noqa: F401  (selects tf-keras before TensorFlow loads)
+import pytest
+import tensorflow as tf
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +22,7 @@ EMBEDDED_OVERRIDES = ("data.user_fraction=0.06", "data.negatives.per_positive=2"
 
 def run_preprocess(workdir, *overrides):
     """Run `mtlrec preprocess` in-process (the CLI is a thin wrapper) and return its manifest."""
-    from pipeline import preprocess
+    from pipeline.stages import preprocess
     from pipeline.config import load_config
     return preprocess.run(load_config(None, [f"workdir={workdir}", *overrides]))
 
@@ -33,3 +33,30 @@ def embedded_data(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("embedded")
     manifest = run_preprocess(workdir, *EMBEDDED_OVERRIDES)
     return workdir / "data", manifest
+
+
+# A tiny model on `embedded_data`: enough for the stages after training to have something to read.
+TINY_MODEL = ("train.epochs=2", "train.steps_per_epoch=2", "train.batch_size=256", "train.diagnostics_batches=1",
+              "model.expert_units=[8]", "model.tower_units=[4]", "model.num_experts=3", "model.id_embedding_dim=4",
+              "model.gate.k=2")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(embedded_data, tmp_path_factory):
+    """A run folder trained (and exported) by `mtlrec train` on `embedded_data`, with TINY_MODEL.
+    Tests that write into a run folder take a copy (`copy_run`)."""
+    from pipeline.cli import main
+    data_dir, _ = embedded_data
+    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+    args = [f"train.data={data_dir}", f"train.run_dir={run_dir}", *TINY_MODEL]
+    assert main(["train", *(a for o in args for a in ("--set", o))]) == 0
+    return run_dir
+
+
+def copy_run(run_dir, name: str):
+    """A copy of a run folder beside it (train.json finds the data relative to the run folder)."""
+    import shutil
+    import uuid
+    copy = run_dir.parent / f"{name}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(run_dir, copy)
+    return copy

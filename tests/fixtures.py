@@ -29,7 +29,8 @@ def movies(num_items=30):
 
 def users(num_users=12):
     occupations = ["engineer", "writer", "student"]
-    return {u: ("M" if u % 2 else "F", 18 + u, occupations[u % 3], f"{10000 + 37 * u}") for u in range(1, num_users + 1)}
+    return {u: ("M" if u % 2 else "F", 18 + u, occupations[u % 3], f"{10000 + 37 * u}")
+            for u in range(1, num_users + 1)}
 
 
 def write_ml100k(folder: Path, rating_rows, extra_lines=()):
@@ -45,7 +46,8 @@ def write_ml100k(folder: Path, rating_rows, extra_lines=()):
         item_lines.append(f"{i}|{title}|01-Jan-{1980 + i % 30}||http://example.org|{flags}")
     (folder / "u.item").write_bytes(("\n".join(item_lines) + "\n").encode("latin-1"))
     (folder / "u.genre").write_text("\n".join(f"{g}|{k}" for k, g in enumerate(genre_names)) + "\n", encoding="utf-8")
-    user_lines = [f"{u}|{age}|{g}|{occ}|{z}" for u, (g, age, occ, z) in users(max(u for u, _, _, _ in rating_rows)).items()]
+    user_lines = [f"{u}|{age}|{g}|{occ}|{z}"
+                  for u, (g, age, occ, z) in users(max(u for u, _, _, _ in rating_rows)).items()]
     (folder / "u.user").write_text("\n".join(user_lines) + "\n", encoding="utf-8")
     return folder
 
@@ -115,8 +117,8 @@ def untrained_model(data_dir, manifest, *overrides):
     from features.transform import dense_model_inputs
     from models.recommender import MultiTaskRecommender
     from pipeline.config import load_config
-    from pipeline.dataset import InputPipeline
-    from pipeline.modeling import model_spec
+    from pipeline.training.dataset import InputPipeline
+    from pipeline.training.modeling import model_spec
     config = load_config(None, list(overrides))
     inputs = InputPipeline(data_dir, manifest["raw_columns"])
     model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
@@ -127,7 +129,7 @@ def untrained_model(data_dir, manifest, *overrides):
 
 HOLDER = """
 import sys, time
-from pipeline import locks
+from pipeline.artifacts import locks
 with locks.hold(sys.argv[1], "folder"):
     print("held", flush=True)
     time.sleep(120)
@@ -135,7 +137,7 @@ with locks.hold(sys.argv[1], "folder"):
 
 
 def hold_lock_in_another_process(folder):
-    """A live process holding the lock of `folder` (pipeline/locks.py), once this returns.
+    """A live process holding the lock of `folder` (pipeline/artifacts/locks.py), once this returns.
     The caller kills it (proc.kill(); proc.wait())."""
     import subprocess
     import sys

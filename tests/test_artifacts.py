@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from features.datasets.movielens import MOVIELENS
-from pipeline.artifacts import MANIFEST, read_json, staged_folder, write_json
-from pipeline.tfexample import ExampleEncoder
+from pipeline.artifacts.atomic import MANIFEST, read_json, staged_folder, write_json
+from pipeline.examples.tfexample import ExampleEncoder
 
 
 def test_staged_folder_replaces_only_on_success(tmp_path):
@@ -80,7 +80,8 @@ def test_example_encoder_equals_protobuf_deterministic_serialization():
     # Columns with one value in every example, passed once as constants: the same bytes.
     fixed = {"gender": "F", "age": 25, "zip_code": "12345"}
     varying = {k: v for k, v in data.items() if k not in fixed}
-    assert encoder.encode(varying, constants=fixed) == encoder.encode({**varying, **{k: [v] * n for k, v in fixed.items()}})
+    repeated = {k: [v] * n for k, v in fixed.items()}
+    assert encoder.encode(varying, constants=fixed) == encoder.encode({**varying, **repeated})
 
 
 @pytest.mark.parametrize("dataset", ["movielens", "kuairand"])
@@ -90,7 +91,7 @@ def test_train_batches_equal_tfx_bsl_decoder(dataset):
     from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
 
     from features.datasets import dataset_named
-    from pipeline.shards import TrainBatches
+    from pipeline.examples.shards import TrainBatches
     declaration = dataset_named(dataset)
     spec = declaration.raw_feature_spec(list(declaration.raw_columns))
     schema = schema_utils.schema_from_feature_spec(spec)

@@ -1,7 +1,7 @@
 """The `mtlrec` entry point and the config loader, driven as a user would."""
 import importlib.metadata
-import re
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,20 +77,45 @@ def test_yaml_round_trip(tmp_path):
     assert load_config(path) == config
 
 
+@pytest.mark.parametrize("command", [["evaluate"], ["export"], ["export", "--sparse"]])
+def test_run_commands_on_a_folder_that_is_not_a_trained_run_say_what_to_pass(tmp_path, capsys, command):
+    """Every --run command, given an empty folder, a data folder, a missing folder or an unfinished run:
+    one line naming the folder, why it is not a run, and what to pass instead; nothing written."""
+    from pipeline import cli
+    instead = ("pass a run folder written by `mtlrec train`, e.g. <workdir>/models/default or "
+               "<workdir>/compare/<variant>/seed<k>")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text("{}")
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "config.yaml").write_text("{}")
+    expected = {"empty": f"not a run folder (no train.json); {instead}",
+                "data": f"not a run folder (no train.json); {instead}",
+                "missing": f"no such run folder (no train.json); {instead}",
+                "unfinished": "its training has not finished (no train.json); run `mtlrec train` with the same "
+                              f"settings to finish it, or {instead}"}
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for name, why in expected.items():
+        folder = tmp_path / name
+        assert cli.main([command[0], "--run", str(folder), *command[1:]]) == 2
+        assert capsys.readouterr().err == f"mtlrec {command[0]}: error: {folder}: {why}\n"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no lock file beside them either
+
+
 def test_version_is_the_installed_one():
     result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"mtlrec {importlib.metadata.version('mtlrec')}"
 
 
-def test_version_from_a_checkout_is_setup_pys(monkeypatch):
+def test_version_from_a_checkout_is_pyprojects(monkeypatch):
     from pipeline import cli
 
     def not_installed(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "version", not_installed)
-    assert cli.version() == re.search(r'version="([^"]+)"', (REPO / "setup.py").read_text()).group(1)
+    assert cli.version() == re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
 
 
 def test_config_prints_the_defaults_from_code(tmp_path):

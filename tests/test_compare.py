@@ -11,15 +11,20 @@ import yaml
 from sklearn.metrics import ndcg_score, roc_auc_score
 
 from conftest import EMBEDDED_OVERRIDES
-from fixtures import ratings, write_ml1m
-from pipeline.artifacts import ArtifactError
+from fixtures import ratings, read_split, write_ml1m
+from pipeline import cli
+from pipeline.artifacts.atomic import ArtifactError
 from pipeline.config import load_config
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
+PAPER = Path(__file__).resolve().parents[1] / "configs" / "movielens_1m_paper.yaml"
 FAST = ["train.epochs=1", "train.steps_per_epoch=10", "train.batch_size=256", "train.diagnostics_batches=1",
         "model.expert_units=[16]", "model.tower_units=[8]", "model.num_experts=4", "model.id_embedding_dim=8"]
+# DSelect-k with a narrow band (gamma 0.02: Adam crosses it in ~5 steps) and an entropy weight doubling
+# every step: its selectors become binary within the 10 steps, so its runs count as DSelect-k at k=2.
 TWO_GATES = ("compare.variants={softmax: {model: {gate: {type: softmax}}}, "
-             "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}")
+             "dselect_k_static: {model: {gate: {type: dselect_k, k: 2, gamma: 0.02, entropy_weight: 1, "
+             "entropy_doubling_steps: 1}}}}")
 
 
 def _compare_config(workdir, data_dir, *overrides):
@@ -28,14 +33,14 @@ def _compare_config(workdir, data_dir, *overrides):
 
 
 def config_of(config, variant, seed):
-    from pipeline.compare import run_configs
-    from pipeline.runs import data_dir_of
+    from pipeline.stages.compare import run_configs
+    from pipeline.artifacts.runs import data_dir_of
     return run_configs(config, data_dir_of(config))[variant, seed].model_dump(mode="json")
 
 
 @pytest.fixture(scope="module")
 def compared(embedded_data, tmp_path_factory):
-    from pipeline import compare
+    from pipeline.stages import compare
     data_dir, _ = embedded_data
     workdir = tmp_path_factory.mktemp("compare")
     config = _compare_config(workdir, data_dir)
@@ -57,8 +62,8 @@ def _hand_made_users(rng, shift: dict, seeds=3, users=80):
 
 
 def test_significance_table_on_hand_made_per_user_values():
-    from pipeline.compare_results import significance_table
-    from pipeline.significance import seed_aware_test
+    from pipeline.reports.compare_results import significance_table
+    from pipeline.stats.significance import seed_aware_test
     rng = np.random.default_rng(7)
     ids, frames, arrays = _hand_made_users(rng, {
         "dselect_k": {"watch/ndcg@10": 0.03, "rating/rmse": -0.05}, "softmax": {}, "topk": {}})
@@ -94,7 +99,7 @@ def test_significance_table_on_hand_made_per_user_values():
 
 
 def test_significance_table_keeps_equal_variants_equal_and_names_missing_metrics():
-    from pipeline.compare_results import significance_table
+    from pipeline.reports.compare_results import significance_table
     rng = np.random.default_rng(8)
     _, frames, _ = _hand_made_users(rng, {"dselect_k": {}, "softmax": {}, "dselect_k_per_example": {}}, seeds=2)
     # Two focus variants: their pair is tested once; nothing differs, so nothing is significant.
@@ -113,7 +118,8 @@ def test_summary_holds_every_gate_task_metric(compared):
     assert set(summary["variants"]) == {"softmax", "dselect_k_static"}
     for variant in summary["variants"].values():
         assert set(variant["tasks"]) == {"watch", "rating", "like"}
-        for task, expected in [("watch", ["ndcg@5", "ndcg@10", "ndcg@20", "recall@10", "mrr", "gauc", "auc", "logloss"]),
+        for task, expected in [("watch", ["ndcg@5", "ndcg@10", "ndcg@20", "recall@10", "mrr", "gauc", "auc",
+                                          "logloss"]),
                                ("like", ["ndcg@10", "gauc", "auc", "logloss"]),
                                ("rating", ["ndcg@10", "rmse", "mae", "pooled_rmse"])]:
             for metric in expected:
@@ -141,13 +147,47 @@ def test_summary_holds_every_gate_task_metric(compared):
     assert summary["data"]["folder_in_workdir"] is None  # the shared test data lies outside this workdir
 
 
+def test_runs_that_did_not_converge_are_shown_but_left_out_of_the_tests(compared, tmp_path):
+    """The report of the same runs, one DSelect-k seed's train.json saying its gates did not converge: that
+    seed is flagged and left out of every test, with the count in the report; converged runs state the
+    experts they use on the test examples."""
+    import shutil
+    from pipeline.stages.compare import run_configs
+    from pipeline.reports.compare import write_report
+    from pipeline.artifacts.runs import data_dir_of
+    config, workdir, _ = compared
+    summary = json.loads((workdir / "report" / "summary.json").read_text())
+    static = summary["variants"]["dselect_k_static"]
+    assert static["converged"] == [True, True]  # the fixture's DSelect-k converges within its 10 steps
+    for gate in static["gates"].values():
+        assert all(n <= 2 for n in gate["test"]["nonzero_experts"]) and all(gate["test"]["converged"])
+    assert all(t["n_seeds_focus"] == 2 for t in summary["significance"])
+
+    copy = tmp_path / "work"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("*.lock"))
+    moved = config.model_copy(update={"workdir": str(copy)})
+    train_json = copy / "compare" / "dselect_k_static" / "seed1" / "train.json"
+    train_json.write_text(json.dumps({**json.loads(train_json.read_text()), "converged": False}))
+    data_dir = data_dir_of(moved)
+    report = write_report(moved, run_configs(moved, data_dir), data_dir, tmp_path / "report")
+    after = json.loads((report / "summary.json").read_text())
+    assert after["left_out_of_tests"] == {"softmax": [], "dselect_k_static": [1]}
+    assert after["variants"]["dselect_k_static"]["converged"] == [True, False]
+    assert after["significance"] and all(t["n_seeds_focus"] == 1 for t in after["significance"])
+    md = (report / "report.md").read_text()
+    assert "Runs left out of the tests below, because their gates had not converged: 1 (dselect_k_static seed 1)" in md
+    assert "dselect_k_static (NOT converged in 1/2 seeds: not k-sparse)" in md
+
+
 def test_report_files_and_plots(compared):
     _, _, report = compared
     md = (report / "report.md").read_text()
     html = (report / "report.html").read_text()
     for text in ("Task: watch", "Task: rating", "DSelect-k against each baseline (seed-aware test)", "p (Holm)",
                  "seeds agreeing", "difference [95% CI]", "training seeds", "What 2 seed(s) can and cannot show",
-                 "Realized sparsity, per seed", "RMSE ↓", "NDCG@10 ↑"):
+                 "Realized sparsity, per seed", "RMSE ↓", "NDCG@10 ↑", "Experts in use: the sparsity compared",
+                 "watch: experts in use",
+                 "Runs left out of the tests below, because their gates had not converged: 0."):
         assert text in md and text in html
     assert "**" in md and "<strong>" in html  # best values in bold
     pngs = sorted(report.glob("*.png"))
@@ -163,11 +203,34 @@ def test_report_files_and_plots(compared):
     assert "expert weights by task, per seed" in md
 
 
+def test_report_has_the_test_split_table(compared):
+    """The papers' metrics per variant: mean and std over seeds of each run's eval.json test_split."""
+    config, workdir, report = compared
+    summary = json.loads((report / "summary.json").read_text())["test_split"]
+    assert list(summary) == ["softmax", "dselect_k_static"]
+    for variant, entry in summary.items():
+        assert entry["seeds"] == [0, 1] and entry["missing_seeds"] == []
+        assert list(entry["metrics"]) == ["loss", "watch/accuracy", "watch/auc", "rating/mse", "like/accuracy",
+                                          "like/auc"]
+        runs = [json.loads((workdir / "compare" / variant / f"seed{s}" / "eval.json").read_text())["test_split"]
+                for s in (0, 1)]
+        for key, stats in entry["metrics"].items():
+            task, _, metric = key.partition("/")
+            values = [r["loss"] if key == "loss" else r["tasks"][task][metric] for r in runs]
+            assert stats["per_seed"] == values
+            assert stats["mean"] == pytest.approx(np.mean(values))
+            assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+    md = (report / "report.md").read_text()
+    assert "Test split: the papers' metrics" in md
+    for header in ("test loss ↓", "watch accuracy ↑", "watch AUC ↑", "rating MSE ↓"):
+        assert header in md
+
+
 def test_report_is_rebuilt_byte_identical(compared, tmp_path, monkeypatch):
     """write_report twice from the same finished runs, the second from another cwd: same summary.json."""
-    from pipeline.compare import run_configs
-    from pipeline.compare_report import write_report
-    from pipeline.runs import data_dir_of
+    from pipeline.stages.compare import run_configs
+    from pipeline.reports.compare import write_report
+    from pipeline.artifacts.runs import data_dir_of
     config, workdir, _ = compared
     data_dir = data_dir_of(config)
     first = write_report(config, run_configs(config, data_dir), data_dir, tmp_path / "one")
@@ -181,7 +244,7 @@ def test_report_is_rebuilt_byte_identical(compared, tmp_path, monkeypatch):
 
 
 def test_second_compare_trains_nothing(compared):
-    from pipeline import compare
+    from pipeline.stages import compare
     config, workdir, _ = compared
     finished = {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")}
     assert len(finished) == 4
@@ -210,7 +273,7 @@ def test_second_compare_trains_nothing(compared):
 
 def test_evaluation_matches_sklearn_per_user(compared):
     """eval_users.csv against sklearn on the scored candidate lists: the grouping is right."""
-    from pipeline.evaluate import score_candidates
+    from pipeline.stages.evaluate import score_candidates
     _, workdir, _ = compared
     run_dir = workdir / "compare" / "softmax" / "seed0"
     per_user = pd.read_csv(run_dir / "eval_users.csv").set_index("user_id")
@@ -259,8 +322,8 @@ def test_evaluate_through_rank_equals_the_rows_scored_one_by_one(compared):
     """
     import tensorflow as tf
 
-    from pipeline.dataset import split_files
-    from pipeline.evaluate import evaluation, score_candidates
+    from pipeline.training.dataset import split_files
+    from pipeline.stages.evaluate import evaluation, score_candidates
     config, workdir, _ = compared
     run_dir = workdir / "compare" / "softmax" / "seed0"
     result = subprocess.run([str(MTLREC), "evaluate", "--run", str(run_dir)], capture_output=True, text=True,
@@ -287,7 +350,43 @@ def test_evaluate_through_rank_equals_the_rows_scored_one_by_one(compared):
         np.testing.assert_allclose(ranked[f"pred_{t}"], per_list[t], atol=1e-5, rtol=0)
     expected, _ = evaluation(ranked.assign(**{f"pred_{t}": per_list[t] for t in tasks}))
     assert evaluated["users"] == expected["users"] > 10
-    _assert_close({k: v for k, v in evaluated.items() if k != "run_dir"}, expected)
+    _assert_close({k: v for k, v in evaluated.items() if k not in ("run_dir", "test_split", "gates")}, expected)
+
+
+def test_test_split_metrics_match_sklearn_on_the_exported_predictions(compared):
+    """eval.json's test_split (the papers' metrics) against sklearn, on the test split read with pandas
+    and scored by the export's serving_default in other batches."""
+    import tensorflow as tf
+    from sklearn.metrics import accuracy_score, log_loss, mean_squared_error
+
+    from pipeline.training.dataset import split_files
+    config, workdir, _ = compared
+    run_dir = workdir / "compare" / "softmax" / "seed0"
+    paper = json.loads((run_dir / "eval.json").read_text())["test_split"]
+    frame = read_split(config.data.output, "test")
+    records = np.array(list(tf.data.TFRecordDataset(split_files(config.data.output, "test"), "GZIP")
+                            .as_numpy_iterator()), dtype=object)
+    serve = tf.saved_model.load(str(run_dir / "export")).signatures["serving_default"]
+    predicted = {t: np.concatenate([serve(examples=tf.constant(records[i:i + 700]))[t].numpy()
+                                    for i in range(0, len(records), 700)]).astype(np.float64)
+                 for t in ("watch", "rating", "like")}
+    assert paper["examples"] == len(frame) == len(records) > 100
+    expected = {}
+    for task in ("watch", "like"):
+        labels = frame[task].to_numpy()
+        expected[task] = {"loss": log_loss(labels, np.clip(predicted[task], 1e-7, 1 - 1e-7)),
+                          "accuracy": accuracy_score(labels, predicted[task] > 0.5),
+                          "auc": roc_auc_score(labels, predicted[task])}
+    observed = frame.rating_weight.to_numpy() > 0
+    mse = mean_squared_error(frame.rating[observed], predicted["rating"][observed])
+    expected["rating"] = {"loss": mse, "mse": mse, "rows": int(observed.sum())}
+    assert 0 < expected["rating"]["rows"] < len(frame)  # sampled items carry no rating
+    weights = {t: c.weight for t, c in config.model.tasks.items()}
+    for task, values in expected.items():
+        for name, value in values.items():
+            assert paper["tasks"][task][name] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, name)
+    assert paper["loss"] == pytest.approx(sum(weights[t] * expected[t]["loss"] for t in weights), rel=1e-5)
+    assert paper["task_weights"] == weights
 
 
 def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
@@ -302,7 +401,8 @@ def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
     assert not (tmp_path / "compare").exists()
     # Before any work: with no data yet, nothing is preprocessed either.
     result = subprocess.run(
-        [str(MTLREC), "compare", "--set", f"workdir={tmp_path / 'fresh'}", *sum([["--set", o] for o in EMBEDDED_OVERRIDES], []),
+        [str(MTLREC), "compare", "--set", f"workdir={tmp_path / 'fresh'}",
+         *sum([["--set", o] for o in EMBEDDED_OVERRIDES], []),
          "--set", "compare.variants={good: {model: {gate: {type: softmax}}}, bad: {model: {gate: {k: 0, type: topk}}}}",
          "--set", "compare.focus=[good]"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "compare.variants.bad" in result.stderr and "gate.k" in result.stderr
@@ -311,7 +411,7 @@ def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
 
 def test_data_folder_of_other_settings_is_kept_without_force(embedded_data, tmp_path):
     """Pointing compare at a data folder made with other data settings stops before any work."""
-    from pipeline import compare
+    from pipeline.stages import compare
     data_dir, _ = embedded_data
     before = (data_dir / "manifest.json").read_bytes()
     config = _compare_config(tmp_path, data_dir, "data.candidates.negatives=31")
@@ -320,26 +420,48 @@ def test_data_folder_of_other_settings_is_kept_without_force(embedded_data, tmp_
     assert (data_dir / "manifest.json").read_bytes() == before and not (tmp_path / "compare").exists()
 
 
+@pytest.mark.slow
 def test_paper_config_runs_on_ml1m_layout(tmp_path):
-    """configs/movielens_1m_paper.yaml, on a small ml-1m fixture, a few steps per run."""
-    from pipeline import compare
+    """A small version of the paper's MovieLens protocol (configs/movielens_1m_paper.yaml at the paper's
+    model size, on generated ml-1m files, a few steps, 1 seed) runs `mtlrec compare` end to end and
+    reports the papers' metrics per variant: test loss, watch accuracy and AUC, rating MSE."""
     folder = write_ml1m(tmp_path / "ml-1m", ratings(num_users=20, num_items=40, per_user=15))
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "movielens_1m_paper.yaml", [
-        f"data.path={folder}", f"workdir={tmp_path / 'run'}", "data.candidates.negatives=10", "data.split.test=2",
-        "data.split.validation=2", "train.epochs=1", "train.steps_per_epoch=3", "train.batch_size=64",
-        "compare.seeds=[0]", "compare.variants={topk: {model: {gate: {type: topk, k: 2}}}, "
-        "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}", "compare.focus=[dselect_k_static]"])
+    sets = [f"data.path={folder}", f"workdir={tmp_path / 'run'}", "data.candidates.negatives=10", "data.num_shards=1",
+            "train.epochs=1", "train.steps_per_epoch=3", "train.batch_size=64", "train.diagnostics_batches=1",
+            "compare.seeds=[0]",
+            # DSelect-k whose selectors are binary after Adam's first step (a band far narrower than the step),
+            # so that its run counts as DSelect-k at k=2 and enters the report's tests.
+            "train.learning_rate=0.01", "compare.variants.dselect_k.model.gate.gamma=0.001",
+            "compare.variants.dselect_k.model.gate.entropy_doubling_steps=1"]
+    config = load_config(PAPER, sets)
     assert list(config.model.tasks) == ["watch", "rating"] and config.model.num_experts == 16
-    report = Path(compare.run(config))
+    assert list(config.compare.variants) == ["softmax", "topk", "dselect_k"]
+    assert cli.main(["compare", "--config", str(PAPER), *sum([["--set", o] for o in sets], [])]) == 0
+    report = tmp_path / "run" / "report"
     summary = json.loads((report / "summary.json").read_text())
-    assert set(summary["variants"]["topk"]["tasks"]) == {"watch", "rating"}
-    # One seed: the seed variance is unknown, so nothing is tested (not a falsely small p).
-    assert {(t["task"], t["metric"]) for t in summary["significance"]} == {("watch", "ndcg@10"), ("rating", "ndcg@10"),
-                                                                           ("rating", "rmse")}
-    assert all(t["p_value"] is None and t["p_holm"] is None and not t["significant"] for t in summary["significance"])
-    assert "not tested (1 seed)" in (report / "report.md").read_text()
-    run_config = (tmp_path / "run" / "compare" / "topk" / "seed0" / "config.yaml").read_text()
+    manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
+    assert manifest["config"]["split"]["mode"] == "random"
+    test_examples = manifest["splits"]["test"]["examples"]
+    assert test_examples == round(0.1 * 300) + round(0.1 * (300 - manifest["unfilled"]["negatives"]))
+    figures = {}
+    for variant in ("softmax", "topk", "dselect_k"):
+        metrics = {k: v["mean"] for k, v in summary["test_split"][variant]["metrics"].items()}
+        assert set(metrics) == {"loss", "watch/accuracy", "watch/auc", "rating/mse"}
+        assert all(np.isfinite(v) for v in metrics.values())
+        assert 0 <= metrics["watch/accuracy"] <= 1 and 0 <= metrics["watch/auc"] <= 1
+        assert 0 < metrics["rating/mse"] < 25  # ratings 1..5 against a barely trained prediction
+        run = json.loads((tmp_path / "run" / "compare" / variant / "seed0" / "eval.json").read_text())["test_split"]
+        assert run["examples"] == test_examples and run["task_weights"] == {"watch": 0.9, "rating": 0.1}
+        assert metrics["loss"] == pytest.approx(0.9 * run["tasks"]["watch"]["loss"] + 0.1 * metrics["rating/mse"])
+        assert 0 < metrics["loss"] < 0.9 * 3 + 0.1 * 25
+        figures[variant] = metrics
+    md = (report / "report.md").read_text()
+    assert "Test split: the papers' metrics" in md and "not tested (1 seed)" in md
+    for header in ("test loss ↓", "watch accuracy ↑", "watch AUC ↑", "rating MSE ↓"):
+        assert header in md
+    run_config = (tmp_path / "run" / "compare" / "dselect_k" / "seed0" / "config.yaml").read_text()
     assert "id_embedding_dim: 128" in run_config and "expert_dropout: 0.5" in run_config
+    print(json.dumps(figures, indent=1))  # the smoke run's figures (pytest -s shows them)
 
 
 def test_same_compare_in_fresh_processes_gives_identical_summary(embedded_data, tmp_path):

@@ -1,11 +1,11 @@
-"""The training input (pipeline/dataset.py): each epoch is a fresh per-example permutation of
+"""The training input (pipeline/training/dataset.py): each epoch is a fresh per-example permutation of
 the materialized split that depends only on (seed, epoch); nothing is dropped or repeated."""
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from pipeline.dataset import InputPipeline
+from pipeline.training.dataset import InputPipeline
 
 
 def _rows(batches) -> np.ndarray:

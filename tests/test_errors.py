@@ -15,7 +15,8 @@ import grpc
 import pytest
 import tensorflow as tf
 
-from pipeline import cli, preprocess
+from pipeline import cli
+from pipeline.stages import preprocess
 
 
 def _wrapped(inner):
@@ -25,7 +26,7 @@ def _wrapped(inner):
             raise inner
         except BaseException as exc:
             raise RuntimeError("the pipeline failed") from exc
-    except BaseException as exc:
+    except RuntimeError as exc:
         return exc
 
 

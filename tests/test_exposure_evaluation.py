@@ -7,8 +7,8 @@ import pytest
 from sklearn.metrics import log_loss, mean_squared_error, ndcg_score, roc_auc_score
 
 from features.datasets.kuairand import KUAIRAND
-from pipeline.evaluate import evaluation
-from pipeline.metrics import weighted_mean
+from pipeline.stages.evaluate import evaluation
+from pipeline.stats.metrics import weighted_mean
 
 LABELS = list(KUAIRAND.label_columns)
 

@@ -2,6 +2,7 @@
 exists only in this file, registered at run time, validated and trained through `mtlrec train`."""
 import json
 import math
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -15,6 +16,8 @@ from models.gates import (
 from pipeline.config import ConfigError, load_config
 from test_train import SMALL
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 # ---------------------------------------------------------------- a gate defined here only
 class FirstKConfig(GateConfig):
@@ -24,7 +27,9 @@ class FirstKConfig(GateConfig):
 
 
 class FirstKGate(Gate):
-    """Softmax over trained logits of the first k experts; every other expert gets exactly 0."""
+    """Softmax over trained logits of the first k experts; every other expert gets exactly 0. The
+    whole contract of models/gates/base.py: static, and per-example (how the synthetic study packs
+    static gates, routed on one-hot task ids)."""
 
     config_class = FirstKConfig
     exactly_sparse = True
@@ -32,10 +37,25 @@ class FirstKGate(Gate):
     def __init__(self, num_experts: int, k: int = 1, per_example: bool = False, **kwargs):
         super().__init__(num_experts, per_example, **kwargs)
         self.k = int(k)
-        self.logits = self.add_weight(name="logits", shape=[self.k], initializer="zeros")
+        if per_example:
+            self.logits_dense = tf.keras.layers.Dense(self.k, dtype="float32", name="logits")
+        else:
+            self.logits = self.add_weight(name="logits", shape=[self.k], initializer="zeros")
+
+    @property
+    def selects(self) -> int:
+        return self.k
+
+    def routing_layers(self):
+        return [self.logits_dense] if self.per_example else []
+
+    def initialize_static_rows(self):
+        self.logits_dense.kernel.assign(tf.zeros(self.logits_dense.kernel.shape))  # as static logits start
 
     def _gate(self, routing_inputs, training):
-        return tf.pad(tf.nn.softmax(self.logits), [[0, self.num_experts - self.k]]), None  # [n]
+        logits = self.logits_dense(routing_inputs) if self.per_example else self.logits  # [b, k] or [k]
+        weights = tf.nn.softmax(logits, axis=-1)
+        return tf.pad(weights, [[0, 0]] * (weights.shape.rank - 1) + [[0, self.num_experts - self.k]]), None
 
     def get_config(self):
         return {**super().get_config(), "k": self.k}
@@ -90,6 +110,25 @@ def test_the_test_gate_trains_through_mtlrec_train(embedded_data, tmp_path, firs
         weights = np.array(entry["weights"])
         assert weights.shape == (6,) and np.all(weights[2:] == 0) and weights[:2].sum() == pytest.approx(1)
         assert abs(weights[0] - 0.5) > 1e-4  # the logits were trained away from their start at 0
+    # The sparse export reads the contract only: the two experts every task selects are kept.
+    assert main(["export", "--run", str(tmp_path), "--sparse"]) == 0
+    assert json.loads((tmp_path / "sparse_export.json").read_text())["kept"] == [0, 1]
+
+
+def test_the_test_gate_runs_the_synthetic_study(tmp_path, first_k):
+    """The study packs the test gate's static gates into one per-example gate (initialize_static_rows),
+    tunes it, trains it until converged and scores its selection, knowing nothing else of it."""
+    from pipeline.cli import main
+    tiny = ["synthetic.gates={first: {type: first_k, k: 1}}", "synthetic.compare=[first]", "synthetic.tuned_with={}",
+            "synthetic.sweep_tasks=[]", "synthetic.seeds=1", "synthetic.oracle=false"]
+    args = ["synthetic", "--config", str(REPO / "configs" / "synthetic_tiny.yaml"), "--output", str(tmp_path / "out"),
+            *(a for o in tiny for a in ("--set", o))]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    first = summary["gates"]["first"]
+    assert first["gate"]["type"] == "first_k" and first["num_seeds"] == 1 and first["converged_seeds"] == 1
+    [run] = first["runs"]
+    assert math.isfinite(run["test_mse"]) and 0 <= run["pair_agreement"] <= 1
 
 
 # ---------------------------------------------------------------- validation through the registry
@@ -139,8 +178,8 @@ class FakeTrial:
         self.asked[name] = ("float", low, high, log)
         return low if self.end == "low" else high
 
-    def suggest_int(self, name, low, high):
-        self.asked[name] = ("int", low, high)
+    def suggest_int(self, name, low, high, log=False):
+        self.asked[name] = ("int", low, high, log) if log else ("int", low, high)
         return low if self.end == "low" else high
 
     def suggest_categorical(self, name, choices):
@@ -177,6 +216,8 @@ def test_search_spaces_ask_their_ranges_and_give_valid_configs(end, pick):
                 assert "entropy_warmup_steps" not in trial.asked
             else:
                 assert trial.asked["entropy_warmup_steps"] == ("int", 0, 105)  # half of 30 x 7 steps
+            # Always drawn: 1/64 to 1/16 of the 210 steps, on a log scale (models/gates/dselect_k_config.py).
+            assert trial.asked["entropy_doubling_steps"] == ("int", 3, 13, True)
 
 
 def test_search_spaces_run_under_optuna():

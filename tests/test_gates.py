@@ -39,7 +39,8 @@ def test_smooth_step_exact_outside_band_and_continuous():
     edges = tf.constant([-gamma / 2 + eps, gamma / 2 - eps])
     np.testing.assert_allclose(smooth_step(edges, gamma).numpy(), [0, 1], atol=1e-6)
     grid = np.linspace(-1, 1, 2001, dtype=np.float32)
-    np.testing.assert_allclose(smooth_step(tf.constant(grid), gamma).numpy(), reference.smooth_step(grid, gamma), atol=1e-6)
+    np.testing.assert_allclose(smooth_step(tf.constant(grid), gamma).numpy(), reference.smooth_step(grid, gamma),
+                               atol=1e-6)
     assert np.all(np.diff(smooth_step(tf.constant(grid), gamma).numpy()) >= 0)
 
 
@@ -261,6 +262,32 @@ def test_topk_noise_only_in_training():
     clean = tf.einsum("bn,bnd->bd", gate.expert_weights(x), experts).numpy()
     np.testing.assert_allclose(inference[0], clean, atol=1e-6)
     assert not np.allclose(gate(experts, x, training=True).numpy(), clean, atol=1e-4)
+
+
+@pytest.mark.parametrize("per_example", [True, False])
+def test_topk_without_noise_has_only_weights_that_train(per_example, caplog):
+    """noise=False: no noise-scale weights (they could get no gradient, and Keras warned about them
+    on every trace); every weight gets a gradient through Keras' own training step, which is
+    silent; with noise, the noise-scale weights exist and get gradients from the noisy logits."""
+    import logging
+    for noise in (False, True):
+        tf.keras.utils.set_random_seed(0)
+        x = tf.random.normal([32, 6])
+        inputs = tf.keras.Input([6])
+        gate = TopKGate(4, 2, per_example=per_example, noise=noise, load_balance_weight=0.1)
+        experts = tf.keras.layers.Dense(4 * 3)(inputs)
+        mixture = gate(tf.reshape(experts, [-1, 4, 3]), inputs if per_example else None)
+        model = tf.keras.Model(inputs, mixture)
+        model.compile(optimizer="sgd", loss="mse")
+        with caplog.at_level(logging.WARNING, logger="tensorflow"):
+            model.fit(x, tf.random.normal([32, 3]), epochs=1, verbose=0)
+        names = [v.name for v in gate.trainable_weights]
+        assert any("noise" in name for name in names) == noise, names
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x, training=True) ** 2) + tf.add_n(model.losses)
+        grads = tape.gradient(loss, gate.trainable_weights)
+        assert all(g is not None for g in grads), [n for n, g in zip(names, grads) if g is None]
+        assert "Gradients do not exist" not in caplog.text
 
 
 def test_topk_static_has_k_nonzeros():

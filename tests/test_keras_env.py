@@ -14,6 +14,14 @@ def test_importing_our_package_selects_keras_2():
     assert result.stdout.strip().startswith("tf_keras")
 
 
+def test_importing_a_sub_package_first_selects_keras_2():
+    """A sub-package module that needs no TensorFlow (pipeline/stats/metrics.py) still runs pipeline's
+    __init__ first, so TensorFlow imported afterwards gets Keras 2."""
+    result = _python("import pipeline.stats.metrics, tensorflow as tf; print(tf.keras.Model.__module__)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("tf_keras")
+
+
 def test_keras_3_already_loaded_fails_clearly():
     result = _python("import tensorflow as tf; tf.keras.Model; import pipeline")
     assert result.returncode != 0

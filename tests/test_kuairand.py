@@ -1,5 +1,5 @@
 """The kuairand source and its exposure examples, on generated folders in the published layouts
-(pipeline/kuairand_generate.py, checked against the README in tests/test_kuairand_layout.py).
+(tests/kuairand_files.py, checked against the README in tests/test_kuairand_layout.py).
 
 Expected values come from the CSV files, read here with pandas, not from the source's parser."""
 import math
@@ -10,9 +10,9 @@ import pytest
 
 from conftest import run_preprocess
 from fixtures import read_split
-from pipeline.kuairand import KuaiRand
-from pipeline.kuairand_generate import write_kuairand
-from pipeline.rows import SourceError
+from pipeline.sources.kuairand import KuaiRand
+from kuairand_files import write_kuairand
+from pipeline.sources.rows import SourceError
 
 LATE = "log_standard_4_22_to_5_08_pure.csv"
 LABELS = {"click": "is_click", "long_view": "long_view", "like": "is_like", "follow": "is_follow",
@@ -115,7 +115,7 @@ def kuairand_run(tmp_path_factory):
     fields[-15] = "x"
     (folder / "user_features_pure.csv").write_text("\n".join(lines[:-1] + [",".join(fields)]) + "\n")
     with pytest.MonkeyPatch.context() as patch:  # ~100 byte ranges: lines cross range boundaries
-        patch.setattr("pipeline.kuairand.CHUNK_BYTES", 997)
+        patch.setattr("pipeline.sources.kuairand.CHUNK_BYTES", 997)
         manifest = run_preprocess(root / "run", "data.source=kuairand", f"data.path={folder}",
                                   "model.tasks={click: {}, long_view: {}, like: {}}", "data.num_shards=2")
     logged = pd.concat(logs.values(), ignore_index=True)
@@ -147,10 +147,107 @@ def test_every_log_line_is_accounted_for(kuairand_run):
     assert manifest["duplicates"] == {"exact": 1, "repeated_pairs": 1}
 
 
+# The README's 0/1 columns (its field descriptions), typed out here independently of pipeline/sources/kuairand.py.
+README_LOG_FLAGS = ["is_click", "is_like", "is_follow", "is_comment", "is_forward", "is_hate", "long_view",
+                    "is_profile_enter", "is_rand"]
+README_USER_FLAGS = ["is_lowactive_period", "is_live_streamer", "is_video_author"]
+
+
+def _parse_logs(source):
+    """Every log line of a KuaiRand source through its parser -> (rows, rejection records)."""
+    import os
+
+    import apache_beam as beam
+    rows, rejected = [], []
+    for path in source.logs:
+        for out in source.log_parser(path).process((path, 0, os.path.getsize(path)), source.videos, source.users):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                rejected.append(out.value)
+            else:
+                rows.extend(out)
+    return rows, rejected
+
+
+def test_every_0_1_column_is_checked_in_every_file(tmp_path):
+    """Each of the README's 0/1 columns, in the logs (whatever their column order) and in the user
+    file, with another value: the line is rejected naming the column; good lines are kept."""
+    import re
+    write_kuairand(tmp_path, "pure", users=12, videos=20, per_user=8, random_per_user=2)
+    logs = ("log_standard_4_08_to_4_21_pure.csv", LATE, "log_random_4_22_to_5_08_pure.csv")
+    logged = pd.concat([pd.read_csv(tmp_path / name) for name in logs])
+    late = pd.read_csv(tmp_path / LATE)
+    late = late[list(reversed(late.columns))]  # the header names the order
+    good = late[late.user_id == 0].iloc[0].astype(str)
+    bad = {}
+    for column in README_LOG_FLAGS:
+        for value in ("2", "-1", "x", ""):
+            bad[",".join({**good.to_dict(), column: value}.values())] = f"{column} must be 0 or 1, found {value!r}"
+    late.to_csv(tmp_path / LATE, index=False)
+    with (tmp_path / LATE).open("a") as handle:
+        handle.write("".join(line + "\n" for line in bad))
+    users = pd.read_csv(tmp_path / "user_features_pure.csv", dtype=str, keep_default_na=False)
+    for user, column in enumerate(README_USER_FLAGS, start=1):
+        users.loc[users.user_id == str(user), column] = "2"
+    users.to_csv(tmp_path / "user_features_pure.csv", index=False)
+
+    source = KuaiRand(str(tmp_path), random_log_test=True)
+    assert {r["row"].split(",")[0]: r["reason"] for r in source.metadata_rejected} == {
+        str(user): f"metadata: {column} must be 0 or 1, found '2'" for user, column in enumerate(README_USER_FLAGS, 1)}
+    rows, rejected = _parse_logs(source)
+    reasons = {r["row"]: r["reason"] for r in rejected}
+    for line, reason in bad.items():
+        assert reasons.pop(line, None) == reason, line
+    # The rest: the log rows of the users whose user line was rejected, naming it.
+    assert len(reasons) == logged.user_id.isin([1, 2, 3]).sum() > 0
+    assert all(re.fullmatch(r"user id [123]: its line user_features_pure.csv:\d+ was rejected", r)
+               for r in reasons.values())
+    assert len(rows) == len(logged) - len(reasons)
+
+
+@pytest.mark.parametrize("damage", ["one field fewer", "one field more", "not UTF-8"])
+@pytest.mark.parametrize("file, what, text_field", [("user_features_pure.csv", "user", "user_active_degree"),
+                                                    ("video_features_basic_pure.csv", "video", "video_type")])
+def test_a_rejected_feature_line_is_named_in_its_log_rows(tmp_path, damage, file, what, text_field):
+    """A user's (video's) line that is rejected, whatever the reason (a byte that is not UTF-8
+    included: one rule for every file), rejects that user's (video's) log rows with a reason naming
+    the line, not "not in the file"; every other line is accepted."""
+    import csv
+    import io
+    import re
+    write_kuairand(tmp_path, "pure", users=10, videos=15, per_user=8, random_per_user=2)
+    logs = pd.concat([pd.read_csv(tmp_path / n) for n in ("log_standard_4_08_to_4_21_pure.csv", LATE)])
+    key = {"user": "user_id", "video": "video_id"}[what]
+    target = int(logs[key].value_counts().index[0])  # an id with log rows
+    lines = (tmp_path / file).read_bytes().split(b"\n")
+    number = next(i for i, line in enumerate(lines) if line.startswith(f"{target},".encode())) + 1
+    fields = next(csv.reader([lines[number - 1].decode()]))
+    if damage == "one field fewer":
+        fields = fields[:-1]
+    elif damage == "one field more":
+        fields = [*fields, "1"]
+    else:  # in a text column, where a replaced byte would pass unnoticed
+        at = next(csv.reader([lines[0].decode()])).index(text_field)
+        fields[at] = fields[at][:1] + "@@" + fields[at][1:]
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(fields)
+    lines[number - 1] = out.getvalue().encode().replace(b"@@", b"\xfe")
+    (tmp_path / file).write_bytes(b"\n".join(lines))
+
+    source = KuaiRand(str(tmp_path))
+    [metadata] = source.metadata_rejected
+    assert metadata["file"].endswith(f"{file}:{number}")
+    assert ("undecodable byte 0xfe" if damage == "not UTF-8" else "expected") in metadata["reason"]
+    rows, rejected = _parse_logs(source)
+    assert [r["reason"] for r in rejected] == [f"{what} id {target}: its line {file}:{number} was rejected"] * int(
+        (logs[key] == target).sum())
+    assert len(rows) == len(logs) - len(rejected) and not re.search("not in the", str(rejected))
+
+
 def test_fast_log_parse_equals_the_checked_parse():
     """The fast path of a log line takes only lines the checked path takes, with the same row."""
-    from pipeline.kuairand import LOG_FIELDS, NEEDED, _ParseLog
-    parser = _ParseLog("log.csv", tuple(LOG_FIELDS.index(f) for f in NEEDED), len(LOG_FIELDS), True, False)
+    from pipeline.sources.kuairand import LOG_FIELDS, LOG_FLAGS, NEEDED, _ParseLog
+    parser = _ParseLog("log.csv", tuple(LOG_FIELDS.index(f) for f in NEEDED), len(LOG_FIELDS), True, False,
+                       tuple((LOG_FIELDS.index(f), f) for f in LOG_FLAGS))
     good = "7,12,20220501,1000,1651370400000,1,0,0,0,0,0,1,30000,20000,0,0,0,0,1".split(",")
     rng = np.random.default_rng(0)
     variants = ["", " 3", "+3", "-3", "03", "1_0", "\u0663", "3.0", "x", "2", "9" * 19, "9" * 20, "1651370400000",
@@ -176,7 +273,7 @@ def test_fast_log_parse_equals_the_checked_parse():
 
 def test_line_ranges_hold_every_line_once(tmp_path):
     """Byte ranges of any size split a file into its lines exactly as bytes.split would."""
-    from pipeline.textfiles import line_ranges, read_line_range
+    from pipeline.sources.textfiles import line_ranges, read_line_range
     rng = np.random.default_rng(1)
     for case in range(30):
         lines = [bytes(rng.choice(list(b"ab,\r"), size=rng.integers(0, 12))) for _ in range(rng.integers(0, 40))]
@@ -245,11 +342,12 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     import json
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
-    from pipeline.exposure_examples import ExposureExamples
-    from pipeline.preprocess import _user_history
-    from pipeline.rows import HELD_OUT
+    from features.datasets.kuairand import KUAIRAND
+    from pipeline.examples.exposure import ExposureExamples
+    from pipeline.stages.preprocess import _user_history
+    from pipeline.sources.rows import HELD_OUT
     from pipeline.config import SplitConfig
-    from pipeline import exposure_examples
+    from pipeline.examples import exposure as exposure_examples
 
     folder = tmp_path / "data"
     write_kuairand(folder, "pure", users=6, videos=12, per_user=15, random_per_user=6, seed=3)
@@ -269,7 +367,7 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     for user in sorted(set(random_log.user_id)):
         mine = [r for r in rows if r["user_id"] == user]
         out = list(_user_history((user, [[dict(r) for r in mine]]), SplitConfig(), str(folder), exposure_examples,
-                                 "time_ms"))
+                                 "time_ms", "item_id"))
         counts = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)][0]
         _, parts = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)][0]
         listed += len(parts["held_out"])
@@ -286,11 +384,84 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     assert counts == {"accepted_rows": len(mine), "users": 1, "train_only_users": 0, "held_out_rows": len(held),
                       "held_out_test_rows": len(later)}
     # The test list is the held-out rows (one request time), not the test impressions.
-    builder = ExposureExamples(list(source.info.raw_columns), held_out=True)
+    builder = ExposureExamples(KUAIRAND, list(source.info.raw_columns), held_out=True)
     builder.setup()
     built = {o[0]: o[2] for o in builder.process((user, parts), source.videos, source.users)
              if not isinstance(o, beam.pvalue.TaggedOutput)}
     assert len(built["candidates"]) == len(parts["held_out"]) and len(built["test"]) == len(parts["test"])
+
+
+@pytest.fixture(scope="module")
+def tied_folder(tmp_path_factory):
+    """A generated Pure folder whose histories end in ties: user 0's latest two standard
+    impressions share a time (the latest test row of its history), user 1's impressions are all at one time,
+    user 2 has no random-policy row; user 0 has a random-policy row at its tied time."""
+    folder = tmp_path_factory.mktemp("tied") / "data"
+    write_kuairand(folder, "pure", users=16, videos=40, per_user=9, random_per_user=3, seed=5)
+    logs = {name: pd.read_csv(folder / name) for name in ("log_standard_4_08_to_4_21_pure.csv", LATE)}
+    both = pd.concat(logs.values())
+    for user in (0, 1):
+        assert len(both[both.user_id == user]) <= 14  # the test share is one row
+    latest = both[both.user_id == 0].time_ms.max()
+    late = logs[LATE]
+    mine = late.index[late.user_id == 0]
+    late.loc[mine[-2:], "time_ms"] = latest  # the user's two latest impressions tie
+    late.loc[mine[-2:], "video_id"] = [38, 39]  # two videos: two impressions, not a duplicate
+    for name, log in logs.items():
+        ones = log.index[log.user_id == 1]
+        log.loc[ones, "time_ms"] = latest
+        log.loc[ones, "video_id"] = np.arange(len(ones)) + (0 if name == LATE else 20)
+        log.to_csv(folder / name, index=False)
+    random_log = pd.read_csv(folder / "log_random_4_22_to_5_08_pure.csv")
+    random_log = random_log[random_log.user_id != 2]
+    row = random_log.iloc[:1].assign(user_id=0, time_ms=latest)
+    pd.concat([random_log, row]).to_csv(folder / "log_random_4_22_to_5_08_pure.csv", index=False)
+    return folder
+
+
+def _expected_without_test_list(folder, random_log_test):
+    """Users without a test list per reason, from the CSV files (docs/KUAIRAND.md's rule)."""
+    standard = pd.concat([pd.read_csv(folder / n) for n in ("log_standard_4_08_to_4_21_pure.csv", LATE)])
+    random_log = pd.read_csv(folder / "log_random_4_22_to_5_08_pure.csv")
+    reasons = {"too_few_rows": 0, "one_time": 0, "no_held_out_rows": 0, "no_test_draw": 0}
+    for user, rows in standard.groupby("user_id"):
+        times = np.sort(rows.time_ms.to_numpy())
+        n, share = len(times), max(1, round(0.1 * len(times)))
+        if n < 5 or 2 * share >= n:
+            reasons["too_few_rows"] += 1
+        elif len(set(times)) == 1:
+            reasons["one_time"] += 1
+        elif random_log_test:
+            first, before = times[n - share], times[n - share - 1]
+            start = first if first != before or first == times[-1] else times[times > first].min()
+            reasons["no_held_out_rows"] += not (random_log[random_log.user_id == user].time_ms >= start).any()
+    return reasons
+
+
+@pytest.mark.parametrize("random_log_test", [False, True])
+def test_tied_histories_are_split_and_users_without_a_test_list_counted(tied_folder, tmp_path, random_log_test):
+    """Issue 24: a tie at the end of a history moves the test cut before it (with the random log, this
+    crashed); a user that cannot be cut is counted in the manifest with the reason."""
+    manifest = run_preprocess(tmp_path, "data.source=kuairand", f"data.path={tied_folder}", "data.num_shards=1",
+                              f"data.kuairand.random_log_test={str(random_log_test).lower()}")
+    splits = {s: read_split(tmp_path / "data", s) for s in ("train", "validation", "test", "candidates")}
+    test = splits["test"][splits["test"].user_id == 0]
+    latest = test.time_ms.max()
+    assert len(test) == 2 and set(test.time_ms) == {latest}  # the whole tie is test
+    earlier = pd.concat([splits[s][splits[s].user_id == 0] for s in ("train", "validation")])
+    assert len(earlier) > 0 and earlier.time_ms.max() < latest
+    listed = splits["candidates"][splits["candidates"].user_id == 0]
+    random_log = pd.read_csv(tied_folder / "log_random_4_22_to_5_08_pure.csv")
+    held = random_log[(random_log.user_id == 0) & (random_log.time_ms >= latest)]  # from the test period on
+    assert sorted(listed.item_id) == sorted(held.video_id if random_log_test else test.item_id)
+    assert 1 not in set(splits["test"].user_id) and 1 in set(splits["train"].user_id)
+    expected = _expected_without_test_list(tied_folder, random_log_test)
+    assert expected["one_time"] == 1 and expected["no_held_out_rows"] >= random_log_test
+    without = manifest["without_test_list"]
+    assert {reason: entry["users"] for reason, entry in without["reasons"].items()} == expected
+    assert all(entry["why"] for entry in without["reasons"].values())
+    assert manifest["users"] == manifest["test_users"] + without["users"] == splits["candidates"].user_id.nunique() + \
+        without["users"]
 
 
 def test_kuairand_tasks_are_checked_against_its_declaration():
@@ -323,8 +494,10 @@ def test_compare_on_the_generated_pure_layout(kuairand_run, tmp_path):
                  "model.expert_units=[16]", "model.tower_units=[8]", "model.num_experts=4",
                  "model.id_embedding_dim=8", "compare.seeds=[0]", "compare.focus=[dselect_k_static]",
                  "model.tasks={click: {}, long_view: {}, like: {}, play_time: {weight: 0.5}}",
-                 "compare.variants={softmax: {model: {gate: {type: softmax}}}, "
-                 "dselect_k_static: {model: {gate: {type: dselect_k, k: 2}}}}"]
+                 # DSelect-k binary after Adam's first steps (a band far narrower than a step): its run counts as
+                 # DSelect-k at k=2 and is tested (an unconverged one would be left out of the tests).
+                 "train.learning_rate=0.01", "compare.variants={softmax: {model: {gate: {type: softmax}}}, "
+                 "dselect_k_static: {model: {gate: {type: dselect_k, k: 2, gamma: 0.001, entropy_doubling_steps: 1}}}}"]
     result = subprocess.run([str(Path(sys.executable).parent / "mtlrec"), "compare", "--config", str(config),
                              *sum([["--set", o] for o in overrides], [])], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,12 +1,12 @@
 """The KuaiRand generator against the published README (github chongminggao/KuaiRand), field by
 field: the file names of each version and every file's fields, types and value sets are typed
-out here from the README, independently of pipeline/kuairand_generate.py."""
+out here from the README, independently of tests/kuairand_files.py."""
 import re
 
 import pandas as pd
 import pytest
 
-from pipeline.kuairand_generate import write_kuairand
+from kuairand_files import write_kuairand
 
 # "Data Descriptions" of the README: the file tree of each version's data/ folder.
 README_FILES = {

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, ndcg_score, roc_auc_score
 
-from pipeline.metrics import pointwise_metrics, ranking_metrics, regression_metrics, summarize
+from pipeline.stats.metrics import pointwise_metrics, ranking_metrics, regression_metrics, summarize
 
 KS = (1, 3, 5, 20)
 

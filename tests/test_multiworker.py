@@ -1,7 +1,7 @@
 """`train.strategy=multi_worker` with real processes: two `mtlrec train` workers on localhost, each
 with its own TF_CONFIG, against one process training the same global batch (issue 27).
 
-Every worker reads all batches and keeps its slice of each (pipeline/dataset.py shard_by_data),
+Every worker reads all batches and keeps its slice of each (pipeline/training/dataset.py shard_by_data),
 so two workers run the same steps on the same examples as one process: their history and
 weights equal the single process's up to the order of float sums. Only the chief (worker 0)
 writes the run folder; the other's scratch folder (under its TMPDIR here) is removed. A worker
@@ -37,7 +37,7 @@ def processes(tmp_path):
 @pytest.fixture(scope="module")
 def single_process(embedded_data, tmp_path_factory):
     """The reference: one process, default strategy, the same settings and global batch."""
-    from pipeline import train
+    from pipeline.stages import train
     from pipeline.config import load_config
     data_dir, manifest = embedded_data
     run_dir = tmp_path_factory.mktemp("single") / "run"
@@ -58,7 +58,8 @@ def start_two_workers(processes, data_dir, run_dir, name, tmp=None, attempts=3):
             tmpdir.mkdir(exist_ok=True)
             env = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
                    "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1"}
-            args = [MTLREC, "train", *cli_sets(f"train.data={data_dir}", f"train.run_dir={run_dir}", *SETTINGS, *CLUSTER)]
+            args = [MTLREC, "train",
+                    *cli_sets(f"train.data={data_dir}", f"train.run_dir={run_dir}", *SETTINGS, *CLUSTER)]
             workers.append(processes.start(f"{name}-worker{index}", args, env))
 
         def joined():
@@ -135,8 +136,9 @@ def test_two_workers_train_like_one_process(embedded_data, single_process, proce
         assert f"worker {index} of 2 workers, {steps} steps/epoch" in output
         assert "ran out of data" not in output
     # Every step ran: the optimizer's step count is the single process's, epochs x steps.
-    iterations = model_weights(run_dir, 2)["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]
-    assert iterations == 2 * steps == model_weights(single_process, 2)["optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"]
+    key = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+    iterations = model_weights(run_dir, 2)[key]
+    assert iterations == 2 * steps == model_weights(single_process, 2)[key]
     assert_same_history(single_process, run_dir)
     for epoch in (1, 2):
         assert largest_difference(single_process, run_dir, epoch) < 1e-5
@@ -167,7 +169,8 @@ def test_a_killed_worker_ends_the_other_with_one_line_and_both_resume(embedded_d
     waited = time.monotonic() - killed_at
     lines = mtlrec_lines(processes.output(chief), "train")
     assert chief.returncode == 1 and len(lines) == 1, processes.output(chief)[-3000:]
-    assert lines[0].startswith(f"mtlrec train: cluster error: lost contact with worker 1 (127.0.0.1:{ports[1]}): "), lines
+    assert lines[0].startswith(
+        f"mtlrec train: cluster error: lost contact with worker 1 (127.0.0.1:{ports[1]}): "), lines
     assert lines[0].endswith("start every worker again with the same command to resume after the last completed epoch")
     assert "Traceback" not in processes.output(chief)
     assert waited < WORKER_TIMEOUT + 20, waited
@@ -213,8 +216,9 @@ def test_mirrored_replicas_log_what_one_process_logs(embedded_data, single_proce
     import subprocess
     data_dir, _ = embedded_data
     run_dir = tmp_path / "run"
-    done = subprocess.run([str(MTLREC), "train", *cli_sets(f"train.data={data_dir}", f"train.run_dir={run_dir}", *SETTINGS,
-                                                           "train.strategy=mirrored", "train.cpu_devices=2")],
+    sets = cli_sets(f"train.data={data_dir}", f"train.run_dir={run_dir}", *SETTINGS,
+                    "train.strategy=mirrored", "train.cpu_devices=2")
+    done = subprocess.run([str(MTLREC), "train", *sets],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((run_dir / "train.json").read_text())["replicas"] == 2
@@ -225,9 +229,9 @@ def test_mirrored_replicas_log_what_one_process_logs(embedded_data, single_proce
 def test_timeouts_are_not_settings_of_the_run(tmp_path):
     """A killed cluster may be resumed with other timeouts: they say how the run goes, not what it
     computes (config.EXECUTION_FIELDS), so the run folder is the same run and tune's study too."""
-    from pipeline import runs
+    from pipeline.artifacts import runs
     from pipeline.config import load_config
-    from pipeline.tune import study_name
+    from pipeline.stages.tune import study_name
     config = load_config(None, [f"train.run_dir={tmp_path / 'run'}", *SETTINGS, *CLUSTER])
     runs.write_config(tmp_path / "run", config)
     other = load_config(None, [f"train.run_dir={tmp_path / 'run'}", *SETTINGS, *CLUSTER,
@@ -254,7 +258,7 @@ RESET = ("Graph execution error: Detected at node cond_5/CollectiveGatherV2 ... 
     (0, "Failed to allocate memory for a tensor", None),  # nothing about the cluster: not ours to explain
 ])
 def test_lost_peers_are_named_with_their_address(me, message, expected):
-    from pipeline import cluster
+    from pipeline.training import cluster
     from pipeline.config import load_config
     spec = tf.train.ClusterSpec({"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]})
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(spec, task_type="worker", task_id=me)

@@ -1,10 +1,10 @@
 """Object-store paths end to end (issue 14 item 12), on TensorFlow's in-memory ram:// file system.
 
 pathlib folds `gs://bucket/x` into `gs:/bucket/x`; every stage keeps such paths as strings and
-reaches them through tf.io.gfile (pipeline/storage.py). ram:// lives in this process's memory, so
+reaches them through tf.io.gfile (pipeline/artifacts/storage.py). ram:// lives in this process's memory, so
 the stages run in-process through the CLI's entry point. It lacks two things GCS has: folder
 renames (tf.Transform writes its transform graph locally and it is copied up) and a file opened
-for writing being emptied first (pipeline/storage.py write_bytes removes it first).
+for writing being emptied first (pipeline/artifacts/storage.py write_bytes removes it first).
 """
 import json
 

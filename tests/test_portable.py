@@ -109,7 +109,8 @@ def test_no_job_server_is_one_line_within_the_timeout(tmp_path, capsys):
 
 
 def test_a_job_server_host_that_does_not_resolve_is_one_line(tmp_path, capsys):
-    code, lines, _ = _preprocess(tmp_path, capsys, "data.runner=portable", "data.job_endpoint=no-such-host.invalid:8099")
+    code, lines, _ = _preprocess(tmp_path, capsys, "data.runner=portable",
+                                 "data.job_endpoint=no-such-host.invalid:8099")
     assert code == 1 and len(lines) == 1 and lines[0].startswith(
         "mtlrec preprocess: network error: Beam job server at no-such-host.invalid:8099 (data.job_endpoint): "
         "cannot resolve host no-such-host.invalid ("), lines

@@ -31,7 +31,8 @@ def test_embedded_manifest(embedded_data):
     folder, manifest = embedded_data
     assert manifest["source"]["name"] == "embedded"
     assert manifest["input_rows"] == 100004  # every row of the dslabs subset was read
-    assert manifest["input_rows"] == manifest["accepted_rows"] + manifest["rejected_rows"] + manifest["sampled_out_rows"]
+    assert manifest["input_rows"] == (manifest["accepted_rows"] + manifest["rejected_rows"]
+                                      + manifest["sampled_out_rows"])
     assert 20 <= manifest["users"] <= 70
     # The dslabs subset has no demographics: those features are absent, not faked.
     assert "gender" not in manifest["features"] and "genres" in manifest["features"]
@@ -49,7 +50,7 @@ def test_embedded_manifest(embedded_data):
 def test_materialized_splits_equal_the_transform_graph_on_the_raw_shards(embedded_data):
     """transformed/<split> (written by preprocess, what training reads) holds exactly what the
     transform graph gives on the raw shards, example by example, shard by shard, in order."""
-    from pipeline.dataset import BLOCK_SIZE, InputPipeline
+    from pipeline.training.dataset import BLOCK_SIZE, InputPipeline
     folder, manifest = embedded_data
     inputs = InputPipeline(folder, manifest["raw_columns"])
     for split in ("train", "validation"):
@@ -59,7 +60,8 @@ def test_materialized_splits_equal_the_transform_graph_on_the_raw_shards(embedde
         for name in names:
             blocks = list(tf.data.TFRecordDataset(str(folder / "transformed" / split / name), "GZIP").map(
                 lambda record: tf.io.parse_single_example(record, inputs.block_spec)))
-            assert all(len(b["watch"]) == BLOCK_SIZE for b in blocks[:-1]) and 0 < len(blocks[-1]["watch"]) <= BLOCK_SIZE
+            assert all(len(b["watch"]) == BLOCK_SIZE for b in blocks[:-1])
+            assert 0 < len(blocks[-1]["watch"]) <= BLOCK_SIZE
             raw = tf.data.TFRecordDataset(str(folder / split / name), "GZIP").batch(100_000).map(inputs.to_inputs)
             expected = raw.get_single_element()
             assert set(blocks[0]) == set(expected)
@@ -91,6 +93,60 @@ def test_split_is_by_time_per_user(embedded_data):
             if len(times["test"]):
                 assert times["test"].min() > times["validation"].max()
     assert checked > 10
+
+
+def test_ties_never_straddle_a_cut_and_every_cuttable_user_has_a_test_list():
+    """Random histories with ties anywhere, and random-policy (held-out) rows: the cuts follow the
+    rule of docs/KUAIRAND.md, and a user without a test list is counted with the reason."""
+    import apache_beam as beam
+    from pipeline.examples import exposure as exposure_examples
+    from pipeline.config import SplitConfig
+    from pipeline.stages.preprocess import _user_history
+    from pipeline.sources.rows import HELD_OUT
+    rng = np.random.default_rng(24)
+    seen = set()
+    for case in range(3000):
+        n = int(rng.integers(1, 30))
+        times = np.sort(rng.integers(0, int(rng.integers(1, 12)), n)) * 1000
+        held = [{"user_id": 1, "item_id": 1000 + i, "time_ms": int(t), HELD_OUT: True}
+                for i, t in enumerate(rng.integers(0, 12, int(rng.integers(0, 3))) * 1000)]
+        rows = [{"user_id": 1, "item_id": i, "time_ms": int(t)} for i, t in enumerate(times)]
+        out = list(_user_history((1, [rows + held]), SplitConfig(), "log.csv", exposure_examples, "time_ms",
+                                       "item_id"))
+        [counts] = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
+        [(_, parts)] = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
+        split = {s: [r["time_ms"] for r in parts[s]] for s in ("train", "validation", "test")}
+        assert split["train"] + split["validation"] + split["test"] == list(times)
+        n_test, n_val = max(1, round(0.1 * n)), max(1, round(0.1 * n))
+        reasons = [k for k in counts if k.startswith("no_test_list:")]
+        if n < 5 or n_test + n_val >= n:
+            why = "too_few_rows"
+        elif len(set(times)) == 1:
+            why = "one_time"
+        else:
+            why = None
+        seen.add(why)
+        if why:
+            assert not split["test"] and reasons == [f"no_test_list:{why}"] and counts["train_only_users"] == 1
+            assert "held_out" not in parts
+            continue
+        assert reasons == [] and counts["train_only_users"] == 0
+        # The test cut: the latest n_test rows; where a tie straddles that cut, after the tie, or,
+        # when nothing is later than the tie, before it (the whole tie is then test).
+        first, before = times[n - n_test], times[n - n_test - 1]
+        expected = (list(times[n - n_test:]) if first != before else [t for t in times if t > first]
+                    or [t for t in times if t >= first])
+        assert split["test"] == expected, (list(times), split)
+        assert split["train"] and max(split["train"] + split["validation"]) < min(split["test"])
+        if split["validation"]:
+            assert max(split["train"]) < min(split["validation"])
+        else:  # only when everything before the test is at one time
+            assert len(set(split["train"])) == 1
+        if len(set(times)) == n:  # no ties: the shares exactly
+            assert (len(split["test"]), len(split["validation"])) == (n_test, n_val)
+        assert sorted(r["item_id"] for r in parts.get("held_out", [])) == sorted(
+            r["item_id"] for r in held if r["time_ms"] >= min(split["test"]))
+    assert seen == {"too_few_rows", "one_time", None}
 
 
 def test_sampled_items_were_never_interacted(embedded_data):
@@ -133,7 +189,12 @@ def _zscore(values, reference):
 
 def test_aggregates_use_train_split_only(embedded_data):
     """Aggregate features equal pandas aggregates over the train split alone, also on test rows."""
-    folder, manifest = embedded_data
+    assert_train_only_aggregates(*embedded_data)
+
+
+def assert_train_only_aggregates(folder, manifest, unseen_test_items=True):
+    """The transform's aggregates on the test rows equal pandas aggregates over the train split
+    (also used for the random split, tests/test_random_split.py)."""
     train = read_split(folder, "train")
     obs = train[train.rating_weight == 1]
     user_n = obs.groupby("user_id").size()
@@ -158,7 +219,8 @@ def test_aggregates_use_train_split_only(embedded_data):
     }
     for name, values in expected.items():
         np.testing.assert_allclose(out[name].numpy(), values.to_numpy(), rtol=1e-4, atol=1e-4, err_msg=name)
-    assert (~test.item_id.isin(item_n.index)).any()  # some test items are unseen in train: fallbacks exercised
+    if unseen_test_items:  # some test items are unseen in train: fallbacks exercised
+        assert (~test.item_id.isin(item_n.index)).any()
 
     # Genre affinity: the user's train share of each of the item's genres, averaged.
     genre_rows = obs.assign(genre=obs.genres.str.split("|")).explode("genre")
@@ -252,8 +314,10 @@ def test_same_seed_gives_identical_bytes_without_runner_metrics(ml1m_with_bad_ro
     run_preprocess(root / "run2", *overrides)
     first, second = root / "run1/data", root / "run2/data"
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert {"train", "transformed", "rejected", "tables", "transform_fn", "transformed_metadata"} <= {f.parts[0] for f in files}
-    assert {Path("transform_fn/saved_model.pb"), Path("transform_fn/fingerprint.pb"), Path("manifest.json")} <= set(files)
+    folders = {"train", "transformed", "rejected", "tables", "transform_fn", "transformed_metadata"}
+    assert folders <= {f.parts[0] for f in files}
+    assert {Path("transform_fn/saved_model.pb"), Path("transform_fn/fingerprint.pb"), Path("manifest.json")} <= set(
+        files)
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     differ = [str(name) for name in files if (first / name).read_bytes() != (second / name).read_bytes()]
     assert differ == []
@@ -374,7 +438,7 @@ def test_tfds_without_network_fails_with_one_line(tmp_path, monkeypatch, capsys)
 
 # ---------------------------------------------------------------- failures
 def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
-    from pipeline import shards
+    from pipeline.examples import shards
 
     def broken(self, keyed):
         raise RuntimeError("disk full (injected)")
@@ -385,7 +449,7 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="disk full"):
         run_preprocess(tmp_path / "run", "data.source=grouplens", f"data.path={folder}")
     assert not (tmp_path / "run" / "data").exists()
-    # No half-written temporary folder either; the data folder's lock file stays, free (pipeline/locks.py).
+    # No half-written temporary folder either; the data folder's lock file stays, free (pipeline/artifacts/locks.py).
     assert [p.name for p in (tmp_path / "run").iterdir()] == [".data.lock"]
     assert (tmp_path / "run" / ".data.lock").read_text() == ""
 

@@ -20,7 +20,8 @@ from fixtures import TINY_DATA as DATA
 from fixtures import TINY_TRAIN as TRAIN
 from fixtures import cli_sets as sets
 from fixtures import hold_lock_in_another_process, ratings, write_ml100k
-from pipeline import cli, locks, storage
+from pipeline import cli
+from pipeline.artifacts import locks, storage
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
 
@@ -128,7 +129,7 @@ def test_unwritable_folder_is_one_line(tmp_path, capsys):
 def test_a_bug_keeps_its_traceback(monkeypatch):
     """Only failures of the storage, network or cluster become one line (tests/test_errors.py): anything
     else is a bug, and is raised as it is."""
-    from pipeline import compare
+    from pipeline.stages import compare
     monkeypatch.setattr(compare, "run", lambda config, force=False: {}["a bug"])
     with pytest.raises(KeyError, match="a bug"):
         cli.main(["compare"])
@@ -167,7 +168,8 @@ def test_compare_preprocess_and_tune_refuse_a_folder_in_use(tmp_path, capsys, co
         holder.kill()
         holder.wait()
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{what} {tmp_path / folder}: in use by another mtlrec process (pid {holder.pid} " in err[0]
+    assert len(err) == 1
+    assert f"{what} {tmp_path / folder}: in use by another mtlrec process (pid {holder.pid} " in err[0]
 
 
 def test_nested_stages_share_their_lock_and_release_it(tmp_path):

@@ -8,8 +8,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from pipeline import report as report_module
-from pipeline.report import Report, bar_chart, forest_plot, heatmap, heatmaps, line_chart, write_json
+from pipeline.reports import render as report_module
+from pipeline.reports.render import Report, forest_plot, heatmap, heatmaps, line_chart, write_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -27,15 +27,12 @@ def leftover_temp_files(folder):
 
 def test_plots_are_readable_pngs(tmp_path):
     paths = [
-        bar_chart(tmp_path / "bars.png", ["watch", "like"],
-                  {"dselect_k": ([0.4, 0.3], [0.01, 0.02]), "softmax": ([0.38, 0.31], [0.02, np.nan])},
-                  "NDCG@10 by task", "NDCG@10"),
         heatmap(tmp_path / "heat.png", [[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]],
                 ["watch", "rating"], ["e0", "e1", "e2"], "Expert weights"),
         line_chart(tmp_path / "lines.png", {"dselect_k": ([1, 2, 4], [0.3, 0.35, 0.36])},
                    "NDCG vs k", "k", "NDCG"),
     ]
-    assert paths == [tmp_path / "bars.png", tmp_path / "heat.png", tmp_path / "lines.png"]
+    assert paths == [tmp_path / "heat.png", tmp_path / "lines.png"]
     for path in paths:
         assert_png(path)
     assert leftover_temp_files(tmp_path) == []
@@ -119,8 +116,6 @@ def test_the_same_plot_gives_the_same_png_bytes(tmp_path):
 
 def test_plot_helpers_reject_mismatched_input(tmp_path):
     with pytest.raises(ValueError):
-        bar_chart(tmp_path / "b.png", ["watch", "like"], {"g": ([0.1], [0.0])}, "t", "y")
-    with pytest.raises(ValueError):
         heatmap(tmp_path / "h.png", [[1.0, 2.0]], ["a", "b"], ["x", "y"], "t")
     with pytest.raises(ValueError):
         line_chart(tmp_path / "l.png", {"g": ([1, 2], [0.1])}, "t", "x", "y")
@@ -136,7 +131,7 @@ def test_plot_helpers_reject_mismatched_input(tmp_path):
 
 
 def make_report(tmp_path):
-    png = bar_chart(tmp_path / "plots" / "bars.png", ["watch"], {"g": ([0.4], [0.01])}, "t", "y")
+    png = line_chart(tmp_path / "plots" / "ndcg.png", {"g": ([1, 2], [0.4, 0.5])}, "t", "x", "y")
     rep = Report("Gate comparison")
     rep.heading("Watch task")
     rep.paragraph("DSelect-k <b>beats</b> softmax & top-k")
@@ -158,7 +153,7 @@ def test_report_markdown_and_html_share_the_content(tmp_path):
     assert "| gate | ndcg@10 | p |" in md
     assert "| dselect_k | **0.4321** | a\\|b |" in md  # bold cell, 4 significant digits, pipe escaped
     assert "| softmax | n/a | 3 |" in md
-    assert "![NDCG by gate](../plots/bars.png)" in md
+    assert "![NDCG by gate](../plots/ndcg.png)" in md
 
     assert "<h1>Gate comparison</h1>" in page and "<h2>Watch task</h2>" in page
     assert "<th>ndcg@10</th>" in page
@@ -169,7 +164,7 @@ def test_report_markdown_and_html_share_the_content(tmp_path):
     embedded = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert embedded is not None
     assert base64.b64decode(embedded.group(1)) == png.read_bytes()
-    assert "plots/bars.png" not in page  # self-contained: no link to the file
+    assert "plots/ndcg.png" not in page  # self-contained: no link to the file
     assert leftover_temp_files(tmp_path) == []
 
 

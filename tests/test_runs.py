@@ -1,4 +1,4 @@
-"""Where run and data folders are, and reading a run folder back (pipeline/runs.py).
+"""Where run and data folders are, and reading a run folder back (pipeline/artifacts/runs.py).
 
 Training, restoring and evaluating real runs is tested in test_train.py and test_compare.py;
 these are the path rules and the checks that need no model.
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import runs
-from pipeline.artifacts import ArtifactError
-from pipeline.compare import run_configs
+from pipeline.artifacts import runs
+from pipeline.artifacts.atomic import ArtifactError
+from pipeline.stages.compare import run_configs
 from pipeline.config import load_config
 
 

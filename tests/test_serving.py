@@ -8,8 +8,8 @@ import tensorflow_transform as tft
 
 from features.datasets.movielens import MOVIELENS, YEAR_BUCKETS
 from fixtures import untrained_model
-from pipeline.dataset import split_files
-from pipeline.export import export_model
+from pipeline.training.dataset import split_files
+from pipeline.stages.export import export_model
 
 SMALL = ["model.num_experts=4", "model.expert_units=[16]", "model.tower_units=[8]", "model.id_embedding_dim=8"]
 WEIGHTS = {"watch": 0.7, "rating": 0.2, "like": 1.5}  # the loss weights: rank's default weights
@@ -24,7 +24,8 @@ def served(embedded_data, tmp_path_factory):
     path = export_model(model, inputs, tmp_path_factory.mktemp("serving") / "export")
     records = np.array(list(tf.data.TFRecordDataset(split_files(data_dir, "candidates"), "GZIP").as_numpy_iterator()),
                        dtype=object)  # not numpy bytes: they drop trailing zero bytes
-    raw = {k: v.numpy() for k, v in tf.io.parse_example(records, MOVIELENS.raw_feature_spec(manifest["raw_columns"])).items()}
+    parsed = tf.io.parse_example(records, MOVIELENS.raw_feature_spec(manifest["raw_columns"]))
+    raw = {k: v.numpy() for k, v in parsed.items()}
     return tf.saved_model.load(str(path)).signatures, records, raw, data_dir
 
 

@@ -112,7 +112,7 @@ def test_undecodable_rating_line_is_rejected_with_its_bytes(tmp_path):
 
 @pytest.mark.parametrize("name", ["ratings.csv", "movies.csv"])
 def test_utf16_files_are_refused_with_one_line(tmp_path, name):
-    from pipeline.sources import SourceError
+    from pipeline.sources.rows import SourceError
     folder = write_latest(tmp_path / "files", ratings(num_users=2, num_items=4, per_user=2, half_stars=True))
     path = folder / name
     path.write_bytes(path.read_text().encode("utf-16"))
@@ -123,7 +123,7 @@ def test_utf16_files_are_refused_with_one_line(tmp_path, name):
 @pytest.mark.parametrize("content, what", [(b"", "empty file"),
                                            (b"userId,movieId,rating,timestamp\r\n\r\n", "only a header")])
 def test_ratings_file_without_rows_is_an_error(tmp_path, content, what):
-    from pipeline.sources import SourceError
+    from pipeline.sources.rows import SourceError
     folder = write_latest(tmp_path / "files", ratings(num_users=2, num_items=4, per_user=2, half_stars=True))
     (folder / "ratings.csv").write_bytes(content)
     with pytest.raises(SourceError, match=f"ratings.csv: no rating rows \\({what}\\)"):
@@ -194,7 +194,7 @@ def test_bad_lines_of_movie_and_user_files(tmp_path):
     (write_latest, "ratings.csv", "movies.csv found (ml-latest layout) but ratings.csv is missing"),
 ])
 def test_a_missing_file_is_named(tmp_path, writer, remove, message):
-    from pipeline.sources import SourceError
+    from pipeline.sources.rows import SourceError
     folder = writer(tmp_path / "files", ratings(num_users=2, num_items=4, per_user=2))
     (folder / remove).unlink()
     with pytest.raises(SourceError, match=f"^{re.escape(f'data.path {folder}: {message}')}$"):
@@ -224,7 +224,7 @@ def test_ratings_header_gives_the_column_order(tmp_path):
 
 
 def test_unknown_header_is_an_error(tmp_path):
-    from pipeline.sources import SourceError
+    from pipeline.sources.rows import SourceError
     folder = write_latest(tmp_path / "files", ratings(num_users=2, num_items=4, per_user=2, half_stars=True))
     (folder / "ratings.csv").write_text("userId,itemName,stars\n1,2,3\n")
     with pytest.raises(SourceError, match="header 'userId,itemName,stars' does not name the columns"):
@@ -244,8 +244,9 @@ def test_a_huge_field_is_a_rejected_line_not_a_crash(tmp_path):
 
 
 def test_malformed_genre_file_is_named(tmp_path):
-    from pipeline.sources import SourceError
+    from pipeline.sources.rows import SourceError
     folder = write_ml100k(tmp_path / "files", ratings(num_users=2, num_items=4, per_user=2))
     recode(folder / "u.genre", replace={b"Comedy|5": b"Comedy 5"})
-    with pytest.raises(SourceError, match=re.escape(f"{folder / 'u.genre'}:6: expected 'genre|index', found 'Comedy 5'")):
+    message = f"{folder / 'u.genre'}:6: expected 'genre|index', found 'Comedy 5'"
+    with pytest.raises(SourceError, match=re.escape(message)):
         grouplens(folder)

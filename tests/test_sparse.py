@@ -13,9 +13,9 @@ from fixtures import read_split
 from models.recommender import MultiTaskRecommender
 from models.sparse import SparseRecommender
 from pipeline.config import load_config
-from pipeline.dataset import InputPipeline
-from pipeline.export import export_model, export_run
-from pipeline.modeling import model_spec
+from pipeline.training.dataset import InputPipeline
+from pipeline.stages.export import export_model, export_run
+from pipeline.training.modeling import model_spec
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
 # The experts each task is forced to select; 0, 2, 4, 6 and 7 are selected by nobody.
@@ -107,7 +107,7 @@ def test_sparse_export_matches_dense_and_drops_unselected_experts(embedded_data,
 
 
 def test_cli_sparse_export_of_a_trained_run(embedded_data, tmp_path):
-    from pipeline import train
+    from pipeline.stages import train
     data_dir, manifest = embedded_data
     common = [f"train.data={data_dir}", "train.epochs=1", "train.steps_per_epoch=5", "train.batch_size=256",
               "model.expert_units=[16]", "model.num_experts=4", "train.diagnostics_batches=1"]

@@ -1,4 +1,4 @@
-"""pipeline/stable_savedmodel.py: the same model saved twice gets the same bytes, and still works.
+"""pipeline/artifacts/stable_savedmodel.py: the same model saved twice gets the same bytes, and still works.
 
 The whole preprocess stage is checked byte for byte in tests/test_preprocess.py; here a small
 model with what the transform graph has (a lookup table lifted out of the function, a
@@ -8,7 +8,7 @@ function counter differs between the two saves.
 import numpy as np
 import tensorflow as tf
 
-from pipeline.stable_savedmodel import canonicalize
+from pipeline.artifacts.stable_savedmodel import canonicalize
 
 
 def _save(folder, vocabulary_file):

@@ -14,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 from models.gates import reference
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.synthetic.data import generate
-from pipeline.synthetic.model import TaskRoutedMoE
+from models.synthetic import TaskRoutedMoE
 from pipeline.synthetic.recovery import (
     adjusted_rand_index, argmax_k_ari, pair_agreement, selected_experts, selection_labels, top_k_sets)
 from pipeline.synthetic.report import NOT_CONVERGED, ROBUST_OPTIONS, matched_rows, sort_for_display, verdict_lines
@@ -249,7 +249,8 @@ def test_verdicts_follow_ari_significance_and_convergence():
     assert "no significant" in verdict_lines([row], converged)[0] and "no p-value" in verdict_lines([row], converged)[0]
     # Robust DSelect-k against the variant it took its settings from.
     gates["r"] = {"type": "dselect_k", "k": 2}
-    rows = compare_variants(gates, {"d": runs(low), "t": runs(low), "s": runs(low), "r": runs(high)}, [1, 2], {"r": "d"})
+    results = {"d": runs(low), "t": runs(low), "s": runs(low), "r": runs(high)}
+    rows = compare_variants(gates, results, [1, 2], {"r": "d"})
     assert [(r["a"], r["b"]) for r in rows] == [("d", "t"), ("r", "t"), ("r", "d")]
 
 
@@ -285,6 +286,7 @@ def _flat(grads, variables):
 ROUTED_CASES = {
     "softmax": (8, {"type": "softmax"}),
     "topk": (8, {"type": "topk", "k": 2, "noise": False}),
+    "topk_noise": (8, {"type": "topk", "k": 2, "noise": True}),  # rows also hold the noise scale's logits
     "dselect_k": (8, {"type": "dselect_k", "k": 2, "gamma": 1.0, "entropy_weight": 0.05}),
     "dselect_k_unreachable_codes": (6, {"type": "dselect_k", "k": 2, "gamma": 1.0, "entropy_weight": 0.05}),
     # The permutation search running (step 5 of [0, 100)): rows also hold each gate's permutation logits.
@@ -437,13 +439,17 @@ def test_tuning_gives_every_variant_the_same_budget_resumes_and_never_reads_the_
     spec = RunSpec(**{**TINY_SPEC.__dict__, "max_epochs": 20, "min_epochs": 20})
     softmax = tune_variant("softmax", data, spec, {"type": "softmax"}, tuning, storage)
     dselect = tune_variant("dselect_k", data, spec, {"type": "dselect_k", "k": 1}, tuning, storage)
-    for result in (softmax, dselect):
-        assert result["study"]["trials_finished"] == 3
+    for result in (softmax, dselect):  # 3 feasible trials each; a DSelect-k trial that did not converge comes on top
+        study = result["study"]
+        assert study["trials_feasible"] == 3 and study["trials_finished"] == 3 + study["trials_infeasible"]
         assert tuning.learning_rate[0] <= result["learning_rate"] <= tuning.learning_rate[1]
-    assert softmax["gate_params"] == {} and {"gamma", "entropy_weight", "entropy_schedule"} <= set(dselect["gate_params"])
-    assert len(runs) == 6 and all(args[4] == [tuning.seed] for args in runs)  # one tuning seed per trial
+    assert softmax["study"]["trials_infeasible"] == 0
+    assert softmax["gate_params"] == {}
+    assert {"gamma", "entropy_weight", "entropy_schedule"} <= set(dselect["gate_params"])
+    trained = softmax["study"]["trials_finished"] + dselect["study"]["trials_finished"]
+    assert len(runs) == trained and all(args[4] == [tuning.seed] for args in runs)  # one tuning seed per trial
     again = tune_variant("dselect_k", data, spec, {"type": "dselect_k", "k": 1}, tuning, storage)
-    assert len(runs) == 6 and again == dselect  # resumed from the database: nothing retrained
+    assert len(runs) == trained and again == dselect  # resumed from the database: nothing retrained
 
 
 @pytest.mark.parametrize("override,message", [
@@ -483,7 +489,7 @@ def test_tiny_run_through_the_cli(tmp_path):
     # Equal budget: every variant tuned on its own got the same number of finished trials.
     tuned = {name for name in tiny.compare if name not in tiny.tuned_with}
     assert set(summary["tuning"]) == tuned | {"oracle"}
-    assert {summary["tuning"][name]["trials_finished"] for name in tuned} == {tiny.tuning.trials}
+    assert {summary["tuning"][name]["trials_feasible"] for name in tuned} == {tiny.tuning.trials}
     assert summary["tuning"]["oracle"]["trials_finished"] == tiny.tuning.oracle_trials
     robust, plain = summary["gates"]["dselect_k_1_robust"], summary["gates"]["dselect_k_1"]
     assert robust["tuned_with"] == "dselect_k_1" and robust["learning_rate"] == plain["learning_rate"]
@@ -515,6 +521,6 @@ def test_tiny_run_through_the_cli(tmp_path):
     assert "Robust DSelect-k" in report and "dselect_k_1_robust" in report
     assert summary["cpu_seconds"] > 0 and "s CPU time" in (out / "report.md").read_text()
     # The temp folder was renamed into place; only the study database's free lock file stays
-    # (lock files stay by design: deleting a flock'ed file breaks exclusion, pipeline/locks.py).
+    # (lock files stay by design: deleting a flock'ed file breaks exclusion, pipeline/artifacts/locks.py).
     assert [p.name for p in tmp_path.glob(".synthetic*")] in ([], [".synthetic_tuning.db.lock"])
     assert (tmp_path / "synthetic_tuning.db").is_file()  # beside the result folder: a rerun resumes the tuning

@@ -9,8 +9,8 @@ import tensorflow as tf
 from conftest import run_preprocess
 from features.datasets.movielens import MOVIELENS
 from fixtures import ratings, read_split, users, write_ml1m
-from pipeline.export import EntityTable
-from pipeline.tables import read_tables
+from pipeline.stages.export import EntityTable
+from pipeline.examples.tables import read_tables
 
 
 RAW_COLUMNS = MOVIELENS.raw_columns
@@ -48,7 +48,8 @@ def test_lookup_known_and_unknown_ids():
 def test_item_table_is_the_train_split(embedded_data):
     folder, manifest = embedded_data
     assert manifest["tables"] == {"item": {"key": "item_id", "columns": ["genres", "year"],
-                                           "file": "tables/item.tfrecord.gz", "rows": manifest["tables"]["item"]["rows"]}}
+                                           "file": "tables/item.tfrecord.gz",
+                                           "rows": manifest["tables"]["item"]["rows"]}}
     ids, columns = read_tables(folder, manifest)["item"]
     train = read_split(folder, "train")
     # Every item of the train split (observed or sampled there), nothing else, with its train columns.
@@ -107,7 +108,7 @@ def test_rank_looks_the_user_up_once_per_request(ml1m_data, tmp_path):
     """ml-1m has user columns: rank sends only the user id, the served model finds gender, age,
     occupation and zip code in its user table (the declared defaults for an unknown user)."""
     from fixtures import untrained_model
-    from pipeline.export import export_model
+    from pipeline.stages.export import export_model
     folder, manifest = ml1m_data
     model, inputs = untrained_model(folder, manifest, "model.num_experts=4", "model.expert_units=[16]")
     signatures = tf.saved_model.load(str(export_model(model, inputs, tmp_path / "export"))).signatures

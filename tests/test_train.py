@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from pipeline.artifacts import ArtifactError
+from pipeline.artifacts.atomic import ArtifactError
 from pipeline.config import load_config
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
@@ -23,7 +23,7 @@ def _config(data_dir, run_dir, *overrides):
 
 
 def _train(data_dir, run_dir, *overrides, callbacks=()):
-    from pipeline import train
+    from pipeline.stages import train
     return train.run(_config(data_dir, run_dir, *overrides), callbacks=callbacks)
 
 
@@ -95,7 +95,7 @@ KILLER = """
 import os, signal, sys
 import features  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
-from pipeline import train
+from pipeline.stages import train
 from pipeline.config import load_config
 
 
@@ -151,6 +151,38 @@ def test_killed_run_resumes_to_the_same_evaluation(embedded_data, tmp_path):
     assert losses[0] == losses[1] and len(losses[0]) == 3
 
 
+def test_a_saved_state_of_another_model_is_refused_with_one_line(tmp_path):
+    """A run's saved state from code whose model had other variables (Top-k without noise kept noise
+    weights before issue 24): the optimizer's slots no longer line up. One line, not a traceback."""
+    from pipeline.artifacts import resume
+    from pipeline.artifacts.atomic import ArtifactError
+
+    class Model(tf.keras.Model):
+        def __init__(self, extra: bool):
+            super().__init__()
+            self.hidden = tf.keras.layers.Dense(4)
+            self.extra = tf.keras.layers.Dense(5) if extra else None  # weights the loss never reaches
+            self.out = tf.keras.layers.Dense(1)
+
+        def call(self, x):
+            if self.extra is not None:
+                self.extra(x)
+            return self.out(self.hidden(x))
+
+    def model(extra: bool):
+        built = Model(extra)
+        built.compile(optimizer="adam", loss="mse")
+        built(tf.zeros([1, 3]))
+        built.optimizer.build(built.trainable_variables)
+        return built
+
+    old = resume.RunState(str(tmp_path), str(tmp_path), model(extra=True), patience=0)
+    old.end_epoch(1, 0.5)
+    assert resume.RunState(str(tmp_path), str(tmp_path), model(extra=True), patience=0).restore() == 1
+    with pytest.raises(ArtifactError, match=r"state/epoch-001: the saved training state does not fit this model"):
+        resume.RunState(str(tmp_path), str(tmp_path), model(extra=False), patience=0).restore()
+
+
 def test_run_folder_of_other_settings_is_refused(embedded_data, tmp_path):
     """Resuming a folder trained with other settings would mix two runs: refused, never overwritten."""
     data_dir, _ = embedded_data
@@ -161,7 +193,7 @@ def test_run_folder_of_other_settings_is_refused(embedded_data, tmp_path):
 
 def test_only_the_chief_writes_the_run_folder(embedded_data, tmp_path, monkeypatch):
     """Under a multi-worker strategy every worker trains; a non-chief (simulated) writes nothing there."""
-    from pipeline import train
+    from pipeline.stages import train
     data_dir, _ = embedded_data
     monkeypatch.setattr(train, "is_chief", lambda strategy: False)
     summary = _train(data_dir, tmp_path / "run", "train.epochs=2")
@@ -170,7 +202,7 @@ def test_only_the_chief_writes_the_run_folder(embedded_data, tmp_path, monkeypat
 
 
 def test_chief_follows_the_tf_config_roles():
-    from pipeline.train import is_chief
+    from pipeline.stages.train import is_chief
 
     class Resolver:  # what MultiWorkerMirroredStrategy reads from TF_CONFIG
         def __init__(self, task_type, task_id, cluster):
@@ -194,7 +226,7 @@ def test_chief_follows_the_tf_config_roles():
 def _raw_inputs(data_dir, manifest, n=64):
     """The first n candidate rows: raw columns, and the same rows as serialized tf.Examples."""
     from fixtures import read_split
-    from pipeline.dataset import split_files
+    from pipeline.training.dataset import split_files
     frame = read_split(data_dir, "candidates").head(n)
     records = list(tf.data.TFRecordDataset(split_files(data_dir, "candidates"), "GZIP").take(n).as_numpy_iterator())
     return {c: frame[c].to_numpy() for c in manifest["raw_columns"]}, np.array(records, dtype=object)
@@ -230,7 +262,7 @@ def _serve_without_our_packages(export_dir, raw, records, tmp_path) -> dict:
 def test_export_serves_without_our_packages(embedded_data, tmp_path, policy):
     """Every signature from tf.saved_model.load alone: tf.Examples, raw tensors and a ranking
     request give the model's predictions; rank's defaults come from the config's export section."""
-    from pipeline.runs import restore_model
+    from pipeline.artifacts.runs import restore_model
     data_dir, manifest = embedded_data
     run_dir = tmp_path / "run"
     _train(data_dir, run_dir, "train.epochs=1", f"train.mixed_precision={policy}",
@@ -254,15 +286,18 @@ def test_export_serves_without_our_packages(embedded_data, tmp_path, policy):
     assert served["rank"]["top_k"] == np.argsort(-np.array(served["rank"]["score"]), kind="stable")[:10].tolist()
 
     if policy == "none":  # `mtlrec export` with other rank defaults
-        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir), "--set", "export.rank_weights={like: 2.0}",
+        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir),
+                                 "--set", "export.rank_weights={like: 2.0}",
                                  "--set", "export.top_k=3"], capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         ranked = _serve_without_our_packages(run_dir / "export", raw, records, tmp_path)["rank"]
         np.testing.assert_allclose(ranked["score"], 2 * np.array(ranked["like"]), atol=1e-6, rtol=0)
         assert ranked["top_k"] == np.argsort(-np.array(ranked["like"]), kind="stable")[:3].tolist()
-        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir), "--set", "export.rank_weights={clicks: 1}"],
+        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir),
+                                 "--set", "export.rank_weights={clicks: 1}"],
                                 capture_output=True, text=True, timeout=600)
-        assert result.returncode == 2 and "export.rank_weights names tasks that are not trained: clicks" in result.stderr
+        assert result.returncode == 2
+        assert "export.rank_weights names tasks that are not trained: clicks" in result.stderr
 
 
 def test_mirrored_strategy_on_two_logical_cpus(embedded_data, tmp_path):
@@ -284,8 +319,10 @@ def test_rating_loss_ignores_sampled_items():
     """Sample weights: the rating of a sampled item (weight 0) cannot move the rating loss."""
     from models.recommender import ModelSpec, MultiTaskRecommender
     spec = ModelSpec(features=["user", "item", "user_count"], categorical_sizes={"user": 5, "item": 7},
-                     tasks={"watch": 1.0, "rating": 1.0}, gates={t: {"type": "softmax"} for t in ("watch", "rating")},
-                     num_experts=4, expert_units=[8], tower_units=[4])
+                     tasks={"watch": 1.0, "rating": 1.0}, dataset="movielens",
+                     gates={t: {"type": "softmax"} for t in ("watch", "rating")}, architecture="mmoe",
+                     id_embedding_dim=32, side_embedding_dim=8, num_experts=4, expert_units=[8], expert_dropout=0.0,
+                     tower_units=[4])
     model = MultiTaskRecommender(spec)
     batch = {"user": tf.constant([0, 1, 2, 3]), "item": tf.constant([1, 2, 3, 4]),
              "user_count": tf.constant([0.1, -0.3, 0.5, 1.0]), "watch": tf.constant([1.0, 0.0, 1.0, 0.0]),
@@ -308,7 +345,9 @@ def test_model_config_is_plain_data_that_rebuilds_the_model():
     """get_config is what Keras saves with the model: JSON, and from_config builds the same network."""
     from models.recommender import ModelSpec, MultiTaskRecommender
     spec = ModelSpec(features=["user", "item"], categorical_sizes={"user": 5, "item": 7}, tasks={"watch": 1.0},
-                     gates={"watch": {"type": "topk", "k": 2}}, num_experts=3, expert_units=[8], tower_units=[4])
+                     dataset="movielens", gates={"watch": {"type": "topk", "k": 2}}, architecture="mmoe",
+                     id_embedding_dim=32, side_embedding_dim=8, num_experts=3, expert_units=[8], expert_dropout=0.0,
+                     tower_units=[4])
     model = MultiTaskRecommender(spec, name="mine")
     config = json.loads(json.dumps(model.get_config()))
     rebuilt = MultiTaskRecommender.from_config(config)
@@ -333,7 +372,9 @@ def test_bad_data_folders_and_gate_names(embedded_data, tmp_path):
     with pytest.raises(ArtifactError, match="incompatible feature declaration"):
         _train(fake, tmp_path / "run")
     (fake / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "format"}))
-    with pytest.raises(ArtifactError, match="format 1, this code reads format 4; run `mtlrec preprocess` again"):
+    from pipeline.artifacts.manifest import DATA_FORMAT
+    message = f"format 1, this code reads format {DATA_FORMAT}; run `mtlrec preprocess` again"
+    with pytest.raises(ArtifactError, match=message):
         _train(fake, tmp_path / "run")
     result = subprocess.run([str(MTLREC), "train", "--set", "model.gate.type=sparsemax"], capture_output=True,
                             text=True, timeout=300)

@@ -1,4 +1,4 @@
-"""The generic tuner (pipeline/tuning.py) on toy objectives: budget, determinism, resume, pruning."""
+"""The generic tuner (pipeline/tuning/studies.py) on toy objectives: budget, determinism, resume, pruning."""
 import math
 import os
 import signal
@@ -11,8 +11,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from pipeline.locks import LockError
-from pipeline.tuning import TunerSettings, TuningError, _pruner, finished_trials, run_study, summarize
+from pipeline.artifacts.locks import LockError
+from pipeline.tuning.studies import TunerSettings, TuningError, _pruner, finished_trials, run_study, summarize
 from fixtures import hold_lock_in_another_process
 
 STEPS = 4
@@ -192,7 +192,8 @@ def test_one_process_per_database(tmp_path):
     config = settings(tmp_path)
     holder = hold_lock_in_another_process(Path(config.storage).resolve())
     try:
-        with pytest.raises(LockError, match=rf"study database .*: in use by another mtlrec process \(pid {holder.pid} "):
+        message = rf"study database .*: in use by another mtlrec process \(pid {holder.pid} "
+        with pytest.raises(LockError, match=message):
             run_study(config, "toy", toy)
     finally:
         holder.kill()

@@ -7,7 +7,7 @@ The daily video statistics (video_features_statistic_*.csv) are not features: th
 a month that overlaps the test period, so they would carry test labels into training.
 Field names and value ranges are the repository README's.
 """
-from features.spec import Dataset, Feature, RawColumn, Task, _by_name
+from features.spec import Dataset, Feature, RawColumn, Source, Task, _by_name
 
 OOV_BUCKETS = 1
 MAX_VALUES = 10  # tags kept per video
@@ -96,4 +96,7 @@ KUAIRAND = Dataset(
     default_test_metrics={t: ["gauc", "ndcg@10"] for t in ("click", "long_view", "like")},
     constants={"oov_buckets": OOV_BUCKETS, "max_values": MAX_VALUES, "utc_offset_hours": UTC_OFFSET_HOURS,
                "rate_labels": RATE_LABELS, "onehot_sizes": ONEHOT_SIZES},
-    sampled_negatives=False)
+    sampled_negatives=False,
+    sources={"kuairand": Source("pipeline.sources.kuairand.KuaiRand",
+                                path="the data folder of KuaiRand-Pure, -1K or -27K")},
+    transform="features.transform_kuairand.make_kuairand_preprocessing_fn")

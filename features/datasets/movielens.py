@@ -4,7 +4,7 @@ Tasks derive from one rating: watch is "rated at all" (sampled never-rated items
 negatives), like is "rating >= data.like_threshold", rating is the rating itself (learned on
 observed interactions only).
 """
-from features.spec import Dataset, Feature, RawColumn, Task, _by_name
+from features.spec import Dataset, Feature, RawColumn, Source, Task, _by_name
 
 YEAR_BUCKETS = 10  # quantile buckets of release year; unknown year gets its own index
 OOV_BUCKETS = 1  # ids unseen in the train split share one index
@@ -46,15 +46,18 @@ FEATURES = _by_name([
     Feature("weekday", "categorical", ("timestamp",), "UTC day of week", size=7),
     Feature("item_age", "numeric", ("timestamp", "year"), "years from release to interaction, z-score; 0 if unknown"),
     Feature("user_count", "numeric", ("user_id",), "log1p(train interactions of the user), z-score"),
-    Feature("user_mean_rating", "numeric", ("user_id",), "mean train rating of the user (global mean if none), z-score"),
+    Feature("user_mean_rating", "numeric", ("user_id",),
+            "mean train rating of the user (global mean if none), z-score"),
     Feature("item_count", "numeric", ("item_id",), "popularity: log1p(train interactions of the item), z-score"),
-    Feature("item_mean_rating", "numeric", ("item_id",), "mean train rating of the item (global mean if none), z-score"),
+    Feature("item_mean_rating", "numeric", ("item_id",),
+            "mean train rating of the item (global mean if none), z-score"),
     Feature("genre_affinity", "numeric", ("user_id", "genres"),
             "mean over the item's genres of the user's train share of that genre, z-score"),
     Feature("gender", "categorical", ("gender",), "vocabulary + OOV", vocabulary="gender"),
     Feature("age", "categorical", ("age",), "vocabulary of ages/age groups + OOV", vocabulary="age"),
     Feature("occupation", "categorical", ("occupation",), "vocabulary + OOV", vocabulary="occupation"),
-    Feature("zip_prefix", "categorical", ("zip_code",), "first 2 characters, vocabulary + OOV", vocabulary="zip_prefix"),
+    Feature("zip_prefix", "categorical", ("zip_code",), "first 2 characters, vocabulary + OOV",
+            vocabulary="zip_prefix"),
 ])
 
 MOVIELENS = Dataset(
@@ -63,4 +66,8 @@ MOVIELENS = Dataset(
     entity_keys={"user": "user_id", "item": "item_id"}, time_column="timestamp",
     default_test_metrics={"watch": ["ndcg@10"], "rating": ["ndcg@10", "rmse"], "like": ["ndcg@10"]},
     constants={"year_buckets": YEAR_BUCKETS, "oov_buckets": OOV_BUCKETS, "max_values": MAX_VALUES},
-    sampled_negatives=True)
+    sampled_negatives=True,
+    sources={"embedded": Source("pipeline.sources.embedded.Embedded"),
+             "grouplens": Source("pipeline.sources.grouplens.GroupLens", path="a folder with the GroupLens files"),
+             "tfds": Source("pipeline.sources.tfds.Tfds")},
+    transform="features.transform_movielens.make_movielens_preprocessing_fn")

@@ -7,6 +7,8 @@ the same formula plainly in numpy, and tests/test_gates.py checks this gate agai
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -17,8 +19,12 @@ from models.gates.dselect_k_config import ENTROPY_SCHEDULES, DSelectKGateConfig
 
 keras = tf.keras
 
+# The entropy weight's doublings are capped (2^20 ~ 1e6 times the start): float32-safe, and past the
+# point where the regularizer's gradient dominates the data loss's on every selector.
+MAX_DOUBLINGS = 20
 
-def smooth_step(t, gamma):
+
+def smooth_step(t: tf.Tensor, gamma: float) -> tf.Tensor:
     """Cubic smooth-step of DSelect-k: 0 for t <= -gamma/2, 1 for t >= gamma/2.
 
     In between it is -2 t^3 / gamma^3 + 3 t / (2 gamma) + 1/2, which meets both
@@ -74,6 +80,11 @@ def _safe_logs(probs):
     return logs(probs)
 
 
+def _all_binary_share(binary_fractions) -> float:
+    """The share of rows whose selectors are all binary, from each row's binary fraction."""
+    return float(tf.reduce_mean(tf.cast(tf.equal(binary_fractions, 1.0), tf.float32)))
+
+
 def _tiled(row: np.ndarray):
     """An initializer of kernels [rows, columns] whose every row is `row` ([1, columns])."""
     return lambda shape, dtype=None: tf.tile(tf.constant(row, tf.float32), [int(shape[0]), 1])
@@ -109,9 +120,10 @@ class DSelectKGate(Gate):
 
     def __init__(self, num_experts: int, k: int, gamma: float = 1.0, per_example: bool = False,
                  entropy_weight: float = 1e-3, entropy_schedule: str = "constant",
-                 entropy_warmup_steps: int = 0, unreachable_weight: float = 1.0, restarts: int = 1,
+                 entropy_warmup_steps: int = 0, entropy_doubling_steps: int = 0,
+                 unreachable_weight: float = 1.0, restarts: int = 1,
                  restart_steps: int = 0, permutation_start: int = 0, permutation_steps: int = 0,
-                 permutation_temperature: float = 0.2, **kwargs):
+                 permutation_temperature: float = 0.2, **kwargs: Any):
         super().__init__(num_experts, per_example, **kwargs)
         if int(k) < 1:
             raise ValueError(f"DSelectKGate: k must be >= 1, got {k}")
@@ -125,6 +137,9 @@ class DSelectKGate(Gate):
         self.entropy_weight = float(entropy_weight)
         self.entropy_schedule = entropy_schedule
         self.entropy_warmup_steps = int(entropy_warmup_steps)
+        self.entropy_doubling_steps = int(entropy_doubling_steps)
+        if self.entropy_warmup_steps < 0 or self.entropy_doubling_steps < 0:
+            raise ValueError("DSelectKGate: entropy_warmup_steps and entropy_doubling_steps must be >= 0")
         self.unreachable_weight = float(unreachable_weight)
         self.restarts, self.restart_steps = int(restarts), int(restart_steps)
         self.permutation_start, self.permutation_steps = int(permutation_start), int(permutation_steps)
@@ -188,11 +203,20 @@ class DSelectKGate(Gate):
             name="step", shape=[], dtype=tf.int64, initializer="zeros", trainable=False,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
-    def routing_layers(self):
+    @property
+    def selects(self) -> int:
+        return self.k
+
+    def restart_plan(self) -> tuple[int, int]:
+        """(restarts, steps each): a candidate trains through the entropy warm-up and restart_steps
+        more (lock_start), so that candidates are compared once their selectors have had time to lock."""
+        return self.restarts, self.lock_start + self.restart_steps
+
+    def routing_layers(self) -> list:
         layers = [self.selector_dense] if self.per_example else []
         return layers + [self.permutation_dense] if self.per_example and self.permutation_steps else layers
 
-    def initialize_static_rows(self):
+    def initialize_static_rows(self) -> None:
         # Row t: static gate t's [z (k*m) | alpha (k)] (| permutation logits (n*n)). The kernel's
         # initializer already drew z the way a static z starts (uniform in +-gamma/100); alpha starts
         # at 0, and the permutation kernel's initializer gave every row the identity.
@@ -200,7 +224,7 @@ class DSelectKGate(Gate):
         z_size = self.k * self.num_bits
         kernel.assign(tf.concat([kernel[:, :z_size], tf.zeros([kernel.shape[0], self.k])], axis=1))
 
-    def reinitialize_selectors(self, seed) -> None:
+    def reinitialize_selectors(self, seed: Any) -> None:
         """Draw z afresh (uniform in +-gamma/100, as at construction) and reset alpha to 0: one more
         initialisation for restarts (models/gates/restarts.py). seed: a pair of ints (stateless RNG).
         A per-example gate redraws its selector layer's kernel and bias."""
@@ -216,19 +240,29 @@ class DSelectKGate(Gate):
         self.selector_dense.kernel.assign(draw(self.selector_dense.kernel.shape, 1))
         self.selector_dense.bias.assign(draw(self.selector_dense.bias.shape, 2))
 
-    def diagnostics(self, routing_inputs=None):
-        """The fraction of selectors already binary: each puts all its mass on one code, so its
-        choice is locked (a binary selector has zero gradient). While the permutation search runs,
-        a selector's output is its row of the soft permutation, and `search_pending` is True."""
-        out = {"binary_selectors": float(tf.reduce_mean(self.row_diagnostics(routing_inputs)["binary_selectors"]))}
+    def diagnostics(self, routing_inputs: tf.Tensor | None = None) -> dict:
+        """The fraction of selectors already binary (each puts all its mass on one code, so its
+        choice is locked: a binary selector has zero gradient), and the share of rows (examples)
+        whose k selectors are all binary. While the permutation search runs, a selector's output is
+        its row of the soft permutation, and `search_pending` is True."""
+        rows = self.row_diagnostics(routing_inputs)["binary_selectors"]
+        out = {"binary_selectors": float(tf.reduce_mean(rows)), "binary_rows": _all_binary_share(rows)}
         if self.permutation_steps:
             out["search_pending"] = self.selection_pending()
         return out
 
+    def converged(self, routing_inputs: tf.Tensor | None = None, min_share: float = 1.0) -> bool:
+        """Every selector binary (static), or every selector of at least `min_share` of the examples
+        (per-example), and no permutation search pending: then at most k experts carry weight."""
+        if self.selection_pending():
+            return False
+        share = _all_binary_share(self.row_diagnostics(routing_inputs)["binary_selectors"])
+        return share >= (min_share if self.per_example else 1.0)
+
     def selection_pending(self) -> bool:
         return bool(self.permutation_steps) and int(self.step.numpy()) < self.search_window[1]
 
-    def row_diagnostics(self, routing_inputs=None):
+    def row_diagnostics(self, routing_inputs: tf.Tensor | None = None) -> dict:
         """{"binary_selectors": [rows]}: the fraction of each row's k selectors that are binary."""
         routing_inputs = self._check_routing(routing_inputs)
         z = self._rows([self], routing_inputs)[:, :self.k * self.num_bits]
@@ -241,7 +275,7 @@ class DSelectKGate(Gate):
         binary = tf.cast(tf.equal(largest, 1.0), tf.float32)  # [rows, k]
         return {"binary_selectors": tf.reduce_mean(binary, axis=-1)}
 
-    def selector_outputs(self, routing_inputs=None):
+    def selector_outputs(self, routing_inputs: tf.Tensor | None = None) -> tf.Tensor:
         """r(z_l) over all 2^m codes: [k, 2^m] static, [batch, k, 2^m] per-example."""
         z, _ = tf.split(self._rows([self], self._check_routing(routing_inputs)), [self.k * self.num_bits, self.k], -1)
         r = self._selectors(self._bit_logs(z)[2])
@@ -269,21 +303,28 @@ class DSelectKGate(Gate):
         r = tf.exp(tf.matmul(logs, self._exponent_matrix[: 2 * self.k * self.num_bits]))
         return tf.reshape(r, [-1, self.k, self.num_codes])
 
-    def current_entropy_weight(self):
+    def current_entropy_weight(self) -> tf.Tensor:
+        """The entropy weight at the current training call: the schedule's, times the doubling."""
         step = tf.cast(self.step, tf.float32)
         warmup = float(max(self.entropy_warmup_steps, 1))
         if self.entropy_schedule == "linear":
-            return self.entropy_weight * tf.minimum(1.0, step / warmup)
-        if self.entropy_schedule == "delayed":
-            return tf.where(step >= self.entropy_warmup_steps, self.entropy_weight, 0.0)
-        return tf.constant(self.entropy_weight)
+            weight = self.entropy_weight * tf.minimum(1.0, step / warmup)
+        elif self.entropy_schedule == "delayed":
+            weight = tf.where(step >= self.entropy_warmup_steps, self.entropy_weight, 0.0)
+        else:
+            weight = tf.constant(self.entropy_weight)
+        if not self.entropy_doubling_steps:
+            return weight
+        doublings = tf.maximum(step - float(self.lock_start), 0.0) / float(self.entropy_doubling_steps)
+        return weight * tf.pow(2.0, tf.minimum(doublings, float(MAX_DOUBLINGS)))
 
     def _gate(self, routing_inputs, training):
         weights, reg = self.group_weights_and_loss([self], routing_inputs, training)
         return weights[..., 0, :], reg
 
     @classmethod
-    def group_weights_and_loss(cls, gates, routing_inputs=None, training=False):
+    def group_weights_and_loss(cls, gates: Sequence[Gate], routing_inputs: tf.Tensor | None = None,
+                               training: bool = False) -> tuple[tf.Tensor, tf.Tensor | None]:
         """All gates (same settings) as one computation on [example x gate] rows: the op count no
         longer grows with the number of tasks."""
         first, num_gates = gates[0], len(gates)
@@ -316,7 +357,7 @@ class DSelectKGate(Gate):
         # -2km * mean(p log p), with the constants folded into one factor (fewer ops).
         plogp = probs * safe_log
         scale = -2.0 * k * m * num_gates
-        if first.entropy_schedule == "constant":  # one weight for all gates
+        if first.entropy_schedule == "constant" and not first.entropy_doubling_steps:  # one weight for all gates
             loss = (scale * first.entropy_weight) * tf.reduce_mean(plogp)
         else:
             weight = tf.stack([g.current_entropy_weight() for g in gates])[:, None]  # [gates, 1]
@@ -374,10 +415,11 @@ class DSelectKGate(Gate):
             kernel.assign(tf.concat([new_z[:, i] - bias[None, :k * m], kernel[:, k * m:]], axis=1))
         return None
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "k": self.k, "gamma": self.gamma,
                 "entropy_weight": self.entropy_weight, "entropy_schedule": self.entropy_schedule,
                 "entropy_warmup_steps": self.entropy_warmup_steps,
+                "entropy_doubling_steps": self.entropy_doubling_steps,
                 "unreachable_weight": self.unreachable_weight, "restarts": self.restarts,
                 "restart_steps": self.restart_steps, "permutation_start": self.permutation_start,
                 "permutation_steps": self.permutation_steps,

@@ -1,7 +1,7 @@
 """The gate registry: config name -> (config schema, gate class), and the config base class.
 
 Everything that lists or dispatches on gate types reads it: `build_gate`, config validation
-(`parse_gate_config`, used by pipeline/config.py for `model.gate`, `model.task_gates.*` and
+(`parse_gate_config`, used by pipeline/config/schema.py for `model.gate`, `model.task_gates.*` and
 `synthetic.gates.*`), and the error messages that list the known types. A gate registered at
 run time is known everywhere from then on.
 
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import importlib
 import typing
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
-# The pydantic error type of a missing or unknown gate `type`; pipeline/config.py prints its message as is.
+# The pydantic error type of a missing or unknown gate `type`; pipeline/config/schema.py prints its message as is.
 GATE_TYPE_ERROR = "gate_type"
 
 
@@ -37,6 +37,9 @@ class GateConfig(BaseModel):
     per_example: bool = True  # route each example on its features; False: one fixed mixture per task
 
     layer: ClassVar = None  # the gate class, or its import path "module.Class"; set by register_gate
+    # The names `search_space` draws, each with its kind ("float", "int" or "categorical"): what
+    # `tune.space` may give other ranges or grids for (pipeline/tuning/search_space.py).
+    search_parameters: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def type_name(cls) -> str:
@@ -46,8 +49,12 @@ class GateConfig(BaseModel):
             raise TypeError(f"{cls.__name__}: a gate config needs type: Literal['<name>'], one name")
         return names[0]
 
+    def selects(self) -> int | None:
+        """How many experts the gate keeps per example or task (its `k`); None for a dense gate."""
+        return getattr(self, "k", None)
+
     @classmethod
-    def search_space(cls, trial, context: dict) -> dict:
+    def search_space(cls, trial: Any, context: dict) -> dict:
         """This gate's own hyperparameters for a tuner: {config field: value drawn from `trial`}.
 
         Args:
@@ -56,7 +63,8 @@ class GateConfig(BaseModel):
           context: facts about the training run, at least "steps_per_epoch" and "epochs".
 
         The learning rate is the tuner's, not the gate's. A gate without tunable settings of its own
-        (softmax) keeps this default: nothing to search.
+        (softmax) keeps this default: nothing to search. Every name drawn is declared, with its kind,
+        in `search_parameters`.
         """
         return {}
 
@@ -64,7 +72,7 @@ class GateConfig(BaseModel):
 _CONFIGS: dict[str, type[GateConfig]] = {}  # in registration order: the order messages list them
 
 
-def register_gate(layer):
+def register_gate(layer: type | str) -> Callable[[type[GateConfig]], type[GateConfig]]:
     """Class decorator for a GateConfig subclass: register it, and its gate class, under its type name.
 
     Args:
@@ -101,7 +109,7 @@ def gate_config_class(gate_type: str) -> type[GateConfig]:
     return _CONFIGS[gate_type]
 
 
-def gate_class(gate_type: str):
+def gate_class(gate_type: str) -> type:
     """The gate class (a Keras layer) registered under this type; imports it on first use."""
     config = gate_config_class(gate_type)
     if isinstance(config.layer, str):
@@ -128,12 +136,12 @@ class _GateClasses(Mapping):
 GATES = _GateClasses()
 
 
-def build_gate(gate_type: str, num_experts: int, **params):
+def build_gate(gate_type: str, num_experts: int, **params: Any) -> Any:
     """Make a gate by its config name (e.g. "softmax", "topk", "dselect_k")."""
     return gate_class(gate_type)(num_experts=num_experts, **params)
 
 
-def parse_gate_config(value) -> GateConfig:
+def parse_gate_config(value: Any) -> GateConfig:
     """A gate config mapping, validated into its gate's config model.
 
     Raises pydantic's ValidationError, whose error locations name the bad key relative to the

@@ -10,7 +10,7 @@ training goes on from there. The validation data is never read.
 
 The gates ask for it with their `restarts` and `restart_steps` settings (DSelectKGateConfig);
 the training loop runs it before its first step: `best_of_restarts` for any loop, `keras_restarts`
-for a compiled Keras model (pipeline/train.py).
+for a compiled Keras model (pipeline/stages/train.py).
 """
 from __future__ import annotations
 
@@ -19,18 +19,21 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from models.gates.base import Gate
 
-def restart_plan(gates) -> tuple[list, int, int]:
-    """(the gates that ask for restarts, how many candidates, steps each): the largest asked for.
-    A candidate trains through its gates' entropy warm-up and restart_steps more (DSelectKGate.lock_start),
-    so that candidates are compared once their selectors have had time to lock."""
-    asking = [g for g in gates if getattr(g, "restarts", 1) > 1]
+
+def restart_plan(gates: Sequence[Gate]) -> tuple[list, int, int]:
+    """(the gates that ask for restarts, how many candidates, steps each): the largest asked for
+    (Gate.restart_plan; DSelect-k's candidates train through its entropy warm-up and restart_steps more)."""
+    plans = {gate: gate.restart_plan() for gate in gates}
+    asking = [gate for gate, (candidates, _) in plans.items() if candidates > 1]
     if not asking:
         return [], 1, 0
-    return asking, max(g.restarts for g in asking), max(g.lock_start + g.restart_steps for g in asking)
+    return asking, max(plans[g][0] for g in asking), max(plans[g][1] for g in asking)
 
 
-def best_of_restarts(variables: Sequence[tf.Variable], gates, train_briefly: Callable[[], Sequence[float]],
+def best_of_restarts(variables: Sequence[tf.Variable], gates: Sequence[Gate],
+                     train_briefly: Callable[[], Sequence[float]],
                      restarts: int, seed: int, groups: int = 1) -> np.ndarray:
     """Train `restarts` selector initialisations from one state and keep, per group, the best.
 
@@ -78,16 +81,18 @@ def _pick(old: np.ndarray, new: np.ndarray, better: np.ndarray) -> np.ndarray:
     return np.where(mask, new, old)
 
 
-def keras_restarts(model, make_dataset: Callable, seed: int, log=lambda message: None) -> np.ndarray | None:
+def keras_restarts(model: tf.keras.Model, make_dataset: Callable, seed: int,
+                   log: Callable[[str], None] = lambda message: None) -> np.ndarray | None:
     """`best_of_restarts` for a compiled Keras model (the recommender), if any of its gates asks.
 
     Each candidate runs `model.fit` on a fresh `make_dataset(steps_per_epoch, epochs)` (so every
     candidate sees the same batches, and the caller's own training dataset is not touched) for the
-    planned steps, in two halves (epochs=2), and is scored by the training loss ("loss", the data loss) of the second half. Call it
-    before the model's first fit, not when resuming one (the kept state is then in the checkpoint).
+    planned steps, in two halves (epochs=2), and is scored by the training loss ("loss", the data
+    loss) of the second half. Call it before the model's first fit, not when resuming one (the kept
+    state is then in the checkpoint).
     Returns the losses [restarts, 1], or None if no gate asks for restarts.
     """
-    gates, restarts, steps = restart_plan([m for m in model.submodules if hasattr(m, "reinitialize_selectors")])
+    gates, restarts, steps = restart_plan([m for m in model.submodules if isinstance(m, Gate)])
     if not gates:
         return None
     half = max(1, steps // 2)
@@ -100,6 +105,6 @@ def keras_restarts(model, make_dataset: Callable, seed: int, log=lambda message:
         model.optimizer.build(model.trainable_variables)
     variables = [*model.variables, *model.optimizer.variables]
     losses = best_of_restarts(variables, gates, train_briefly, restarts, seed)
-    log(f"restarts: {restarts} selector initialisations x {2 * half} steps, training loss "
+    log(f"{restarts} selector initialisations x {2 * half} steps, training loss "
         f"{', '.join(f'{v:.4f}' for v in losses[:, 0])}: kept #{int(np.nanargmin(losses[:, 0]))}")
     return losses

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import tensorflow as tf
 
@@ -33,7 +34,7 @@ class TopKGate(Gate):
     exactly_sparse = True
 
     def __init__(self, num_experts: int, k: int, per_example: bool = True, noise: bool = True,
-                 load_balance_weight: float = 0.0, **kwargs):
+                 load_balance_weight: float = 0.0, **kwargs: Any):
         super().__init__(num_experts, per_example, **kwargs)
         if not 1 <= int(k) <= self.num_experts:
             raise ValueError(f"TopKGate: k must be in [1, num_experts={self.num_experts}], got {k}")
@@ -42,38 +43,49 @@ class TopKGate(Gate):
         self.load_balance_weight = float(load_balance_weight)
         # The noise's stream is saved with the weights (models/randomness.py): exact resume.
         self.noise_rng = new_generator() if self.noise else None
+        # Without noise, the noise scale's weights would get no gradient (Keras warns on every trace)
+        # and never change: they are not made.
         if self.per_example:
             self.logits_dense = keras.layers.Dense(self.num_experts, dtype="float32", name="logits")
-            self.noise_dense = keras.layers.Dense(
-                self.num_experts, dtype="float32", kernel_initializer="zeros", name="noise")
+            if self.noise:
+                self.noise_dense = keras.layers.Dense(
+                    self.num_experts, dtype="float32", kernel_initializer="zeros", name="noise")
         else:
             # Small random logits break the tie between experts at the start.
             self.logits = self.add_weight(
                 name="logits", shape=[self.num_experts],
                 initializer=keras.initializers.RandomNormal(stddev=0.01))
-            self.noise_logits = self.add_weight(name="noise", shape=[self.num_experts], initializer="zeros")
+            if self.noise:
+                self.noise_logits = self.add_weight(name="noise", shape=[self.num_experts], initializer="zeros")
+
+    @property
+    def selects(self) -> int:
+        return self.k
 
     @property
     def rows_independent(self) -> bool:
         return self.load_balance_weight == 0  # load balancing measures the use of experts over the batch
 
-    def routing_layers(self):
-        return [self.logits_dense, self.noise_dense] if self.per_example else []
+    def routing_layers(self) -> list:
+        if not self.per_example:
+            return []
+        return [self.logits_dense, self.noise_dense] if self.noise else [self.logits_dense]
 
-    def initialize_static_rows(self):
+    def initialize_static_rows(self) -> None:
         # Row t: static gate t's logits ~ N(0, 0.01^2) and noise logits 0, as a static gate starts.
         self.logits_dense.kernel.assign(tf.random.normal(self.logits_dense.kernel.shape, stddev=0.01))
-        self.noise_dense.kernel.assign(tf.zeros(self.noise_dense.kernel.shape))
+        if self.noise:
+            self.noise_dense.kernel.assign(tf.zeros(self.noise_dense.kernel.shape))
 
     def _gate(self, routing_inputs, training):
-        if self.per_example:
-            clean = self.logits_dense(routing_inputs)  # [b, n]
-            noise_std = tf.nn.softplus(self.noise_dense(routing_inputs))  # [b, n]
-        else:
-            clean = self.logits[None, :]  # [1, n]
-            noise_std = tf.nn.softplus(self.noise_logits)[None, :]  # [1, n]
+        clean = self.logits_dense(routing_inputs) if self.per_example else self.logits[None, :]  # [b or 1, n]
         noisy = training and self.noise
-        logits = clean + self.noise_rng.normal(tf.shape(clean)) * noise_std if noisy else clean
+        if noisy:  # the noise scale is computed only where it is used: in training
+            noise_std = tf.nn.softplus(self.noise_dense(routing_inputs) if self.per_example
+                                       else self.noise_logits[None, :])  # [b or 1, n]
+            logits = clean + self.noise_rng.normal(tf.shape(clean)) * noise_std
+        else:
+            logits = clean
 
         top_values, top_indices = tf.math.top_k(logits, k=self.k)  # [b, k]
         top_weights = tf.nn.softmax(top_values, axis=-1)  # [b, k]
@@ -103,6 +115,6 @@ class TopKGate(Gate):
         prob_if_out = 0.5 * tf.math.erfc(-(clean - threshold_if_out) / (std * math.sqrt(2.0)))
         return tf.where(is_in, prob_if_in, prob_if_out)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "k": self.k, "noise": self.noise,
                 "load_balance_weight": self.load_balance_weight}

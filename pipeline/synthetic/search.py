@@ -1,5 +1,5 @@
 """Equal-budget hyperparameter search for one variant of the synthetic study, with the generic
-tuner (pipeline/tuning.py): Optuna TPE, pruning on the per-epoch validation MSE, a SQLite study
+tuner (pipeline/tuning/studies.py): Optuna TPE, pruning on the per-epoch validation MSE, a SQLite study
 that resumes after an interruption.
 
 Each trial draws the learning rate (log-uniform over `synthetic.tuning.learning_rate`) and, apart
@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from optuna.trial import TrialState
@@ -21,7 +21,10 @@ from optuna.trial import TrialState
 from models.gates import gate_config_class
 from pipeline.synthetic.data import SyntheticData
 from pipeline.synthetic.training import RunSpec, train_runs
-from pipeline.tuning import TunerSettings, finished_count, run_study, summarize
+from pipeline.tuning.studies import TunerSettings, is_feasible, mark_infeasible, remaining_trials, run_study, summarize
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.synthetic import SyntheticTuningConfig
 
 PRUNE_EVERY = 10  # epochs between the validation MSEs the pruner sees
 
@@ -33,7 +36,7 @@ def study_name(variant: str, identity: dict) -> str:
     return f"{variant}-{digest}"
 
 
-def tuning_plan(variant: str, spec: RunSpec, gate: dict | None, tuning, storage: str,
+def tuning_plan(variant: str, spec: RunSpec, gate: dict | None, tuning: SyntheticTuningConfig, storage: str,
                 assignment: np.ndarray | None = None, identity: dict | None = None,
                 trials: int | None = None) -> tuple[TunerSettings, str]:
     """The tuner settings and study name of one variant (arguments as `tune_variant`'s)."""
@@ -46,17 +49,18 @@ def tuning_plan(variant: str, spec: RunSpec, gate: dict | None, tuning, storage:
     return settings, name
 
 
-def trials_to_run(variant: str, spec: RunSpec, gate: dict | None, tuning, storage: str,
+def trials_to_run(variant: str, spec: RunSpec, gate: dict | None, tuning: SyntheticTuningConfig, storage: str,
                   assignment: np.ndarray | None = None, identity: dict | None = None,
                   trials: int | None = None) -> int:
     """How many trials `tune_variant` has still to run (a resumed study has fewer)."""
     settings, name = tuning_plan(variant, spec, gate, tuning, storage, assignment, identity, trials)
-    return max(0, settings.trials - finished_count(settings, name))
+    return remaining_trials(settings, name)
 
 
-def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | None, tuning, storage: str,
+def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | None, tuning: SyntheticTuningConfig,
+                 storage: str,
                  assignment: np.ndarray | None = None, identity: dict | None = None, trials: int | None = None,
-                 progress: Callable[[str], None] = lambda line: None) -> dict:
+                 progress: Callable[..., None] = lambda line, more=0: None) -> dict:
     """Tune one variant; returns {"learning_rate", "gate_params", "study": tuner summary}.
 
     Args:
@@ -83,20 +87,27 @@ def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | 
                               report_every=PRUNE_EVERY)
         trial.set_user_attr("epochs", result["epochs"])
         trial.set_user_attr("converged", result["converged"])
+        if not result["k_sparse"]:  # DSelect-k whose selectors never became binary: no result of this gate
+            mark_infeasible(trial, f"selectors not binary after {result['epochs']} epochs")
         return result["val_mse"]
 
     def log(name, trial, slot, seconds):
         shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        feasible = is_feasible(trial)
         state = (f"pruned at epoch {trial.last_step}" if trial.state == TrialState.PRUNED
-                 else f"val {trial.value:.4f} after {trial.user_attrs.get('epochs')} epochs")
-        progress(f"tune {variant} {slot + 1}/{trials} ({shown}): {state} in {seconds:.0f}s")
+                 else f"val {trial.value:.4f} after {trial.user_attrs.get('epochs')} epochs"
+                 + ("" if feasible else ", selectors not binary: infeasible, another trial follows"))
+        # The progress counts units of work: an infeasible trial adds one (the trial that replaces it).
+        progress(f"tune {variant} trial {slot + 1} (budget {trials}) ({shown}): {state} in {seconds:.0f}s",
+                 **({} if feasible else {"more": 1}))
 
     settings, name = tuning_plan(variant, spec, gate, tuning, storage, assignment, identity, trials)
     summary = summarize(run_study(settings, name, objective, progress=log))
     best = summary["best"]
     if best is None:
-        raise ValueError(f"tuning {variant}: no trial finished with a finite validation MSE "
-                         f"({summary['trials_finished']} trials); widen synthetic.tuning.learning_rate")
+        raise ValueError(f"tuning {variant}: no feasible trial finished with a finite validation MSE "
+                         f"({summary['trials_finished']} trials, {summary['trials_infeasible']} with selectors not "
+                         f"binary); widen synthetic.tuning.learning_rate or raise synthetic.max_epochs")
     return {"learning_rate": best["params"]["learning_rate"], "gate_params": best["user_attrs"]["gate_params"],
             "study": summary}
 

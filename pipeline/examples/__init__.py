@@ -1,0 +1,1 @@
+"""Example builders: per-user rows -> the dataset's examples, tf.Examples, shards and tables."""

@@ -1,0 +1,1 @@
+"""Reports: the compare and tune reports and the helpers that render them."""

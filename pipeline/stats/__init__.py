@@ -1,0 +1,1 @@
+"""Statistics: per-user ranking metrics, the seed-aware significance test, the test-split metrics."""
