@@ -228,7 +228,7 @@ def test_mirrored_replicas_log_what_one_process_logs(embedded_data, single_proce
 
 def test_timeouts_are_not_settings_of_the_run(tmp_path):
     """A killed cluster may be resumed with other timeouts: they say how the run goes, not what it
-    computes (config.EXECUTION_FIELDS), so the run folder is the same run and tune's study too."""
+    computes (config.schema.EXECUTION_FIELDS), so the run folder is the same run and tune's study too."""
     from pipeline.artifacts import runs
     from pipeline.config import load_config
     from pipeline.stages.tune import study_name

@@ -150,7 +150,7 @@ def read_config(run_dir: Location) -> Config:
 
 def _settings(tree: dict) -> dict:
     """The RUN_SECTIONS of a config tree, paths absolute, without PATH_FIELDS and the settings of
-    how it runs (config.EXECUTION_FIELDS)."""
+    how it runs (config.schema.EXECUTION_FIELDS)."""
     tree = absolute_paths(tree)
     return {section: {k: v for k, v in without_execution_fields(section, tree.get(section) or {}).items()
                       if k not in PATH_FIELDS.get(section, ())}
