@@ -8,6 +8,20 @@ import pytest
 import tensorflow as tf
 
 
+# Fixtures that preprocess data or train models (tens of seconds each): a test that uses one, even
+# through another fixture, is an integration test and must be marked `slow`, so that
+# `pytest -m "not slow"` stays the fast loop (README "Tests"). Checked at collection below.
+EXPENSIVE_FIXTURES = {"embedded_data", "tiny_run", "compared", "served", "tuned", "runs", "dirty_run",
+                      "kuairand_run", "random_split", "tiny", "ml1m_with_bad_rows"}
+
+
+def pytest_collection_modifyitems(items):
+    unmarked = [item.nodeid for item in items
+                if EXPENSIVE_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError("tests that use an expensive fixture must be marked slow: " + ", ".join(unmarked))
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_policy():
     """Each test starts seeded and with the float32 policy, whatever the last one set."""

@@ -170,6 +170,7 @@ def test_exponent_notation_is_a_number(tmp_path):
         load_config(None, ["model.num_experts=1e1"])
 
 
+@pytest.mark.slow
 def test_interrupt_ends_with_one_line_and_the_rerun_resumes(embedded_data, tmp_path):
     """SIGINT (Ctrl-C) at any point ends the run at once with one line and no traceback; running
     the same command again resumes it (issue 14: once in 5 tries a SIGINT had no effect)."""

@@ -44,6 +44,7 @@ def test_doubled_regularizer_equals_the_reference_at_that_weight():
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_doubling_makes_selectors_binary_where_a_small_constant_weight_does_not():
     """A static gate pulled toward a dense mixture by its data loss: the entropy weight alone (1e-3) leaves
     its selectors soft; the same weight doubling every 20 steps makes them binary within the run."""
@@ -119,6 +120,7 @@ def test_best_epoch_and_early_stopping_wait_for_convergence(tmp_path, epochs, pa
     assert state.converged == any(c for _, c in epochs)
 
 
+@pytest.mark.slow
 def test_train_records_convergence_and_evaluates_a_converged_epoch(embedded_data, tmp_path):
     from pipeline.stages import train
     data_dir, _ = embedded_data

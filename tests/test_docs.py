@@ -24,3 +24,11 @@ def test_the_check_finds_machine_paths_and_spares_urls_and_placeholders():
     line = ("output in `/work/synth_out/default`, or /tmp/synth, or C:\\Users\\me; not gs://b/tmp/x, "
             "https://grouplens.org/datasets/, $PWD/data, .../KuaiRand-Pure/data, <workdir>/models/default")
     assert ABSOLUTE.findall(line) + WINDOWS.findall(line) == ["/work/synth_out/default", "/tmp/synth", "C:\\"]
+
+
+def test_ci_runs_the_readmes_test_command():
+    """The README's test command is what .ci/run runs after installing (pip's own flags aside)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    command = re.search(r'```bash\npip install -e "\.\[test\]" && (pytest .+)\n```', readme).group(1)
+    assert command.startswith('pytest -n 2 -m "not slow" && ')  # the fast subset first
+    assert command in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()

@@ -61,6 +61,7 @@ def tiny(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- item 8: staging folders
+@pytest.mark.slow
 def test_staging_folders_of_killed_runs_are_removed_never_a_live_ones(tiny):
     _, left = tiny
     assert not left["dead"]  # its pid is gone on this host
@@ -70,6 +71,7 @@ def test_staging_folders_of_killed_runs_are_removed_never_a_live_ones(tiny):
 
 
 # ---------------------------------------------------------------- item 13: no cwd-relative path
+@pytest.mark.slow
 def test_run_folder_stores_no_cwd_relative_path(tiny):
     root, _ = tiny
     summary = json.loads((root / "w/run/train.json").read_text())
@@ -80,6 +82,7 @@ def test_run_folder_stores_no_cwd_relative_path(tiny):
     assert source["location"] == str(root / "files") and source["files"][0].startswith(f"{root / 'files'}/")
 
 
+@pytest.mark.slow
 def test_evaluate_a_run_by_absolute_path_from_another_directory(tiny, tmp_path):
     root, _ = tiny
     done = subprocess.run([MTLREC, "evaluate", "--run", str(root / "w/run")], cwd=tmp_path,
@@ -96,6 +99,7 @@ def _file_size_limit(limit):
     return apply
 
 
+@pytest.mark.slow
 def test_disk_full_during_export_is_one_line_and_keeps_the_old_export(tiny):
     """A file-size limit makes every write past 64 KiB fail (EFBIG), as a full disk would."""
     root, _ = tiny
@@ -136,6 +140,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
 
 # ---------------------------------------------------------------- item 6: locks
+@pytest.mark.slow
 def test_second_train_on_a_run_folder_is_refused_naming_the_first(tiny, tmp_path, capsys):
     root, _ = tiny
     train = sets(f"train.data={root / 'w/data'}", f"train.run_dir={tmp_path / 'run'}", *TRAIN, "train.epochs=1000")

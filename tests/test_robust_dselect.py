@@ -195,6 +195,7 @@ ROBUST = ["model.gate.type=dselect_k", "model.gate.per_example=false", "model.ga
           "model.gate.permutation_start=2", "model.gate.permutation_steps=10"]
 
 
+@pytest.mark.slow
 def test_robust_static_dselect_k_trains_through_mtlrec_train(embedded_data, tmp_path, capsys):
     """Restarts run before the first step of a fresh run only: a run resumed after a crash goes on from
     its saved state (which holds the kept candidate), without drawing candidates again."""

@@ -159,6 +159,7 @@ def test_ids_beyond_int64_negative_ids_and_other_non_values_are_rejected(tmp_pat
         assert reason in reasons[line], line
 
 
+@pytest.mark.slow
 def test_bad_lines_of_movie_and_user_files(tmp_path):
     """Ids and ages of ml-1m movie and user files are checked too; a rating of a user whose line
     was rejected says so, and a repeated id keeps its first line."""

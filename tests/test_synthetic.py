@@ -68,6 +68,7 @@ def test_generator_scales_mean_what_they_say():
     assert residual.std() == pytest.approx(0.5, rel=0.03)
 
 
+@pytest.mark.slow
 def test_true_clusters_beat_sharing_nothing():
     """The structure is worth finding: experts given the true clusters beat one expert per task.
 
@@ -410,6 +411,7 @@ TINY_SPEC = RunSpec(num_experts=4, expert_units=(6, 2), tower_units=(), max_epoc
                     jit_compile=False, min_epochs=5, patience=3)
 
 
+@pytest.mark.slow
 def test_training_stops_once_selections_are_binary_and_stable():
     data = generate(**TINY)
     locking = {"type": "dselect_k", "k": 1, "gamma": 0.5, "entropy_weight": 1.0}
@@ -426,6 +428,7 @@ def test_training_stops_once_selections_are_binary_and_stable():
     assert topk["converged"] and math.isnan(topk["binary_fraction"])
 
 
+@pytest.mark.slow
 def test_tuning_gives_every_variant_the_same_budget_resumes_and_never_reads_the_test_split(tmp_path, monkeypatch):
     from dataclasses import replace
 
@@ -476,6 +479,7 @@ def test_synthetic_yaml_is_the_default():
 
 
 # ---------------------------------------------------------------- end to end through the CLI
+@pytest.mark.slow
 def test_tiny_run_through_the_cli(tmp_path):
     out = tmp_path / "synthetic"
     command = [str(MTLREC), "synthetic", "--config", str(REPO / "configs" / "synthetic_tiny.yaml"),
