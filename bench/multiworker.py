@@ -30,7 +30,7 @@ from pathlib import Path
 
 import models  # noqa: F401  (Keras 2 before TensorFlow)
 
-from bench.common import write
+from bench.common import describe_data, write
 
 MTLREC = Path(sys.executable).parent / "mtlrec"
 
@@ -110,8 +110,8 @@ def main():
                  "(multi_worker, TF_CONFIG on 127.0.0.1), same data, global batch and steps; steady = epochs 2.. "
                  "from history.json's epoch end times (validation passes included), whole = train.json's rate "
                  "(tracing included); ratio = median over rounds of 2 workers / 1 process within a round"),
-        "settings": {"data": args.data, "batch": args.batch, "steps_per_epoch": args.steps, "epochs": args.epochs,
-                     "rounds": args.rounds, "overrides": args.set},
+        "settings": {"data": describe_data(args.data), "batch": args.batch, "steps_per_epoch": args.steps,
+                     "epochs": args.epochs, "rounds": args.rounds, "overrides": args.set},
         "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
         "median": median,
         "two_workers_over_one_process": {"median": statistics.median(ratios), "rounds": ratios},

@@ -49,7 +49,7 @@ from pathlib import Path
 import models  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 
-from bench.common import write
+from bench.common import describe_data, write
 from pipeline.config import load_config
 from pipeline.training.dataset import InputPipeline
 from pipeline.artifacts.manifest import read_training_manifest
@@ -281,7 +281,7 @@ def main():
                  "tf.Transform graph, shuffle window fill + permutation, batch; start-up included); cached = "
                  "steady state from epoch 2 on; transform_at_read_time = the raw shards parsed and run through "
                  "the transform graph per batch (the pre-materialization path, for reference)"),
-        "settings": {"data": args.data, "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
+        "settings": {"data": describe_data(args.data), "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
                      "modes": args.modes, "overrides": args.set, "baseline": args.baseline,
                      "baseline_commit": baseline_commit},
         "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]},

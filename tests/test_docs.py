@@ -32,3 +32,10 @@ def test_ci_runs_the_readmes_test_command():
     command = re.search(r'```bash\npip install -e "\.\[test\]" && (pytest .+)\n```', readme).group(1)
     assert command.startswith('pytest -n 2 -m "not slow" && ')  # the fast subset first
     assert command in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+
+
+def test_benchmark_results_name_no_path_of_a_machine():
+    """bench/results/*.json are read on other machines: a data folder is described, not named by its path."""
+    found = [f"{result.name}: {path}" for result in sorted((REPO / "bench" / "results").glob("*.json"))
+             for path in ABSOLUTE.findall(result.read_text(encoding="utf-8")) if not path.startswith(ALLOWED)]
+    assert found == []
