@@ -26,9 +26,9 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import statistics
-import re
 import subprocess
 import sys
 import tempfile
