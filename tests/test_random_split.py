@@ -137,11 +137,12 @@ def test_bad_split_settings_are_one_line_naming_the_key(tmp_path, capsys, overri
 def test_temporal_manifest_records_no_random_split_keys(embedded_data):
     """The default (temporal) folder's manifest and hash are those of before the option existed."""
     _, manifest = embedded_data
-    from pipeline.config import config_hash
+    from pipeline.config import config_hash, without_execution_fields
     from pipeline.artifacts.manifest import DATA_FORMAT, data_hash
     assert set(manifest["config"]["split"]) == {"test", "validation", "min_interactions"}
     temporal = load_config(None, ["data.user_fraction=0.06"]).data
-    tree = temporal.model_dump(mode="json")
+    # Neither the random split's keys nor the runner's (execution fields) existed then.
+    tree = without_execution_fields("data", temporal.model_dump(mode="json"))
     for key in ("beam_args", "output"):
         tree.pop(key)
     tree["split"] = {k: v for k, v in tree["split"].items() if k not in ("mode", "stratify")}
