@@ -192,7 +192,7 @@ def test_interrupt_ends_with_one_line_and_the_rerun_resumes(embedded_data, tmp_p
         started = time.monotonic()
         process.send_signal(signal.SIGINT)
         output += process.stdout.readlines()
-        assert process.wait(timeout=30) == 130 and time.monotonic() - started < 30
+        assert process.wait(timeout=120) == 130 and time.monotonic() - started < 120  # not a hang
         assert output[-1].strip() == "mtlrec train: interrupted; rerun the same command to resume", output[-5:]
         assert not any("Traceback" in line for line in output)
     progress = json.loads((tmp_path / "run" / "state" / "progress.json").read_text())

@@ -165,7 +165,7 @@ def test_a_killed_worker_ends_the_other_with_one_line_and_both_resume(embedded_d
     time.sleep(1.0)  # inside epoch 2 (34 steps)
     processes.kill(other)  # SIGKILL
     killed_at = time.monotonic()
-    chief.wait(timeout=WORKER_TIMEOUT + 60)
+    chief.wait(timeout=WORKER_TIMEOUT + 300)
     waited = time.monotonic() - killed_at
     lines = mtlrec_lines(processes.output(chief), "train")
     assert chief.returncode == 1 and len(lines) == 1, processes.output(chief)[-3000:]
@@ -173,7 +173,9 @@ def test_a_killed_worker_ends_the_other_with_one_line_and_both_resume(embedded_d
         f"mtlrec train: cluster error: lost contact with worker 1 (127.0.0.1:{ports[1]}): "), lines
     assert lines[0].endswith("start every worker again with the same command to resume after the last completed epoch")
     assert "Traceback" not in processes.output(chief)
-    assert waited < WORKER_TIMEOUT + 20, waited
+    # Not a hang (collectives wait forever without the heartbeat check). The bound is loose: the
+    # service checks heartbeats on its own period and a loaded CI machine slows the shutdown (30.3 s seen).
+    assert waited < WORKER_TIMEOUT + 110, waited
     assert json.loads(progress.read_text())["epoch"] == 1  # killed in epoch 2: epoch 1 is what was saved
     assert not (run_dir / "train.json").exists() and not (run_dir / "export").exists()
     assert len(scratch_left(processes, "killed")) == 1  # the killed worker's scratch folder

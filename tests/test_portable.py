@@ -104,7 +104,7 @@ def test_no_job_server_is_one_line_within_the_timeout(tmp_path, capsys):
     assert code == 1 and lines == [
         f"mtlrec preprocess: network error: Beam job server at localhost:{job} (data.job_endpoint) did not answer "
         f"within {TIMEOUT} s (data.runner_timeout_seconds): connection refused; is it running?"]
-    assert TIMEOUT <= seconds < TIMEOUT + 10, seconds  # Beam alone waited 300 s
+    assert TIMEOUT <= seconds < TIMEOUT + 60, seconds  # Beam alone waited 300 s; loose for a loaded machine
     assert not (tmp_path / "data").exists()
 
 
@@ -124,7 +124,7 @@ def test_no_worker_pool_is_one_line_within_the_timeout(servers, tmp_path, capsys
     assert code == 1 and lines == [
         f"mtlrec preprocess: network error: Beam worker pool at localhost:{pool} (data.worker_pool) did not answer "
         f"within {TIMEOUT} s (data.runner_timeout_seconds): connection refused; is it running?"]
-    assert TIMEOUT <= seconds < TIMEOUT + 10, seconds
+    assert TIMEOUT <= seconds < TIMEOUT + 60, seconds
     assert not (tmp_path / "data").exists()
 
 
