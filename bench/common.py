@@ -32,6 +32,19 @@ def machine() -> dict:
     }
 
 
+def describe_data(folder: str) -> dict:
+    """A data folder as its manifest describes it (which data, which settings), not by its path: a
+    path names one machine's folder and means nothing in a result file read elsewhere."""
+    import json
+
+    import tensorflow as tf
+    with tf.io.gfile.GFile(f"{folder}/manifest.json") as f:
+        manifest = json.load(f)
+    return {"dataset": manifest.get("dataset"), "source": manifest["source"]["name"],
+            "config_hash": manifest["config_hash"], "users": manifest["users"], "items": manifest["items"],
+            "examples": {split: entry["examples"] for split, entry in manifest["splits"].items()}}
+
+
 def time_call(fn, repeats: int) -> list[float]:
     """Wall seconds of `repeats` calls of fn (already warmed up by the caller)."""
     out = []

@@ -66,7 +66,8 @@ def generate_ml1m_shape(folder: Path, per_user: int, seed: int = 0) -> Path:
     (folder / "ratings.dat").write_text("\n".join(lines) + "\n")
     genres = ["Action", "Comedy", "Drama", "Thriller", "Romance"]
     (folder / "movies.dat").write_bytes("\n".join(
-        f"{m}::Movie {m} ({1919 + m % 81})::{genres[m % 5]}|{genres[(m + 2) % 5]}" for m in movie_ids).encode("latin-1"))
+        f"{m}::Movie {m} ({1919 + m % 81})::{genres[m % 5]}|{genres[(m + 2) % 5]}"
+        for m in movie_ids).encode("latin-1"))
     (folder / "users.dat").write_text("\n".join(
         f"{u}::{'MF'[u % 2]}::{[1, 18, 25, 35, 45, 50, 56][u % 7]}::{u % 21}::{10000 + u}"
         for u in range(1, ML1M["users"] + 1)) + "\n")

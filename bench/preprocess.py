@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -236,7 +237,9 @@ def main():
     path = write(args.name, {
         "what": "mtlrec preprocess, wall seconds of a fresh process (start to exit) and input rows per second; "
                 "DirectRunner in-memory vs multi-process, alternating",
-        "command": "python -m bench.preprocess " + " ".join(sys.argv[1:]),
+        # the scratch folder is this machine's: named by its role, not its path
+        "command": "python -m bench.preprocess "
+                   + re.sub(r"(--scratch[= ])\S+", r"\1<scratch>", " ".join(sys.argv[1:])),
         "settings": {"repeats": args.repeats, "workers": args.workers, "seed": args.seed,
                      "generated": {"ratings_per_user": RATINGS_PER_USER, "ratings_per_movie": RATINGS_PER_MOVIE,
                                    "layout": "ml-latest", "popularity": "Zipf s=1",

@@ -49,7 +49,7 @@ from pathlib import Path
 import models  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 
-from bench.common import write
+from bench.common import describe_data, write
 from pipeline.config import load_config
 from pipeline.training.dataset import InputPipeline
 from pipeline.artifacts.manifest import read_training_manifest
@@ -251,7 +251,8 @@ def main():
         for mode in args.modes:
             runners[variant, mode, "current"] = make_runner(config, manifest, inputs, cached_it, mode == "xla")
         if baseline_cls is not None and variant != "shared_bottom":  # shared-bottom has no MMoE
-            runners[variant, "graph", "baseline"] = make_runner(config, manifest, inputs, cached_it, False, baseline_cls)
+            runners[variant, "graph", "baseline"] = make_runner(config, manifest, inputs, cached_it, False,
+                                                                baseline_cls)
     profiles = {}
     if args.profile:  # before the timing, in a fresh process state
         profiles = {"/".join(key): profile(run, args.profile_steps) for key, run in runners.items()
@@ -280,7 +281,7 @@ def main():
                  "tf.Transform graph, shuffle window fill + permutation, batch; start-up included); cached = "
                  "steady state from epoch 2 on; transform_at_read_time = the raw shards parsed and run through "
                  "the transform graph per batch (the pre-materialization path, for reference)"),
-        "settings": {"data": args.data, "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
+        "settings": {"data": describe_data(args.data), "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
                      "modes": args.modes, "overrides": args.set, "baseline": args.baseline,
                      "baseline_commit": baseline_commit},
         "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
@@ -317,9 +318,11 @@ def main():
             "(inter-op parallelism), so compare shares and op counts, not absolute op ms"), **profiles}
     reference = current["graph" if "graph" in args.modes else args.modes[0]]
     result["input_pipeline_examples_per_second"] = pipeline
-    result["input_to_train_ratio"] = {mode: {v: rate / reference[v] for v in reference} for mode, rate in pipeline.items()}
+    result["input_to_train_ratio"] = {mode: {v: rate / reference[v] for v in reference}
+                                      for mode, rate in pipeline.items()}
     result["input_target"] = {"uncached_over_train_at_least": INPUT_TARGET,
-                              "met": {v: r >= INPUT_TARGET for v, r in result["input_to_train_ratio"]["uncached"].items()}}
+                              "met": {v: r >= INPUT_TARGET
+                                      for v, r in result["input_to_train_ratio"]["uncached"].items()}}
 
     for mode in args.modes:
         for v, rate in current[mode].items():

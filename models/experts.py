@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
 
@@ -23,7 +23,7 @@ class StackedExperts(keras.layers.Layer):
     """
 
     def __init__(self, num_experts: int, units: Sequence[int], dropout: float = 0.0,
-                 activation: str = "relu", **kwargs):
+                 activation: str = "relu", **kwargs: Any):
         super().__init__(**kwargs)
         if not units:
             raise ValueError("StackedExperts: units must list at least one layer size")
@@ -34,7 +34,7 @@ class StackedExperts(keras.layers.Layer):
         self._activation_name = activation
         self._dropout = Dropout(self.dropout) if self.dropout > 0 else None
 
-    def build(self, input_shape):
+    def build(self, input_shape: tf.TensorShape) -> None:
         d_in = int(input_shape[-1])
         self.kernels, self.biases = [], []
         for j, d_out in enumerate(self.units):
@@ -47,7 +47,7 @@ class StackedExperts(keras.layers.Layer):
             d_in = d_out
         super().build(input_shape)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         # The first layer as one plain matmul x @ [d, n * h] + bias instead of an einsum and an add:
         # measured 9-12% less MMoE forward+backward time (8 experts, batch 1024, CPU).
         kernel = tf.reshape(tf.transpose(self.kernels[0], [1, 0, 2]), [self.kernels[0].shape[1], -1])
@@ -61,7 +61,7 @@ class StackedExperts(keras.layers.Layer):
         h = self.activation(h)
         return self._dropout(h, training=training) if self._dropout is not None else h
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "num_experts": self.num_experts, "units": self.units,
                 "dropout": self.dropout, "activation": self._activation_name}
 
@@ -78,7 +78,7 @@ class MMoE(keras.layers.Layer):
     """
 
     def __init__(self, num_experts: int, expert_units: Sequence[int], gates: Mapping[str, Mapping],
-                 expert_dropout: float = 0.0, **kwargs):
+                 expert_dropout: float = 0.0, **kwargs: Any):
         super().__init__(**kwargs)
         self.num_experts = int(num_experts)
         self.expert_units = list(expert_units)
@@ -90,13 +90,13 @@ class MMoE(keras.layers.Layer):
             params = {k: v for k, v in cfg.items() if k != "type"}
             self.gates[task] = build_gate(cfg["type"], num_experts, name=f"gate_{task}", **params)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tf.TensorShape) -> None:
         # The gates are not called as layers (see call): create their routing variables here.
         for gate in self.gates.values():
             gate.build_routing(input_shape)
         super().build(input_shape)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         # Gates mix in float32 (see models/gates/base.py), also under mixed precision.
         expert_outputs = tf.cast(self.experts(inputs, training=training), tf.float32)
         batch = tf.shape(expert_outputs)[0]
@@ -118,7 +118,7 @@ class MMoE(keras.layers.Layer):
         mixed = tf.matmul(weights[0] if len(weights) == 1 else tf.concat(weights, axis=1), expert_outputs)
         return dict(zip(tasks, tf.unstack(mixed, axis=1)))
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "num_experts": self.num_experts, "expert_units": self.expert_units,
                 "gates": self.gate_configs, "expert_dropout": self.expert_dropout}
 
@@ -131,7 +131,8 @@ def _groups(gates: Mapping[str, Gate]) -> list[list[str]]:
     return list(groups.values())
 
 
-def gate_diagnostics(gates: Mapping[str, Gate], routing_inputs=None, min_share: float = 1.0) -> dict[str, dict]:
+def gate_diagnostics(gates: Mapping[str, Gate], routing_inputs: tf.Tensor | None = None,
+                     min_share: float = 1.0) -> dict[str, dict]:
     """Per task: the gate's expert weights (mean over examples for per-example gates), the experts
     in use (nonzero weight) per example -- mean, maximum, and the share of examples within the
     gate's k --, whether the gate has converged (Gate.converged, with `min_share` for per-example

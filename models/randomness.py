@@ -10,6 +10,7 @@ tf.distribute strategy's scope, a generator gives each replica its own stream.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import tensorflow as tf
 
@@ -34,18 +35,18 @@ class Dropout(keras.layers.Layer):
     Shapes: any input shape; the output has the input's shape and dtype.
     """
 
-    def __init__(self, rate: float, **kwargs):
+    def __init__(self, rate: float, **kwargs: Any):
         super().__init__(**kwargs)
         if not 0 <= rate < 1:
             raise ValueError(f"Dropout: rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
         self.rng = new_generator()
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         if not training or self.rate == 0:
             return inputs
         keep = self.rng.uniform(tf.shape(inputs)) >= self.rate  # same shape as inputs
         return tf.where(keep, inputs / tf.cast(1.0 - self.rate, inputs.dtype), tf.zeros_like(inputs))
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "rate": self.rate}

@@ -11,7 +11,9 @@ entropy and unreachable-code penalty, Top-k's load balancing) are added in train
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -55,8 +57,9 @@ class FeatureEncoder(keras.layers.Layer):
     """Transformed features -> x: embeddings for categoricals, mean-pooled multi-valued
     categoricals (padding index -1), and the numeric features, concatenated."""
 
-    def __init__(self, features, categorical_sizes, id_embedding_dim, side_embedding_dim, dataset="movielens",
-                 **kwargs):
+    def __init__(self, features: Sequence[str], categorical_sizes: dict[str, int], id_embedding_dim: int,
+                 side_embedding_dim: int, dataset: str = "movielens",
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.dataset = dataset
         declared = dataset_named(dataset).features
@@ -71,7 +74,7 @@ class FeatureEncoder(keras.layers.Layer):
                 dim = id_embedding_dim if declared[name].id_like else side_embedding_dim
                 self.embeddings[name] = keras.layers.Embedding(categorical_sizes[name], dim, name=f"{name}_embedding")
 
-    def call(self, features):
+    def call(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
         parts = []
         for name, embedding in self.embeddings.items():
             ids = features[name]
@@ -85,7 +88,7 @@ class FeatureEncoder(keras.layers.Layer):
             parts.append(tf.cast(tf.stack([features[n] for n in self.numeric], axis=1), self.compute_dtype))
         return tf.concat(parts, axis=1)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "features": self.features, "categorical_sizes": self.categorical_sizes,
                 "id_embedding_dim": self.id_embedding_dim, "side_embedding_dim": self.side_embedding_dim,
                 "dataset": self.dataset}
@@ -103,7 +106,7 @@ def _mlp(units, dropout, name):
 class MultiTaskRecommender(tfrs.Model):
     """MMoE (one gate per task) or shared-bottom multi-task ranking model."""
 
-    def __init__(self, spec: ModelSpec, **kwargs):
+    def __init__(self, spec: ModelSpec, **kwargs: Any):
         super().__init__(**kwargs)
         self.spec = spec
         self.task_names = list(spec.tasks)
@@ -137,16 +140,16 @@ class MultiTaskRecommender(tfrs.Model):
             self.loss_trackers[t] = keras.metrics.Mean(name=f"{t}_loss")
         self.regularization_tracker = keras.metrics.Mean(name="regularization_loss")
 
-    def get_config(self):
+    def get_config(self) -> dict:
         """The spec as plain data (Keras saves it with the model; ModelSpec itself is not serializable)."""
         return {"spec": asdict(self.spec), "name": self.name}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict) -> MultiTaskRecommender:
         return cls(ModelSpec(**config["spec"]), name=config["name"])
 
     # ------------------------------------------------------------ forward
-    def logits(self, features, training=False):
+    def logits(self, features: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         """{task: [B, 1] logit (binary) or prediction (regression)}."""
         x = self.encoder(features)
         if self.spec.architecture == "mmoe":
@@ -156,12 +159,12 @@ class MultiTaskRecommender(tfrs.Model):
             mixtures = {t: shared for t in self.task_names}
         return {t: self.towers[t](mixtures[t], training=training) for t in self.task_names}
 
-    def call(self, features, training=False):
+    def call(self, features: dict[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
         """{task: [B] prediction}: a probability for binary tasks, the value for regression."""
         return to_predictions(self.logits(features, training=training), self.declared_tasks)
 
     # ------------------------------------------------------------ losses
-    def compute_loss(self, features, training=False):
+    def compute_loss(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         logits = self.logits(features, training=training)
         replica = tf.distribute.get_replica_context()
         total = 0.0
@@ -180,7 +183,7 @@ class MultiTaskRecommender(tfrs.Model):
             total += self.spec.tasks[t] * loss
         return total
 
-    def train_step(self, features):
+    def train_step(self, features: dict[str, tf.Tensor]) -> dict:
         loss_scaling = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
         with tf.GradientTape() as tape:
             task_loss = self.compute_loss(features, training=True)
@@ -195,7 +198,7 @@ class MultiTaskRecommender(tfrs.Model):
         self.regularization_tracker.update_state(reg)
         return self._results()
 
-    def test_step(self, features):
+    def test_step(self, features: dict[str, tf.Tensor]) -> dict:
         self.compute_loss(features, training=False)
         return self._results(training=False)
 
@@ -207,7 +210,7 @@ class MultiTaskRecommender(tfrs.Model):
         return results
 
     @property
-    def metrics(self):
+    def metrics(self) -> list:
         """Everything Keras resets each epoch and reports: per-task losses and metrics."""
         tracked = [*self.loss_trackers.values(), self.regularization_tracker]
         for t in self.task_names:

@@ -22,12 +22,16 @@ densest example has nonzero weights. Per-example softmax gates are dense: refuse
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
 
 from models.experts import MMoE, StackedExperts
 from models.recommender import to_predictions
+
+if TYPE_CHECKING:  # names in annotations only
+    from models.recommender import MultiTaskRecommender
 
 
 PARALLEL_GROUPS = 2  # independent expert groups at most: the cores of the machine it was measured on
@@ -107,7 +111,8 @@ def copy_experts(dense: StackedExperts, experts: list, name: str) -> StackedExpe
 class SparseMMoE(tf.Module):
     """The MMoE of a trained model, computing only selected experts (see the module docstring)."""
 
-    def __init__(self, mmoe: MMoE, selection: Selection, max_groups: int = PARALLEL_GROUPS, name="sparse_mmoe"):
+    def __init__(self, mmoe: MMoE, selection: Selection, max_groups: int = PARALLEL_GROUPS,
+                 name: str | None = "sparse_mmoe"):
         super().__init__(name=name)
         static = {t: s for t, s in selection.tasks.items() if not s["per_example"]}
         self.per_example_gates = {t: mmoe.gates[t] for t, s in selection.tasks.items() if s["per_example"]}
@@ -175,7 +180,7 @@ class SparseRecommender(tf.Module):
     same outputs; only the encoder, the towers, the gates that route per example and the
     experts that can be selected are tracked (saved)."""
 
-    def __init__(self, model):
+    def __init__(self, model: MultiTaskRecommender):
         super().__init__(name="sparse_recommender")
         if model.spec.architecture != "mmoe":
             raise SparseExportError("a shared-bottom model has no experts to drop")

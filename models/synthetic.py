@@ -3,6 +3,8 @@ for several independent replicas (seeds) at once."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -61,9 +63,9 @@ class TaskRoutedMoE(keras.Model):
     Call: x [replicas, batch, input_dim] (each replica its own batch) -> predictions [replicas, batch, T].
     """
 
-    def __init__(self, num_tasks: int, num_experts: int, expert_units, tower_units=(),
+    def __init__(self, num_tasks: int, num_experts: int, expert_units: Sequence[int], tower_units: Sequence[int] = (),
                  gate: dict | None = None, assignment: np.ndarray | None = None, replicas: int = 1,
-                 shared_tower_init: bool = False, **kwargs):
+                 shared_tower_init: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
         if (gate is None) == (assignment is None):
             raise ValueError("give exactly one of gate and assignment")
@@ -98,7 +100,7 @@ class TaskRoutedMoE(keras.Model):
             d_in = d_out
         self.expert_kernels, self.expert_biases = [], []
 
-    def build(self, input_shape):
+    def build(self, input_shape: tf.TensorShape) -> None:
         d_in = int(input_shape[-1])
         for j, d_out in enumerate(self.expert_units):
             self.expert_kernels.append(self.add_weight(
@@ -128,11 +130,11 @@ class TaskRoutedMoE(keras.Model):
         """The gate's routing biases: shared by all rows, so fixed at 0 to keep gates independent."""
         return [] if self.gate is None else [layer.bias for layer in self.gate.routing_layers()]
 
-    def training_variables(self):
+    def training_variables(self) -> list[tf.Variable]:
         frozen = {v.ref() for v in self._frozen()}
         return [v for v in self.trainable_variables if v.ref() not in frozen]
 
-    def replica_rows(self, replica: int):
+    def replica_rows(self, replica: int) -> tf.Tensor:
         """The one-hot row ids of one replica's tasks: [T, S*T]."""
         return self.task_ids[replica * self.num_tasks:(replica + 1) * self.num_tasks]
 
@@ -145,11 +147,11 @@ class TaskRoutedMoE(keras.Model):
         else:
             parts = [self.gate.weights_and_loss(self.replica_rows(s), training=training) for s in range(self.replicas)]
             weights = tf.concat([w for w, _ in parts], axis=0)
-            losses = [l for _, l in parts if l is not None]
+            losses = [part for _, part in parts if part is not None]
             loss = tf.add_n(losses) if losses else None
         return tf.reshape(weights, [self.replicas, self.num_tasks, self.num_experts]), loss
 
-    def call(self, x, training=None):
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         h = x  # [S, b, d]
         last = len(self.expert_kernels) - 1
         for j, (kernel, bias) in enumerate(zip(self.expert_kernels, self.expert_biases)):

@@ -9,8 +9,6 @@ stay instant (TensorFlow takes seconds to import). The terminal shows each stage
 from __future__ import annotations
 
 import argparse
-import ast
-import errno
 import importlib
 import importlib.metadata
 import os
@@ -19,10 +17,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import terminal
 from pipeline.config import ConfigError, load_config, to_yaml
-from pipeline.errors import MtlrecError
+from pipeline.errors import MtlrecError, classify
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.schema import Config
 
 
 def _stage(module: str, function: str = "main"):
@@ -32,7 +34,7 @@ def _stage(module: str, function: str = "main"):
     return run
 
 
-def print_config(config, args) -> int:
+def print_config(config: Config, args: argparse.Namespace) -> int:
     """The resolved config; with --dataset, the resolved declaration of the dataset it reads
     (every default spelled out), which loads back as a declaration file (data.dataset)."""
     if getattr(args, "dataset", False):
@@ -47,13 +49,12 @@ def print_config(config, args) -> int:
 
 
 def version() -> str:
-    """The installed package's version; from a checkout that is not installed, setup.py's."""
+    """The installed package's version; from a checkout that is not installed, pyproject.toml's."""
     try:
         return importlib.metadata.version("mtlrec")
     except importlib.metadata.PackageNotFoundError:
-        setup = ast.parse((Path(__file__).resolve().parents[1] / "setup.py").read_text())
-        return next(keyword.value.value for node in ast.walk(setup) if isinstance(node, ast.Call)
-                    for keyword in node.keywords if keyword.arg == "version")
+        metadata = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+        return re.search(r'^version = "([^"]+)"$', metadata, re.M).group(1)  # [project]'s: the first one
 
 
 # name -> (help, runner). Runners take (config, parsed args) and return an exit code.
@@ -61,7 +62,8 @@ COMMANDS = {
     "preprocess": ("Beam + tf.Transform: source data -> TFRecords, transform graph, manifest "
                    "(Beam pipeline options go after --)", _stage("pipeline.stages.preprocess")),
     "tune": ("equal-budget Optuna tuning of every compare variant on validation loss; writes "
-             "<workdir>/tune/best.yaml for `compare --config` (resumes when started again)", _stage("pipeline.stages.tune")),
+             "<workdir>/tune/best.yaml for `compare --config` (resumes when started again)",
+             _stage("pipeline.stages.tune")),
     "train": ("train one multi-task model (TFRS, tf.distribute) on preprocessed data; "
               "a killed run resumes when started again", _stage("pipeline.stages.train")),
     "evaluate": ("score the fixed candidate lists with a run's exported model; writes eval.json",
@@ -163,42 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     except MtlrecError as exc:
         print(f"mtlrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001  (only storage failures are mapped; anything else is re-raised)
-        message = storage_failure(exc)
-        if message is None:
+    except Exception as exc:  # only failures of storage, network, cluster and system are mapped; others re-raised
+        failure = classify(exc)
+        if failure is None:
             raise  # a bug: keep its traceback
-        print(f"mtlrec {args.command}: {message}", file=sys.stderr)
+        print(f"mtlrec {args.command}: {failure.category}: {failure}", file=sys.stderr)
         return 1
-
-
-# TensorFlow's errors that tf.io.gfile, checkpoints and SavedModels raise for the storage itself;
-# others (e.g. OutOfRangeError, which a file over its size limit raises) count when their message
-# gives a storage cause.
-_TF_STORAGE_ERRORS = ("PermissionDeniedError", "ResourceExhaustedError", "NotFoundError", "AlreadyExistsError",
-                      "UnavailableError", "DataLossError")
-_STORAGE_CAUSES = tuple(os.strerror(e) for e in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES,
-                                                 errno.EIO, errno.ENOTDIR))
-
-
-def storage_failure(exc: BaseException) -> str | None:
-    """One line for an exception that says the disk or object store failed us (full, read-only,
-    missing, unreachable), naming the path and the cause; None for anything else.
-
-    Beam and Keras may wrap the original error: the chain (__cause__ / __context__) is searched.
-    """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno is not None:
-            cause = exc.strerror or os.strerror(exc.errno)
-            return f"{exc.filename}: {cause}" if exc.filename else f"storage error: {cause}"
-        tf = sys.modules.get("tensorflow")  # its errors can only occur once a stage imported it
-        if tf is not None and isinstance(exc, tf.errors.OpError) and (
-                type(exc).__name__ in _TF_STORAGE_ERRORS or any(c in exc.message for c in _STORAGE_CAUSES)):
-            # TensorFlow's message names the path; drop the op names around it.
-            return re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]$", "", " ".join(str(exc.message).split()))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import re
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 
 # TensorFlow's C++ log prefix: absl's "I0000 00:00:1712345678.123456   12345 port.cc:153] " (TF >= 2.16:
 # severity, date, time, thread, file), or the older "2024-03-01 10:00:00.123456: I tensorflow/core/util/port.cc:113] ".
@@ -145,7 +146,7 @@ def stage_log(stage: str, prefix: str | None = None) -> logging.LoggerAdapter:
 
 
 @contextlib.contextmanager
-def quiet(*stages: str):
+def quiet(*stages: str) -> Iterator[None]:
     """Within the block, the given stages' loggers show warnings only (tune's trials train quietly)."""
     loggers = [logging.getLogger(f"{ROOT_LOGGER}.{stage}") for stage in stages]
     levels = [logger.level for logger in loggers]
@@ -192,7 +193,7 @@ def configure(verbose_: bool) -> None:
 
 
 @contextlib.contextmanager
-def models_one_after_another():
+def models_one_after_another() -> Iterator[None]:
     """Within the block, a stage trains one Keras model after another: TensorFlow's retracing notice
     for Keras' per-model functions (PER_MODEL_RETRACING) is hidden, unless --verbose."""
     if _verbose:
@@ -207,7 +208,7 @@ def models_one_after_another():
 
 
 @contextlib.contextmanager
-def startup_lines_filtered():
+def startup_lines_filtered() -> Iterator[None]:
     """Within the block, lines written to fd 2 (C++ or Python) reach it unless in STARTUP_LINES.
 
     A thread forwards the lines as they come, so a crash in the block still shows its message.

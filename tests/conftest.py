@@ -3,13 +3,23 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import features  # noqa: E402,F401  (selects tf-keras before TensorFlow loads)
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import features  # noqa: F401  (selects tf-keras before TensorFlow loads)
+import pytest
+import tensorflow as tf
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes over ~10 s (deselect with -m 'not slow')")
+# Fixtures that preprocess data or train models (tens of seconds each): a test that uses one, even
+# through another fixture, is an integration test and must be marked `slow`, so that
+# `pytest -m "not slow"` stays the fast loop (README "Tests"). Checked at collection below.
+EXPENSIVE_FIXTURES = {"embedded_data", "tiny_run", "compared", "served", "tuned", "runs", "dirty_run",
+                      "kuairand_run", "random_split", "tiny", "ml1m_with_bad_rows"}
+
+
+def pytest_collection_modifyitems(items):
+    unmarked = [item.nodeid for item in items
+                if EXPENSIVE_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError("tests that use an expensive fixture must be marked slow: " + ", ".join(unmarked))
 
 
 @pytest.fixture(autouse=True)

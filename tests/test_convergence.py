@@ -12,7 +12,8 @@ from models.gates import DSelectKGate, build_gate, reference
 from models.gates.dselect_k import MAX_DOUBLINGS
 from pipeline.config import load_config
 from pipeline.artifacts.resume import RunState
-from pipeline.tuning.studies import TunerSettings, counted_trials, finished_trials, mark_infeasible, run_study, summarize
+from pipeline.tuning.studies import (
+    TunerSettings, counted_trials, finished_trials, mark_infeasible, run_study, summarize)
 
 SMALL = ["train.batch_size=256", "train.steps_per_epoch=15", "train.diagnostics_batches=2",
          "model.expert_units=[16]", "model.tower_units=[8]", "model.num_experts=4", "model.id_embedding_dim=8"]
@@ -43,6 +44,7 @@ def test_doubled_regularizer_equals_the_reference_at_that_weight():
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_doubling_makes_selectors_binary_where_a_small_constant_weight_does_not():
     """A static gate pulled toward a dense mixture by its data loss: the entropy weight alone (1e-3) leaves
     its selectors soft; the same weight doubling every 20 steps makes them binary within the run."""
@@ -118,6 +120,7 @@ def test_best_epoch_and_early_stopping_wait_for_convergence(tmp_path, epochs, pa
     assert state.converged == any(c for _, c in epochs)
 
 
+@pytest.mark.slow
 def test_train_records_convergence_and_evaluates_a_converged_epoch(embedded_data, tmp_path):
     from pipeline.stages import train
     data_dir, _ = embedded_data

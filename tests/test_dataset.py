@@ -35,6 +35,7 @@ def _epochs(inputs, n, batch, epochs, start=0, seed=7, **kwargs):
     return np.split(rows, epochs - start)
 
 
+@pytest.mark.slow
 def test_every_epoch_is_a_new_permutation_of_the_whole_split(pipeline):
     inputs, in_order = pipeline
     n = len(in_order)
@@ -53,6 +54,7 @@ def test_every_epoch_is_a_new_permutation_of_the_whole_split(pipeline):
     assert not np.array_equal(_epochs(inputs, n, 300, 1, seed=8)[0], first)
 
 
+@pytest.mark.slow
 def test_an_epoch_depends_only_on_seed_and_epoch(pipeline):
     """What a run resumed at epoch 2 reads is what an uninterrupted run reads from epoch 2 on."""
     inputs, in_order = pipeline
@@ -63,6 +65,7 @@ def test_an_epoch_depends_only_on_seed_and_epoch(pipeline):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_more_steps_than_one_pass_reads_further_passes(pipeline):
     inputs, in_order = pipeline
     n = len(in_order)
@@ -72,6 +75,7 @@ def test_more_steps_than_one_pass_reads_further_passes(pipeline):
     np.testing.assert_array_equal(_sorted(rows[:n]), _sorted(in_order))  # the first pass: each example once
 
 
+@pytest.mark.slow
 def test_small_shuffle_window_still_delivers_each_example_once(pipeline):
     inputs, in_order = pipeline
     n = len(in_order)

@@ -35,3 +35,18 @@ def test_the_datasets_reference_names_every_key_of_a_declaration():
     missing = [f"{model.__name__}.{field.alias or name}" for model in models
                for name, field in model.model_fields.items() if f"`{field.alias or name}`" not in text]
     assert missing == []
+
+
+def test_ci_runs_the_readmes_test_command():
+    """The README's test command is what .ci/run runs after installing (pip's own flags aside)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    command = re.search(r'```bash\npip install -e "\.\[test\]" && (pytest .+)\n```', readme).group(1)
+    assert command.startswith('pytest -n 2 -m "not slow" && ')  # the fast subset first
+    assert command in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+
+
+def test_benchmark_results_name_no_path_of_a_machine():
+    """bench/results/*.json are read on other machines: a data folder is described, not named by its path."""
+    found = [f"{result.name}: {path}" for result in sorted((REPO / "bench" / "results").glob("*.json"))
+             for path in ABSOLUTE.findall(result.read_text(encoding="utf-8")) if not path.startswith(ALLOWED)]
+    assert found == []

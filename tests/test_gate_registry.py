@@ -95,6 +95,7 @@ def test_unregistered_types_are_unknown(first_k):
         load_config(None, ["model.gate.type=first_k"])
 
 
+@pytest.mark.slow
 def test_the_test_gate_trains_through_mtlrec_train(embedded_data, tmp_path, first_k):
     from pipeline.cli import main
     data_dir, _ = embedded_data
@@ -115,6 +116,7 @@ def test_the_test_gate_trains_through_mtlrec_train(embedded_data, tmp_path, firs
     assert json.loads((tmp_path / "sparse_export.json").read_text())["kept"] == [0, 1]
 
 
+@pytest.mark.slow
 def test_the_test_gate_runs_the_synthetic_study(tmp_path, first_k):
     """The study packs the test gate's static gates into one per-example gate (initialize_static_rows),
     tunes it, trains it until converged and scores its selection, knowing nothing else of it."""

@@ -39,7 +39,8 @@ def test_smooth_step_exact_outside_band_and_continuous():
     edges = tf.constant([-gamma / 2 + eps, gamma / 2 - eps])
     np.testing.assert_allclose(smooth_step(edges, gamma).numpy(), [0, 1], atol=1e-6)
     grid = np.linspace(-1, 1, 2001, dtype=np.float32)
-    np.testing.assert_allclose(smooth_step(tf.constant(grid), gamma).numpy(), reference.smooth_step(grid, gamma), atol=1e-6)
+    np.testing.assert_allclose(smooth_step(tf.constant(grid), gamma).numpy(), reference.smooth_step(grid, gamma),
+                               atol=1e-6)
     assert np.all(np.diff(smooth_step(tf.constant(grid), gamma).numpy()) >= 0)
 
 

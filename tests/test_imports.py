@@ -111,7 +111,8 @@ def test_graph_sees_the_project():
     graph = import_graph()
     assert {"pipeline.stages.train", "models.gates", "features.spec", "bench.common"} <= set(graph)
     assert "pipeline.config" in graph["pipeline.cli"]  # top level
-    assert "pipeline.stages.preprocess" in graph["pipeline.stages.compare"]  # inside a function, `from pipeline.stages import x`
+    # inside a function, `from pipeline.stages import x`:
+    assert "pipeline.stages.preprocess" in graph["pipeline.stages.compare"]
 
 
 # ---------------------------------------------------------------- the checker itself

@@ -123,6 +123,7 @@ def kuairand_run(tmp_path_factory):
     return folder, root / "run" / "data", manifest, good, bad, len(logged) - len(good), _repeated(logs[LATE])
 
 
+@pytest.mark.slow
 def test_every_log_line_is_accounted_for(kuairand_run):
     import json
     folder, data, manifest, good, bad, of_bad_user, repeated = kuairand_run
@@ -199,7 +200,8 @@ def test_every_0_1_column_is_checked_in_every_file(tmp_path):
         assert reasons.pop(line, None) == reason, line
     # The rest: the log rows of the users whose user line was rejected, naming it.
     assert len(reasons) == logged.user_id.isin([1, 2, 3]).sum() > 0
-    assert all(re.fullmatch(r"user id [123]: its line user_features_pure.csv:\d+ was rejected", r) for r in reasons.values())
+    assert all(re.fullmatch(r"user id [123]: its line user_features_pure.csv:\d+ was rejected", r)
+               for r in reasons.values())
     assert len(rows) == len(logged) - len(reasons)
 
 
@@ -287,6 +289,7 @@ def test_line_ranges_hold_every_line_once(tmp_path):
             assert got == expected, (case, chunk)
 
 
+@pytest.mark.slow
 def test_each_exposure_is_one_example_with_its_labels(kuairand_run):
     _, data, manifest, good, _, _, repeated = kuairand_run
     examples = pd.concat([read_split(data, s) for s in ("train", "validation", "test")], ignore_index=True)
@@ -314,6 +317,7 @@ def test_each_exposure_is_one_example_with_its_labels(kuairand_run):
     assert manifest["dataset"] == "kuairand" and manifest["source"]["version"] == "pure"
 
 
+@pytest.mark.slow
 def test_time_split_per_user_has_no_leakage(kuairand_run):
     _, data, manifest, _, _, _, _ = kuairand_run
     splits = {s: read_split(data, s) for s in ("train", "validation", "test", "candidates")}
@@ -437,6 +441,7 @@ def _expected_without_test_list(folder, random_log_test):
     return reasons
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("random_log_test", [False, True])
 def test_tied_histories_are_split_and_users_without_a_test_list_counted(tied_folder, tmp_path, random_log_test):
     """Issue 24: a tie at the end of a history moves the test cut before it (with the random log, this
@@ -479,6 +484,7 @@ def test_kuairand_tasks_are_checked_against_its_declaration():
 
 
 # ---------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_compare_on_the_generated_pure_layout(kuairand_run, tmp_path):
     """`mtlrec compare --config configs/kuairand_pure.yaml --set data.path=...` on the generated
     Pure folder (the fixture's data is reused: same data settings), two gates, one seed, tiny."""

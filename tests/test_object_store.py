@@ -8,12 +8,15 @@ for writing being emptied first (pipeline/artifacts/storage.py write_bytes remov
 """
 import json
 
+import pytest
+
 import tensorflow as tf
 
 from fixtures import TINY_DATA, TINY_TRAIN, cli_sets, ratings, write_ml100k
 from pipeline import cli
 
 
+@pytest.mark.slow
 def test_preprocess_train_evaluate_with_every_folder_on_an_object_store(tmp_path, monkeypatch, capsys):
     files = write_ml100k(tmp_path / "files", ratings(num_users=12, num_items=30, per_user=12))
     monkeypatch.chdir(tmp_path)

@@ -27,11 +27,13 @@ def _positives(folder):
 
 
 # ---------------------------------------------------------------- embedded source
+@pytest.mark.slow
 def test_embedded_manifest(embedded_data):
     folder, manifest = embedded_data
     assert manifest["source"]["name"] == "embedded"
     assert manifest["input_rows"] == 100004  # every row of the dslabs subset was read
-    assert manifest["input_rows"] == manifest["accepted_rows"] + manifest["rejected_rows"] + manifest["sampled_out_rows"]
+    assert manifest["input_rows"] == (manifest["accepted_rows"] + manifest["rejected_rows"]
+                                      + manifest["sampled_out_rows"])
     assert 20 <= manifest["users"] <= 70
     # The dslabs subset has no demographics: those features are absent, not faked.
     assert "gender" not in manifest["features"] and "genres" in manifest["features"]
@@ -46,6 +48,7 @@ def test_embedded_manifest(embedded_data):
     assert ((train.like == 1) == ((train.watch == 1) & (train.rating >= 4.0))).all()
 
 
+@pytest.mark.slow
 def test_materialized_splits_equal_the_transform_graph_on_the_raw_shards(embedded_data):
     """transformed/<split> (written by preprocess, what training reads) holds exactly what the
     transform graph gives on the raw shards, example by example, shard by shard, in order."""
@@ -59,7 +62,8 @@ def test_materialized_splits_equal_the_transform_graph_on_the_raw_shards(embedde
         for name in names:
             blocks = list(tf.data.TFRecordDataset(str(folder / "transformed" / split / name), "GZIP").map(
                 lambda record: tf.io.parse_single_example(record, inputs.block_spec)))
-            assert all(len(b["watch"]) == BLOCK_SIZE for b in blocks[:-1]) and 0 < len(blocks[-1]["watch"]) <= BLOCK_SIZE
+            assert all(len(b["watch"]) == BLOCK_SIZE for b in blocks[:-1])
+            assert 0 < len(blocks[-1]["watch"]) <= BLOCK_SIZE
             raw = tf.data.TFRecordDataset(str(folder / split / name), "GZIP").batch(100_000).map(inputs.to_inputs)
             expected = raw.get_single_element()
             assert set(blocks[0]) == set(expected)
@@ -77,6 +81,7 @@ def test_materialized_splits_equal_the_transform_graph_on_the_raw_shards(embedde
     assert manifest["splits"]["test"]["transformed_files"] == []  # evaluated through the exported model
 
 
+@pytest.mark.slow
 def test_split_is_by_time_per_user(embedded_data):
     folder, _ = embedded_data
     positives = _positives(folder)
@@ -101,6 +106,7 @@ def test_ties_never_straddle_a_cut_and_every_cuttable_user_has_a_test_list():
     from features.datasets import dataset_named
     from pipeline.stages.preprocess import DedupeRule, _user_history
     from pipeline.sources.rows import HELD_OUT
+    rule = DedupeRule.of(dataset_named("kuairand"))
     rng = np.random.default_rng(24)
     seen = set()
     for case in range(3000):
@@ -109,8 +115,7 @@ def test_ties_never_straddle_a_cut_and_every_cuttable_user_has_a_test_list():
         held = [{"user_id": 1, "item_id": 1000 + i, "time_ms": int(t), HELD_OUT: True}
                 for i, t in enumerate(rng.integers(0, 12, int(rng.integers(0, 3))) * 1000)]
         rows = [{"user_id": 1, "item_id": i, "time_ms": int(t)} for i, t in enumerate(times)]
-        out = list(_user_history((1, [rows + held]), SplitConfig(), "log.csv", DedupeRule.of(dataset_named("kuairand")), "time_ms",
-                                       "item_id"))
+        out = list(_user_history((1, [rows + held]), SplitConfig(), "log.csv", rule, "time_ms", "item_id"))
         [counts] = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
         [(_, parts)] = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
         split = {s: [r["time_ms"] for r in parts[s]] for s in ("train", "validation", "test")}
@@ -147,6 +152,7 @@ def test_ties_never_straddle_a_cut_and_every_cuttable_user_has_a_test_list():
     assert seen == {"too_few_rows", "one_time", None}
 
 
+@pytest.mark.slow
 def test_sampled_items_were_never_interacted(embedded_data):
     folder, manifest = embedded_data
     positives = _positives(folder)
@@ -164,6 +170,7 @@ def test_sampled_items_were_never_interacted(embedded_data):
         assert existed.mean() > 0.97
 
 
+@pytest.mark.slow
 def test_candidate_lists(embedded_data):
     folder, manifest = embedded_data
     candidates, test = read_split(folder, "candidates"), read_split(folder, "test")
@@ -185,6 +192,7 @@ def _zscore(values, reference):
     return (values - reference.mean()) / reference.std(ddof=0)
 
 
+@pytest.mark.slow
 def test_aggregates_use_train_split_only(embedded_data):
     """Aggregate features equal pandas aggregates over the train split alone, also on test rows."""
     assert_train_only_aggregates(*embedded_data)
@@ -260,6 +268,7 @@ def ml1m_with_bad_rows(tmp_path_factory):
     return root, folder, overrides, len(rows) + len(lines), run_preprocess(root / "run1", *overrides)
 
 
+@pytest.mark.slow
 def test_row_conservation_and_rejection_reasons(ml1m_with_bad_rows):
     root, folder, _, total, manifest = ml1m_with_bad_rows
     assert manifest["input_rows"] == total
@@ -283,6 +292,7 @@ def test_row_conservation_and_rejection_reasons(ml1m_with_bad_rows):
                        "repeated_pair": f"{dup[0]}::{dup[1]}::{int(dup[2])}::{dup[3]}"}
 
 
+@pytest.mark.slow
 def test_ml1m_demographics_and_layout(ml1m_with_bad_rows):
     root, _, _, _, manifest = ml1m_with_bad_rows
     assert manifest["source"]["layout"] == "ml-1m"
@@ -302,6 +312,7 @@ class _NoMetrics:
         return {"counters": [], "distributions": [], "gauges": []}
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_bytes_without_runner_metrics(ml1m_with_bad_rows, monkeypatch):
     """A second run, in the same process (so TensorFlow's function counter has moved on) and on
     a runner that reports no Beam metrics, writes every file byte for byte as the first: the
@@ -312,13 +323,16 @@ def test_same_seed_gives_identical_bytes_without_runner_metrics(ml1m_with_bad_ro
     run_preprocess(root / "run2", *overrides)
     first, second = root / "run1/data", root / "run2/data"
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert {"train", "transformed", "rejected", "tables", "transform_fn", "transformed_metadata"} <= {f.parts[0] for f in files}
-    assert {Path("transform_fn/saved_model.pb"), Path("transform_fn/fingerprint.pb"), Path("manifest.json")} <= set(files)
+    folders = {"train", "transformed", "rejected", "tables", "transform_fn", "transformed_metadata"}
+    assert folders <= {f.parts[0] for f in files}
+    assert {Path("transform_fn/saved_model.pb"), Path("transform_fn/fingerprint.pb"), Path("manifest.json")} <= set(
+        files)
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     differ = [str(name) for name in files if (first / name).read_bytes() != (second / name).read_bytes()]
     assert differ == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["ml-100k", "ml-latest"])
 def test_other_grouplens_layouts(tmp_path, layout):
     rows = ratings(num_users=8, num_items=20, per_user=10, half_stars=layout == "ml-latest")
@@ -338,6 +352,7 @@ def test_other_grouplens_layouts(tmp_path, layout):
         assert row.year == 1980 + row.item_id % 30  # from "01-Jan-YYYY" (ml-100k) or the quoted title (csv)
 
 
+@pytest.mark.slow
 def test_tfds_source_with_mock_data(tmp_path):
     import tensorflow_datasets as tfds
     rows = ratings(num_users=8, num_items=20, per_user=10)
@@ -390,6 +405,7 @@ def _grouplens_download(tmp_path, rows, monkeypatch):
     return urls
 
 
+@pytest.mark.slow
 def test_tfds_builder_is_prepared_on_first_use(tmp_path, monkeypatch):
     """An unprepared builder is downloaded and prepared, then read from its files with
     tfds.beam.ReadFromTFDS; a prepared one is not downloaded again."""
@@ -433,6 +449,7 @@ def test_tfds_without_network_fails_with_one_line(tmp_path, monkeypatch, capsys)
 
 
 # ---------------------------------------------------------------- failures
+@pytest.mark.slow
 def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     from pipeline.examples import shards
 
@@ -454,6 +471,7 @@ def _cli(*args):
     return subprocess.run([str(MTLREC), "preprocess", *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_missing_and_unknown_folders_give_one_clear_error(tmp_path):
     missing = tmp_path / "nowhere"
     result = _cli("--set", "data.source=grouplens", "--set", f"data.path={missing}", "--set", f"workdir={tmp_path}")
@@ -471,6 +489,7 @@ def test_missing_and_unknown_folders_give_one_clear_error(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_source_without_valid_rows_is_an_error(tmp_path):
     folder = write_ml1m(tmp_path / "files", ratings(num_users=2, per_user=3))
     (folder / "ratings.dat").write_text("\n".join(BAD_LINES) + "\n")

@@ -45,6 +45,7 @@ def random_split(tmp_path_factory):
     return root / "run" / "data", manifest, rows
 
 
+@pytest.mark.slow
 def test_every_example_in_one_split_with_exact_stratified_shares(random_split):
     folder, manifest, rows = random_split
     frames = {s: read_split(folder, s) for s in SPLITS}
@@ -69,6 +70,7 @@ def test_every_example_in_one_split_with_exact_stratified_shares(random_split):
     assert {s: manifest["splits"][s]["examples"] for s in SPLITS} == {s: len(f) for s, f in frames.items()}
 
 
+@pytest.mark.slow
 def test_candidates_are_each_test_users_test_interactions_and_unseen_items(random_split):
     folder, manifest, rows = random_split
     test = read_split(folder, "test")
@@ -85,6 +87,7 @@ def test_candidates_are_each_test_users_test_interactions_and_unseen_items(rando
         assert listed.timestamp.nunique() == 1  # one request per list
 
 
+@pytest.mark.slow
 def test_aggregates_and_tables_come_from_the_train_split(random_split):
     from pipeline.examples.tables import read_tables
     folder, manifest, _ = random_split
@@ -93,6 +96,7 @@ def test_aggregates_and_tables_come_from_the_train_split(random_split):
     assert ids.tolist() == sorted(set(read_split(folder, "train").item_id))
 
 
+@pytest.mark.slow
 def test_the_split_is_the_same_under_other_sharding(random_split, tmp_path):
     """Seeded by data.seed alone: 1 shard instead of 4 (other grouping, other order) gives the same
     examples in each split; another data.seed gives another split."""
@@ -131,14 +135,16 @@ def test_bad_split_settings_are_one_line_naming_the_key(tmp_path, capsys, overri
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_temporal_manifest_records_no_random_split_keys(embedded_data):
     """The default (temporal) folder's manifest and hash are those of before the option existed."""
     _, manifest = embedded_data
-    from pipeline.config import config_hash
+    from pipeline.config import config_hash, without_execution_fields
     from pipeline.artifacts.manifest import DATA_FORMAT, data_hash
     assert set(manifest["config"]["split"]) == {"test", "validation", "min_interactions"}
     temporal = load_config(None, ["data.user_fraction=0.06"]).data
-    tree = temporal.model_dump(mode="json")
+    # Neither the random split's keys nor the runner's (execution fields) existed then.
+    tree = without_execution_fields("data", temporal.model_dump(mode="json"))
     for key in ("beam_args", "output"):
         tree.pop(key)
     tree["split"] = {k: v for k, v in tree["split"].items() if k not in ("mode", "stratify", "column")}

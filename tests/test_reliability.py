@@ -61,6 +61,7 @@ def tiny(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- item 8: staging folders
+@pytest.mark.slow
 def test_staging_folders_of_killed_runs_are_removed_never_a_live_ones(tiny):
     _, left = tiny
     assert not left["dead"]  # its pid is gone on this host
@@ -70,6 +71,7 @@ def test_staging_folders_of_killed_runs_are_removed_never_a_live_ones(tiny):
 
 
 # ---------------------------------------------------------------- item 13: no cwd-relative path
+@pytest.mark.slow
 def test_run_folder_stores_no_cwd_relative_path(tiny):
     root, _ = tiny
     summary = json.loads((root / "w/run/train.json").read_text())
@@ -80,6 +82,7 @@ def test_run_folder_stores_no_cwd_relative_path(tiny):
     assert source["location"] == str(root / "files") and source["files"][0].startswith(f"{root / 'files'}/")
 
 
+@pytest.mark.slow
 def test_evaluate_a_run_by_absolute_path_from_another_directory(tiny, tmp_path):
     root, _ = tiny
     done = subprocess.run([MTLREC, "evaluate", "--run", str(root / "w/run")], cwd=tmp_path,
@@ -96,6 +99,7 @@ def _file_size_limit(limit):
     return apply
 
 
+@pytest.mark.slow
 def test_disk_full_during_export_is_one_line_and_keeps_the_old_export(tiny):
     """A file-size limit makes every write past 64 KiB fail (EFBIG), as a full disk would."""
     root, _ = tiny
@@ -105,7 +109,7 @@ def test_disk_full_during_export_is_one_line_and_keeps_the_old_export(tiny):
                           preexec_fn=_file_size_limit(64 * 1024))
     lines = [line for line in done.stderr.splitlines() if line.startswith("mtlrec ")]
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith(f"mtlrec export: {run}/.export.tmp/"), lines
+    assert len(lines) == 1 and lines[0].startswith(f"mtlrec export: storage error: {run}/.export.tmp/"), lines
     assert lines[0].endswith("File too large"), lines
     assert (run / "export/saved_model.pb").read_bytes() == before  # the complete export is untouched
     assert not (run / ".export.tmp").exists()  # nothing half-written is left behind
@@ -122,12 +126,13 @@ def test_unwritable_folder_is_one_line(tmp_path, capsys):
     output = tmp_path / "ro/sub/data"
     assert cli.main(["preprocess", "--output", str(output)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mtlrec preprocess: ") and err[0].endswith(cause), err
+    assert len(err) == 1 and err[0].startswith("mtlrec preprocess: storage error: ") and err[0].endswith(cause), err
     assert str(tmp_path / "ro") in err[0]
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    """Only storage failures become one line: anything else is a bug, and is raised as it is."""
+    """Only failures of the storage, network or cluster become one line (tests/test_errors.py): anything
+    else is a bug, and is raised as it is."""
     from pipeline.stages import compare
     monkeypatch.setattr(compare, "run", lambda config, force=False: {}["a bug"])
     with pytest.raises(KeyError, match="a bug"):
@@ -135,6 +140,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
 
 # ---------------------------------------------------------------- item 6: locks
+@pytest.mark.slow
 def test_second_train_on_a_run_folder_is_refused_naming_the_first(tiny, tmp_path, capsys):
     root, _ = tiny
     train = sets(f"train.data={root / 'w/data'}", f"train.run_dir={tmp_path / 'run'}", *TRAIN, "train.epochs=1000")
@@ -167,7 +173,8 @@ def test_compare_preprocess_and_tune_refuse_a_folder_in_use(tmp_path, capsys, co
         holder.kill()
         holder.wait()
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{what} {tmp_path / folder}: in use by another mtlrec process (pid {holder.pid} " in err[0]
+    assert len(err) == 1
+    assert f"{what} {tmp_path / folder}: in use by another mtlrec process (pid {holder.pid} " in err[0]
 
 
 def test_nested_stages_share_their_lock_and_release_it(tmp_path):

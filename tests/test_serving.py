@@ -26,7 +26,8 @@ def served(embedded_data, tmp_path_factory):
     path = export_model(model, inputs, tmp_path_factory.mktemp("serving") / "export")
     records = np.array(list(tf.data.TFRecordDataset(split_files(data_dir, "candidates"), "GZIP").as_numpy_iterator()),
                        dtype=object)  # not numpy bytes: they drop trailing zero bytes
-    raw = {k: v.numpy() for k, v in tf.io.parse_example(records, MOVIELENS.raw_feature_spec(manifest["raw_columns"])).items()}
+    parsed = tf.io.parse_example(records, MOVIELENS.raw_feature_spec(manifest["raw_columns"]))
+    raw = {k: v.numpy() for k, v in parsed.items()}
     return tf.saved_model.load(str(path)).signatures, records, raw, data_dir
 
 
@@ -40,6 +41,7 @@ def _users(raw, n):
     return [np.flatnonzero(raw["user_id"] == user) for user in np.unique(raw["user_id"])[:n]]
 
 
+@pytest.mark.slow
 def test_signatures_and_their_inputs(served):
     signatures, _, _, _ = served
     assert set(signatures) == {"serving_default", "serve_raw", "rank", "rank_with_options"}
@@ -52,6 +54,7 @@ def test_signatures_and_their_inputs(served):
     assert set(signatures["rank"].structured_outputs) == {*TASKS, "score", "top_k"}
 
 
+@pytest.mark.slow
 def test_serving_default_parses_examples_as_serve_raw_scores_tensors(served):
     signatures, records, raw, _ = served
     from_examples = signatures["serving_default"](examples=tf.constant(records))
@@ -63,6 +66,7 @@ def test_serving_default_parses_examples_as_serve_raw_scores_tensors(served):
     assert np.ptp(from_examples["watch"].numpy()) > 1e-3  # the scores do differ between rows
 
 
+@pytest.mark.slow
 def test_rank_equals_the_rows_scored_one_by_one(served):
     """rank(user, time, item ids) == serving_default on the candidate rows (whose item columns
     come from the same train tables), to 1e-5; score and top_k against numpy."""
@@ -77,6 +81,7 @@ def test_rank_equals_the_rows_scored_one_by_one(served):
         assert ranked["top_k"].tolist() == np.argsort(-ranked["score"], kind="stable")[:10].tolist()
 
 
+@pytest.mark.slow
 def test_rank_with_options_takes_k_and_weights_per_request(served):
     signatures, _, raw, _ = served
     rows = _users(raw, 1)[0]
@@ -91,6 +96,7 @@ def test_rank_with_options_takes_k_and_weights_per_request(served):
     assert sorted(many["top_k"].tolist()) == list(range(len(rows)))
 
 
+@pytest.mark.slow
 def test_unknown_ids_take_the_out_of_vocabulary_path(served):
     """An item (or user) id absent from the train tables is served with the declared 'unknown'
     columns (genres '', year 0): the item vocabulary's OOV index, the unknown-year bucket and the

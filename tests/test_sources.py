@@ -159,6 +159,7 @@ def test_ids_beyond_int64_negative_ids_and_other_non_values_are_rejected(tmp_pat
         assert reason in reasons[line], line
 
 
+@pytest.mark.slow
 def test_bad_lines_of_movie_and_user_files(tmp_path):
     """Ids and ages of ml-1m movie and user files are checked too; a rating of a user whose line
     was rejected says so, and a repeated id keeps its first line."""
@@ -247,5 +248,6 @@ def test_malformed_genre_file_is_named(tmp_path):
     from pipeline.sources.rows import SourceError
     folder = write_ml100k(tmp_path / "files", ratings(num_users=2, num_items=4, per_user=2))
     recode(folder / "u.genre", replace={b"Comedy|5": b"Comedy 5"})
-    with pytest.raises(SourceError, match=re.escape(f"{folder / 'u.genre'}:6: expected 'genre|index', found 'Comedy 5'")):
+    message = f"{folder / 'u.genre'}:6: expected 'genre|index', found 'Comedy 5'"
+    with pytest.raises(SourceError, match=re.escape(message)):
         grouplens(folder)

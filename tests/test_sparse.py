@@ -60,6 +60,7 @@ def test_tasks_sharing_no_expert_form_independent_groups():
     assert expert_groups({"a": [1], "b": [2], "c": [2, 1]}, 2) == [(["a", "b", "c"], [1, 2])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gate_type, choice", [(g, CHOICE) for g in STATIC_GATES] + [("dselect_k", DISJOINT)])
 def test_sparse_export_matches_dense_and_drops_unselected_experts(embedded_data, tmp_path, gate_type, choice):
     data_dir, manifest = embedded_data
@@ -106,6 +107,7 @@ def test_sparse_export_matches_dense_and_drops_unselected_experts(embedded_data,
     assert saved_experts == kept  # each kept expert saved once, no dropped one
 
 
+@pytest.mark.slow
 def test_cli_sparse_export_of_a_trained_run(embedded_data, tmp_path):
     from pipeline.stages import train
     data_dir, manifest = embedded_data
@@ -143,6 +145,7 @@ def test_cli_sparse_export_of_a_trained_run(embedded_data, tmp_path):
     assert not (tmp_path / "soft" / "export_sparse").exists()
 
 
+@pytest.mark.slow
 def test_per_example_dselect_sparse_path_is_exact(embedded_data, tmp_path):
     """Also while selectors are not yet binary (more than k experts for some examples)."""
     data_dir, manifest = embedded_data

@@ -68,6 +68,7 @@ def test_generator_scales_mean_what_they_say():
     assert residual.std() == pytest.approx(0.5, rel=0.03)
 
 
+@pytest.mark.slow
 def test_true_clusters_beat_sharing_nothing():
     """The structure is worth finding: experts given the true clusters beat one expert per task.
 
@@ -249,7 +250,8 @@ def test_verdicts_follow_ari_significance_and_convergence():
     assert "no significant" in verdict_lines([row], converged)[0] and "no p-value" in verdict_lines([row], converged)[0]
     # Robust DSelect-k against the variant it took its settings from.
     gates["r"] = {"type": "dselect_k", "k": 2}
-    rows = compare_variants(gates, {"d": runs(low), "t": runs(low), "s": runs(low), "r": runs(high)}, [1, 2], {"r": "d"})
+    results = {"d": runs(low), "t": runs(low), "s": runs(low), "r": runs(high)}
+    rows = compare_variants(gates, results, [1, 2], {"r": "d"})
     assert [(r["a"], r["b"]) for r in rows] == [("d", "t"), ("r", "t"), ("r", "d")]
 
 
@@ -409,6 +411,7 @@ TINY_SPEC = RunSpec(num_experts=4, expert_units=(6, 2), tower_units=(), max_epoc
                     jit_compile=False, min_epochs=5, patience=3)
 
 
+@pytest.mark.slow
 def test_training_stops_once_selections_are_binary_and_stable():
     data = generate(**TINY)
     locking = {"type": "dselect_k", "k": 1, "gamma": 0.5, "entropy_weight": 1.0}
@@ -425,6 +428,7 @@ def test_training_stops_once_selections_are_binary_and_stable():
     assert topk["converged"] and math.isnan(topk["binary_fraction"])
 
 
+@pytest.mark.slow
 def test_tuning_gives_every_variant_the_same_budget_resumes_and_never_reads_the_test_split(tmp_path, monkeypatch):
     from dataclasses import replace
 
@@ -443,7 +447,8 @@ def test_tuning_gives_every_variant_the_same_budget_resumes_and_never_reads_the_
         assert study["trials_feasible"] == 3 and study["trials_finished"] == 3 + study["trials_infeasible"]
         assert tuning.learning_rate[0] <= result["learning_rate"] <= tuning.learning_rate[1]
     assert softmax["study"]["trials_infeasible"] == 0
-    assert softmax["gate_params"] == {} and {"gamma", "entropy_weight", "entropy_schedule"} <= set(dselect["gate_params"])
+    assert softmax["gate_params"] == {}
+    assert {"gamma", "entropy_weight", "entropy_schedule"} <= set(dselect["gate_params"])
     trained = softmax["study"]["trials_finished"] + dselect["study"]["trials_finished"]
     assert len(runs) == trained and all(args[4] == [tuning.seed] for args in runs)  # one tuning seed per trial
     again = tune_variant("dselect_k", data, spec, {"type": "dselect_k", "k": 1}, tuning, storage)
@@ -474,6 +479,7 @@ def test_synthetic_yaml_is_the_default():
 
 
 # ---------------------------------------------------------------- end to end through the CLI
+@pytest.mark.slow
 def test_tiny_run_through_the_cli(tmp_path):
     out = tmp_path / "synthetic"
     command = [str(MTLREC), "synthetic", "--config", str(REPO / "configs" / "synthetic_tiny.yaml"),

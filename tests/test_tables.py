@@ -47,10 +47,12 @@ def test_lookup_known_and_unknown_ids():
         EntityTable(np.array([2, 1]), {"year": np.array([1, 2])}, DEFAULTS, name="item")
 
 
+@pytest.mark.slow
 def test_item_table_is_the_train_split(embedded_data):
     folder, manifest = embedded_data
     assert manifest["tables"] == {"item": {"key": "item_id", "columns": ["genres", "year"],
-                                           "file": "tables/item.tfrecord.gz", "rows": manifest["tables"]["item"]["rows"]}}
+                                           "file": "tables/item.tfrecord.gz",
+                                           "rows": manifest["tables"]["item"]["rows"]}}
     ids, columns = read_tables(folder, manifest)["item"]
     train = read_split(folder, "train")
     # Every item of the train split (observed or sampled there), nothing else, with its train columns.
@@ -64,6 +66,7 @@ def test_item_table_is_the_train_split(embedded_data):
     assert sorted(int(v) for v in vocabulary) == ids.tolist()
 
 
+@pytest.mark.slow
 def test_candidates_take_their_item_columns_from_the_table(embedded_data):
     """An item first seen after the train split is cold in the candidate lists: the unknown
     defaults, as the served model gives it; the other items have their train columns."""
@@ -91,6 +94,7 @@ def ml1m_data(tmp_path_factory):
     return root / "data", manifest
 
 
+@pytest.mark.slow
 def test_user_table_holds_the_users_file_for_train_users(ml1m_data):
     folder, manifest = ml1m_data
     assert manifest["tables"]["user"]["columns"] == ["gender", "age", "occupation", "zip_code"]
@@ -105,6 +109,7 @@ def test_user_table_holds_the_users_file_for_train_users(ml1m_data):
     assert json.loads((folder / "manifest.json").read_text())["tables"]["user"]["rows"] == 14
 
 
+@pytest.mark.slow
 def test_rank_looks_the_user_up_once_per_request(ml1m_data, tmp_path):
     """ml-1m has user columns: rank sends only the user id, the served model finds gender, age,
     occupation and zip code in its user table (the declared defaults for an unknown user)."""

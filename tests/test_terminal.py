@@ -69,9 +69,11 @@ def runs(tmp_path_factory):
     return done
 
 
+@pytest.mark.slow
 def test_every_subcommand_prints_only_its_own_lines(runs):
     listed = set(re.findall(r"^    (\w+) ", mtlrec("--help").stdout, re.M))
-    assert {"preprocess", "synthetic"} <= listed <= set(runs), f"subcommands this test does not run: {listed - set(runs)}"
+    assert {"preprocess", "synthetic"} <= listed <= set(runs), \
+        f"subcommands this test does not run: {listed - set(runs)}"
     for name, result in runs.items():
         if "--verbose" in name:
             continue
@@ -91,6 +93,7 @@ def test_every_subcommand_prints_only_its_own_lines(runs):
     assert re.search(r"^\[8/8, 0 left, \d+s, ~\d+ s left\] final", runs["synthetic"].stderr, re.M)
 
 
+@pytest.mark.slow
 def test_keras_shows_one_line_per_epoch_when_not_a_terminal(runs):
     stdout = runs["train"].stdout
     assert "\r" not in stdout and "\x08" not in stdout  # no progress bar redrawn in a log file
@@ -99,6 +102,7 @@ def test_keras_shows_one_line_per_epoch_when_not_a_terminal(runs):
     assert all(re.match(r"2/2 - \d+m?s - .*val_loss: [\d.]+", line) for line in lines[1::2]), lines
 
 
+@pytest.mark.slow
 def test_verbose_shows_the_library_logs(runs):
     result = runs["export --sparse --verbose"]
     library = foreign_lines(result.stderr)
@@ -112,7 +116,8 @@ HARMLESS = ("Analyzer (z_score/mean_and_var/temporary_analyzer_output/Placeholde
             "varies on repeated tracing. This warning is safe to ignore if you either specify `name` for all "
             "analyzers or if the order in which they are invoked is deterministic. If not, please file a bug "
             "with details.")
-NO_DRIVER = "I0000 00:00:1796162886.032995   10045 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used."
+NO_DRIVER = ("I0000 00:00:1796162886.032995   10045 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
+             "GPU will not be used.")
 CUINIT = ("E0000 00:00:1796162898.494630   10045 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
           "Failed call to cuInit: UNKNOWN ERROR (303)")
 REAL_CPP = "E0000 00:00:1796162898.494630   10045 some_kernel.cc:12] a real problem in C++"
@@ -257,6 +262,7 @@ def _logged(logger: str, code: str) -> tuple[list[str], list[str]]:
     return out["given"], out["shown"]
 
 
+@pytest.mark.slow
 def test_retracing_notices_of_short_synthetic_runs_are_produced_and_hidden():
     """Runs of one epoch trace the study's per-run tf.functions more often than TensorFlow expects:
     its real notices, produced here, are hidden (a rename of those functions breaks this test)."""
@@ -275,6 +281,7 @@ for _ in range(6):
     assert [m for m in shown if "retracing" in m] == []
 
 
+@pytest.mark.slow
 def test_retracing_notice_of_models_trained_one_after_another_is_hidden_only_there():
     """Keras' per-model train functions, traced for one short fit after another (tune's trials,
     compare's runs): TensorFlow's real notice is shown outside models_one_after_another, hidden inside."""
@@ -294,6 +301,7 @@ with terminal.models_one_after_another():
     assert len(notices) == 2 and [m for m in shown if "retracing" in m] == notices[:1]
 
 
+@pytest.mark.slow
 def test_tf_transform_cache_key_notice_of_our_analyzer_is_produced_and_hidden(tmp_path):
     """tf.Transform's notice about our named z_score analyzer (KuaiRand's rates are z-scored after their
     own analyzer), produced by a real preprocess, is hidden."""
@@ -315,7 +323,8 @@ preprocess.run(load_config(None, ["workdir={tmp_path}", "data.source=kuairand", 
 def test_tensorflow_cpp_log_level_is_the_users_when_set(users, verbose, level):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env.update({"PYTHONPATH": str(REPO), **({"TF_CPP_MIN_LOG_LEVEL": users} if users else {})})
-    script = f"import os; from pipeline import terminal; terminal.configure({verbose}); print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    script = (f"import os; from pipeline import terminal; terminal.configure({verbose}); "
+              f"print(os.environ['TF_CPP_MIN_LOG_LEVEL'])")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert result.stdout.strip() == level, result.stderr
 

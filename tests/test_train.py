@@ -36,6 +36,7 @@ GATES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(GATES))
 def test_each_gate_trains_and_writes_diagnostics(embedded_data, tmp_path, name):
     data_dir, manifest = embedded_data
@@ -78,6 +79,7 @@ class _Crash(tf.keras.callbacks.Callback):
             raise RuntimeError("killed after epoch 1 (injected)")
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_repeating_epochs(embedded_data, tmp_path):
     data_dir, _ = embedded_data
     with pytest.raises(RuntimeError, match="injected"):
@@ -116,6 +118,7 @@ train.run(load_config(None, sys.argv[2:]), callbacks=[KillAt(int(sys.argv[1]))])
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_evaluation(embedded_data, tmp_path):
     """A run SIGKILLed mid-epoch and started again ends byte for byte like an uninterrupted one:
     the same eval.json. Top-k's noise and dropout draw random numbers every step, so their
@@ -183,6 +186,7 @@ def test_a_saved_state_of_another_model_is_refused_with_one_line(tmp_path):
         resume.RunState(str(tmp_path), str(tmp_path), model(extra=False), patience=0).restore()
 
 
+@pytest.mark.slow
 def test_run_folder_of_other_settings_is_refused(embedded_data, tmp_path):
     """Resuming a folder trained with other settings would mix two runs: refused, never overwritten."""
     data_dir, _ = embedded_data
@@ -191,6 +195,7 @@ def test_run_folder_of_other_settings_is_refused(embedded_data, tmp_path):
         _train(data_dir, tmp_path, "train.epochs=1", "train.learning_rate=0.01")
 
 
+@pytest.mark.slow
 def test_only_the_chief_writes_the_run_folder(embedded_data, tmp_path, monkeypatch):
     """Under a multi-worker strategy every worker trains; a non-chief (simulated) writes nothing there."""
     from pipeline.stages import train
@@ -258,6 +263,7 @@ def _serve_without_our_packages(export_dir, raw, records, tmp_path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["none", "mixed_bfloat16"])
 def test_export_serves_without_our_packages(embedded_data, tmp_path, policy):
     """Every signature from tf.saved_model.load alone: tf.Examples, raw tensors and a ranking
@@ -286,17 +292,21 @@ def test_export_serves_without_our_packages(embedded_data, tmp_path, policy):
     assert served["rank"]["top_k"] == np.argsort(-np.array(served["rank"]["score"]), kind="stable")[:10].tolist()
 
     if policy == "none":  # `mtlrec export` with other rank defaults
-        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir), "--set", "export.rank_weights={like: 2.0}",
+        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir),
+                                 "--set", "export.rank_weights={like: 2.0}",
                                  "--set", "export.top_k=3"], capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         ranked = _serve_without_our_packages(run_dir / "export", raw, records, tmp_path)["rank"]
         np.testing.assert_allclose(ranked["score"], 2 * np.array(ranked["like"]), atol=1e-6, rtol=0)
         assert ranked["top_k"] == np.argsort(-np.array(ranked["like"]), kind="stable")[:3].tolist()
-        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir), "--set", "export.rank_weights={clicks: 1}"],
+        result = subprocess.run([str(MTLREC), "export", "--run", str(run_dir),
+                                 "--set", "export.rank_weights={clicks: 1}"],
                                 capture_output=True, text=True, timeout=600)
-        assert result.returncode == 2 and "export.rank_weights names tasks that are not trained: clicks" in result.stderr
+        assert result.returncode == 2
+        assert "export.rank_weights names tasks that are not trained: clicks" in result.stderr
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(embedded_data, tmp_path):
     """The multi-GPU code path, on two logical CPU devices, in a fresh process."""
     data_dir, _ = embedded_data
@@ -354,6 +364,7 @@ def test_model_config_is_plain_data_that_rebuilds_the_model():
     assert [(w.name, w.shape) for w in rebuilt.weights] == [(w.name, w.shape) for w in model.weights]
 
 
+@pytest.mark.slow
 def test_bad_data_folders_and_gate_names(embedded_data, tmp_path):
     data_dir, _ = embedded_data
     with pytest.raises(ArtifactError, match="no such data folder"):
@@ -370,7 +381,8 @@ def test_bad_data_folders_and_gate_names(embedded_data, tmp_path):
         _train(fake, tmp_path / "run")
     (fake / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "format"}))
     from pipeline.artifacts.manifest import DATA_FORMAT
-    with pytest.raises(ArtifactError, match=f"format 1, this code reads format {DATA_FORMAT}; run `mtlrec preprocess` again"):
+    message = f"format 1, this code reads format {DATA_FORMAT}; run `mtlrec preprocess` again"
+    with pytest.raises(ArtifactError, match=message):
         _train(fake, tmp_path / "run")
     result = subprocess.run([str(MTLREC), "train", "--set", "model.gate.type=sparsemax"], capture_output=True,
                             text=True, timeout=300)

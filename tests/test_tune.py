@@ -48,6 +48,7 @@ def tuned(embedded_data, tmp_path_factory):
     return config, workdir, Path(tune.run(config))
 
 
+@pytest.mark.slow
 def test_best_yaml_is_a_compare_config_with_each_variants_best_trial(tuned):
     from pipeline.stages.compare import run_configs
     from pipeline.artifacts.runs import data_dir_of
@@ -80,6 +81,7 @@ def test_best_yaml_is_a_compare_config_with_each_variants_best_trial(tuned):
     assert saved == original and best.workdir == str(workdir.resolve())
 
 
+@pytest.mark.slow
 def test_every_variant_gets_the_same_budget_and_a_report(tuned):
     _, workdir, _ = tuned
     summary = json.loads((workdir / "tune" / "report" / "summary.json").read_text())
@@ -103,6 +105,7 @@ def test_every_variant_gets_the_same_budget_and_a_report(tuned):
     assert not list((workdir / "tune" / "trials").iterdir())  # every scratch run folder removed
 
 
+@pytest.mark.slow
 def test_resumes_after_an_interruption_without_reading_the_test_split(tuned, embedded_data, tmp_path,
                                                                       monkeypatch, capfd):
     """Ctrl-C mid-trial, then the same command: the same trials as the uninterrupted run, here on a
@@ -150,6 +153,7 @@ def test_resumes_after_an_interruption_without_reading_the_test_split(tuned, emb
     assert "tune: topk [2/2] " in err and "tune: dselect_k_static [" not in err
 
 
+@pytest.mark.slow
 def test_search_spaces_draw_valid_configs(embedded_data, tmp_path):
     from models.gates import gate_config_class
     from pipeline.stages.tune import trial_changes, variant_configs
@@ -237,6 +241,7 @@ def test_gates_declare_what_their_search_space_draws():
         assert drawn == cls.search_parameters, gate
 
 
+@pytest.mark.slow
 def test_a_grid_and_a_range_from_the_config_are_obeyed(embedded_data, tmp_path):
     """tune.space through `mtlrec tune`: the grid and the range replace the gates' default ranges."""
     data_dir, _ = embedded_data

@@ -44,6 +44,7 @@ def settings(tmp_path, name="study.db", **kw):
     return TunerSettings(**{"storage": str(tmp_path / name), "trials": TRIALS, "seed": 3, "pruner": "median", **kw})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pruner", ["median", "successive_halving"])
 def test_same_command_same_trials_and_exact_budget(tmp_path, pruner):
     first = run_study(settings(tmp_path, "a.db", pruner=pruner), "toy", toy)
@@ -53,6 +54,7 @@ def test_same_command_same_trials_and_exact_budget(tmp_path, pruner):
     assert TrialState.PRUNED in {t.state for t in finished_trials(first)}
 
 
+@pytest.mark.slow
 def test_seed_and_study_name_choose_the_points(tmp_path):
     points = [[t[2] for t in trace(run_study(settings(tmp_path, f"{i}.db", seed=seed, trials=6), name, toy))]
               for i, (seed, name) in enumerate([(3, "toy"), (4, "toy"), (3, "other")])]
@@ -60,6 +62,7 @@ def test_seed_and_study_name_choose_the_points(tmp_path):
     assert len({tuple(sorted(p.items())) for p in points[0]}) == 6  # a fresh seed per trial, not one reused
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pruner", ["median", "successive_halving"])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, pruner):
     reference = trace(run_study(settings(tmp_path, "ref.db", pruner=pruner), "toy", toy))
@@ -89,7 +92,7 @@ KILLED_STUDY = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_tuning import settings, toy
     from pathlib import Path
-    from pipeline.tuning import run_study
+    from pipeline.tuning.studies import run_study
 
     def kill(trial, step):
         if trial.user_attrs["slot"] >= 7 and step == 2:
@@ -99,6 +102,7 @@ KILLED_STUDY = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pruner", ["successive_halving"])
 def test_killed_process_resumes_to_the_same_trials(tmp_path, pruner):
     script = KILLED_STUDY.format(tests=str(Path(__file__).parent), folder=str(tmp_path), pruner=pruner)
@@ -113,6 +117,7 @@ def test_killed_process_resumes_to_the_same_trials(tmp_path, pruner):
     assert resumed == trace(run_study(settings(tmp_path, "ref.db", pruner=pruner), "toy", toy))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("earlier", [TrialState.FAIL, TrialState.COMPLETE])
 def test_successive_halving_ignores_failed_attempts(tmp_path, earlier):
     """A killed attempt that reached a rung must not count: its retry will report there again."""
@@ -148,6 +153,7 @@ def test_non_finite_values_are_finished_trials_at_infinity(tmp_path):
     assert summary["top_values"] == sorted(t.value for t in good)[:3]
 
 
+@pytest.mark.slow
 def test_larger_budget_extends_the_study_as_a_longer_run_would(tmp_path):
     short = settings(tmp_path, "grow.db", trials=6)
     run_study(short, "toy", toy)
@@ -174,6 +180,7 @@ def test_objective_errors_propagate_and_the_point_is_retried(tmp_path):
     assert finished_trials(study)[2].params == failed[0].params  # the same point, tried again
 
 
+@pytest.mark.slow
 def test_summary_counts_and_spread(tmp_path):
     study = run_study(settings(tmp_path, pruner="median"), "toy", toy)
     summary = summarize(study, top=5)
@@ -192,7 +199,8 @@ def test_one_process_per_database(tmp_path):
     config = settings(tmp_path)
     holder = hold_lock_in_another_process(Path(config.storage).resolve())
     try:
-        with pytest.raises(LockError, match=rf"study database .*: in use by another mtlrec process \(pid {holder.pid} "):
+        message = rf"study database .*: in use by another mtlrec process \(pid {holder.pid} "
+        with pytest.raises(LockError, match=message):
             run_study(config, "toy", toy)
     finally:
         holder.kill()

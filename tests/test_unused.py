@@ -4,7 +4,7 @@ significance.paired_wilcoxon, kept only for its test; such helpers live in tests
 
 A reference is a name or attribute in the code, a name imported, or a dotted path in a string
 (the gate registry's "models.gates.topk.TopKGate", the CLI's stage modules and their `main`),
-or the console script of setup.py."""
+or the console script of pyproject.toml."""
 from __future__ import annotations
 
 import ast
@@ -19,7 +19,7 @@ TEST_REFERENCES = {"models/gates/reference.py"}
 
 def unused_definitions(sources: dict[str, str], also: str = "") -> list[str]:
     """'file:name' of each public top-level function or class of `sources` (file -> text) that no
-    source references; `also`: more text whose words count as references (setup.py)."""
+    source references; `also`: more text whose words count as references (pyproject.toml)."""
     used, defined = set(re.findall(r"\w+", also)), []
     for file, text in sources.items():
         tree = ast.parse(text)
@@ -30,7 +30,8 @@ def unused_definitions(sources: dict[str, str], also: str = "") -> list[str]:
                 used.add(node.attr)
             elif isinstance(node, ast.alias):
                 used.add(node.name.rpartition(".")[2])
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"[\w.:]+", node.value):
+            elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and re.fullmatch(r"[\w.:]+", node.value)):
                 used.update(re.split(r"[.:]", node.value))
         defined += [f"{file}:{node.name}" for node in tree.body
                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
@@ -41,7 +42,7 @@ def unused_definitions(sources: dict[str, str], also: str = "") -> list[str]:
 def test_every_public_function_and_class_is_used_by_product_code():
     sources = {str(p.relative_to(REPO)): p.read_text(encoding="utf-8")
                for package in PACKAGES for p in sorted((REPO / package).rglob("*.py"))}
-    unused = [d for d in unused_definitions(sources, (REPO / "setup.py").read_text())
+    unused = [d for d in unused_definitions(sources, (REPO / "pyproject.toml").read_text())
               if d.partition(":")[0] not in TEST_REFERENCES]
     assert len(sources) > 50 and unused == []
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import abc
 import json
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import tensorflow as tf
 
@@ -84,7 +85,7 @@ class Gate(keras.layers.Layer, metaclass=abc.ABCMeta):
     def gate_type(self) -> str:
         return self.config_class.type_name()
 
-    def __init__(self, num_experts: int, per_example: bool, **kwargs):
+    def __init__(self, num_experts: int, per_example: bool, **kwargs: Any):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if int(num_experts) < 2:
@@ -111,15 +112,15 @@ class Gate(keras.layers.Layer, metaclass=abc.ABCMeta):
         """How many experts the gate keeps per example (or per task, static): its k; None if dense."""
         return None
 
-    def diagnostics(self, routing_inputs=None) -> dict:
+    def diagnostics(self, routing_inputs: tf.Tensor | None = None) -> dict:
         """Gate-specific entries of the training diagnostics (gates.json); none by default."""
         return {}
 
-    def row_diagnostics(self, routing_inputs=None) -> dict:
+    def row_diagnostics(self, routing_inputs: tf.Tensor | None = None) -> dict:
         """Per-row diagnostics: {name: [rows] tensor} (rows = batch, or 1 if static); none by default."""
         return {}
 
-    def converged(self, routing_inputs=None, min_share: float = 1.0) -> bool:
+    def converged(self, routing_inputs: tf.Tensor | None = None, min_share: float = 1.0) -> bool:
         """Whether the gate's selection is final, so that results read now may be reported under the
         gate's name. A per-example gate counts as converged when the selection of at least
         `min_share` of the examples of `routing_inputs` is final. True by default: softmax and Top-k
@@ -141,12 +142,12 @@ class Gate(keras.layers.Layer, metaclass=abc.ABCMeta):
         (1, 0) by default: none."""
         return 1, 0
 
-    def reinitialize_selectors(self, seed) -> None:
+    def reinitialize_selectors(self, seed: Any) -> None:
         """Redraw what restarts restart (seed: a pair of ints); called only for a gate whose
         `restart_plan` asks for more than one initialisation."""
         raise NotImplementedError(f"{type(self).__name__} asks for no restarts")
 
-    def build_routing(self, input_shape):
+    def build_routing(self, input_shape: tf.TensorShape) -> None:
         """Create the routing layers' variables for routing inputs of this shape (a group
         computation reads their kernels without calling them)."""
         for layer in self.routing_layers():
@@ -155,13 +156,14 @@ class Gate(keras.layers.Layer, metaclass=abc.ABCMeta):
                     layer.build(tf.TensorShape(input_shape))
         self.built = True
 
-    def group_key(self):
+    def group_key(self) -> tuple[str, str]:
         """Gates with equal keys (same class and settings) can be computed as one group."""
         config = {k: v for k, v in self.get_config().items() if k != "name"}
         return type(self).__name__, json.dumps(config, sort_keys=True, default=str)
 
     @classmethod
-    def group_weights_and_loss(cls, gates, routing_inputs=None, training=False):
+    def group_weights_and_loss(cls, gates: Sequence[Gate], routing_inputs: tf.Tensor | None = None,
+                               training: bool = False) -> tuple[tf.Tensor, tf.Tensor | None]:
         """weights_and_loss of several gates with one group_key, as one computation where the
         class supports it: (weights [batch, G, n], or [G, n] if static; summed loss or None).
         This default computes the gates one by one."""
@@ -183,12 +185,14 @@ class Gate(keras.layers.Layer, metaclass=abc.ABCMeta):
             self.build_routing(routing_inputs.shape)
         return routing_inputs
 
-    def weights_and_loss(self, routing_inputs=None, training=False):
+    def weights_and_loss(self, routing_inputs: tf.Tensor | None = None,
+                         training: bool = False) -> tuple[tf.Tensor, tf.Tensor | None]:
         """(mixture weights [batch, n] or [n] if static, regularization loss or None), without
         mixing: MMoE mixes all its tasks with one matmul. The caller adds the loss."""
         return self._gate(self._check_routing(routing_inputs), bool(training))
 
-    def call(self, expert_outputs, routing_inputs=None, training=None):
+    def call(self, expert_outputs: tf.Tensor, routing_inputs: tf.Tensor | None = None,
+             training: bool | None = None) -> tf.Tensor:
         weights, reg_loss = self.weights_and_loss(routing_inputs, training)
         if reg_loss is not None:
             self.add_loss(reg_loss)
@@ -199,10 +203,10 @@ class Gate(keras.layers.Layer, metaclass=abc.ABCMeta):
         # equivalent einsum, which adds transposes.
         return tf.squeeze(tf.matmul(weights[:, None, :], expert_outputs), axis=1)
 
-    def expert_weights(self, routing_inputs=None):
+    def expert_weights(self, routing_inputs: tf.Tensor | None = None) -> tf.Tensor:
         """Mixture weights at inference: [batch, num_experts], or [num_experts] if static."""
         weights, _ = self._gate(self._check_routing(routing_inputs), False)
         return weights
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "num_experts": self.num_experts, "per_example": self.per_example}

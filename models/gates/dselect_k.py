@@ -7,6 +7,8 @@ the same formula plainly in numpy, and tests/test_gates.py checks this gate agai
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -22,7 +24,7 @@ keras = tf.keras
 MAX_DOUBLINGS = 20
 
 
-def smooth_step(t, gamma):
+def smooth_step(t: tf.Tensor, gamma: float) -> tf.Tensor:
     """Cubic smooth-step of DSelect-k: 0 for t <= -gamma/2, 1 for t >= gamma/2.
 
     In between it is -2 t^3 / gamma^3 + 3 t / (2 gamma) + 1/2, which meets both
@@ -121,7 +123,7 @@ class DSelectKGate(Gate):
                  entropy_warmup_steps: int = 0, entropy_doubling_steps: int = 0,
                  unreachable_weight: float = 1.0, restarts: int = 1,
                  restart_steps: int = 0, permutation_start: int = 0, permutation_steps: int = 0,
-                 permutation_temperature: float = 0.2, **kwargs):
+                 permutation_temperature: float = 0.2, **kwargs: Any):
         super().__init__(num_experts, per_example, **kwargs)
         if int(k) < 1:
             raise ValueError(f"DSelectKGate: k must be >= 1, got {k}")
@@ -210,11 +212,11 @@ class DSelectKGate(Gate):
         more (lock_start), so that candidates are compared once their selectors have had time to lock."""
         return self.restarts, self.lock_start + self.restart_steps
 
-    def routing_layers(self):
+    def routing_layers(self) -> list:
         layers = [self.selector_dense] if self.per_example else []
         return layers + [self.permutation_dense] if self.per_example and self.permutation_steps else layers
 
-    def initialize_static_rows(self):
+    def initialize_static_rows(self) -> None:
         # Row t: static gate t's [z (k*m) | alpha (k)] (| permutation logits (n*n)). The kernel's
         # initializer already drew z the way a static z starts (uniform in +-gamma/100); alpha starts
         # at 0, and the permutation kernel's initializer gave every row the identity.
@@ -222,7 +224,7 @@ class DSelectKGate(Gate):
         z_size = self.k * self.num_bits
         kernel.assign(tf.concat([kernel[:, :z_size], tf.zeros([kernel.shape[0], self.k])], axis=1))
 
-    def reinitialize_selectors(self, seed) -> None:
+    def reinitialize_selectors(self, seed: Any) -> None:
         """Draw z afresh (uniform in +-gamma/100, as at construction) and reset alpha to 0: one more
         initialisation for restarts (models/gates/restarts.py). seed: a pair of ints (stateless RNG).
         A per-example gate redraws its selector layer's kernel and bias."""
@@ -238,7 +240,7 @@ class DSelectKGate(Gate):
         self.selector_dense.kernel.assign(draw(self.selector_dense.kernel.shape, 1))
         self.selector_dense.bias.assign(draw(self.selector_dense.bias.shape, 2))
 
-    def diagnostics(self, routing_inputs=None):
+    def diagnostics(self, routing_inputs: tf.Tensor | None = None) -> dict:
         """The fraction of selectors already binary (each puts all its mass on one code, so its
         choice is locked: a binary selector has zero gradient), and the share of rows (examples)
         whose k selectors are all binary. While the permutation search runs, a selector's output is
@@ -249,7 +251,7 @@ class DSelectKGate(Gate):
             out["search_pending"] = self.selection_pending()
         return out
 
-    def converged(self, routing_inputs=None, min_share: float = 1.0) -> bool:
+    def converged(self, routing_inputs: tf.Tensor | None = None, min_share: float = 1.0) -> bool:
         """Every selector binary (static), or every selector of at least `min_share` of the examples
         (per-example), and no permutation search pending: then at most k experts carry weight."""
         if self.selection_pending():
@@ -260,7 +262,7 @@ class DSelectKGate(Gate):
     def selection_pending(self) -> bool:
         return bool(self.permutation_steps) and int(self.step.numpy()) < self.search_window[1]
 
-    def row_diagnostics(self, routing_inputs=None):
+    def row_diagnostics(self, routing_inputs: tf.Tensor | None = None) -> dict:
         """{"binary_selectors": [rows]}: the fraction of each row's k selectors that are binary."""
         routing_inputs = self._check_routing(routing_inputs)
         z = self._rows([self], routing_inputs)[:, :self.k * self.num_bits]
@@ -273,7 +275,7 @@ class DSelectKGate(Gate):
         binary = tf.cast(tf.equal(largest, 1.0), tf.float32)  # [rows, k]
         return {"binary_selectors": tf.reduce_mean(binary, axis=-1)}
 
-    def selector_outputs(self, routing_inputs=None):
+    def selector_outputs(self, routing_inputs: tf.Tensor | None = None) -> tf.Tensor:
         """r(z_l) over all 2^m codes: [k, 2^m] static, [batch, k, 2^m] per-example."""
         z, _ = tf.split(self._rows([self], self._check_routing(routing_inputs)), [self.k * self.num_bits, self.k], -1)
         r = self._selectors(self._bit_logs(z)[2])
@@ -301,7 +303,7 @@ class DSelectKGate(Gate):
         r = tf.exp(tf.matmul(logs, self._exponent_matrix[: 2 * self.k * self.num_bits]))
         return tf.reshape(r, [-1, self.k, self.num_codes])
 
-    def current_entropy_weight(self):
+    def current_entropy_weight(self) -> tf.Tensor:
         """The entropy weight at the current training call: the schedule's, times the doubling."""
         step = tf.cast(self.step, tf.float32)
         warmup = float(max(self.entropy_warmup_steps, 1))
@@ -321,7 +323,8 @@ class DSelectKGate(Gate):
         return weights[..., 0, :], reg
 
     @classmethod
-    def group_weights_and_loss(cls, gates, routing_inputs=None, training=False):
+    def group_weights_and_loss(cls, gates: Sequence[Gate], routing_inputs: tf.Tensor | None = None,
+                               training: bool = False) -> tuple[tf.Tensor, tf.Tensor | None]:
         """All gates (same settings) as one computation on [example x gate] rows: the op count no
         longer grows with the number of tasks."""
         first, num_gates = gates[0], len(gates)
@@ -412,7 +415,7 @@ class DSelectKGate(Gate):
             kernel.assign(tf.concat([new_z[:, i] - bias[None, :k * m], kernel[:, k * m:]], axis=1))
         return None
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "k": self.k, "gamma": self.gamma,
                 "entropy_weight": self.entropy_weight, "entropy_schedule": self.entropy_schedule,
                 "entropy_warmup_steps": self.entropy_warmup_steps,

@@ -1,5 +1,5 @@
 """The settings of the DSelect-k gate, models/gates/dselect_k.py. No TensorFlow: see registry.py."""
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -45,7 +45,7 @@ class DSelectKGateConfig(GateConfig):
                          "entropy_warmup_steps": "int", "entropy_doubling_steps": "int"}
 
     @classmethod
-    def search_space(cls, trial, context):
+    def search_space(cls, trial: Any, context: dict) -> dict:
         """gamma and the entropy weight on log scales, the entropy schedule, for the linear and
         delayed schedules the warm-up (up to half of the training steps), and the doubling period of
         the entropy weight (log scale, 1/64 to 1/16 of the training steps): always on, and at least 16

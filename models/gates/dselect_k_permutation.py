@@ -8,13 +8,14 @@ gate's mixture with a learned soft permutation of the experts,
 
 so a selector locked on expert i puts its mass on row i of P, and the loss moves that mass
 to other experts through the logits L (which start at a multiple of the identity, so the search
-starts from the selection the gate has: `identity_logits`). The temperature tau anneals geometrically from its start value to
-FINAL_TEMPERATURE_RATIO times it, so P hardens. The window's last training step folds the
-permutation into the selectors: a selector locked on expert i is rewritten (its z set to the
-bits of the new code, saturated) to point at argmax_j P[i, j], and P is dropped. After the
-window the gate is a plain DSelect-k again: exactly sparse, exported and served as before. (A
-selector that is not binary at the fold holds no single expert and is left as it is: the mixture
-then uses it without P, which the search's rows of it did not change much from the identity.)
+starts from the selection the gate has: `identity_logits`). The temperature tau anneals
+geometrically from its start value to FINAL_TEMPERATURE_RATIO times it, so P hardens. The
+window's last training step folds the permutation into the selectors: a selector locked on
+expert i is rewritten (its z set to the bits of the new code, saturated) to point at
+argmax_j P[i, j], and P is dropped. After the window the gate is a plain DSelect-k again:
+exactly sparse, exported and served as before. (A selector that is not binary at the fold holds no
+single expert and is left as it is: the mixture then uses it without P, which the search's rows of
+it did not change much from the identity.)
 
 COMET learns permutations through Gumbel-Sinkhorn and rounds them with the Hungarian
 algorithm; here only each locked selector's row matters, so the fold takes its row's argmax.
@@ -23,6 +24,7 @@ This module holds the maths (TensorFlow, no layers); models/gates/dselect_k.py u
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -32,7 +34,7 @@ FINAL_TEMPERATURE_RATIO = 0.01  # tau ends at 1% of its start: P is then a permu
 START_MASS = 0.99  # P_ii at the start: the search starts from the gate's selection, leaking 1% of it
 
 
-def sinkhorn(log_alpha, iterations: int = SINKHORN_ITERATIONS):
+def sinkhorn(log_alpha: tf.Tensor, iterations: int = SINKHORN_ITERATIONS) -> tf.Tensor:
     """Alternate row and column normalisation in log space (Sinkhorn & Knopp, 1967).
 
     Args:
@@ -46,13 +48,13 @@ def sinkhorn(log_alpha, iterations: int = SINKHORN_ITERATIONS):
     return tf.exp(log_alpha)
 
 
-def temperature(step, start: int, steps: int, initial: float):
+def temperature(step: Any, start: int, steps: int, initial: float) -> tf.Tensor:
     """tau at training call `step` of a window [start, start + steps): initial -> initial * ratio."""
     progress = tf.clip_by_value((tf.cast(step, tf.float32) - start) / max(steps - 1, 1), 0.0, 1.0)
     return initial * tf.pow(FINAL_TEMPERATURE_RATIO, progress)
 
 
-def soft_permutation(logits, step, start: int, steps: int, initial_temperature: float):
+def soft_permutation(logits: tf.Tensor, step: Any, start: int, steps: int, initial_temperature: float) -> tf.Tensor:
     """P = Sinkhorn(L / tau(step)): [..., n, n] logits -> [..., n, n]."""
     return sinkhorn(logits / temperature(step, start, steps, initial_temperature))
 
@@ -67,7 +69,7 @@ def identity_logits(num_experts: int, initial_temperature: float) -> np.ndarray:
     return (margin * np.eye(num_experts)).astype(np.float32)
 
 
-def folded_z(z, selectors, permutation, gamma: float):
+def folded_z(z: tf.Tensor, selectors: tf.Tensor, permutation: tf.Tensor, gamma: float) -> tf.Tensor:
     """The selectors' z after folding the permutation in: each selector points at the expert its
     (hardened) row of P sends it to.
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import importlib
 import typing
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
@@ -54,7 +54,7 @@ class GateConfig(BaseModel):
         return getattr(self, "k", None)
 
     @classmethod
-    def search_space(cls, trial, context: dict) -> dict:
+    def search_space(cls, trial: Any, context: dict) -> dict:
         """This gate's own hyperparameters for a tuner: {config field: value drawn from `trial`}.
 
         Args:
@@ -72,7 +72,7 @@ class GateConfig(BaseModel):
 _CONFIGS: dict[str, type[GateConfig]] = {}  # in registration order: the order messages list them
 
 
-def register_gate(layer):
+def register_gate(layer: type | str) -> Callable[[type[GateConfig]], type[GateConfig]]:
     """Class decorator for a GateConfig subclass: register it, and its gate class, under its type name.
 
     Args:
@@ -109,7 +109,7 @@ def gate_config_class(gate_type: str) -> type[GateConfig]:
     return _CONFIGS[gate_type]
 
 
-def gate_class(gate_type: str):
+def gate_class(gate_type: str) -> type:
     """The gate class (a Keras layer) registered under this type; imports it on first use."""
     config = gate_config_class(gate_type)
     if isinstance(config.layer, str):
@@ -136,12 +136,12 @@ class _GateClasses(Mapping):
 GATES = _GateClasses()
 
 
-def build_gate(gate_type: str, num_experts: int, **params):
+def build_gate(gate_type: str, num_experts: int, **params: Any) -> Any:
     """Make a gate by its config name (e.g. "softmax", "topk", "dselect_k")."""
     return gate_class(gate_type)(num_experts=num_experts, **params)
 
 
-def parse_gate_config(value) -> GateConfig:
+def parse_gate_config(value: Any) -> GateConfig:
     """A gate config mapping, validated into its gate's config model.
 
     Raises pydantic's ValidationError, whose error locations name the bad key relative to the

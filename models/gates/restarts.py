@@ -22,7 +22,7 @@ import tensorflow as tf
 from models.gates.base import Gate
 
 
-def restart_plan(gates) -> tuple[list, int, int]:
+def restart_plan(gates: Sequence[Gate]) -> tuple[list, int, int]:
     """(the gates that ask for restarts, how many candidates, steps each): the largest asked for
     (Gate.restart_plan; DSelect-k's candidates train through its entropy warm-up and restart_steps more)."""
     plans = {gate: gate.restart_plan() for gate in gates}
@@ -32,7 +32,8 @@ def restart_plan(gates) -> tuple[list, int, int]:
     return asking, max(plans[g][0] for g in asking), max(plans[g][1] for g in asking)
 
 
-def best_of_restarts(variables: Sequence[tf.Variable], gates, train_briefly: Callable[[], Sequence[float]],
+def best_of_restarts(variables: Sequence[tf.Variable], gates: Sequence[Gate],
+                     train_briefly: Callable[[], Sequence[float]],
                      restarts: int, seed: int, groups: int = 1) -> np.ndarray:
     """Train `restarts` selector initialisations from one state and keep, per group, the best.
 
@@ -80,13 +81,15 @@ def _pick(old: np.ndarray, new: np.ndarray, better: np.ndarray) -> np.ndarray:
     return np.where(mask, new, old)
 
 
-def keras_restarts(model, make_dataset: Callable, seed: int, log=lambda message: None) -> np.ndarray | None:
+def keras_restarts(model: tf.keras.Model, make_dataset: Callable, seed: int,
+                   log: Callable[[str], None] = lambda message: None) -> np.ndarray | None:
     """`best_of_restarts` for a compiled Keras model (the recommender), if any of its gates asks.
 
     Each candidate runs `model.fit` on a fresh `make_dataset(steps_per_epoch, epochs)` (so every
     candidate sees the same batches, and the caller's own training dataset is not touched) for the
-    planned steps, in two halves (epochs=2), and is scored by the training loss ("loss", the data loss) of the second half. Call it
-    before the model's first fit, not when resuming one (the kept state is then in the checkpoint).
+    planned steps, in two halves (epochs=2), and is scored by the training loss ("loss", the data
+    loss) of the second half. Call it before the model's first fit, not when resuming one (the kept
+    state is then in the checkpoint).
     Returns the losses [restarts, 1], or None if no gate asks for restarts.
     """
     gates, restarts, steps = restart_plan([m for m in model.submodules if isinstance(m, Gate)])

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import tensorflow as tf
+from collections.abc import Sequence
+from typing import Any
 
 from models.gates.base import Gate, _dense_group
 from models.gates.softmax_config import SoftmaxGateConfig
@@ -19,17 +21,17 @@ class SoftmaxGate(Gate):
     config_class = SoftmaxGateConfig
     exactly_sparse = False
 
-    def __init__(self, num_experts: int, per_example: bool = True, **kwargs):
+    def __init__(self, num_experts: int, per_example: bool = True, **kwargs: Any):
         super().__init__(num_experts, per_example, **kwargs)
         if self.per_example:
             self.logits_dense = keras.layers.Dense(self.num_experts, dtype="float32", name="logits")
         else:
             self.logits = self.add_weight(name="logits", shape=[self.num_experts], initializer="zeros")
 
-    def routing_layers(self):
+    def routing_layers(self) -> list:
         return [self.logits_dense] if self.per_example else []
 
-    def initialize_static_rows(self):
+    def initialize_static_rows(self) -> None:
         kernel = self.logits_dense.kernel  # row t: static gate t's logits, which start at 0
         kernel.assign(tf.zeros(kernel.shape))
 
@@ -38,7 +40,8 @@ class SoftmaxGate(Gate):
         return tf.nn.softmax(logits, axis=-1), None
 
     @classmethod
-    def group_weights_and_loss(cls, gates, routing_inputs=None, training=False):
+    def group_weights_and_loss(cls, gates: Sequence[Gate], routing_inputs: tf.Tensor | None = None,
+                               training: bool = False) -> tuple[tf.Tensor, tf.Tensor | None]:
         if gates[0].per_example:
             routing_inputs = gates[0]._check_routing(routing_inputs)
             flat = _dense_group([g.logits_dense for g in gates], routing_inputs)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import tensorflow as tf
 
@@ -33,7 +34,7 @@ class TopKGate(Gate):
     exactly_sparse = True
 
     def __init__(self, num_experts: int, k: int, per_example: bool = True, noise: bool = True,
-                 load_balance_weight: float = 0.0, **kwargs):
+                 load_balance_weight: float = 0.0, **kwargs: Any):
         super().__init__(num_experts, per_example, **kwargs)
         if not 1 <= int(k) <= self.num_experts:
             raise ValueError(f"TopKGate: k must be in [1, num_experts={self.num_experts}], got {k}")
@@ -65,12 +66,12 @@ class TopKGate(Gate):
     def rows_independent(self) -> bool:
         return self.load_balance_weight == 0  # load balancing measures the use of experts over the batch
 
-    def routing_layers(self):
+    def routing_layers(self) -> list:
         if not self.per_example:
             return []
         return [self.logits_dense, self.noise_dense] if self.noise else [self.logits_dense]
 
-    def initialize_static_rows(self):
+    def initialize_static_rows(self) -> None:
         # Row t: static gate t's logits ~ N(0, 0.01^2) and noise logits 0, as a static gate starts.
         self.logits_dense.kernel.assign(tf.random.normal(self.logits_dense.kernel.shape, stddev=0.01))
         if self.noise:
@@ -114,6 +115,6 @@ class TopKGate(Gate):
         prob_if_out = 0.5 * tf.math.erfc(-(clean - threshold_if_out) / (std * math.sqrt(2.0)))
         return tf.where(is_in, prob_if_in, prob_if_out)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "k": self.k, "noise": self.noise,
                 "load_balance_weight": self.load_balance_weight}

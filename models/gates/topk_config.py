@@ -1,5 +1,5 @@
 """The settings of the noisy Top-k gate, models/gates/topk.py. No TensorFlow: see registry.py."""
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -17,7 +17,7 @@ class TopKGateConfig(GateConfig):
     search_parameters = {"load_balance": "categorical", "noise": "categorical", "load_balance_weight": "float"}
 
     @classmethod
-    def search_space(cls, trial, context):
+    def search_space(cls, trial: Any, context: dict) -> dict:
         """Noise on or off; load balancing off, or a weight on a log scale in [1e-4, 1]."""
         balance = trial.suggest_categorical("load_balance", [False, True])
         return {"noise": trial.suggest_categorical("noise", [True, False]),

@@ -2,8 +2,9 @@
 
 A stage writes into a hidden temporary sibling and renames it into place only when it
 has succeeded, so a crash or kill leaves at most a `.<name>.tmp-*` folder that no later
-stage reads, and that the next run writing <name> removes. (A rename is atomic on a local disk; on object stores such as GCS, which
-cannot rename folders, the manifest, written last, is what marks a folder complete.)
+stage reads, and that the next run writing <name> removes. (A rename is atomic on a local disk;
+on object stores such as GCS, which cannot rename folders, the manifest, written last, is what
+marks a folder complete.)
 """
 from __future__ import annotations
 
@@ -15,13 +16,18 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.artifacts import locks, storage
 from pipeline.errors import MtlrecError
-from pipeline.artifacts.storage import is_url  # noqa: F401  (re-exported: stages ask artifacts whether a path is remote)
+from pipeline.artifacts.storage import is_url  # also for the stages: whether a path is remote
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.artifacts.storage import Location
 
 MANIFEST = "manifest.json"
 _UMASK = os.umask(0o022)
@@ -32,7 +38,7 @@ class ArtifactError(MtlrecError):
     """A missing or unusable artifact, naming its path."""
 
 
-def atomic_write(path, data: bytes):
+def atomic_write(path: Location, data: bytes) -> None:
     if is_url(path):  # an object store writes an object whole or not at all
         storage.write_bytes(path, data)
         return str(path)
@@ -67,13 +73,13 @@ def _jsonable(obj):
     return obj
 
 
-def write_json(path, obj) -> Path:
+def write_json(path: Location, obj: Any) -> Path:
     """Write `obj` as indented JSON, atomically; numpy converted, NaN and inf as null."""
     text = json.dumps(_jsonable(obj), indent=2, allow_nan=False, sort_keys=False) + "\n"
     return atomic_write(path, text.encode("utf-8"))
 
 
-def read_json(path, what: str) -> dict:
+def read_json(path: Location, what: str) -> dict:
     if not storage.exists(path) or storage.isdir(path):
         raise ArtifactError(f"{path}: no {what} (missing file)")
     try:
@@ -91,7 +97,7 @@ def _staging_name(final: Path, kind: str) -> Path:
     return final.parent / f".{final.name}.{kind}-{uuid.uuid4().hex[:8]}-{os.getpid()}@{locks.HOST}"
 
 
-def remove_stale_staging(final) -> list[Path]:
+def remove_stale_staging(final: Location) -> list[Path]:
     """Remove the staging folders of `final` that killed runs left; returns those removed.
 
     One is stale when its owner is provably gone (its name's pid no longer runs on this host), or
@@ -119,7 +125,7 @@ def remove_stale_staging(final) -> list[Path]:
 
 
 @contextlib.contextmanager
-def staged_folder(final):
+def staged_folder(final: Location) -> Iterator[Path]:
     """Yield a temporary sibling of `final`; rename it to `final` if the block succeeds.
 
     An existing `final` is replaced only after the new one is complete. On any exception the
@@ -156,7 +162,7 @@ def staged_folder(final):
 
 
 @contextlib.contextmanager
-def local_staging(final):
+def local_staging(final: Location) -> Iterator[Path]:
     """Yield a local folder to write; on success it becomes `final`, atomically on a local disk
     (staged_folder), or copied up file by file to an object store, the old folder removed first.
 

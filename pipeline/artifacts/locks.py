@@ -27,9 +27,14 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from pipeline.artifacts import storage
 from pipeline.errors import MtlrecError
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.artifacts.storage import Location
 
 HOST = socket.gethostname()
 
@@ -42,7 +47,7 @@ _held: dict[str, list] = {}  # lock path -> [depth, local file descriptor or Non
 _guard = threading.Lock()
 
 
-def lock_path(folder) -> str:
+def lock_path(folder: Location) -> str:
     """The lock file of `folder`: `.<name>.lock` in its parent folder."""
     return storage.join(storage.parent(folder), f".{storage.name(folder)}.lock")
 
@@ -63,7 +68,7 @@ def owner_gone(pid: int, host: str) -> bool:
     return host == HOST and not pid_alive(pid)
 
 
-def holds(folder) -> bool:
+def holds(folder: Location) -> bool:
     """Whether this process holds the lock of `folder`."""
     return lock_path(folder) in _held
 
@@ -89,7 +94,7 @@ def _parse(text: str) -> dict | None:
 
 
 @contextlib.contextmanager
-def hold(folder, what: str = "folder"):
+def hold(folder: Location, what: str = "folder") -> Iterator[None]:
     """Hold the lock of `folder` for the block; LockError at once if another process holds it.
 
     Args:

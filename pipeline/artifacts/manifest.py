@@ -8,12 +8,21 @@ through here and refuse a folder made by an incompatible version of the code.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
 from features.datasets import dataset_of_data, dataset_of_manifest
 from features.declaration import content_hash
 from pipeline.artifacts import storage
 from pipeline.artifacts.atomic import MANIFEST, ArtifactError, read_json
-from pipeline.config import config_hash
+from pipeline.config import config_hash, without_execution_fields
 from pipeline.sources.rows import EXACT_DUPLICATE, METADATA, REPEATED_PAIR, ROW, UNDECODABLE_ROW
+
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.artifacts.storage import Location
+    from pipeline.config.schema import DataConfig
+    from pipeline.sources.rows import SourceInfo
 
 # Of a data folder; 2: train and validation also materialized (transformed/); 3: the user and
 # item feature tables (tables/), from which the candidate lists take their user and item columns;
@@ -44,20 +53,21 @@ def table_file(entity: str) -> str:
     return f"tables/{entity}.tfrecord.gz"
 
 
-def describe_tables(dataset, raw_columns, counts: dict[str, int]) -> dict:
+def describe_tables(dataset: Dataset, raw_columns: Sequence[str], counts: dict[str, int]) -> dict:
     """The manifest's record of the feature tables: {entity: {key, columns, file, rows}}."""
     return {entity: {"key": dataset.entity_keys[entity], "columns": columns, "file": table_file(entity),
                      "rows": counts.get(f"table_rows:{entity}", 0)}
             for entity, columns in dataset.entity_columns(raw_columns).items()}
 
 
-def data_settings(data_config) -> dict:
-    """The data config as the manifest records it. Keys added after folders were made appear only
-    when they are used, so such a folder keeps the manifest and hash it had and is not made again
-    for nothing: the split's mode, stratify and column (only beside a split other than temporal),
-    and data.dataset, recorded with the sha256 of the declaration file's text (a changed file
-    makes other data)."""
-    tree = data_config.model_dump(mode="json")
+def data_settings(data_config: DataConfig) -> dict:
+    """The data config as the manifest records it: what the data is made with, not how it ran
+    (config.schema.EXECUTION_FIELDS: every runner writes the same bytes). Keys added after folders
+    were made appear only when they are used, so such a folder keeps the manifest and hash it had
+    and is not made again for nothing: the split's mode, stratify and column (only beside a split
+    other than temporal), and data.dataset, recorded with the sha256 of the declaration file's text
+    (a changed file makes other data)."""
+    tree = without_execution_fields("data", data_config.model_dump(mode="json"))
     if tree["split"]["mode"] == "temporal":
         tree["split"] = {k: v for k, v in tree["split"].items() if k not in ("mode", "stratify", "column")}
     elif tree["split"]["column"] is None:
@@ -69,7 +79,7 @@ def data_settings(data_config) -> dict:
     return tree
 
 
-def data_hash(data_config) -> str:
+def data_hash(data_config: DataConfig) -> str:
     """Hash of the data settings that shape the output (runner options excluded), and of the
     folder's format, so a folder of an older format counts as made with other settings."""
     return config_hash({**{k: v for k, v in data_settings(data_config).items()
@@ -112,7 +122,7 @@ def users_without_test_list(counts: dict[str, int]) -> dict:
     return {"users": total, "reasons": reasons}
 
 
-def label_sums(dataset, columns: dict, split: str) -> dict[str, int]:
+def label_sums(dataset: Dataset, columns: dict, split: str) -> dict[str, int]:
     """The counts of a batch of examples' labels that describe_split reads: per label column,
     its sum (in LABEL_UNITs); for regression labels, also the sum of their weights."""
     out = {}
@@ -127,7 +137,7 @@ def label_sums(dataset, columns: dict, split: str) -> dict[str, int]:
     return out
 
 
-def describe_split(dataset, counts: dict[str, int], split: str, shards: dict) -> dict:
+def describe_split(dataset: Dataset, counts: dict[str, int], split: str, shards: dict) -> dict:
     """One split's entry: its files, examples, observed interactions ("positives": the examples
     that are not sampled items), the rate of every binary label and weight column, and the
     weighted mean of every regression label."""
@@ -150,7 +160,8 @@ def describe_split(dataset, counts: dict[str, int], split: str, shards: dict) ->
     }
 
 
-def build_manifest(source_info, data_config, counts: dict[str, int], shards: dict[str, dict]) -> dict:
+def build_manifest(source_info: SourceInfo, data_config: DataConfig, counts: dict[str, int],
+                   shards: dict[str, dict]) -> dict:
     """The manifest of a finished preprocess run.
 
     Args:
@@ -201,18 +212,19 @@ def build_manifest(source_info, data_config, counts: dict[str, int], shards: dic
     }
 
 
-def read_manifest(folder, required=REQUIRED) -> dict:
+def read_manifest(folder: Location, required: Sequence[str] = REQUIRED) -> dict:
     """The manifest of a preprocessed data folder, checked for the keys later stages need."""
     if not storage.isdir(folder):
         raise ArtifactError(f"{folder}: no such data folder (run `mtlrec preprocess` first)")
     manifest = read_json(storage.join(folder, MANIFEST), "data manifest (was `mtlrec preprocess` run to completion?)")
     missing = [key for key in required if key not in manifest]
     if missing:
-        raise ArtifactError(f"{storage.join(folder, MANIFEST)}: not a valid data manifest, missing {', '.join(missing)}")
+        raise ArtifactError(f"{storage.join(folder, MANIFEST)}: not a valid data manifest, "
+                            f"missing {', '.join(missing)}")
     return manifest
 
 
-def read_training_manifest(data_dir, tasks) -> dict:
+def read_training_manifest(data_dir: Location, tasks: Iterable[str]) -> dict:
     """The manifest of a data folder to train `tasks` on; refused when the folder's format or
     feature declaration is not this code's, or it has no labels for a task."""
     manifest = read_manifest(data_dir)

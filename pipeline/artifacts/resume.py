@@ -20,6 +20,7 @@ again from the saved state, and history.json / gates.json keep the saved epochs 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
@@ -27,11 +28,14 @@ from pipeline.artifacts import runs, storage
 from pipeline.artifacts.storage import join
 from pipeline.artifacts.atomic import ArtifactError, read_json, write_json
 
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.schema import Config
+
 STATE = "state"
 PROGRESS = "progress.json"
 
 
-def check_settings(run_dir: str, config) -> None:
+def check_settings(run_dir: str, config: Config) -> None:
     """Refuse to continue a run folder that holds a run of other settings: resuming it would
     mix two runs, and starting over would destroy it."""
     if runs.made_with_other_config(run_dir, config):
@@ -56,7 +60,7 @@ class RunState:
       save: False keeps the bookkeeping (records, early stopping) but saves no state to resume from.
     """
 
-    def __init__(self, run_dir: str, out_dir: str, model, patience: int, save: bool = True):
+    def __init__(self, run_dir: str, out_dir: str, model: tf.keras.Model, patience: int, save: bool = True):
         self.run_dir, self.out_dir, self.patience, self.save = str(run_dir), str(out_dir), patience, save
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
         self.progress = {"epoch": 0, "best_epoch": None, "best_val_loss": None, "wait": 0, "stopped": False,
@@ -83,7 +87,8 @@ class RunState:
             self.checkpoint.read(saved).assert_existing_objects_matched()
         except (ValueError, AssertionError):  # other variables: saved by a version of the model code that differs
             raise ArtifactError(f"{saved}: the saved training state does not fit this model (saved by another "
-                                f"version of mtlrec?); remove the run folder {self.run_dir} to train it again") from None
+                                f"version of mtlrec?); remove the run folder {self.run_dir} to train it "
+                                f"again") from None
         done = self.progress["epoch"]
         self.history = [r for r in _records(join(self.run_dir, runs.HISTORY)) if r["epoch"] <= done]
         self.gates = [r for r in _records(join(self.run_dir, runs.GATES)) if r["epoch"] <= done]

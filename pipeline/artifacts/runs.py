@@ -37,11 +37,18 @@ reading a run's results does not need them.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from pipeline.artifacts import storage
 from pipeline.artifacts.atomic import ArtifactError, atomic_write, read_json
-from pipeline.config import load_yaml, to_yaml, validate
+from pipeline.config import load_yaml, to_yaml, validate, without_execution_fields
 from pipeline.artifacts.storage import join
+
+if TYPE_CHECKING:  # names in annotations only
+    import tensorflow as tf
+    from pipeline.artifacts.storage import Location
+    from pipeline.config.schema import Config
+    from pipeline.training.dataset import InputPipeline
 
 CONFIG = "config.yaml"
 DATA_MANIFEST = "data_manifest.json"
@@ -68,33 +75,33 @@ LOCAL_PATHS = {"": ("workdir",), "data": ("path", "tfds_data_dir", "output"), "t
 
 
 # ---------------------------------------------------------------- where the folders are
-def run_dir_of(config) -> str:
+def run_dir_of(config: Config) -> str:
     return config.train.run_dir or join(config.workdir, "models", "default")
 
 
-def preprocess_output_of(config) -> str:
+def preprocess_output_of(config: Config) -> str:
     """Where `mtlrec preprocess` writes by default."""
     return config.data.output or join(config.workdir, "data")
 
 
-def data_dir_of(config) -> str:
+def data_dir_of(config: Config) -> str:
     """The data folder a run of `config` trains on; `mtlrec compare` also preprocesses into it."""
     return config.train.data or preprocess_output_of(config)
 
 
-def compare_run_dir(config, variant: str, seed: int) -> str:
+def compare_run_dir(config: Config, variant: str, seed: int) -> str:
     return join(config.workdir, "compare", variant, f"seed{seed}")
 
 
-def report_dir_of(config) -> str:
+def report_dir_of(config: Config) -> str:
     return config.compare.output or join(config.workdir, "report")
 
 
-def checkpoint(run_dir, epoch: int) -> str:
+def checkpoint(run_dir: Location, epoch: int) -> str:
     return join(run_dir, CHECKPOINTS, CHECKPOINT.format(epoch=epoch))
 
 
-def stored_data_path(run_dir, data_dir) -> str:
+def stored_data_path(run_dir: Location, data_dir: Location) -> str:
     """How train.json records the data folder: relative to the run folder when both are local
     (a workdir moved as a whole keeps working), else absolute."""
     if storage.is_url(run_dir) or storage.is_url(data_dir):
@@ -102,18 +109,18 @@ def stored_data_path(run_dir, data_dir) -> str:
     return os.path.relpath(os.path.abspath(data_dir), os.path.abspath(run_dir))
 
 
-def data_dir_of_run(run_dir, summary: dict) -> str:
+def data_dir_of_run(run_dir: Location, summary: dict) -> str:
     """The data folder a completed run trained on, from its train.json (see stored_data_path)."""
     data = summary["data"]
     return data if storage.is_url(data) or os.path.isabs(data) else os.path.normpath(join(run_dir, data))
 
 
 # ---------------------------------------------------------------- state
-def is_trained(run_dir) -> bool:
+def is_trained(run_dir: Location) -> bool:
     return storage.exists(join(run_dir, TRAIN_DONE))
 
 
-def is_evaluated(run_dir) -> bool:
+def is_evaluated(run_dir: Location) -> bool:
     return storage.exists(join(run_dir, EVAL))
 
 
@@ -129,26 +136,28 @@ def absolute_paths(tree: dict) -> dict:
     return tree
 
 
-def write_config(run_dir, config) -> None:
+def write_config(run_dir: Location, config: Config) -> None:
     """config.yaml: the resolved config, its paths absolute."""
     tree = absolute_paths(config.model_dump(mode="json"))
     atomic_write(join(run_dir, CONFIG), to_yaml(validate(tree, source="run config")).encode())
 
 
-def read_config(run_dir):
+def read_config(run_dir: Location) -> Config:
     """The validated Config the run was trained with."""
     path = join(run_dir, CONFIG)
     return validate(load_yaml(storage.read_text(path)), source=str(path))
 
 
 def _settings(tree: dict) -> dict:
-    """The RUN_SECTIONS of a config tree, paths absolute, without PATH_FIELDS."""
+    """The RUN_SECTIONS of a config tree, paths absolute, without PATH_FIELDS and the settings of
+    how it runs (config.schema.EXECUTION_FIELDS)."""
     tree = absolute_paths(tree)
-    return {section: {k: v for k, v in (tree.get(section) or {}).items() if k not in PATH_FIELDS.get(section, ())}
+    return {section: {k: v for k, v in without_execution_fields(section, tree.get(section) or {}).items()
+                      if k not in PATH_FIELDS.get(section, ())}
             for section in RUN_SECTIONS}
 
 
-def made_with_other_config(run_dir, config) -> bool:
+def made_with_other_config(run_dir: Location, config: Config) -> bool:
     """True if the run folder has a saved config that differs from `config` in RUN_SECTIONS.
 
     Only what the run trains and evaluates on counts: editing another compare variant or the
@@ -162,7 +171,7 @@ def made_with_other_config(run_dir, config) -> bool:
     return _settings(load_yaml(storage.read_text(saved))) != _settings(config.model_dump(mode="json"))
 
 
-def require_trained(run_dir) -> None:
+def require_trained(run_dir: Location) -> None:
     """ArtifactError, one line saying what to pass instead, unless `run_dir` is a run folder whose
     training finished (its train.json): `evaluate --run` and `export --run` check it first."""
     if storage.exists(join(run_dir, TRAIN_DONE)):
@@ -176,22 +185,17 @@ def require_trained(run_dir) -> None:
     raise ArtifactError(f"{run_dir}: {what} (no {TRAIN_DONE}); {instead}")
 
 
-def read_train_summary(run_dir) -> dict:
+def read_train_summary(run_dir: Location) -> dict:
     """The summary of a completed run (train.json); an error if the run never finished."""
     return read_json(join(run_dir, TRAIN_DONE), "completed training run (train.json)")
 
 
-def read_data_manifest(run_dir) -> dict:
+def read_data_manifest(run_dir: Location) -> dict:
     """The run's copy of the manifest of the data it trained on."""
     return read_json(join(run_dir, DATA_MANIFEST), "data manifest copy")
 
 
-def read_history(run_dir) -> list[dict]:
-    """One record per trained epoch: its number, losses and metrics."""
-    return read_json(join(run_dir, HISTORY), "training history")["epochs"]
-
-
-def restore_model(run_dir):
+def restore_model(run_dir: Location) -> tuple[tf.keras.Model, InputPipeline]:
     """The trained Keras model of a completed run (its best epoch) and the run's InputPipeline.
 
     Returns:

@@ -36,7 +36,7 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def load_yaml(text: str):
+def load_yaml(text: str) -> Any:
     """YAML text -> Python values: safe (no object tags), with YAML 1.2 floats such as 1e-3."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506  (_Loader is a SafeLoader)
 

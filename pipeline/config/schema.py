@@ -7,7 +7,7 @@ out, and a test keeps the two equal).
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -17,6 +17,9 @@ from pipeline.config.base import GateSettings, Section, Units
 from pipeline.config.synthetic import SyntheticConfig
 from pipeline.stats.registry import per_user_names
 from pipeline.tuning.search_space import spec_error
+
+if TYPE_CHECKING:  # names in annotations only
+    from models.gates.registry import GateConfig
 
 
 class TaskConfig(Section):
@@ -54,7 +57,7 @@ class ModelConfig(Section):
             raise ValueError(f"task_gates names tasks that are not trained: {', '.join(sorted(unknown))}")
         return self
 
-    def gate_for(self, task: str):
+    def gate_for(self, task: str) -> GateConfig:
         return self.task_gates.get(task, self.gate)
 
 
@@ -75,7 +78,8 @@ class TrainConfig(Section):
     # examples it is checked on (train.diagnostics_batches); a static gate on all of them.
     converged_share: float = Field(0.99, gt=0, le=1)
     shuffle_buffer: int = Field(1_000_000, ge=1)  # examples permuted together (capped at the split: a full shuffle)
-    cache: bool = True  # keep the parsed train/validation blocks in memory after the first epoch (pipeline/training/dataset.py)
+    # Keep the parsed train/validation blocks in memory after the first epoch (pipeline/training/dataset.py).
+    cache: bool = True
     seed: int = 0
     # Same command, same bytes: tf.config.experimental.enable_op_determinism() (some GPU ops get slower).
     deterministic: bool = True
@@ -87,6 +91,10 @@ class TrainConfig(Section):
     mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = "none"
     jit_compile: bool = False  # XLA-compile the train step
     diagnostics_batches: int = Field(8, ge=1)  # validation batches averaged for per-example gate weights
+    # strategy multi_worker (pipeline/training/cluster.py): a worker silent this long counts as lost (the
+    # others stop with one line naming it), and every worker must have joined the cluster within the second.
+    worker_timeout_seconds: float = Field(30.0, gt=0)
+    worker_start_timeout_seconds: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
     def _tpu_needs_address(self):
@@ -175,6 +183,14 @@ class DataConfig(Section):
     num_shards: int = Field(4, ge=1)  # TFRecord files per split
     seed: int = 42
     beam_args: list[str] = Field(default_factory=list)  # Beam pipeline options, e.g. --runner=DataflowRunner
+    # Beam runner (pipeline/stages/beam_runner.py): direct (in-process) or portable: a Beam job server at
+    # job_endpoint (host:port) running the SDK workers of the worker pool at worker_pool (host:port;
+    # null: the job server's own default environment). Dataflow, Flink, Spark: options in beam_args.
+    runner: Literal["direct", "portable"] = "direct"
+    job_endpoint: Union[str, None] = None
+    worker_pool: Union[str, None] = None
+    # portable: how long the job server, the worker pool and a started worker may take to answer
+    runner_timeout_seconds: float = Field(60.0, gt=0)
 
     @field_validator("source")
     @classmethod
@@ -194,6 +210,14 @@ class DataConfig(Section):
         path = absolute(path)
         load_dataset(path)
         return path
+
+    @model_validator(mode="after")
+    def _runner_needs(self):
+        if self.runner == "portable" and not self.job_endpoint:
+            raise ValueError("runner portable needs data.job_endpoint (host:port of a Beam job server)")
+        if self.runner != "portable" and (self.job_endpoint or self.worker_pool):
+            raise ValueError("data.job_endpoint and data.worker_pool are settings of data.runner=portable")
+        return self
 
     @model_validator(mode="after")
     def _source_needs(self):
@@ -231,24 +255,39 @@ class DataConfig(Section):
         return self
 
 
+# Settings of how a stage runs, not of what it computes: data or a run made with other values of
+# these is the same data or run. They are left out of the data hash (pipeline/artifacts/manifest.py), of
+# a run's settings (pipeline/artifacts/runs.py) and of tune's study names (pipeline/stages/tune.py).
+EXECUTION_FIELDS = {"data": ("runner", "job_endpoint", "worker_pool", "runner_timeout_seconds"),
+                    "train": ("worker_timeout_seconds", "worker_start_timeout_seconds")}
+
+
+def without_execution_fields(section: str, values: dict) -> dict:
+    """A section's values (a config tree's) without its EXECUTION_FIELDS."""
+    return {k: v for k, v in values.items() if k not in EXECUTION_FIELDS.get(section, ())}
+
+
 # ---------------------------------------------------------------- compare (pipeline/stages/compare.py)
 def _compare_variants() -> dict:
-    # Each variant's learning rate and gate settings as `mtlrec tune` chose them on validation
-    # loss only (20 trials per variant, embedded data, rounded to 3 digits; README "Results").
+    # Each variant's learning rate and gate settings as `mtlrec tune` chose them on validation loss only
+    # (20 feasible trials per variant: DSelect-k trials whose selectors did not become binary would not
+    # count; none occurred), embedded data, rounded to 3 digits (README "Results").
     return {
         "softmax": {"model": {"gate": {"type": "softmax", "per_example": True}},
-                    "train": {"learning_rate": 0.00807}},
-        "topk": {"model": {"gate": {"type": "topk", "k": 2, "per_example": True, "noise": False}},
-                 "train": {"learning_rate": 0.00976}},
+                    "train": {"learning_rate": 0.00932}},
+        "topk": {"model": {"gate": {"type": "topk", "k": 2, "per_example": True, "noise": True,
+                                    "load_balance_weight": 0.0}},
+                 "train": {"learning_rate": 0.00396}},
         "dselect_k_static": {"model": {"gate": {"type": "dselect_k", "k": 2, "per_example": False,
-                                                "gamma": 1.29, "entropy_weight": 0.00258,
-                                                "entropy_schedule": "linear", "entropy_warmup_steps": 281}},
-                             "train": {"learning_rate": 0.00558}},
+                                                "gamma": 2.04, "entropy_weight": 0.135,
+                                                "entropy_schedule": "constant", "entropy_doubling_steps": 27}},
+                             "train": {"learning_rate": 0.0083}},
         "dselect_k_per_example": {"model": {"gate": {"type": "dselect_k", "k": 2, "per_example": True,
-                                                     "gamma": 0.912, "entropy_weight": 0.125,
-                                                     "entropy_schedule": "linear", "entropy_warmup_steps": 433}},
-                                  "train": {"learning_rate": 0.00459}},
-        "shared_bottom": {"model": {"architecture": "shared_bottom"}, "train": {"learning_rate": 0.00966}},
+                                                     "gamma": 2.95, "entropy_weight": 3.59,
+                                                     "entropy_schedule": "delayed", "entropy_warmup_steps": 146,
+                                                     "entropy_doubling_steps": 56}},
+                                  "train": {"learning_rate": 0.00706}},
+        "shared_bottom": {"model": {"architecture": "shared_bottom"}, "train": {"learning_rate": 0.00888}},
     }
 
 
@@ -269,7 +308,8 @@ class CompareConfig(Section):
     def _focus_known(self):
         unknown = [f for f in self.focus if f not in self.variants]
         if unknown:
-            raise ValueError(f"focus names unknown variant(s) {', '.join(unknown)}; variants: {', '.join(self.variants)}")
+            raise ValueError(f"focus names unknown variant(s) {', '.join(unknown)}; "
+                             f"variants: {', '.join(self.variants)}")
         return self
 
 

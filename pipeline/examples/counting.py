@@ -10,6 +10,8 @@ a failed bundle are discarded with it, so the counts are exact on any runner.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import apache_beam as beam
 import tensorflow as tf
@@ -22,25 +24,25 @@ COUNTS = "counts"  # tag of the count dicts a step yields beside its main output
 class SumCounts(beam.CombineFn):
     """{name: count} dicts -> one dict of the sums, names sorted."""
 
-    def create_accumulator(self):
+    def create_accumulator(self) -> dict[str, int]:
         return {}
 
-    def add_input(self, accumulator, counts):
+    def add_input(self, accumulator: dict[str, int], counts: dict[str, int]) -> dict[str, int]:
         for name, n in counts.items():
             accumulator[name] = accumulator.get(name, 0) + int(n)
         return accumulator
 
-    def merge_accumulators(self, accumulators):
+    def merge_accumulators(self, accumulators: Iterable[dict[str, int]]) -> dict[str, int]:
         merged = {}
         for accumulator in accumulators:
             self.add_input(merged, accumulator)
         return merged
 
-    def extract_output(self, accumulator):
+    def extract_output(self, accumulator: dict[str, int]) -> dict[str, int]:
         return dict(sorted(accumulator.items()))
 
 
-def count_elements(pcoll, name: str, size=None):
+def count_elements(pcoll: beam.PCollection, name: str, size: Callable[[Any], int] | None = None) -> beam.PCollection:
     """A PCollection holding one dict {name: number of elements of pcoll} (0 when it is empty);
     with `size`, the sum of size(element) instead (e.g. len: the rows in lists of rows)."""
     if size is not None:
@@ -56,7 +58,7 @@ def _write(counts, path):
     return path
 
 
-def write_counts(parts, path: str):
+def write_counts(parts: Sequence[beam.PCollection], path: str) -> beam.PCollection:
     """Sum the count dicts of the PCollections `parts` and write them to `path` as JSON."""
     return (parts | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombineGlobally(SumCounts())
             | "WriteCounts" >> beam.Map(_write, path))

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import apache_beam as beam
 import numpy as np
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from pipeline.artifacts.manifest import NO_HELD_OUT_ROWS, NO_TEST_DRAW, NO_TEST_LIST, label_sums
 from pipeline.examples import random_split
@@ -24,6 +26,12 @@ from pipeline.examples.labels import Labels
 from pipeline.examples.shards import file_order
 from pipeline.examples.tfexample import ExampleEncoder
 from pipeline.sources.rows import POSITION
+
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.config.schema import DataConfig
+    from pipeline.sources import Source
+    from pipeline.sources.grouplens import Table
 
 SPLITS = ("train", "validation", "test")
 
@@ -39,7 +47,8 @@ class ExposureExamples(beam.DoFn):
       data_config: the data section (what a task's comparison may name); None: the defaults.
     """
 
-    def __init__(self, dataset, raw_columns, held_out: bool, data_config=None):
+    def __init__(self, dataset: Dataset, raw_columns: Sequence[str], held_out: bool,
+                 data_config: DataConfig | None = None):
         self.dataset, self.raw_columns, self.held_out, self.cfg = dataset, raw_columns, held_out, data_config
         tables = dataset.entity_columns(raw_columns)
         self.user_columns, self.item_columns = tables.get("user", []), tables.get("item", [])
@@ -48,12 +57,13 @@ class ExposureExamples(beam.DoFn):
         self.request = dataset.request_columns(raw_columns)  # what one ranking request sends besides the ids
         self.random = data_config is not None and data_config.split.mode == "random"
 
-    def setup(self):
+    def setup(self) -> None:
         from pipeline.config.schema import DataConfig
         self.encoder = ExampleEncoder(self.dataset.raw_feature_spec(self.raw_columns))
         self.labels = Labels(self.dataset, self.cfg or DataConfig())
 
-    def process(self, user_parts, items, users):
+    def process(self, user_parts: tuple[int, dict[str, list[dict]]], items: Table | None,
+                users: Table | None) -> Iterator:
         """items, users: the source's side tables (pipeline.sources.grouplens.Table), or None when
         the rows carry those columns."""
         user_id, parts = user_parts
@@ -112,7 +122,8 @@ def _items_of(user_parts, item_key):
     return {r[item_key] for rows in user_parts[1].values() for r in rows}
 
 
-def expand(per_user, dataset, data_config, raw_columns, source):
+def expand(per_user: beam.PCollection, dataset: Dataset, data_config: DataConfig, raw_columns: Sequence[str],
+           source: Source) -> tuple[beam.PCollection, beam.PCollection]:
     """Per-user split rows -> (examples: (split, user, [tf.Example bytes]), [count PCollections]).
     With data.split.mode random the rows are split here first (pipeline/examples/random_split.py).
     source: its side tables (`tables`: {"user"/"item": Table}), if any, give the entity columns."""

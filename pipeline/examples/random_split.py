@@ -29,12 +29,20 @@ from __future__ import annotations
 
 import apache_beam as beam
 import numpy as np
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pipeline.examples.counting import COUNTS
 from pipeline.artifacts.manifest import NO_TEST_DRAW, NO_TEST_LIST
 from pipeline.examples.labels import Labels
 from pipeline.examples.sampled import SampleExamples, item_tables
 from pipeline.examples.sampling import user_rng
+
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.config.schema import DataConfig
+    from pipeline.examples.sampling import Catalog
+    from pipeline.sources import Source
 
 UNSPLIT = "all"  # the per-user rows the preprocess stage passes on before this split
 SPLITS = ("train", "validation", "test")
@@ -89,7 +97,7 @@ class _DrawAll(SampleExamples):
 class StratumKeys(_DrawAll):
     """(user, {UNSPLIT: rows}) -> {stratum: the keys of the user's examples in it}."""
 
-    def process(self, user_parts, catalog):
+    def process(self, user_parts: tuple[int, dict[str, list[dict]]], catalog: Catalog) -> Iterator:
         user_id, parts = user_parts
         if parts[UNSPLIT]:
             *_, keys, strata = self._drawn(user_id, parts[UNSPLIT], catalog, {})
@@ -102,29 +110,30 @@ class Cutoffs(beam.CombineFn):
     def __init__(self, test: float, validation: float):
         self.test, self.validation = test, validation
 
-    def create_accumulator(self):
+    def create_accumulator(self) -> Any:
         return {}
 
-    def add_input(self, accumulator, keys_by_stratum):
+    def add_input(self, accumulator: Any, keys_by_stratum: dict) -> Any:
         for stratum, keys in keys_by_stratum.items():
             accumulator.setdefault(stratum, []).append(keys)
         return accumulator
 
-    def merge_accumulators(self, accumulators):
+    def merge_accumulators(self, accumulators: Iterable[Any]) -> Any:
         merged = {}
         for accumulator in accumulators:
             for stratum, parts in accumulator.items():
                 merged.setdefault(stratum, []).extend(parts)
         return merged
 
-    def extract_output(self, accumulator):
+    def extract_output(self, accumulator: Any) -> Any:
         return cutoffs({s: np.concatenate(parts) for s, parts in accumulator.items()}, self.test, self.validation)
 
 
 class SampleThenSplit(_DrawAll):
     """(user, {UNSPLIT: rows}) -> (split, user, [tf.Example bytes]) per split, and the candidate list."""
 
-    def process(self, user_parts, catalog, item_meta, cuts):
+    def process(self, user_parts: tuple[int, dict[str, list[dict]]], catalog: Catalog, item_meta: dict,
+                cuts: dict) -> Iterator:
         self._cuts = cuts
         yield from super().process(user_parts, catalog, item_meta)
 
@@ -145,7 +154,8 @@ class SampleThenSplit(_DrawAll):
             counts[f"{NO_TEST_LIST}:{NO_TEST_DRAW}"] = 1
 
 
-def sample_then_split(per_user, dataset, data_config, raw_columns, item_columns, catalog, item_meta):
+def sample_then_split(per_user: beam.PCollection, dataset: Dataset, data_config: DataConfig, raw_columns: Sequence[str],
+                      item_columns: Sequence[str], catalog: Catalog, item_meta: dict) -> Any:
     """The random split's examples: a tagged output like SampleExamples' (main "examples", COUNTS)."""
     cuts = (per_user | "StratumKeys" >> beam.ParDo(StratumKeys(dataset, data_config, raw_columns, item_columns),
                                                    beam.pvalue.AsSingleton(catalog))
@@ -188,14 +198,15 @@ class _SplitRows(_RowStrata):
         yield user_id, {split: [r for r, s in zip(rows, split_of) if s == index] for index, split in enumerate(SPLITS)}
 
 
-def split_rows(per_user, dataset, data_config):
+def split_rows(per_user: beam.PCollection, dataset: Dataset, data_config: DataConfig) -> beam.PCollection:
     """Exposure rows split at random with exact shares per stratum: per-user {split: rows}."""
     cuts = (per_user | "RowStrata" >> beam.ParDo(_RowStrata(dataset, data_config))
             | "Cutoffs" >> beam.CombineGlobally(Cutoffs(data_config.split.test, data_config.split.validation)))
     return per_user | "SplitRows" >> beam.ParDo(_SplitRows(dataset, data_config), beam.pvalue.AsSingleton(cuts))
 
 
-def expand(per_user, dataset, data_config, raw_columns, source):
+def expand(per_user: beam.PCollection, dataset: Dataset, data_config: DataConfig, raw_columns: Sequence[str],
+           source: Source) -> tuple[beam.PCollection, beam.PCollection]:
     """As pipeline.examples.sampled.expand, for `data.split.mode: random`: (examples, [count PCollections])."""
     item_columns, counts, item_meta, catalog = item_tables(per_user, dataset, raw_columns, source)
     sampled = sample_then_split(per_user, dataset, data_config, raw_columns, item_columns, catalog, item_meta)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import apache_beam as beam
 import numpy as np
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pipeline.examples.counting import COUNTS
 from pipeline.artifacts.manifest import label_sums
@@ -21,6 +23,11 @@ from pipeline.examples.sampling import Catalog, user_rng
 from pipeline.examples.shards import file_order
 from pipeline.examples.tfexample import ExampleEncoder
 
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.config.schema import DataConfig
+    from pipeline.sources import Source
+
 
 class ItemTable(beam.CombineFn):
     """Over all users: item -> (time of its first interaction, its columns), and train counts.
@@ -29,13 +36,13 @@ class ItemTable(beam.CombineFn):
     source that disagrees with itself about an item's columns gets the minimum: deterministic.
     """
 
-    def __init__(self, item_columns, item_key, time_column):
+    def __init__(self, item_columns: Sequence[str], item_key: str, time_column: str | None):
         self.item_columns, self.item_key, self.time_column = item_columns, item_key, time_column
 
-    def create_accumulator(self):
+    def create_accumulator(self) -> Any:
         return {}, {}
 
-    def add_input(self, accumulator, user_parts):
+    def add_input(self, accumulator: Any, user_parts: tuple[int, dict[str, list[dict]]]) -> Any:
         first, counts = accumulator
         for split, rows in user_parts[1].items():
             for r in rows:
@@ -48,7 +55,7 @@ class ItemTable(beam.CombineFn):
                     counts[item] = counts.get(item, 0) + 1
         return accumulator
 
-    def merge_accumulators(self, accumulators):
+    def merge_accumulators(self, accumulators: Iterable[Any]) -> Any:
         merged = self.create_accumulator()
         for first, counts in accumulators:
             for item, entry in first.items():
@@ -58,7 +65,7 @@ class ItemTable(beam.CombineFn):
                 merged[1][item] = merged[1].get(item, 0) + n
         return merged
 
-    def extract_output(self, accumulator):
+    def extract_output(self, accumulator: Any) -> Any:
         first, counts = accumulator
         return {"meta": {item: dict(zip(self.item_columns, entry[1])) for item, entry in first.items()},
                 "catalog": Catalog({item: entry[0] for item, entry in first.items()}, counts)}
@@ -73,18 +80,19 @@ class SampleExamples(beam.DoFn):
     built as columns and encoded in one go: per-example Python dominated this stage.
     """
 
-    def __init__(self, dataset, data_config, raw_columns, item_columns):
+    def __init__(self, dataset: Dataset, data_config: DataConfig, raw_columns: Sequence[str],
+                 item_columns: Sequence[str]):
         self.dataset, self.cfg = dataset, data_config
         self.raw_columns, self.item_columns = raw_columns, item_columns
         self.item_key, self.time = dataset.entity_keys["item"], dataset.time_column
         self.request = [c for c in dataset.request_columns(raw_columns) if c != self.time]  # sent with a request
         self.row_columns = [c for c in raw_columns if c != self.item_key and c not in item_columns]
 
-    def setup(self):
+    def setup(self) -> None:
         self.encoder = ExampleEncoder(self.dataset.raw_feature_spec(self.raw_columns))
         self.labels = Labels(self.dataset, self.cfg)
 
-    def process(self, user_parts, catalog, item_meta):
+    def process(self, user_parts: tuple[int, dict[str, list[dict]]], catalog: Catalog, item_meta: dict) -> Iterator:
         """Yields (split, user_id, [tf.Example bytes in file order]): one element per user
         and split, as per-element overhead dominates a Beam stage with 10^5-10^7 examples."""
         user_id, parts = user_parts
@@ -159,7 +167,8 @@ class SampleExamples(beam.DoFn):
         return columns
 
 
-def item_tables(per_user, dataset, raw_columns, source):
+def item_tables(per_user: beam.PCollection, dataset: Dataset, raw_columns: Sequence[str],
+                source: Source) -> tuple[list[str], list[beam.PCollection], beam.PCollection, beam.PCollection]:
     """The items of every user's rows: (item columns, [the item count], item meta, catalog), as
     PCollections; what sampling reads (here, and in pipeline/examples/random_split.py)."""
     item_columns = dataset.entity_columns(raw_columns).get("item", [])
@@ -171,7 +180,8 @@ def item_tables(per_user, dataset, raw_columns, source):
     return item_columns, counts, item_meta, catalog
 
 
-def expand(per_user, dataset, data_config, raw_columns, source):
+def expand(per_user: beam.PCollection, dataset: Dataset, data_config: DataConfig, raw_columns: Sequence[str],
+           source: Source) -> tuple[beam.PCollection, beam.PCollection]:
     """Per-user split rows -> (examples: (split, user, [tf.Example bytes]), [count PCollections]).
     dataset: the declaration (features.spec.Dataset) of the examples. source: unused (a source of
     sampled negatives joins the user and item columns into its rows)."""

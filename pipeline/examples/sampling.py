@@ -8,6 +8,8 @@ would inflate every metric without teaching the model anything.
 from __future__ import annotations
 
 import numpy as np
+from collections.abc import Sequence
+from typing import Any
 
 _ROUNDS = 64  # rejection-sampling rounds before falling back to an exact draw
 # Streams of per-user randomness: one per purpose, so changing one never shifts another.
@@ -15,7 +17,7 @@ STREAM = {"train": 1, "validation": 2, "test": 3, "candidates": 4, "user_sample"
           "negatives": 6, "split": 7}  # the last two: the random split (pipeline/examples/random_split.py)
 
 
-def user_rng(seed, user_id, purpose):
+def user_rng(seed: Any, user_id: int, purpose: str) -> np.random.Generator:
     """The generator of one user's draws for one purpose: the same under any runner or order."""
     return np.random.default_rng([seed, user_id & 0xFFFFFFFF, user_id >> 32, STREAM[purpose]])
 
@@ -32,7 +34,7 @@ class Catalog:
     def __len__(self):
         return len(self.items)
 
-    def available(self, timestamps, seen: int = 0, wanted: int = 1) -> np.ndarray:
+    def available(self, timestamps: Sequence[int], seen: int = 0, wanted: int = 1) -> np.ndarray:
         """How many catalog items (a prefix) to sample from at each timestamp.
 
         The items that existed then; when fewer than `wanted` of them are new to a user who has
@@ -42,7 +44,8 @@ class Catalog:
         existed = np.searchsorted(self.first_seen, np.asarray(timestamps), side="right")
         return np.maximum(existed, min(len(self.items), seen + wanted))
 
-    def sample(self, rng, limits, interacted, distribution: str, distinct: bool = False) -> np.ndarray:
+    def sample(self, rng: np.random.Generator, limits: np.ndarray, interacted: set[int], distribution: str,
+               distinct: bool = False) -> np.ndarray:
         """One item per entry of `limits` from the first `limit` items, never one in `interacted`.
 
         distribution "uniform" or "popularity" (train counts). With distinct=True no item is

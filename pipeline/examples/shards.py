@@ -8,7 +8,9 @@ bytes, so every write is idempotent.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import numpy as np
@@ -19,13 +21,17 @@ from tensorflow_transform.tf_metadata import schema_utils
 
 from pipeline.training.dataset import BLOCK_SIZE, MATERIALIZED, InputPipeline, encode_block
 
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.artifacts.storage import Location
+
 
 # gzip level 1: a third of the default level's CPU time for ~30% larger files (KuaiRand's
 # 1.2 KB examples compress ~15x either way); gzip readers read any level.
 GZIP = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=1)
 
 
-def file_order(records, times, items) -> list[bytes]:
+def file_order(records: Sequence[bytes], times: np.ndarray, items: np.ndarray) -> list[bytes]:
     """A user's records sorted by (timestamp, item), then bytes: the order in the written files."""
     order = np.lexsort((items, times))
     out = [records[i] for i in order]
@@ -38,7 +44,7 @@ def file_order(records, times, items) -> list[bytes]:
     return out
 
 
-def shard_of(user_id, num_shards) -> int:
+def shard_of(user_id: int, num_shards: int) -> int:
     return zlib.crc32(str(user_id).encode()) % num_shards
 
 
@@ -51,7 +57,7 @@ def _shard_path(folder, split, shard, num_shards) -> str:
     return f"{folder}/{split}/{split}-{shard:05d}-of-{num_shards:05d}.tfrecord.gz"
 
 
-def shard_names(folder, split: str, transformed: bool = False) -> list[str]:
+def shard_names(folder: Location, split: str, transformed: bool = False) -> list[str]:
     """The file names of the shards of `split` written under `folder` (or under its transformed/)."""
     base = f"{folder}/transformed" if transformed else str(folder)
     return sorted(Path(p).name for p in tf.io.gfile.glob(f"{base}/{split}/*.tfrecord.gz"))
@@ -65,10 +71,10 @@ class WriteShard(beam.DoFn):
     so the write is idempotent.
     """
 
-    def __init__(self, folder, num_shards):
+    def __init__(self, folder: Location, num_shards: int):
         self.folder, self.num_shards = folder, num_shards
 
-    def process(self, keyed):
+    def process(self, keyed: tuple[Any, Iterable]) -> Iterator:
         (split, shard), users = keyed
         path = _shard_path(self.folder, split, shard, self.num_shards)
         tf.io.gfile.makedirs(f"{self.folder}/{split}")
@@ -88,11 +94,11 @@ class WriteTransformedShard(beam.DoFn):
     so a retried bundle rewrites the same file.
     """
 
-    def __init__(self, folder, num_shards, dataset, raw_columns):
+    def __init__(self, folder: Location, num_shards: int, dataset: Dataset, raw_columns: Sequence[str]):
         self.folder, self.num_shards, self.dataset, self.raw_columns = folder, num_shards, dataset, raw_columns
         self.to_inputs = None
 
-    def process(self, keyed, written):
+    def process(self, keyed: tuple[Any, Iterable], written: Any) -> Iterator:
         (split, shard), users = keyed
         if split not in MATERIALIZED:
             return
@@ -122,15 +128,15 @@ class TrainBatches(beam.DoFn):
     took 26 us an example, a tenth of that stage's time). Every raw feature is one scalar.
     """
 
-    def __init__(self, schema, batch_size):
+    def __init__(self, schema: Any, batch_size: int):
         self.schema, self.batch_size = schema.SerializeToString(), batch_size
 
-    def setup(self):
+    def setup(self) -> None:
         schema = schema_pb2.Schema.FromString(self.schema)
         self.names = [feature.name for feature in schema.feature]  # the decoder's column order
         self.spec = schema_utils.schema_as_feature_spec(schema).feature_spec
 
-    def process(self, keyed):
+    def process(self, keyed: tuple[Any, Iterable]) -> Iterator:
         (split, _), users = keyed
         if split != "train":
             return
@@ -143,7 +149,7 @@ class TrainBatches(beam.DoFn):
         if batch:
             yield self.record_batch(batch)
 
-    def record_batch(self, records) -> pa.RecordBatch:
+    def record_batch(self, records: Sequence[bytes]) -> pa.RecordBatch:
         """Serialized examples of scalar features -> a RecordBatch of one-value large lists."""
         parsed = tf.io.parse_example(tf.constant(records), self.spec)
         offsets = pa.array(np.arange(len(records) + 1, dtype=np.int64))

@@ -25,6 +25,8 @@ for the served model, and ranking with `rank` equals scoring the candidate rows 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import numpy as np
@@ -34,10 +36,14 @@ from features.datasets import dataset_of_manifest
 from pipeline.artifacts.manifest import table_file
 from pipeline.examples.tfexample import ExampleEncoder
 
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.artifacts.storage import Location
+
 CANDIDATES = "candidates"
 
 
-def table_spec(dataset, raw_columns, entity: str) -> dict:
+def table_spec(dataset: Dataset, raw_columns: Sequence[str], entity: str) -> dict:
     """tf.io parsing spec of a table's examples: the key and the entity's columns."""
     spec = dataset.raw_feature_spec(raw_columns, with_labels=False)
     return {name: spec[name] for name in [dataset.entity_keys[entity], *dataset.entity_columns(raw_columns)[entity]]}
@@ -56,14 +62,14 @@ class TrainTables(beam.CombineFn):
     on the order in which a runner combines.
     """
 
-    def __init__(self, dataset, raw_columns):
+    def __init__(self, dataset: Dataset, raw_columns: Sequence[str]):
         self.keys = dataset.entity_keys
         self.tables = dataset.entity_columns(raw_columns)
 
-    def create_accumulator(self):
+    def create_accumulator(self) -> Any:
         return {entity: {} for entity in self.tables}
 
-    def add_input(self, accumulator, batch):
+    def add_input(self, accumulator: Any, batch: Any) -> Any:
         for entity, columns in self.tables.items():
             table = accumulator[entity]
             for key, values in zip(_column(batch, self.keys[entity]), zip(*(_column(batch, c) for c in columns))):
@@ -72,7 +78,7 @@ class TrainTables(beam.CombineFn):
                     table[key] = values
         return accumulator
 
-    def merge_accumulators(self, accumulators):
+    def merge_accumulators(self, accumulators: Iterable[Any]) -> Any:
         merged = self.create_accumulator()
         for accumulator in accumulators:
             for entity, table in accumulator.items():
@@ -83,7 +89,7 @@ class TrainTables(beam.CombineFn):
                         target[key] = values
         return merged
 
-    def extract_output(self, accumulator):
+    def extract_output(self, accumulator: Any) -> Any:
         return accumulator
 
 
@@ -91,10 +97,10 @@ class WriteTables(beam.DoFn):
     """The tables, one gzip TFRecord file per entity, one tf.Example per id, sorted by id
     (the same bytes under any runner). Yields each table's row count {"table_rows:<entity>": n}."""
 
-    def __init__(self, folder, dataset, raw_columns):
+    def __init__(self, folder: Location, dataset: Dataset, raw_columns: Sequence[str]):
         self.folder, self.dataset, self.raw_columns = folder, dataset, raw_columns
 
-    def process(self, tables):
+    def process(self, tables: dict) -> Iterator:
         for entity, table in tables.items():
             path = f"{self.folder}/{table_file(entity)}"
             tf.io.gfile.makedirs(posixpath.dirname(path))
@@ -111,15 +117,15 @@ class CandidatesFromTables(beam.DoFn):
     """The candidates split's examples with their entity columns taken from the train tables
     (the module docstring says why); other splits pass unchanged. Records keep their order."""
 
-    def __init__(self, dataset, raw_columns):
+    def __init__(self, dataset: Dataset, raw_columns: Sequence[str]):
         self.dataset, self.raw_columns = dataset, raw_columns
         self.tables = dataset.entity_columns(raw_columns)
 
-    def setup(self):
+    def setup(self) -> None:
         self.spec = self.dataset.raw_feature_spec(self.raw_columns)
         self.encoder = ExampleEncoder(self.spec)
 
-    def process(self, keyed, tables):
+    def process(self, keyed: tuple[Any, Iterable], tables: dict) -> Iterator:
         (split, shard), users = keyed
         if split != CANDIDATES or not self.tables:
             yield keyed
@@ -142,7 +148,7 @@ class CandidatesFromTables(beam.DoFn):
         return self.encoder.encode(columns)
 
 
-def read_tables(data_dir, manifest) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+def read_tables(data_dir: Location, manifest: dict) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
     """{entity: (sorted ids [R], {column: values [R]})} of a data folder's tables."""
     raw_columns, dataset = manifest["raw_columns"], dataset_of_manifest(manifest)
     out = {}

@@ -55,7 +55,7 @@ class ExampleEncoder:
     """
     MEMO_SIZE = 1 << 16  # encoded values kept per column
 
-    def __init__(self, feature_spec):
+    def __init__(self, feature_spec: dict):
         self.heads, self.encoders, sample = {}, {}, {}
         for name, spec in feature_spec.items():
             key = b"\x0a" + _delimited(name.encode()) + b"\x12"  # map entry: the key (field 1), the Feature (2)
@@ -90,7 +90,7 @@ class ExampleEncoder:
             out.append(piece)
         return out
 
-    def encode(self, columns, constants=None) -> list[bytes]:
+    def encode(self, columns: dict, constants: dict | None = None) -> list[bytes]:
         """{feature: [value per example]} -> [tf.Example bytes per example].
 
         constants: {feature: value} of features that have one value in every example (e.g. a

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from pipeline.stats.registry import label as metric_label
 from pipeline.stats.registry import lower_is_better, table_columns
 from features.datasets import dataset_of_manifest
 from pipeline.artifacts.manifest import read_manifest
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.schema import Config
 
 
 
@@ -265,7 +269,7 @@ def _test_split_section(doc, paper: dict, names: list[str], sampled: bool) -> No
     doc.table(["variant", *headers], rows, bold)
 
 
-def write_report(config, runs: dict, data_dir: str, output: str) -> str:
+def write_report(config: Config, runs: dict, data_dir: str, output: str) -> str:
     """Read the finished runs and write summary.json, report.md, report.html and plots to `output`.
 
     Args:
@@ -288,8 +292,9 @@ def write_report(config, runs: dict, data_dir: str, output: str) -> str:
         doc = rp.Report("Gate comparison: DSelect-k vs Top-k vs softmax (MMoE)")
         cfg = first["config"]
         doc.paragraph(
-            f"Data: {manifest['source']['location']} ({manifest['accepted_rows']} interactions, {manifest['users']} users, "
-            f"{manifest['items']} items); {manifest['test_users']} test users, each ranked on a fixed list of their "
+            f"Data: {manifest['source']['location']} ({manifest['accepted_rows']} interactions, "
+            f"{manifest['users']} users, {manifest['items']} items); {manifest['test_users']} test users, each "
+            f"ranked on a fixed list of their "
             + (f"test interactions + {cfg.data.candidates.negatives} sampled never-interacted items. "
                if dataset_of_manifest(manifest).sampled_negatives else
                "test impressions (the logged exposures with their own labels; nothing sampled). ")

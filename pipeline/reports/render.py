@@ -12,7 +12,9 @@ import html
 import io
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import matplotlib
@@ -22,7 +24,10 @@ from pipeline.artifacts.atomic import atomic_write as _atomic_write
 from pipeline.artifacts.atomic import write_json  # noqa: F401  (re-exported: reports write their JSON with it)
 
 matplotlib.use("Agg")  # headless: reports are made on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.artifacts.storage import Location
 
 # Above this many cells a heatmap's numbers would overlap, so only colours are drawn.
 _MAX_ANNOTATED_CELLS = 100
@@ -65,7 +70,7 @@ class Report:
         cells = [[_cell_text(v) for v in row] for row in rows]
         self._blocks.append(("table", [str(h) for h in headers], cells, set(bold)))
 
-    def figure(self, png_path, caption: str) -> None:
+    def figure(self, png_path: Location, caption: str) -> None:
         """Add a PNG; it is linked from the markdown and embedded in the html."""
         png_path = Path(png_path).resolve()
         if not png_path.is_file():
@@ -136,7 +141,7 @@ class Report:
         parts.append("</body></html>")
         return "\n".join(parts) + "\n"
 
-    def write(self, folder) -> dict[str, Path]:
+    def write(self, folder: Path) -> dict[str, Path]:
         """Write report.md and report.html into `folder`; returns their paths by format."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -156,12 +161,12 @@ def _save(fig, path) -> Path:
     return _atomic_write(path, buffer.getvalue())
 
 
-def heatmap(path, matrix, row_labels: list[str], col_labels: list[str], title: str) -> Path:
+def heatmap(path: Location, matrix: np.ndarray, row_labels: list[str], col_labels: list[str], title: str) -> Path:
     """A [rows, cols] matrix (e.g. expert weights by task) as coloured cells."""
     return heatmaps(path, {"": matrix}, row_labels, col_labels, title)
 
 
-def heatmaps(path, panels: dict[str, object], row_labels: list[str], col_labels: list[str], title: str,
+def heatmaps(path: Location, panels: dict[str, object], row_labels: list[str], col_labels: list[str], title: str,
              vmin: float | None = None, vmax: float | None = None, digits: int | None = None) -> Path:
     """Side-by-side heatmaps of [rows, cols] matrices (e.g. one per seed) on one colour scale.
 
@@ -207,8 +212,9 @@ def heatmaps(path, panels: dict[str, object], row_labels: list[str], col_labels:
     return _save(fig, path)
 
 
-def forest_plot(path, labels: list[str], estimates, lows, highs, title: str, xlabel: str,
-                highlight=None, notes=None) -> Path:
+def forest_plot(path: Location, labels: list[str], estimates: Sequence[float], lows: Sequence[float],
+                highs: Sequence[float], title: str, xlabel: str,
+                highlight: Sequence[bool] | None = None, notes: Sequence[str] | None = None) -> Path:
     """Estimates with their confidence intervals, one row per label, and a line at zero.
 
     Made for paired differences: the reader sees how far each interval is from 0 on the
@@ -246,7 +252,7 @@ def forest_plot(path, labels: list[str], estimates, lows, highs, title: str, xla
     return _save(fig, path)
 
 
-def line_chart(path, series: dict[str, tuple], title: str, xlabel: str, ylabel: str) -> Path:
+def line_chart(path: Location, series: dict[str, tuple], title: str, xlabel: str, ylabel: str) -> Path:
     """One line with markers per series (x values, y values)."""
     if not series:
         raise ValueError("line_chart needs at least one series")

@@ -9,13 +9,18 @@ validation steps, later epochs).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.tuning.studies import is_feasible
 from pipeline.reports import render as rp
 from pipeline.artifacts.atomic import local_staging
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.schema import Config
 
 TOP = 5  # the best trials whose spread is reported
 
@@ -25,7 +30,7 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def timings(trials) -> dict:
+def timings(trials: Sequence) -> dict:
     """Mean seconds of a trial's parts, over the trials that reached them."""
     epochs = [t.user_attrs.get("epoch_seconds", []) for t in trials]
     return {"cpu_seconds": _mean(t.user_attrs.get("cpu_seconds") for t in trials),
@@ -34,7 +39,7 @@ def timings(trials) -> dict:
             "later_epoch_seconds": _mean(s for e in epochs for s in e[1:])}
 
 
-def running_best(trials) -> list[float]:
+def running_best(trials: Sequence) -> list[float]:
     """The best finished value after each trial, in slot order (pruned trials count as they ended)."""
     best, out = math.inf, []
     for t in trials:
@@ -48,7 +53,7 @@ def _settings_text(params: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def write_report(config, summaries: dict, trials: dict, output: str) -> str:
+def write_report(config: Config, summaries: dict, trials: dict, output: str) -> str:
     """Write the report folder (atomically) from per-variant `summarize()` dicts and finished trials."""
     tune = config.tune
     with local_staging(output) as folder:

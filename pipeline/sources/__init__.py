@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import abc
 import importlib
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from features.datasets import dataset_of_data
+
+if TYPE_CHECKING:  # names in annotations only
+    import apache_beam as beam
+    from features.spec import Dataset
+    from pipeline.config.schema import DataConfig
 
 
 class Source(abc.ABC):
@@ -33,18 +38,18 @@ class Source(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_config(cls, data_config, dataset) -> Source:
+    def from_config(cls, data_config: DataConfig, dataset: Dataset) -> Source:
         """The source the data section (pipeline/config/schema.py, DataConfig) describes, reading
         the dataset `dataset` (a features.spec.Dataset) declares."""
 
     @abc.abstractmethod
-    def expand(self, pipeline):
+    def expand(self, pipeline: beam.Pipeline) -> tuple[beam.PCollection, beam.PCollection]:
         """Adds the reading to `pipeline` and returns two PCollections: `rows`, dicts of the raw
         columns plus what the dataset's examples need (e.g. `rating`), and `rejected`, rejection
         records (pipeline/sources/rows.py: `rejection`)."""
 
 
-def open_source(data_config) -> Source:
+def open_source(data_config: DataConfig) -> Source:
     """The source `data.source` names, made from the data section; SourceError for unusable input."""
     dataset = dataset_of_data(data_config)
     reader = dataset.sources[data_config.source].reader

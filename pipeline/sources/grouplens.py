@@ -13,17 +13,22 @@ import codecs
 import csv
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.artifacts import storage
 from pipeline.sources import Source
-from pipeline.sources.rows import (HALF_STARS, LINE, MAX_AGE, METADATA, REJECTED, WHOLE_STARS, RatingScale,
-                           SourceError, SourceInfo, check_rating, parse_int, rejection, title_year)
-from pipeline.sources.textfiles import (SNIFF_BYTES, TextLines, check_not_wide, decode_line, line_ending, read_head,
-                                read_lines)
+from pipeline.sources.rows import (
+    HALF_STARS, LINE, MAX_AGE, METADATA, REJECTED, WHOLE_STARS, RatingScale, SourceError, SourceInfo, check_rating,
+    parse_int, rejection, title_year)
+from pipeline.sources.textfiles import (
+    SNIFF_BYTES, TextLines, check_not_wide, decode_line, line_ending, read_head, read_lines)
+
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.config.schema import DataConfig
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
@@ -123,7 +128,7 @@ class Table:
     rejected: dict = field(default_factory=dict)
 
 
-def entity_values(table: Table, id_) -> dict:
+def entity_values(table: Table, id_: Any) -> dict:
     """The columns of an id in a movie, user or video table; ValueError naming why it has none."""
     values = table.rows.get(id_)
     if values is None:
@@ -246,7 +251,7 @@ class GroupLens(Source):
     """A GroupLens folder. Movies and users are side inputs; ratings are read by the runner."""
 
     @classmethod
-    def from_config(cls, data_config, dataset) -> GroupLens:
+    def from_config(cls, data_config: DataConfig, dataset: Dataset) -> GroupLens:
         return cls(data_config.path)
 
     def __init__(self, folder: str):
@@ -314,7 +319,7 @@ class GroupLens(Source):
         self.metadata_rejected.append(rejection(f"{text.path}:{number}", text.original(number),
                                                 f"metadata: {reason}", METADATA))
 
-    def expand(self, pipeline):
+    def expand(self, pipeline: beam.Pipeline) -> tuple[beam.PCollection, beam.PCollection]:
         items = pipeline | "Movies" >> beam.Create([self.items])
         users = pipeline | "Users" >> beam.Create([self.users])
         # Bytes, decoded per line in the parser: one undecodable byte rejects one line.

@@ -25,16 +25,21 @@ import csv
 import datetime as dt
 import math
 import re
+from typing import TYPE_CHECKING
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.sources import Source
 from pipeline.sources.grouplens import Table, entity_values
-from pipeline.sources.rows import (HELD_OUT, LINE, METADATA, REJECTED, SourceError, SourceInfo,
-                           parse_int, rejection)
-from pipeline.sources.textfiles import (check_not_wide, decode_line, line_ending, line_ranges, read_head, read_line_range,
-                                read_lines)
+from pipeline.sources.rows import HELD_OUT, LINE, METADATA, REJECTED, SourceError, SourceInfo, parse_int, rejection
+from pipeline.sources.textfiles import (
+    check_not_wide, decode_line, line_ending, line_ranges, read_head, read_line_range, read_lines)
+
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.artifacts.storage import Location
+    from pipeline.config.schema import DataConfig
 
 VERSIONS = ("pure", "1k", "27k")
 LOG_FIELDS = ("user_id", "video_id", "date", "hourmin", "time_ms", "is_click", "is_like", "is_follow", "is_comment",
@@ -298,10 +303,10 @@ class KuaiRand(Source):
     USER_BATCHES = True  # `rows` holds lists of one user's rows (pipeline/stages/preprocess.py)
 
     @classmethod
-    def from_config(cls, data_config, dataset) -> KuaiRand:
+    def from_config(cls, data_config: DataConfig, dataset: Dataset) -> KuaiRand:
         return cls(data_config.path, data_config.kuairand.random_log_test, dataset)
 
-    def __init__(self, folder: str, random_log_test: bool = False, dataset=None):
+    def __init__(self, folder: str, random_log_test: bool = False, dataset: Dataset | None = None):
         self.folder = folder.rstrip("/")
         self.version, self.files = detect_version(self.folder)
         if random_log_test and not self.files["random"]:
@@ -332,12 +337,12 @@ class KuaiRand(Source):
     def _path(self, name):
         return FileSystems.join(self.folder, name)
 
-    def log_parser(self, path) -> _ParseLog:
+    def log_parser(self, path: Location) -> _ParseLog:
         """The DoFn that parses the byte ranges of one of self.logs."""
         header, order, width, flags = self.logs[path]
         return _ParseLog(path, order, width, header, path.rsplit("/", 1)[-1].startswith("log_random"), flags)
 
-    def expand(self, pipeline):
+    def expand(self, pipeline: beam.Pipeline) -> tuple[beam.PCollection, beam.PCollection]:
         videos = pipeline | "Videos" >> beam.Create([self.videos])
         users = pipeline | "Users" >> beam.Create([self.users])
         parsed_rows, rejected = [], [pipeline | "MetadataRejected" >> beam.Create(self.metadata_rejected)]

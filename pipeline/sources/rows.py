@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.errors import MtlrecError
 
@@ -82,7 +83,7 @@ def record_text(record: dict) -> str:
     return json.dumps(record, sort_keys=True, default=str, ensure_ascii=False)
 
 
-def parse_int(value, what: str, low: int = 0, high: int = INT64_MAX) -> int:
+def parse_int(value: Any, what: str, low: int = 0, high: int = INT64_MAX) -> int:
     """An integer field in low..high (by default a valid id: 0..int64 max); ValueError names it."""
     text = str(value).strip()
     if not _INTEGER.fullmatch(text):
@@ -103,7 +104,7 @@ def title_year(title: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def check_rating(user, item, rating, timestamp, scale: RatingScale) -> dict:
+def check_rating(user: Any, item: Any, rating: Any, timestamp: Any, scale: RatingScale) -> dict:
     """Validate and convert one rating; raises ValueError with the reason."""
     user_id = parse_int(user, "user id")
     item_id = parse_int(item, "movie id")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass, field
+from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -44,7 +45,7 @@ def line_ending(head: bytes) -> str:
     return "\r\n" if head[first - 1:first] == b"\r" else "\n"
 
 
-def check_not_wide(path: str, head: bytes):
+def check_not_wide(path: str, head: bytes) -> None:
     """Refuse UTF-16/32 text (by its byte order mark, or by its NUL bytes)."""
     for bom, name in _WIDE_BOMS:
         if head.startswith(bom):
@@ -72,7 +73,7 @@ class TextLines:
         """Line `number` as it is in the file, undecodable bytes shown as \\xNN."""
         return self.lines[number - 1][2].decode(self.encoding, "backslashreplace")
 
-    def decoding(self, **extra) -> dict:
+    def decoding(self, **extra: Any) -> dict:
         """The manifest's record of how this file was read."""
         return {"encoding": self.encoding, "bom": self.bom, "line_ending": self.ending,
                 "replaced_lines": len(self.replaced), "first_replaced_lines": self.replaced[:_SHOWN_LINES],

@@ -6,16 +6,22 @@ ml-100k and ml-1m come with the users' demographics; offline, tests read them th
 from __future__ import annotations
 
 import apache_beam as beam
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pipeline.sources import Source
 from pipeline.sources.records import ParseRecords
 from pipeline.sources.rows import HALF_STARS, REJECTED, WHOLE_STARS, SourceError, SourceInfo, title_year
 
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.config.schema import DataConfig
+
 
 TFDS_DEMOGRAPHICS = ("movielens/100k-ratings", "movielens/1m-ratings")
 
 
-def prepared_builder(name: str, data_dir: str | None):
+def prepared_builder(name: str, data_dir: str | None) -> Any:
     """The TFDS builder `name`, downloaded and prepared if it is not yet; SourceError otherwise."""
     import tensorflow_datasets as tfds
     try:
@@ -40,7 +46,7 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
-def tfds_record(example, genre_names, demographics: bool) -> dict:
+def tfds_record(example: dict, genre_names: Sequence[str], demographics: bool) -> dict:
     """A TFDS movielens example (numpy values) -> a record of the raw columns."""
     record = {"user_id": _text(example["user_id"]), "item_id": _text(example["movie_id"]),
               "rating": float(example["user_rating"]), "timestamp": int(example["timestamp"]),
@@ -66,7 +72,7 @@ class Tfds(Source):
     spreads the shards over its workers."""
 
     @classmethod
-    def from_config(cls, data_config, dataset) -> Tfds:
+    def from_config(cls, data_config: DataConfig, dataset: Dataset) -> Tfds:
         return cls(data_config.tfds_name, data_config.tfds_data_dir)
 
     def __init__(self, name: str, data_dir: str | None):
@@ -80,7 +86,7 @@ class Tfds(Source):
         scale = WHOLE_STARS if name in TFDS_DEMOGRAPHICS else HALF_STARS
         self.info = SourceInfo("tfds", name, f"tfds:{name}", tuple(columns), scale)
 
-    def expand(self, pipeline):
+    def expand(self, pipeline: beam.Pipeline) -> tuple[beam.PCollection, beam.PCollection]:
         import tensorflow_datasets as tfds
         builder = self.builder
         genre_names = builder.info.features["movie_genres"].feature.names

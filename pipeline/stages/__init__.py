@@ -1,1 +1,2 @@
-"""The stages: one module per `mtlrec` command, each a function from artifacts to artifacts."""
+"""The stages: one module per `mtlrec` command, each a function from artifacts to artifacts;
+beam_runner.py picks the Beam runner the preprocess stage runs on."""

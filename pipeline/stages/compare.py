@@ -17,7 +17,9 @@ checks or preprocesses it (pipeline/artifacts/locks.py); a second one stops at o
 """
 from __future__ import annotations
 
+import argparse
 import time
+from typing import TYPE_CHECKING
 
 from pipeline.artifacts import locks, runs, storage
 from pipeline.artifacts.atomic import ArtifactError
@@ -25,11 +27,14 @@ from pipeline.config import ConfigError, with_overrides
 from pipeline.artifacts.manifest import data_hash, read_manifest
 from pipeline.terminal import models_one_after_another, stage_log, time_left
 
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.schema import Config
+
 
 LOG = stage_log("compare")
 
 
-def ensure_data(config, force: bool = False) -> str:
+def ensure_data(config: Config, force: bool = False) -> str:
     """The preprocessed data of this config: reused when its manifest's config hash matches.
 
     A complete data folder made with other settings (or by an older version) is replaced only with
@@ -53,7 +58,7 @@ def _ensure_data(config, folder: str, force: bool) -> str:
     return folder
 
 
-def check_data_folder(config, force: bool) -> None:
+def check_data_folder(config: Config, force: bool) -> None:
     """An error, unless `force`, if the data folder of `config` is complete but of other settings."""
     folder = runs.data_dir_of(config)
     try:
@@ -65,7 +70,7 @@ def check_data_folder(config, force: bool) -> None:
                             f"with --force to preprocess again into it, or set another data.output or workdir")
 
 
-def run_configs(config, data_dir: str) -> dict[tuple[str, int], object]:
+def run_configs(config: Config, data_dir: str) -> dict[tuple[str, int], object]:
     """(variant, seed) -> the full config of that run, all validated before anything trains."""
     configs = {}
     for name, changes in config.compare.variants.items():
@@ -80,7 +85,7 @@ def run_configs(config, data_dir: str) -> dict[tuple[str, int], object]:
     return configs
 
 
-def run(config, force: bool = False) -> str:
+def run(config: Config, force: bool = False) -> str:
     """Preprocess (or reuse the data), train and evaluate every variant x seed, write the report.
 
     Every variant's config is validated, and every earlier result checked, before any work:
@@ -99,7 +104,8 @@ def _run(config, data_dir: str, configs: dict, force: bool) -> str:
     stale = [key for key, cfg in configs.items() if runs.made_with_other_config(cfg.train.run_dir, cfg)]
     if stale and not force:
         (name, seed), more = stale[0], len(stale) - 1
-        raise ArtifactError(f"{runs.compare_run_dir(config, name, seed)}{f' and {more} more run folders' if more else ''}: "
+        others = f" and {more} more run folders" if more else ""
+        raise ArtifactError(f"{runs.compare_run_dir(config, name, seed)}{others}: "
                             f"made with other settings; rerun with --force to replace them, or use another "
                             f"workdir (--set workdir=...)")
     ensure_data(config, force)
@@ -129,6 +135,6 @@ def _run(config, data_dir: str, configs: dict, force: bool) -> str:
     return output
 
 
-def main(config, args) -> int:
+def main(config: Config, args: argparse.Namespace) -> int:
     print(run(config, force=args.force))
     return 0

@@ -31,9 +31,12 @@ one row per test user, so that gates can be compared with paired tests over user
 """
 from __future__ import annotations
 
+import argparse
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from features.datasets import DATASETS, dataset_of_manifest
 from pipeline.artifacts import locks, runs, storage
@@ -42,10 +45,15 @@ from pipeline.artifacts.atomic import ArtifactError, atomic_write, write_json
 from pipeline.training.dataset import split_files
 from pipeline.terminal import stage_log
 
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset, Task
+    from pipeline.artifacts.storage import Location
+    from pipeline.config.schema import Config
+
 LOG = stage_log("evaluate")
 
 
-def read_candidates(data_dir, manifest) -> dict[str, np.ndarray]:
+def read_candidates(data_dir: Location, manifest: dict) -> dict[str, np.ndarray]:
     """The candidates split's columns (raw columns and labels), in file order."""
     spec = dataset_of_manifest(manifest).raw_feature_spec(manifest["raw_columns"])
     data = tf.data.TFRecordDataset(split_files(data_dir, "candidates"), compression_type="GZIP").batch(8192).map(
@@ -57,7 +65,8 @@ def read_candidates(data_dir, manifest) -> dict[str, np.ndarray]:
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def requests(columns: dict[str, np.ndarray], entity_keys: dict, request_names: list[str]):
+def requests(columns: dict[str, np.ndarray], entity_keys: dict,
+             request_names: list[str]) -> Iterator[tuple[np.ndarray, dict, np.ndarray]]:
     """Each test user's candidate list as one ranking request: yields (row indices [N] into the
     split, {request column: scalar}, item ids [N]). A list is one request (preprocess gives it
     one request time), so a request column that varies within a list is an error."""
@@ -95,7 +104,8 @@ def score_candidates(run_dir: str) -> pd.DataFrame:
                          **{f"pred_{t}": p for t, p in predictions.items()}})
 
 
-def candidate_arrays(users: np.ndarray, columns: dict[str, np.ndarray]):
+def candidate_arrays(users: np.ndarray, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray],
+                     np.ndarray]:
     """Rows grouped by user -> (sorted user ids [U], {name: [U, C]} arrays, mask [U, C])."""
     order = np.argsort(users, kind="stable")
     users = users[order]
@@ -112,7 +122,8 @@ def candidate_arrays(users: np.ndarray, columns: dict[str, np.ndarray]):
     return unique, arrays, mask
 
 
-def task_metrics(task, scores, frame_arrays, mask, pooled: pd.DataFrame):
+def task_metrics(task: Task, scores: np.ndarray, frame_arrays: dict[str, np.ndarray], mask: np.ndarray,
+                 pooled: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """(per-user metrics {name: [U]}, pooled metrics {name: value}) for one declared task
     (features.spec.Task): every metric registered for its kind (pipeline/stats/registry.py), on the
     rows that carry the task's weight (all rows when it has none; MovieLens rating: the user's own
@@ -131,7 +142,7 @@ def _dataset_of_frame(pooled: pd.DataFrame):
     raise ArtifactError(f"scored rows with columns {list(pooled.columns)}: no declared dataset has these labels")
 
 
-def evaluation(pooled: pd.DataFrame, dataset=None) -> tuple[dict, pd.DataFrame]:
+def evaluation(pooled: pd.DataFrame, dataset: Dataset | None = None) -> tuple[dict, pd.DataFrame]:
     """Scored candidate rows (score_candidates) -> (the metrics of eval.json, one row per user).
 
     dataset: the features.spec.Dataset of the rows; None: the one whose labels they carry."""
@@ -165,7 +176,7 @@ def test_gate_sparsity(run_dir: str) -> dict:
     return {task: {k: v for k, v in entry.items() if k != "weights"} for task, entry in found.items()}
 
 
-def run(run_dir) -> dict:
+def run(run_dir: Location) -> dict:
     run_dir = str(run_dir)
     runs.require_trained(run_dir)  # before the lock: nothing is written beside a folder that is not a run
     with locks.hold(run_dir, "run folder"):
@@ -180,7 +191,7 @@ def run(run_dir) -> dict:
     return result
 
 
-def main(config, args) -> int:
+def main(config: Config, args: argparse.Namespace) -> int:
     run_dir = args.run or runs.run_dir_of(config)
     result = run(run_dir)
     for task, values in result["tasks"].items():
@@ -190,7 +201,8 @@ def main(config, args) -> int:
     paper = result["test_split"]
     if paper["examples"]:
         shown = [f"loss {paper['loss']:.4f}"] + [f"{task} {name} {value:.4f}" for task, values in paper["tasks"].items()
-                                                 for name, value in values.items() if name in ("accuracy", "auc", "mse")]
+                                                 for name, value in values.items()
+                                                 if name in ("accuracy", "auc", "mse")]
         LOG.info(f"test split ({paper['examples']} examples): " + ", ".join(shown))
     LOG.info(f"wrote {storage.join(run_dir, runs.EVAL)}")
     return 0

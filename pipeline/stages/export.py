@@ -26,7 +26,9 @@ needed.
 """
 from __future__ import annotations
 
+import argparse
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -40,11 +42,17 @@ from pipeline.terminal import stage_log
 from pipeline.artifacts.manifest import read_manifest
 from pipeline.examples.tables import read_tables
 
+if TYPE_CHECKING:  # names in annotations only
+    from models.recommender import MultiTaskRecommender
+    from pipeline.artifacts.storage import Location
+    from pipeline.config.schema import Config
+    from pipeline.training.dataset import InputPipeline
+
 RANK_OUTPUTS = ("score", "top_k")  # beside one output per task
 LOG = stage_log("export")
 
 
-def rank_weights(model, options) -> dict[str, float]:
+def rank_weights(model: MultiTaskRecommender, options: ExportConfig | None) -> dict[str, float]:
     """{task: weight in rank's combined score}: export.rank_weights (tasks it leaves out get 0),
     or else the model's loss weights."""
     tasks = list(model.spec.tasks)
@@ -104,7 +112,7 @@ class ServingModule(tf.Module):
       top_k: rank's default K.
     """
 
-    def __init__(self, model, inputs, weights: dict[str, float], top_k: int):
+    def __init__(self, model: MultiTaskRecommender, inputs: InputPipeline, weights: dict[str, float], top_k: int):
         super().__init__()
         self.model = model
         self.tft_layer = inputs.tft_output.transform_features_layer()
@@ -159,7 +167,7 @@ class ServingModule(tf.Module):
         outputs = self.model(dense_model_inputs(self.tft_layer(raw), self.max_values), training=False)
         return {t: tf.cast(outputs[t], tf.float32) for t in self.tasks}
 
-    def candidate_rows(self, request, item_ids):
+    def candidate_rows(self, request: dict[str, tf.Tensor], item_ids: tf.Tensor) -> dict[str, tf.Tensor]:
         """One user's request {column: []} and candidates [N] -> raw columns {name: [N]}."""
         n = tf.shape(item_ids)[:1]
         raw = {name: tf.broadcast_to(value, n) for name, value in request.items()}
@@ -183,7 +191,7 @@ class ServingModule(tf.Module):
                 "rank_with_options": self.rank_with_options}
 
 
-def export_model(model, inputs, path: str, options=None) -> str:
+def export_model(model: tf.keras.Model, inputs: InputPipeline, path: str, options: ExportConfig | None = None) -> str:
     """Write the SavedModel to a temporary sibling, then rename it into place.
 
     On an object store, where a folder cannot be renamed, the old export is removed and the
@@ -219,7 +227,7 @@ class ExportError(MtlrecError):
     """A run that cannot be exported as asked."""
 
 
-def export_run(run_dir, sparse: bool = False, options=None) -> str:
+def export_run(run_dir: Location, sparse: bool = False, options: ExportConfig | None = None) -> str:
     """(Re-)export a trained run: dense to <run>/export, sparse to <run>/export_sparse.
 
     The sparse export drops every expert that no task's static gate selects and records
@@ -243,7 +251,7 @@ def export_run(run_dir, sparse: bool = False, options=None) -> str:
     return path
 
 
-def main(config, args) -> int:
+def main(config: Config, args: argparse.Namespace) -> int:
     run_dir = args.run or runs.run_dir_of(config)
     path = export_run(run_dir, sparse=args.sparse, options=config.export)
     LOG.info(f"wrote {path}")

@@ -14,23 +14,28 @@
                    (with the same bytes on every run: pipeline/artifacts/stable_savedmodel.py)
                 -> manifest.json (counts, label rates, config and its hash)
 
-Its parts: pipeline/sources/ reads the rows (the source `data.source` names), pipeline/examples/sampling.py draws the items,
-pipeline/examples/tfexample.py encodes the examples, pipeline/examples/shards.py writes the files,
-pipeline/examples/counting.py counts them and pipeline/artifacts/manifest.py describes the result; this
-module wires them into one Beam pipeline.
+Its parts: pipeline/sources/ reads the rows (the source `data.source` names),
+pipeline/examples/sampling.py draws the items, pipeline/examples/tfexample.py encodes the
+examples, pipeline/examples/shards.py writes the files, pipeline/examples/counting.py counts them
+and pipeline/artifacts/manifest.py describes the result; this module wires them into one Beam
+pipeline.
 
 Everything is written into a temporary folder that is renamed into place on success (on an
 object store, in place, with the manifest written last: pipeline/artifacts/atomic.py).
-Any Beam runner works: pipeline options pass through (`data.beam_args` or after `--`).
+Any Beam runner works: pipeline options pass through (`data.beam_args` or after `--`);
+`data.runner=portable` sends the job to a Beam job server (pipeline/stages/beam_runner.py, docs/SCALE.md).
 Randomness is seeded per (seed, user, purpose), so the output does not depend on the
 runner, the number of workers or the order of elements.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import apache_beam as beam
 import tensorflow as tf
@@ -43,6 +48,7 @@ from tfx_bsl.public import tfxio
 from features.datasets import dataset_of_data
 from features.transform import make_preprocessing_fn
 from pipeline.examples import exposure, random_split, sampled
+from pipeline.stages import beam_runner
 from pipeline.artifacts import locks, storage
 from pipeline.artifacts.atomic import MANIFEST, staged_folder, write_json
 from pipeline.examples.counting import COUNTS, count_elements, read_counts, write_counts
@@ -58,6 +64,11 @@ from pipeline.artifacts.storage import copy_tree
 from pipeline.artifacts.stable_savedmodel import canonicalize
 from pipeline.examples.tables import CandidatesFromTables, TrainTables, WriteTables
 from pipeline.terminal import stage_log
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.artifacts.storage import Location
+    from pipeline.config.schema import Config, DataConfig
+    from pipeline.sources import Source
 
 # Runner defaults when the user passes none. bench/preprocess.py (2 shared cores): in-memory
 # took 0.78x the wall time of multi-process with 2 workers on the embedded data (40 s vs 51 s)
@@ -258,11 +269,13 @@ def _write_rejected(records, folder):
 
 
 # ---------------------------------------------------------------- the pipeline
-def build_pipeline(p, source, data_config, folder, scratch=None):
+def build_pipeline(p: beam.Pipeline, source: Source, data_config: DataConfig, folder: Location,
+                   scratch: str | None = None, started_marker: str | None = None) -> None:
     """Wire the whole stage into pipeline `p`, writing under `folder`.
 
     scratch: a local folder, when `folder` is on a file system without folder renames that Beam
-    does not know (TF's ram://): tf.Transform writes the transform there, and it is copied up."""
+    does not know (TF's ram://): tf.Transform writes the transform there, and it is copied up.
+    started_marker: a file the first bundle a worker runs writes (pipeline/stages/beam_runner.py)."""
     raw_columns = list(source.info.raw_columns)
     dataset = dataset_of_data(data_config)
     # How examples are made: sampled negatives (split per user by time, or at random after sampling), or exposures.
@@ -272,12 +285,16 @@ def build_pipeline(p, source, data_config, folder, scratch=None):
     schema = schema_utils.schema_from_feature_spec(dataset.raw_feature_spec(raw_columns))
 
     rows, rejected = source.expand(p)
+    if started_marker:
+        rows = rows | "MarkWorkerStarted" >> beam.ParDo(beam_runner.MarkWorkerStarted(started_marker))
     # Lists of one user's rows: a source may pass them on so (USER_BATCHES), sparing the runner
     # an element per row; the others' rows become lists of one.
     batches = rows if getattr(source, "USER_BATCHES", False) else rows | "AsBatches" >> beam.Map(lambda r: [r])
-    counts = [count_elements(batches, "parsed_rows", size=len)]  # pipeline/artifacts/manifest.py turns these into the manifest's
+    # pipeline/artifacts/manifest.py turns these counts into the manifest's.
+    counts = [count_elements(batches, "parsed_rows", size=len)]
     if data_config.user_fraction < 1.0:
-        kept = batches | "SampleUsers" >> beam.Partition(_UserSample(data_config.seed, data_config.user_fraction, user_key), 2)
+        sample = _UserSample(data_config.seed, data_config.user_fraction, user_key)
+        kept = batches | "SampleUsers" >> beam.Partition(sample, 2)
         batches = kept[0]
         counts.append(count_elements(kept[1], "sampled_out_rows", size=len))
 
@@ -286,7 +303,8 @@ def build_pipeline(p, source, data_config, folder, scratch=None):
     histories = (batches | "ByUser" >> beam.Map(lambda b: (b[0][user_key], b))
                  | "GroupUsers" >> beam.GroupByKey()
                  | "DedupeAndSplit" >> beam.FlatMap(_user_history, data_config.split, file, rule,
-                                                     dataset.time_column, item_key).with_outputs(REJECTED, COUNTS, main="users"))
+                                                     dataset.time_column, item_key).with_outputs(
+                     REJECTED, COUNTS, main="users"))
     per_user = histories.users
     counts.append(histories[COUNTS])
     counts.append((rejected, histories[REJECTED]) | "AllRejected" >> beam.Flatten()
@@ -323,7 +341,7 @@ def build_pipeline(p, source, data_config, folder, scratch=None):
         WriteTransformedShard(str(folder), shards, dataset, raw_columns), beam.pvalue.AsSingleton(written))
 
 
-def counts_path(folder) -> str:
+def counts_path(folder: Location) -> str:
     """Where the pipeline writes its counts (pipeline/examples/counting.py): in the temporary folder."""
     return f"{folder}/tmp/counts.json"
 
@@ -344,22 +362,34 @@ def _beam_temp(folder: str):
     yield f"{folder}/tmp"
 
 
-def run(config, output=None, beam_args=()) -> dict:
-    """Run the stage; returns the manifest. Raises SourceError for unusable input."""
+def run(config: Config, output: Location | None = None, beam_args: Sequence[str] = ()) -> dict:
+    """Run the stage; returns the manifest. Raises SourceError for unusable input, NetworkError
+    for a portable runner's server that does not answer (pipeline/stages/beam_runner.py)."""
     data_config = config.data
-    source = open_source(data_config)  # fails fast, before any folder exists
-    final = str(output or preprocess_output_of(config))  # a string: pathlib breaks gs://
-    args = list(data_config.beam_args) + list(beam_args)
+    args = beam_runner.portable_args(data_config) + list(data_config.beam_args) + list(beam_args)
     if not any(a.startswith("--runner") or a.startswith("--direct_running_mode") for a in args):
         args = DEFAULT_BEAM_ARGS + args
+    portable = beam_runner.is_portable(PipelineOptions(args))
+    if portable:  # fails fast, before any folder exists
+        args = beam_runner.with_job_server_timeout(args)
+        beam_runner.check(PipelineOptions(args), data_config.runner_timeout_seconds, _settings(data_config))
+    source = open_source(data_config)  # fails fast, before any folder exists
+    final = str(output or preprocess_output_of(config))  # a string: pathlib breaks gs://
     with locks.hold(final, "data folder"), staged_folder(final) as staged, _beam_temp(str(staged)) as beam_temp:
         folder, tmp = str(staged), f"{staged}/tmp"
         temp = {} if any(a.startswith("--temp_location") for a in args) else {"temp_location": beam_temp}
         options = PipelineOptions(args, save_main_session=False, **temp)  # keyword options override flags
         pipeline = beam.Pipeline(options=options)
+        # A pool whose workers cannot start would leave the job waiting forever (pipeline/stages/beam_runner.py).
+        pool = beam_runner.worker_pool_of(options) if portable else None
+        marker = f"{tmp}/worker-started" if pool else None
         with tft_beam.Context(temp_dir=beam_temp, force_tf_compat_v1=False):
-            build_pipeline(pipeline, source, data_config, folder, None if beam_temp == tmp else beam_temp)
-        pipeline.run().wait_until_finish()
+            build_pipeline(pipeline, source, data_config, folder, None if beam_temp == tmp else beam_temp, marker)
+        result = pipeline.run()
+        if pool:
+            beam_runner.wait_for_a_worker(result, marker, data_config.runner_timeout_seconds, pool,
+                                          _settings(data_config)["pool"])
+        result.wait_until_finish()
         shards = {split: {"files": shard_names(folder, split),
                           "transformed_files": shard_names(folder, split, transformed=True)} for split in SPLITS}
         manifest = build_manifest(source.info, data_config, read_counts(counts_path(folder)), shards)
@@ -373,7 +403,14 @@ def run(config, output=None, beam_args=()) -> dict:
     return manifest
 
 
-def main(config, args) -> int:
+def _settings(data_config: DataConfig) -> dict:
+    """The names of the settings that gave a portable runner its servers (for error lines)."""
+    if data_config.runner == "portable":
+        return {"job": "data.job_endpoint", "pool": "data.worker_pool"}
+    return {"job": "--job_endpoint", "pool": "--environment_config"}
+
+
+def main(config: Config, args: argparse.Namespace) -> int:
     manifest = run(config, output=args.output, beam_args=args.beam_args)
     splits = ", ".join(f"{k} {v['examples']}" for k, v in manifest["splits"].items())
     LOG.info(f"{manifest['input_rows']} rows = {manifest['accepted_rows']} accepted + "

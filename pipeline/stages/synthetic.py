@@ -4,17 +4,21 @@ This module imports nothing heavy: the study's modules are imported when it runs
 """
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pipeline.terminal import stage_log
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.schema import Config
 
 LOG = stage_log("synthetic", prefix="mtlrec synthetic: ")
 PROGRESS = stage_log("synthetic", prefix="")  # the study's own "[i/N, ...] ..." lines
 
 
-def run(config, output: str | Path | None = None, progress: Callable[[str], None] = lambda m: None) -> str:
+def run(config: Config, output: str | Path | None = None, progress: Callable[[str], None] = lambda m: None) -> str:
     """The whole study into `output` (default <workdir>/synthetic), written atomically."""
     from pipeline.artifacts.atomic import local_staging
     from pipeline.synthetic.report import write_outputs
@@ -30,7 +34,7 @@ def run(config, output: str | Path | None = None, progress: Callable[[str], None
     return out
 
 
-def main(config, args) -> int:
+def main(config: Config, args: argparse.Namespace) -> int:
     """`mtlrec synthetic`: progress lines on stderr, the result folder on stdout."""
     started = time.perf_counter()
     out = run(config, output=getattr(args, "output", None), progress=PROGRESS.info)

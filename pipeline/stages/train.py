@@ -7,12 +7,14 @@ run would (pipeline/artifacts/resume.py).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import shutil
 import sys
-import tempfile
 import time
 import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
@@ -20,11 +22,17 @@ from models.experts import gate_diagnostics
 from models.gates.restarts import keras_restarts
 from pipeline.artifacts import locks, resume, runs, storage
 from pipeline.artifacts.atomic import ArtifactError, read_json, write_json
+from pipeline.training import cluster
 from pipeline.training.dataset import InputPipeline
 from pipeline.stages.export import export_model
 from pipeline.artifacts.manifest import read_training_manifest
 from pipeline.training.modeling import build_model, set_precision
 from pipeline.terminal import stage_log
+
+if TYPE_CHECKING:  # names in annotations only
+    from models.recommender import MultiTaskRecommender
+    from pipeline.artifacts.resume import RunState
+    from pipeline.config.schema import Config, TrainConfig
 
 keras = tf.keras
 
@@ -47,7 +55,7 @@ def split_cpu(devices: int) -> None:
                             f"start a new process") from None
 
 
-def make_strategy(train_config) -> tf.distribute.Strategy:
+def make_strategy(train_config: TrainConfig) -> tf.distribute.Strategy:
     if train_config.cpu_devices > 1:
         split_cpu(train_config.cpu_devices)
     kind = train_config.strategy
@@ -56,8 +64,8 @@ def make_strategy(train_config) -> tf.distribute.Strategy:
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    if kind == "multi_worker":  # the cluster comes from TF_CONFIG
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "multi_worker":  # the cluster comes from TF_CONFIG (pipeline/training/cluster.py)
+        return cluster.strategy(train_config)
     gpus = tf.config.list_logical_devices("GPU")
     if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
         if gpus:
@@ -69,12 +77,12 @@ def make_strategy(train_config) -> tf.distribute.Strategy:
 
 
 # ---------------------------------------------------------------- optimizer
-def epoch_steps(train_config, manifest) -> int:
+def epoch_steps(train_config: TrainConfig, manifest: dict) -> int:
     """train.steps_per_epoch, or one pass over the train split."""
     return train_config.steps_per_epoch or max(1, manifest["splits"]["train"]["examples"] // train_config.batch_size)
 
 
-def make_optimizer(train_config, steps_per_epoch: int):
+def make_optimizer(train_config: TrainConfig, steps_per_epoch: int) -> tf.keras.optimizers.Optimizer:
     lr = train_config.learning_rate
     if train_config.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=train_config.epochs * steps_per_epoch)
@@ -86,7 +94,7 @@ def make_optimizer(train_config, steps_per_epoch: int):
 
 
 # ---------------------------------------------------------------- the stage
-def is_chief(strategy) -> bool:
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run folder: always, except the non-chief workers of a
     multi-worker strategy (TF_CONFIG), which train in step with the chief but write nothing it reads."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -97,7 +105,7 @@ def is_chief(strategy) -> bool:
     return task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def diagnose(model, inputs, min_share: float = 1.0) -> dict:
+def diagnose(model: MultiTaskRecommender, inputs: Sequence[dict], min_share: float = 1.0) -> dict:
     """Gate diagnostics of an MMoE model ({} for shared-bottom); `min_share`: the share of examples
     a per-example gate's selection must be final on to count as converged (train.converged_share)."""
     if model.spec.architecture != "mmoe":
@@ -121,7 +129,7 @@ def selection_summary(gate_records: list[dict], exported: dict, steps_per_epoch:
     return out
 
 
-def run(config, callbacks=(), scratch: bool = False) -> dict:
+def run(config: Config, callbacks: Sequence[tf.keras.callbacks.Callback] = (), scratch: bool = False) -> dict:
     """Train, export and write the run folder.
 
     A run folder that holds an unfinished run of the same settings is resumed exactly: from the
@@ -150,15 +158,30 @@ def run(config, callbacks=(), scratch: bool = False) -> dict:
     chief = is_chief(strategy)
     # The chief alone writes the run folder, and holds its lock while it does (a tuning trial's
     # scratch folder is its own, under the tune folder's lock).
-    with locks.hold(run_dir, "run folder") if chief and not scratch else contextlib.nullcontext():
-        return _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, scratch)
+    try:
+        with locks.hold(run_dir, "run folder") if chief and not scratch else contextlib.nullcontext():
+            return _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, scratch)
+    except tf.errors.OpError as exc:  # a lost peer of a multi-worker cluster: one line naming it
+        failure = cluster.failure(exc, strategy, train_config)
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, scratch) -> dict:
+    if chief:
+        return _train_in(run_dir, config, strategy, chief, data_dir, run_dir, manifest, callbacks, scratch)
+    # Non-chief workers save their (identical) state and export too -- saving needs every worker
+    # of a multi-worker strategy -- but into a scratch folder that nothing reads, removed at the end.
+    out_dir = cluster.scratch_folder(run_dir, strategy)
+    try:
+        return _train_in(out_dir, config, strategy, chief, data_dir, run_dir, manifest, callbacks, scratch)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _train_in(out_dir, config, strategy, chief, data_dir, run_dir, manifest, callbacks, scratch) -> dict:
     train_config = config.train
-    # Non-chief workers save their (identical) state too -- saving may need every worker -- but
-    # into a scratch folder that nothing reads and that is removed at the end.
-    out_dir = run_dir if chief else tempfile.mkdtemp(prefix="mtlrec-worker-")
     if chief:
         resume.check_settings(run_dir, config)
         storage.makedirs(run_dir)
@@ -175,6 +198,9 @@ def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, scra
     with strategy.scope():
         model = build_model(config, manifest, inputs)
         model.compile(optimizer=make_optimizer(train_config, steps), jit_compile=train_config.jit_compile)
+        # The metrics' results are all-reduced over the replicas already (Keras merges them): log
+        # them as they are. tf-keras' default ("auto") sums them again over a multi-worker strategy.
+        model.distribute_reduction_method = "first"
         # Every variable exists before a saved state is restored into it.
         model(diagnostics_inputs[0])
         model.optimizer.build(model.trainable_variables)
@@ -186,8 +212,8 @@ def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, scra
             batch, steps_each, epochs, seed=train_config.seed + 1, shuffle_buffer=train_config.shuffle_buffer,
             cache=train_config.cache), train_config.seed, RESTARTS_LOG.info)
     LOG.info(f"{storage.name(run_dir)}: {config.model.architecture}, gate {config.model.gate.type}, "
-             f"{strategy.num_replicas_in_sync} replica(s), {steps} steps/epoch, up to {train_config.epochs} epochs"
-             + (f", resuming after epoch {start}" if start else ""))
+             f"{strategy.num_replicas_in_sync} replica(s){cluster.describe(strategy)}, {steps} steps/epoch, "
+             f"up to {train_config.epochs} epochs" + (f", resuming after epoch {start}" if start else ""))
     started = time.perf_counter()
     if start < train_config.epochs and not state.stopped:
         train_ds = inputs.training_batches(batch, steps, train_config.epochs, start_epoch=start,
@@ -200,26 +226,31 @@ def _train(config, strategy, chief, data_dir, run_dir, manifest, callbacks, scra
         model.fit(train_ds, epochs=train_config.epochs, initial_epoch=start, steps_per_epoch=steps,
                   validation_data=val_ds, callbacks=fit_callbacks, verbose=1 if sys.stdout.isatty() else 2)
     seconds = time.perf_counter() - started
-    if not chief:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return {"chief": False, "epochs_this_session": epoch_end.trained}
-
-    history = runs.read_history(run_dir)
+    history = state.history  # what history.json holds: the saved epochs and this session's
     best = history[state.progress["best_epoch"] - 1]
     if scratch:
         return {"epochs": len(history), "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                 "converged": state.converged, "epochs_this_session": epoch_end.trained}
     # Export the best validation epoch (early stopping may have run past it); a converged one if any.
-    model.load_weights(runs.checkpoint(run_dir, best["epoch"])).expect_partial()
-    gates = read_json(storage.join(run_dir, runs.GATES), "gate diagnostics")
+    # Every worker of a cluster exports (saving needs them all); a non-chief reads the checkpoint it
+    # wrote this session, or else the run folder's, written in an earlier session.
+    best_checkpoint = runs.checkpoint(out_dir, best["epoch"])
+    if not chief and not storage.exists(f"{best_checkpoint}.index"):
+        best_checkpoint = runs.checkpoint(run_dir, best["epoch"])
+    model.load_weights(best_checkpoint).expect_partial()
     exported = diagnose(model, diagnostics_inputs, train_config.converged_share)
-    gates["exported"] = {"epoch": best["epoch"], "tasks": exported}
-    write_json(storage.join(run_dir, runs.GATES), gates)
-    export_model(model, inputs, storage.join(run_dir, runs.EXPORT))
+    if chief:
+        gates = read_json(storage.join(run_dir, runs.GATES), "gate diagnostics")
+        gates["exported"] = {"epoch": best["epoch"], "tasks": exported}
+        write_json(storage.join(run_dir, runs.GATES), gates)
+    export_model(model, inputs, storage.join(out_dir, runs.EXPORT))
+    if not chief:
+        return {"chief": False, "epochs_this_session": epoch_end.trained}
 
     trained = epoch_end.trained
     summary = {
-        "run_dir": storage.absolute(run_dir), "data": runs.stored_data_path(run_dir, data_dir), "epochs": len(history), "best_epoch": best["epoch"],
+        "run_dir": storage.absolute(run_dir), "data": runs.stored_data_path(run_dir, data_dir), "epochs": len(history),
+        "best_epoch": best["epoch"],
         "best_val_loss": best["val_loss"], "epochs_this_session": trained, "train_seconds": seconds,
         "examples_per_second": len(trained) * steps * batch / seconds if trained else None,
         "replicas": strategy.num_replicas_in_sync, "mixed_precision": train_config.mixed_precision,
@@ -243,7 +274,8 @@ class EpochEnd(keras.callbacks.Callback):
     and early stopping. A callback that raises after it (a pruned trial, a crash) leaves a
     complete epoch behind."""
 
-    def __init__(self, state, out_dir: str, diagnostics_inputs, converged_share: float, save_weights: bool = True):
+    def __init__(self, state: RunState, out_dir: str, diagnostics_inputs: list, converged_share: float,
+                 save_weights: bool = True):
         super().__init__()
         self.state, self.out_dir, self.inputs, self.save_weights = state, out_dir, diagnostics_inputs, save_weights
         self.converged_share = converged_share
@@ -251,10 +283,10 @@ class EpochEnd(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(storage.join(out_dir, runs.TENSORBOARD, "gates"))
         self.trained = []  # epochs (1-based) this process trained
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.trained.append(epoch + 1)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = {k: float(v) for k, v in (logs or {}).items()}
         if self.save_weights:
             self.model.save_weights(runs.checkpoint(self.out_dir, epoch + 1))
@@ -272,6 +304,6 @@ class EpochEnd(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def main(config, args) -> int:
+def main(config: Config, args: argparse.Namespace) -> int:
     run(config)
     return 0

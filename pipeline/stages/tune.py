@@ -23,13 +23,16 @@ it, so raising it extends the finished study.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -37,12 +40,15 @@ from pipeline.artifacts import locks, runs, storage
 from pipeline.artifacts.atomic import atomic_write, is_url
 from pipeline.artifacts.runs import PATH_FIELDS, absolute_paths
 from pipeline.artifacts.manifest import read_manifest
-from pipeline.config import ConfigError, config_hash, merge, validate, with_overrides
+from pipeline.config import ConfigError, config_hash, merge, validate, with_overrides, without_execution_fields
 from pipeline.tuning.search_space import SpaceTrial, check_against_gates
 from pipeline.terminal import models_one_after_another, quiet, stage_log, time_left
 from pipeline.tuning.studies import (
     INFEASIBLE, TunerSettings, TuningError, finished_trials, is_feasible, mark_infeasible, remaining_trials,
     run_study, summarize)
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.schema import Config, TuneConfig
 
 SEARCH_SPACE_VERSION = 4  # part of every study's name: bump it when a search space changes
 
@@ -51,7 +57,8 @@ LOG = stage_log("tune")
 
 
 # ---------------------------------------------------------------- search spaces
-def trial_changes(base, trial, context: dict, learning_rate: list[float], space: dict | None = None) -> dict:
+def trial_changes(base: Config, trial: Any, context: dict, learning_rate: list[float],
+                  space: dict | None = None) -> dict:
     """The config changes of one trial of a variant whose resolved config is `base`; `space`
     (tune.space) replaces the gate's default ranges of the parameters it names."""
     changes = {"train": {"learning_rate": trial.suggest_float("learning_rate", *learning_rate, log=True)}}
@@ -63,7 +70,7 @@ def trial_changes(base, trial, context: dict, learning_rate: list[float], space:
     return changes
 
 
-def check_space(config) -> None:
+def check_space(config: Config) -> None:
     """tune.space against the tuned variants' gates: a ConfigError naming tune.space.<name> for a
     parameter no gate draws or a range that does not fit it (pipeline/tuning/search_space.py)."""
     if not config.tune.space:
@@ -102,7 +109,8 @@ def _epoch_reports(trial, reporter, started: float):
     return EpochReports()
 
 
-def make_objective(base, context: dict, learning_rate: list[float], scratch: Path, space: dict | None = None):
+def make_objective(base: Config, context: dict, learning_rate: list[float], scratch: Path,
+                   space: dict | None = None) -> Callable:
     """(trial, reporter) -> the best epoch's val_loss of one training run of `base` + the trial's draw."""
     from pipeline.stages import train
 
@@ -131,11 +139,11 @@ def make_objective(base, context: dict, learning_rate: list[float], scratch: Pat
 
 
 # ---------------------------------------------------------------- the stage
-def tune_dir_of(config) -> str:
+def tune_dir_of(config: Config) -> str:
     return storage.join(config.workdir, "tune")
 
 
-def storage_of(config) -> Path:
+def storage_of(config: Config) -> Path:
     if config.tune.storage:
         if is_url(config.tune.storage):
             raise ConfigError(f"tune.storage: {config.tune.storage} is not a local file; SQLite needs a local disk")
@@ -146,7 +154,7 @@ def storage_of(config) -> Path:
     return Path(tune_dir_of(config), "study.db").resolve()
 
 
-def tuned_variants(config) -> list[str]:
+def tuned_variants(config: Config) -> list[str]:
     names = config.tune.variants or list(config.compare.variants)
     unknown = [n for n in names if n not in config.compare.variants]
     if unknown:
@@ -155,7 +163,7 @@ def tuned_variants(config) -> list[str]:
     return names
 
 
-def variant_configs(config, names: list[str], data_dir: Path) -> dict:
+def variant_configs(config: Config, names: list[str], data_dir: Path) -> dict:
     """name -> the resolved config a variant's trials start from (training seed: train.seed)."""
     from pipeline.stages.compare import run_configs
     seed = config.train.seed
@@ -163,9 +171,10 @@ def variant_configs(config, names: list[str], data_dir: Path) -> dict:
     return {name: runs[name, seed] for name in names}
 
 
-def study_name(name: str, base, tune_config) -> str:
+def study_name(name: str, base: Config, tune_config: TuneConfig) -> str:
     tree = base.model_dump(mode="json")
-    fingerprint = {section: {k: v for k, v in tree[section].items() if k not in PATH_FIELDS.get(section, ())}
+    fingerprint = {section: {k: v for k, v in without_execution_fields(section, tree[section]).items()
+                             if k not in PATH_FIELDS.get(section, ())}
                    for section in ("data", "model", "train")}
     fingerprint["tune"] = {"seed": tune_config.seed, "pruner": tune_config.pruner,
                            "learning_rate": tune_config.learning_rate, "space": SEARCH_SPACE_VERSION}
@@ -195,7 +204,7 @@ class _Progress:
         LOG.info(f"{variant} [{slot + 1}/{self.trials}] {outcome}, {seconds:.0f} s; {time_left(left)}")
 
 
-def run(config, force: bool = False) -> str:
+def run(config: Config, force: bool = False) -> str:
     """Tune every variant, then write best.yaml and the report; returns best.yaml's path.
 
     force: preprocess again into a data folder made with other settings (as `mtlrec compare --force`)."""
@@ -261,6 +270,6 @@ def _write_best(config, bases: dict, summaries: dict) -> str:
     return path
 
 
-def main(config, args) -> int:
+def main(config: Config, args: argparse.Namespace) -> int:
     print(run(config, force=args.force))
     return 0

@@ -79,7 +79,8 @@ def _expected_first_rr(before, size, n_rel):
     return (p_first / (before[:, None] + t + 1)).sum(axis=1)
 
 
-def ranking_metrics(scores, relevance, mask, ks: Sequence[int] = (5, 10, 20)) -> dict[str, np.ndarray]:
+def ranking_metrics(scores: np.ndarray, relevance: np.ndarray, mask: np.ndarray,
+                    ks: Sequence[int] = (5, 10, 20)) -> dict[str, np.ndarray]:
     """Per-user `ndcg@k`, `recall@k` (for each k), `mrr` and `gauc`, each an array [U].
 
     Gain is the (graded) relevance with discount 1/log2(rank + 1), normalized by the
@@ -144,7 +145,7 @@ def _weighted_auc(scores, labels, weights) -> float:
     return float((w_pos * (neg_below + 0.5 * w_neg)).sum() / total)
 
 
-def pointwise_metrics(scores, labels, weights=None) -> dict[str, float]:
+def pointwise_metrics(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
     """Pooled `auc` (ties 1/2) and `logloss` of probabilities for a binary task.
 
     Inputs of any (equal) shape are flattened. `weights` (e.g. the candidate mask)
@@ -173,7 +174,7 @@ def pointwise_metrics(scores, labels, weights=None) -> dict[str, float]:
     return {"auc": _weighted_auc(scores, labels, weights), "logloss": logloss}
 
 
-def regression_metrics(pred, target, mask) -> dict[str, np.ndarray]:
+def regression_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     """Per-user `rmse` and `mae` [U] over unmasked rows; NaN for users with none."""
     pred, target, mask = _as_grid(pred, target, mask, "pred, target and mask")
     if not (np.isfinite(pred[mask]).all() and np.isfinite(target[mask]).all()):
@@ -187,7 +188,7 @@ def regression_metrics(pred, target, mask) -> dict[str, np.ndarray]:
     }
 
 
-def weighted_mean(values, weights) -> float:
+def weighted_mean(values: np.ndarray, weights: np.ndarray | None) -> float:
     """Mean of the per-user `values` [U] weighted by `weights` [U] over the users with a value
     (not NaN): with per-user GAUC and each user's impressions, the impression-weighted GAUC of
     the DIN paper (Zhou et al., KDD 2018). NaN when no user has a value or all weights are 0."""

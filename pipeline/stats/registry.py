@@ -13,6 +13,7 @@ holds the built-in ones' maths (checked against numpy and scikit-learn in tests/
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Mapping
@@ -117,11 +118,6 @@ def register_metric(metric: Metric) -> Metric:
     return metric
 
 
-def unregister_metric(name: str) -> None:
-    """Forget a metric (e.g. one a test registered)."""
-    del METRICS[name]
-
-
 def metric_of(name: str) -> Metric:
     """The registered metric of a value name ('ndcg@10' -> ndcg); ValueError for an unknown one."""
     base, at, k = name.partition("@")
@@ -167,7 +163,7 @@ def compute_task(kind: str, lists: UserLists, predicted: np.ndarray, labels: np.
     return per_user, pooled
 
 
-def table_columns(kind: str, available) -> list[str]:
+def table_columns(kind: str, available: Iterable[str]) -> list[str]:
     """The report table's columns for a task of this kind: every registered metric its table shows
     (in registration order, each metric's cut-offs in order) that the runs have."""
     names = [f"{m.name}@{k}" if m.ks else m.name for m in METRICS.values() if kind in m.table

@@ -69,7 +69,7 @@ def _residual_mean_square(x: np.ndarray) -> float:
     return float((residual ** 2).sum() / ((x.shape[0] - 1) * (x.shape[1] - 1)))
 
 
-def seed_aware_test(a, b, confidence: float = 0.95) -> dict:
+def seed_aware_test(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> dict:
     """Variant A vs variant B over training seeds and users (model in the module docstring).
 
     Args:

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from typing import TYPE_CHECKING
 
 from features.datasets import dataset_of_manifest
 from pipeline.stats import metrics
 from pipeline.artifacts import runs, storage
 from pipeline.training.dataset import split_files
+
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
 
 BATCH = 8192  # serialized examples per serving call
 
@@ -49,7 +53,7 @@ def score_test_split(run_dir: str) -> dict[str, np.ndarray]:
     return {name: np.concatenate(parts) if parts else np.zeros(0, np.float32) for name, parts in out.items()}
 
 
-def paper_metrics(scored: dict[str, np.ndarray], dataset, task_weights: dict[str, float]) -> dict:
+def paper_metrics(scored: dict[str, np.ndarray], dataset: Dataset, task_weights: dict[str, float]) -> dict:
     """Scored test examples (score_test_split) -> {"examples", "loss", "task_weights", "tasks": {task:
     {"loss", "accuracy", "auc"} (binary) or {"loss", "mse", "rows"} (regression)}}.
 

@@ -28,7 +28,7 @@ def _pairs(counts: np.ndarray) -> float:
     return float(np.sum(counts * (counts - 1) / 2))
 
 
-def adjusted_rand_index(labels_true, labels_pred) -> float:
+def adjusted_rand_index(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
     """Hubert-Arabie ARI from the contingency table.
 
     ARI = (sum_ij C(n_ij,2) - E) / (max - E), E = sum_i C(a_i,2) sum_j C(b_j,2) / C(n,2),
@@ -59,7 +59,7 @@ def selection_labels(selected: np.ndarray) -> np.ndarray:
     return labels.reshape(-1)
 
 
-def pair_agreement(clusters, selected) -> float:
+def pair_agreement(clusters: np.ndarray, selected: np.ndarray) -> float:
     """Fraction of task pairs where 'selected sets overlap' == 'same cluster'."""
     clusters = np.asarray(clusters)
     sel = np.asarray(selected, dtype=np.float64)
@@ -91,6 +91,6 @@ def top_k_sets(weights: np.ndarray, k: int) -> np.ndarray:
     return sets & (weights > 0)
 
 
-def argmax_k_ari(clusters, weights: np.ndarray, k: int) -> float:
+def argmax_k_ari(clusters: np.ndarray, weights: np.ndarray, k: int) -> float:
     """ARI between the true clusters and the tasks grouped by their k largest weights."""
     return adjusted_rand_index(clusters, selection_labels(top_k_sets(weights, k)))

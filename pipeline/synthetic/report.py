@@ -151,8 +151,9 @@ def _robust(rep, summary: dict) -> None:
             f"{name} = {g['tuned_with']}'s tuned settings with {options} (restarts: selector initialisations "
             "trained through the entropy warm-up and restart_steps more, the best by training MSE kept; permutation "
             "search: permutation_steps steps from permutation_start steps after the warm-up; "
-            f"models/gates/restarts.py, dselect_k_permutation.py). Seeds with exact-set ARI ≥ {summary['recovered_at']}: {name} "
-            f"{g['recovered_seeds']}/{g['num_seeds']}, {g['tuned_with']} {plain['recovered_seeds']}/{plain['num_seeds']}.")
+            f"models/gates/restarts.py, dselect_k_permutation.py). Seeds with exact-set ARI ≥ "
+            f"{summary['recovered_at']}: {name} {g['recovered_seeds']}/{g['num_seeds']}, {g['tuned_with']} "
+            f"{plain['recovered_seeds']}/{plain['num_seeds']}.")
         rows = [[str(a["seed"]), f"{b['ari']:.3f}", f"{a['ari']:.3f}", f"{b['test_mse']:.4f}", f"{a['test_mse']:.4f}"]
                 for a, b in zip(g["runs"], plain["runs"])]
         rep.table(["seed", f"ARI {g['tuned_with']}", f"ARI {name}", f"test MSE {g['tuned_with']}",

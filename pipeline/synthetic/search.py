@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from optuna.trial import TrialState
@@ -22,6 +22,9 @@ from models.gates import gate_config_class
 from pipeline.synthetic.data import SyntheticData
 from pipeline.synthetic.training import RunSpec, train_runs
 from pipeline.tuning.studies import TunerSettings, is_feasible, mark_infeasible, remaining_trials, run_study, summarize
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.synthetic import SyntheticTuningConfig
 
 PRUNE_EVERY = 10  # epochs between the validation MSEs the pruner sees
 
@@ -33,7 +36,7 @@ def study_name(variant: str, identity: dict) -> str:
     return f"{variant}-{digest}"
 
 
-def tuning_plan(variant: str, spec: RunSpec, gate: dict | None, tuning, storage: str,
+def tuning_plan(variant: str, spec: RunSpec, gate: dict | None, tuning: SyntheticTuningConfig, storage: str,
                 assignment: np.ndarray | None = None, identity: dict | None = None,
                 trials: int | None = None) -> tuple[TunerSettings, str]:
     """The tuner settings and study name of one variant (arguments as `tune_variant`'s)."""
@@ -46,7 +49,7 @@ def tuning_plan(variant: str, spec: RunSpec, gate: dict | None, tuning, storage:
     return settings, name
 
 
-def trials_to_run(variant: str, spec: RunSpec, gate: dict | None, tuning, storage: str,
+def trials_to_run(variant: str, spec: RunSpec, gate: dict | None, tuning: SyntheticTuningConfig, storage: str,
                   assignment: np.ndarray | None = None, identity: dict | None = None,
                   trials: int | None = None) -> int:
     """How many trials `tune_variant` has still to run (a resumed study has fewer)."""
@@ -54,7 +57,8 @@ def trials_to_run(variant: str, spec: RunSpec, gate: dict | None, tuning, storag
     return remaining_trials(settings, name)
 
 
-def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | None, tuning, storage: str,
+def tune_variant(variant: str, data: SyntheticData, spec: RunSpec, gate: dict | None, tuning: SyntheticTuningConfig,
+                 storage: str,
                  assignment: np.ndarray | None = None, identity: dict | None = None, trials: int | None = None,
                  progress: Callable[..., None] = lambda line, more=0: None) -> dict:
     """Tune one variant; returns {"learning_rate", "gate_params", "study": tuner summary}.

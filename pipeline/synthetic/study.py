@@ -18,7 +18,8 @@ import math
 import resource
 import time
 import warnings
-from typing import Callable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -28,15 +29,18 @@ from pipeline.synthetic.search import trials_to_run, tune_variant
 from pipeline.synthetic.training import RunSpec, oracle_assignment, study_ks, train_runs
 from pipeline.terminal import time_left
 
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.synthetic import SyntheticConfig
+
 RECOVERED = 0.9  # exact-set ARI at or above which a seed counts as having recovered the clusters
 
 
-def metric_names(ks) -> tuple:
+def metric_names(ks: Sequence[int]) -> tuple:
     return ("test_mse", "val_mse", "ari", *(f"ari_argmax_{k}" for k in ks), "pair_agreement", "nonzero_per_task",
             "selected_per_task", "binary_fraction", "stable_epoch", "epochs")
 
 
-def mean_std(values) -> dict | None:
+def mean_std(values: Sequence[float]) -> dict | None:
     """Mean and sample standard deviation (ddof=1; 0 for a single value); None if every value is NaN
     (a metric the gate does not have, e.g. the binary fraction of Top-k)."""
     v = np.asarray(values, dtype=np.float64)
@@ -45,7 +49,7 @@ def mean_std(values) -> dict | None:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
 
 
-def aggregate(runs: list[dict], ks) -> dict:
+def aggregate(runs: list[dict], ks: Sequence[int]) -> dict:
     """Per metric mean ± std over seeds, plus how many seeds converged and recovered the clusters."""
     return {**{m: mean_std([r[m] for r in runs]) for m in metric_names(ks)},
             "converged_seeds": sum(r["converged"] for r in runs),
@@ -62,7 +66,8 @@ def sweep_clusters(tasks: int, clusters: int) -> int:
     return max(1, min(clusters, tasks // 2))
 
 
-def run_study(cfg, storage: str, progress: Callable[[str], None] = lambda message: None) -> tuple[dict, dict]:
+def run_study(cfg: SyntheticConfig, storage: str, progress: Callable[[str], None] = lambda message: None) -> tuple[dict,
+              dict]:
     """Tuning, seeded runs and the task-count sweep. Returns (summary, final weights).
 
     Args:
@@ -167,7 +172,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def compare_variants(gates: dict, results: dict, ks, tuned_with: dict | None = None) -> list[dict]:
+def compare_variants(gates: dict, results: dict, ks: Sequence[int], tuned_with: dict | None = None) -> list[dict]:
     """DSelect-k variants against Top-k at each k both were run with, and robust DSelect-k (a
     `tuned_with` DSelect-k variant) against the variant it was tuned with: per metric, both sides'
     mean ± std over seeds, the difference and Welch's two-sided p-value (a rough check with a

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -29,6 +30,9 @@ from pipeline.synthetic.data import SyntheticData
 from models.synthetic import TaskRoutedMoE
 from pipeline.synthetic.recovery import (
     adjusted_rand_index, argmax_k_ari, pair_agreement, selected_experts, selection_labels)
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.synthetic import SyntheticConfig
 
 keras = tf.keras
 
@@ -47,7 +51,7 @@ class RunSpec:
     shared_tower_init: bool = True
 
     @classmethod
-    def from_config(cls, cfg) -> "RunSpec":
+    def from_config(cls, cfg: SyntheticConfig) -> "RunSpec":
         return cls(cfg.num_experts, tuple(cfg.expert_units), tuple(cfg.tower_units), cfg.max_epochs,
                    cfg.batch_size, cfg.jit_compile, cfg.min_epochs, cfg.patience, tuple(study_ks(cfg)),
                    cfg.tower_init == "shared")
@@ -56,7 +60,7 @@ class RunSpec:
         return max(1, data.x_train.shape[0] // min(self.batch_size, data.x_train.shape[0]))
 
 
-def study_ks(cfg) -> list[int]:
+def study_ks(cfg: SyntheticConfig) -> list[int]:
     """The k of every compared gate that has one, and 1: the k at which argmax-k ARI is scored."""
     return sorted({cfg.gates[name].selects() or 1 for name in cfg.compare} | {1})
 
@@ -65,7 +69,7 @@ def study_ks(cfg) -> list[int]:
 EpochReport = Callable[[int, float], None]
 
 
-def train_runs(data: SyntheticData, spec: RunSpec, gate: dict | None, learning_rate: float, seeds,
+def train_runs(data: SyntheticData, spec: RunSpec, gate: dict | None, learning_rate: float, seeds: Sequence[int],
                assignment: np.ndarray | None = None, report: EpochReport | None = None,
                score_test: bool = True, report_every: int = 1) -> list[dict]:
     """Train one setting with every seed of `seeds` side by side; one result per seed.

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from features.datasets import dataset_of_manifest
 from features.transform import dense_model_inputs
@@ -25,12 +27,16 @@ from pipeline.artifacts import storage
 from pipeline.artifacts.atomic import ArtifactError
 from pipeline.artifacts.manifest import read_manifest
 
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.artifacts.storage import Location
+
 AUTOTUNE = tf.data.AUTOTUNE
 BLOCK_SIZE = 1024  # examples per materialized record
 MATERIALIZED = ("train", "validation")  # the splits preprocess writes through the transform graph
 
 
-def split_files(data_dir, split: str) -> list[str]:
+def split_files(data_dir: Location, split: str) -> list[str]:
     """The raw tf.Example shards of a split."""
     files = storage.glob(storage.join(data_dir, split, "*.tfrecord.gz"))
     if not files:
@@ -38,7 +44,7 @@ def split_files(data_dir, split: str) -> list[str]:
     return files
 
 
-def transformed_files(data_dir, split: str) -> list[str]:
+def transformed_files(data_dir: Location, split: str) -> list[str]:
     """The materialized (transformed, block) shards of a split."""
     folder = storage.join(data_dir, "transformed", split)
     files = storage.glob(storage.join(folder, "*.tfrecord.gz"))
@@ -63,7 +69,7 @@ def encode_block(columns: dict) -> bytes:
 class InputPipeline:
     """Datasets of one preprocessed data folder; holds the transform layer once."""
 
-    def __init__(self, data_dir, raw_columns, dataset=None):
+    def __init__(self, data_dir: Location, raw_columns: Sequence[str], dataset: Dataset | None = None):
         """dataset: the features.spec.Dataset the folder is made with; None: its manifest's."""
         self.data_dir = str(data_dir)
         self.raw_columns = list(raw_columns)
@@ -76,7 +82,7 @@ class InputPipeline:
         self.transform = self.tft_output.transform_features_layer()
         self._block_datasets = {}
 
-    def to_inputs(self, serialized):
+    def to_inputs(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         """A batch of serialized raw tf.Examples -> model inputs + labels."""
         raw = tf.io.parse_example(serialized, self.spec)
         features = dense_model_inputs(self.transform({c: raw[c] for c in self.raw_columns}),
@@ -95,15 +101,17 @@ class InputPipeline:
 
         cache: keep the parsed blocks (the whole split) in memory after the first full pass.
         """
-        return self._blocks(split, cache).rebatch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+        return shard_by_data(self._blocks(split, cache).rebatch(batch_size, drop_remainder=drop_remainder)
+                             .prefetch(AUTOTUNE))
 
     def training_batches(self, batch_size: int, steps: int, epochs: int, start_epoch: int = 0, seed: int = 0,
                          shuffle_buffer: int = 1_000_000, cache: bool = False) -> tf.data.Dataset:
         """The train split's batches for epochs start_epoch .. epochs - 1, `steps` batches each.
 
         Epoch e's batches depend only on (seed, e): a run resumed at epoch e reads exactly what
-        an uninterrupted run reads from epoch e on. An epoch reads passes over the split (as
-        many as its steps need); each pass delivers every example once, shuffled per example
+        an uninterrupted run reads from epoch e on, and every worker of a multi-worker cluster
+        reads them all and keeps its slice of each batch (`shard_by_data`). An epoch reads
+        passes over the split (as many as its steps need); each pass delivers every example once, shuffled per example
         in windows of `shuffle_buffer` examples: the block order is shuffled, consecutive
         blocks are joined into a window and the window is permuted with a stateless seed. The
         window is at most the split, so a buffer at least as large permutes the whole split.
@@ -134,7 +142,7 @@ class InputPipeline:
         ds = epochs_ds[0]
         for more in epochs_ds[1:]:
             ds = ds.concatenate(more)
-        return ds.prefetch(AUTOTUNE)
+        return shard_by_data(ds.prefetch(AUTOTUNE))
 
     def _blocks(self, split: str, cache: bool) -> tf.data.Dataset:
         """The parsed blocks of a materialized split, in file order; one dataset per (split, cache),
@@ -147,6 +155,18 @@ class InputPipeline:
                         num_parallel_calls=AUTOTUNE, deterministic=True)
             self._block_datasets[key] = ds.cache() if cache else ds
         return self._block_datasets[key]
+
+
+def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Under a multi-worker strategy, every worker reads the whole dataset and keeps its slice of
+    each global batch: tf.distribute splits a batch of B examples into one piece per replica, in
+    order, and worker w keeps piece w (tf.data's DATA auto-shard policy). Those are the pieces one
+    process with as many replicas gives each replica, so the epoch has the same steps and every
+    step the same examples. TF's default policy would give each worker other shard files instead,
+    and an epoch would run out of data after 1/N of its steps. No effect on one worker."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def _one_pass(blocks, window: int, examples: int, seeds: np.random.SeedSequence) -> tf.data.Dataset:

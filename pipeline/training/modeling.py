@@ -7,11 +7,16 @@ checkpoint would not load.
 from __future__ import annotations
 
 import tensorflow as tf
+from typing import TYPE_CHECKING, Any
 
 from features.datasets import dataset_of_manifest
 from features.transform import categorical_sizes
 from models.recommender import ModelSpec, MultiTaskRecommender
 from pipeline.artifacts.atomic import ArtifactError
+
+if TYPE_CHECKING:  # names in annotations only
+    from pipeline.config.schema import Config
+    from pipeline.training.dataset import InputPipeline
 
 
 def set_precision(mixed_precision: str) -> None:
@@ -19,7 +24,7 @@ def set_precision(mixed_precision: str) -> None:
     tf.keras.mixed_precision.set_global_policy("float32" if mixed_precision == "none" else mixed_precision)
 
 
-def model_spec(config, manifest, tft_output) -> ModelSpec:
+def model_spec(config: Config, manifest: dict, tft_output: Any) -> ModelSpec:
     """The model section of `config` on the data of `manifest`.
 
     Args:
@@ -42,6 +47,6 @@ def model_spec(config, manifest, tft_output) -> ModelSpec:
         expert_units=m.expert_units, expert_dropout=m.expert_dropout, tower_units=m.tower_units)
 
 
-def build_model(config, manifest, inputs) -> MultiTaskRecommender:
+def build_model(config: Config, manifest: dict, inputs: InputPipeline) -> MultiTaskRecommender:
     """A new, untrained model of `config` on the data `inputs` (a pipeline.training.dataset.InputPipeline) reads."""
     return MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))

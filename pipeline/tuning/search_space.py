@@ -15,11 +15,13 @@ before any work with one line naming tune.space.<name>.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 RANGE_KEYS = {"low", "high", "log"}
 
 
-def spec_error(spec) -> str | None:
+def spec_error(spec: dict) -> str | None:
     """What is wrong with one tune.space entry's shape, or None."""
     if not isinstance(spec, dict):
         return f"expected {{low, high, log}} or {{choices: [...]}}, got {spec!r}"
@@ -79,23 +81,23 @@ class SpaceTrial:
     """An optuna trial whose draws of the names in `space` follow it; every other draw, and every
     other attribute, is the trial's own."""
 
-    def __init__(self, trial, space: dict):
+    def __init__(self, trial: Any, space: dict):
         self._trial, self._space = trial, space
 
     def __getattr__(self, attribute):
         return getattr(self._trial, attribute)
 
-    def suggest_float(self, name, low, high, *, log=False, **kwargs):
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False, **kwargs: Any) -> float:
         if name not in self._space:
             return self._trial.suggest_float(name, low, high, log=log, **kwargs)
         return self._draw(name, float)
 
-    def suggest_int(self, name, low, high, *, log=False, **kwargs):
+    def suggest_int(self, name: str, low: float, high: float, *, log: bool = False, **kwargs: Any) -> int:
         if name not in self._space:
             return self._trial.suggest_int(name, low, high, log=log, **kwargs)
         return self._draw(name, int)
 
-    def suggest_categorical(self, name, choices):
+    def suggest_categorical(self, name: str, choices: Sequence) -> Any:
         if name not in self._space:
             return self._trial.suggest_categorical(name, choices)
         return self._trial.suggest_categorical(name, list(self._space[name]["choices"]))
