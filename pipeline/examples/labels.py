@@ -9,8 +9,14 @@ examples store them as float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from features.declaration.expressions import OPERATORS, parse_label_source
+
+if TYPE_CHECKING:  # names in annotations only
+    from features.spec import Dataset
+    from pipeline.config.schema import DataConfig
 
 
 class Labels:
@@ -21,7 +27,7 @@ class Labels:
       data_config: the data section (values a comparison may name, e.g. data.like_threshold).
     """
 
-    def __init__(self, dataset, data_config):
+    def __init__(self, dataset: Dataset, data_config: DataConfig):
         self.tasks = []
         for name, task in dataset.declaration.tasks.items():
             source = parse_label_source(task.source)
@@ -41,7 +47,7 @@ class Labels:
             value = math.log1p(value)
         return float(value)
 
-    def of_rows(self, rows) -> dict[str, list[float]]:
+    def of_rows(self, rows: Sequence[dict]) -> dict[str, list[float]]:
         """{label column: [value per row]} of logged rows (exposures: every row is an example)."""
         out = {}
         for name, task, source, threshold, weight in self.tasks:
@@ -50,7 +56,8 @@ class Labels:
                 out[weight] = [1.0] * len(rows)
         return out
 
-    def of_examples(self, rows, row_of, positive) -> dict[str, list[float]]:
+    def of_examples(self, rows: Sequence[dict], row_of: Sequence[int],
+                    positive: Sequence[bool]) -> dict[str, list[float]]:
         """{label column: [value per example]} of examples made of logged rows and sampled items:
         example i is row row_of[i] if positive[i], else an item sampled for it (every label 0)."""
         out = {}

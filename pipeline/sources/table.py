@@ -24,6 +24,8 @@ import io
 import json
 import math
 import re
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import tensorflow as tf
@@ -33,6 +35,11 @@ from pipeline.sources.grouplens import Table as SideTable
 from pipeline.sources.grouplens import entity_values
 from pipeline.sources.rows import (INT64_MAX, LINE, METADATA, POSITION, REJECTED, SourceError, SourceInfo,
                                    UNDECODABLE_ROW, parse_int, record_text, rejection)
+
+if TYPE_CHECKING:  # names in annotations only
+    from features.declaration.schema import Column, FileSpec, Time
+    from features.spec import Dataset
+    from pipeline.config.schema import DataConfig
 
 CHUNK_BYTES = 16 << 20  # a text file is read in byte ranges of whole lines, one element each
 POSITION_FILE = 1 << 44  # POSITION = file number * this + byte offset (or row-group * 2**24 + row)
@@ -81,7 +88,7 @@ def _decode(raw: bytes, encoding: str) -> str:
                          f"(not {encoding})") from None
 
 
-def header_of(path: str, spec, key: str) -> list[str]:
+def header_of(path: str, spec: FileSpec, key: str) -> list[str]:
     """The column names of a text file: its first line (header: true) or the declared `names`."""
     if spec.format in ("jsonl", "parquet"):
         return []
@@ -133,7 +140,8 @@ class Converter:
     """A declared column's conversion of a file's value (text, or a JSON / Parquet value) to its
     dtype, and its checks; ValueError naming the column and what is wrong."""
 
-    def __init__(self, name: str, column, nulls=(), is_key: bool = False, time=None):
+    def __init__(self, name: str, column: Column, nulls: Iterable[str] = (), is_key: bool = False,
+                 time: Time | None = None):
         self.name, self.column, self.nulls = name, column, frozenset(nulls)
         self.low = 0 if is_key else -INT64_MAX
         self.years = None
@@ -142,7 +150,7 @@ class Converter:
             first, last = time.years
             self.years = (_epoch(first) * per_second, _epoch(last) * per_second - 1, time.unit, first, last)
 
-    def fast(self):
+    def fast(self) -> Callable[[str], Any]:
         """A quick conversion of a text field for the usual case (plain digits, a plain decimal, a
         non-empty string), with every check of __call__; it returns SLOW for anything else, which
         __call__ then converts or rejects with its reason. Same values either way."""
@@ -244,7 +252,7 @@ class RecordReader:
     """One file role's records -> {column: converted value}: the file's name of each column (its
     `source`), the converters, and where the fields are in a text file's lines."""
 
-    def __init__(self, columns: dict, spec, header: list[str], path: str, key_prefix: str):
+    def __init__(self, columns: dict, spec: FileSpec, header: list[str], path: str, key_prefix: str):
         self.spec, self.columns, self.delimiter = spec, columns, _delimiter(spec)
         self.sources = {name: (c.source or name) for name, (c, _) in columns.items()}
         self.width = len(header)
@@ -273,7 +281,7 @@ class RecordReader:
         return {name: convert(fields[self.index[name]]) for name, (_, convert) in self.columns.items()
                 if only is None or name in only}
 
-    def record(self, record, only: tuple[str, ...] | None = None) -> dict:
+    def record(self, record: Any, only: tuple[str, ...] | None = None) -> dict:
         if not isinstance(record, dict):
             raise ValueError("not a JSON object")
         return {name: convert(record.get(self.sources[name])) for name, (_, convert) in self.columns.items()
@@ -313,7 +321,7 @@ def _raiser(error: ValueError):
 
 
 # ---------------------------------------------------------------- side tables
-def read_side_table(paths: list[str], spec, reader_columns: dict, key: str, what: str, rejected: list,
+def read_side_table(paths: list[str], spec: FileSpec, reader_columns: dict, key: str, what: str, rejected: list,
                     role_key: str) -> SideTable:
     """A users or items file (or several) -> SideTable (id -> its columns); bad lines are metadata
     rejections, and an id's first line decides (a repeated id is rejected)."""
@@ -424,12 +432,12 @@ class Table(Source):
     USER_BATCHES = True
 
     @classmethod
-    def from_config(cls, data_config, dataset) -> Table:
+    def from_config(cls, data_config: DataConfig, dataset: Dataset) -> Table:
         from pipeline.artifacts.storage import parent
         base = data_config.path or parent(dataset.path)
         return cls(dataset, base, split_column=data_config.split.column)
 
-    def __init__(self, dataset, base: str, split_column: str | None = None):
+    def __init__(self, dataset: Dataset, base: str, split_column: str | None = None):
         decl = dataset.declaration
         if decl.files is None:
             raise SourceError(f"{dataset.path}: files: the table source reads the files a declaration names")
@@ -486,7 +494,7 @@ class Table(Source):
         self.info = SourceInfo("table", f"table-{spec.format}", base, raw_columns, None, list(self.paths), decoding,
                                extra)
 
-    def expand(self, pipeline):
+    def expand(self, pipeline: beam.Pipeline) -> tuple[beam.PCollection, beam.PCollection]:
         spec = self.dataset.declaration.files.interactions
         items = pipeline | "SideItems" >> beam.Create([self.side.get("item")])
         users = pipeline | "SideUsers" >> beam.Create([self.side.get("user")])

@@ -66,6 +66,8 @@ from pipeline.examples.tables import CandidatesFromTables, TrainTables, WriteTab
 from pipeline.terminal import stage_log
 
 if TYPE_CHECKING:  # names in annotations only
+    from features.declaration.schema import Duplicates
+    from features.spec import Dataset
     from pipeline.artifacts.storage import Location
     from pipeline.config.schema import Config, DataConfig
     from pipeline.sources import Source
@@ -109,7 +111,7 @@ class DedupeRule:
     """The declaration's `duplicates`: rows of one user equal in `key` (None: in every column) are
     one; the last in (key, order, line, earliest place in the files) is kept."""
 
-    def __init__(self, duplicates, key_names: dict):
+    def __init__(self, duplicates: Duplicates, key_names: dict[str, str]):
         self.key = None if duplicates.key == "all" else tuple(duplicates.key)
         self.order = tuple(duplicates.order)
         named = [key_names.get(c, c) for c in (self.key or ())]
@@ -118,17 +120,17 @@ class DedupeRule:
             f"repeated ({', '.join(['user', *named])}) with other values: only one row is kept")
 
     @classmethod
-    def of(cls, dataset) -> DedupeRule:
+    def of(cls, dataset: Dataset) -> DedupeRule:
         """The rule of a features.spec.Dataset's declaration, its keys named as its messages name them."""
         decl = dataset.declaration
         return cls(decl.duplicates, {dataset.entity_keys[e]: n for e, n in decl.keys.names.items()})
 
-    def key_of(self, row) -> tuple:
+    def key_of(self, row: dict) -> tuple:
         if self.key is None:
             return tuple(sorted((k, v) for k, v in _values(row).items()))
         return tuple(row[c] for c in self.key)
 
-    def sort_key(self, row) -> tuple:
+    def sort_key(self, row: dict) -> tuple:
         return (self.key_of(row), *(row[c] for c in self.order), row.get(LINE, ""), -row.get(POSITION, 0))
 
 
