@@ -1,6 +1,7 @@
 """A dataset declared in one YAML file and read by the `table` source (pipeline/sources/table.py):
 its schema errors, its files in every format, its bad rows and its accounting."""
 import json
+import re
 import shutil
 
 import apache_beam as beam
@@ -13,8 +14,8 @@ from features.datasets import load_dataset
 from features.declaration import DeclarationError, load_declaration
 from pipeline.sources.rows import LINE, POSITION, SourceError
 from pipeline.sources.table import Table
-from table_files import (DECLARATION, IMPRESSION_COLUMNS, column_split, random_split, sampled_negatives, write_shop,
-                         write_variant)
+from table_files import (DECLARATION, IMPRESSION_COLUMNS, START, column_split, random_split, sampled_negatives,
+                         write_shop, write_variant)
 
 
 def _read(source, tmp_path):
@@ -261,3 +262,87 @@ def test_split_modes_and_sampled_negatives_through_preprocess(tmp_path, name, ch
         sampled = train[train.watch == 0]
         assert (sampled.click == 0).all() and (sampled.dwell_weight == 0).all()
         assert set(sampled.category) <= {"shoes", "books", "garden", "toys"} and (sampled.age >= -1).all()
+
+
+# ---------------------------------------------------------------- side tables: formats, encodings, per-column files
+def _open(declaration: str):
+    """The source `mtlrec preprocess` opens for a declaration file (pipeline.sources.open_source)."""
+    from pipeline.config import load_config
+    from pipeline.sources import open_source
+    return open_source(load_config(None, [f"data.dataset={declaration}"]).data)
+
+
+def _declare(folder, old: str, new: str) -> str:
+    """shop.yaml in `folder` with `old` replaced by `new`; its path."""
+    assert old in DECLARATION
+    (folder / "shop.yaml").write_text(DECLARATION.replace(old, new), encoding="utf-8")
+    return str(folder / "shop.yaml")
+
+
+def test_side_tables_in_parquet_read_as_the_text_ones(tmp_path):
+    """The users (TSV) and items (JSON Lines) tables as Parquet files of several row groups: the
+    same ids and values (nulls take their defaults), the same bad line rejected, and the rows
+    joined to them the same way, a row naming its rejected user's record."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    written = write_shop(tmp_path / "shop")
+    folder = tmp_path / "shop"
+    text = _open(written["declaration"])
+    users = [{"uid": int(uid), "age": int(age) if age else None, "segment": segment}
+             for uid, age, segment in (line.split("\t") for line in
+                                       (folder / "users.tsv").read_text().splitlines()[1:])]
+    items = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
+    pq.write_table(pa.Table.from_pylist(users), folder / "users.parquet", row_group_size=7)
+    pq.write_table(pa.Table.from_pylist(items), folder / "items.parquet", row_group_size=7)
+    (folder / "users.tsv").unlink()
+    (folder / "items.jsonl").unlink()
+    declaration = _declare(folder, "users: {paths: [users.tsv], format: tsv}\n  items: {paths: [items.jsonl], "
+                                   "format: jsonl}", "users: {paths: [users.parquet], format: parquet}\n"
+                                                     "  items: {paths: [items.parquet], format: parquet}")
+    parquet = _open(declaration)
+    assert parquet.tables["user"].rows == text.tables["user"].rows and len(parquet.tables["user"].rows) == 30
+    assert parquet.tables["item"].rows == text.tables["item"].rows and len(parquet.tables["item"].rows) == 40
+    assert parquet.tables["user"].rows[3]["age"] == -1 and parquet.tables["item"].rows[5]["price"] == -1.0
+    [metadata] = parquet.metadata_rejected
+    assert metadata["reason"] == "metadata: age 300 outside -1..120"
+    assert json.loads(metadata["row"]) == {"uid": 9000, "age": 300, "segment": "x"}
+    where = f"{folder / 'users.parquet'}:4:2"  # row 30 of 7-row groups
+    (tmp_path / "text").mkdir()
+    (tmp_path / "parquet").mkdir()
+    rows_text, rejected_text = _read(text, tmp_path / "text")
+    rows_parquet, rejected_parquet = _read(parquet, tmp_path / "parquet")
+    assert sorted(map(json.dumps, rows_parquet)) == sorted(map(json.dumps, rows_text))
+    reasons = {r["row"]: r["reason"] for r in rejected_text if r["kind"] != "metadata"}
+    reasons[f"9000,2,{START},ios,1,3.0"] = f"user id 9000: its line {where} was rejected"
+    assert {r["row"]: r["reason"] for r in rejected_parquet if r["kind"] != "metadata"} == reasons
+
+
+def test_a_latin_1_side_table_is_decoded_as_declared(tmp_path):
+    """A latin-1 items file: its accented values read as they are; declared as utf-8 (the default),
+    each line with a byte outside utf-8 is a metadata rejection naming the byte, and the rows of its
+    item are rejected."""
+    written = write_shop(tmp_path / "shop", bad_rows=False)
+    folder = tmp_path / "shop"
+    names = ["books", "jardín", "müsli", "pâté"]  # one of 4 in ASCII: the same bytes in utf-8
+    lines = ["iid,category,tags,price,launch_day"] + [f"{i},{names[i % 4]},t{i % 6},{i + 0.5},{19000 + i}"
+                                                      for i in range(40)]
+    (folder / "items.csv").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    declared = _declare(folder, "items: {paths: [items.jsonl], format: jsonl}",
+                        "items: {paths: [items.csv], encoding: latin-1}")
+    source = _open(declared)
+    assert {i: r["category"] for i, r in source.tables["item"].rows.items()} == {i: names[i % 4] for i in range(40)}
+    assert [r["reason"] for r in source.metadata_rejected] == ["metadata: age 300 outside -1..120"]  # users.tsv's
+    assert source.info.decoding[str(folder / "items.csv")] == {"format": "csv", "encoding": "latin-1"}
+
+    as_utf8 = _open(_declare(folder, "items: {paths: [items.jsonl], format: jsonl}", "items: {paths: [items.csv]}"))
+    assert sorted(as_utf8.tables["item"].rows) == [i for i in range(40) if i % 4 == 0]
+    rejected = {r["row"]: r["reason"] for r in as_utf8.metadata_rejected if "items.csv" in r["file"]}
+    assert len(rejected) == 30 and all(re.fullmatch(r"metadata: undecodable byte 0x[0-9a-f]{2} at column \d+ "
+                                                    r"\(not utf-8\)", reason) for reason in rejected.values())
+    assert rejected["1,jard\\xedn,t1,1.5,19001"] == "metadata: undecodable byte 0xed at column 7 (not utf-8)"
+    rows, rejected_rows = _read(as_utf8, tmp_path)
+    of_items = [r for r in rejected_rows if r["kind"] != "metadata"]
+    assert sum(len(batch) for batch in rows) + len(of_items) == written["rows"] and of_items
+    # (an undecodable line's id is not read: its item is missing from the file)
+    assert {r["reason"] for r in of_items} <= {f"item id {i} is not in the item file" for i in range(40) if i % 4}
+
