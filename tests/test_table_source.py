@@ -346,3 +346,62 @@ def test_a_latin_1_side_table_is_decoded_as_declared(tmp_path):
     # (an undecodable line's id is not read: its item is missing from the file)
     assert {r["reason"] for r in of_items} <= {f"item id {i} is not in the item file" for i in range(40) if i % 4}
 
+
+def _columns_in_the_rows(folder) -> tuple[str, dict]:
+    """shop.yaml with a user column (segment) and an item column (category) declared `file:
+    interactions`, read from the impressions' extra columns seg and cat (a value per row, unlike
+    the side tables'). Returns (declaration, {(uid, iid, ts): (segment, category)})."""
+    expected = {}
+    for path in sorted(folder.glob("impressions_*.csv")):
+        header, *lines = path.read_text().splitlines()
+        out = [f"{header},seg,cat"]
+        for k, line in enumerate(lines):
+            uid, iid, ts = (int(v) for v in line.split(",")[:3])
+            expected[(uid, iid, ts)] = ("xyz"[k % 3], f"c{(iid + k) % 5}")
+            out.append(f"{line},{','.join(expected[(uid, iid, ts)])}")
+        path.write_text("\n".join(out) + "\n", encoding="utf-8")
+    text = DECLARATION
+    for old, new in (('segment: {dtype: string, entity: user, default: ""}',
+                      'segment: {dtype: string, entity: user, default: "", file: interactions, source: seg}'),
+                     ('category: {dtype: string, entity: item, default: ""}',
+                      'category: {dtype: string, entity: item, default: "", file: interactions, source: cat}')):
+        assert old in text
+        text = text.replace(old, new)
+    (folder / "shop.yaml").write_text(text, encoding="utf-8")
+    return str(folder / "shop.yaml"), expected
+
+
+def test_a_column_declared_in_another_file_is_read_from_it(tmp_path):
+    """columns.<c>.file: a user and an item column read from the interactions file, though there
+    are users and items files: the rows carry them, the side tables their other columns."""
+    write_shop(tmp_path / "shop", bad_rows=False)
+    declaration, expected = _columns_in_the_rows(tmp_path / "shop")
+    source = _open(declaration)
+    users, items = source.tables["user"].rows, source.tables["item"].rows
+    assert set(users[0]) == {"age"} and set(items[0]) == {"tags", "price", "launch_day"}
+    rows = [r for batch in _read(source, tmp_path)[0] for r in batch]
+    assert {(r["uid"], r["iid"], r["ts"]): (r["segment"], r["category"]) for r in rows} == expected
+    assert len(rows) == len(expected)
+
+
+@pytest.mark.slow
+def test_columns_declared_in_the_interactions_file_reach_the_examples(tmp_path):
+    """Through preprocess: each example has the segment and category of its own row, and the age
+    of its user's line in the users file."""
+    from fixtures import read_split
+    from pipeline.cli import main
+    write_shop(tmp_path / "shop", bad_rows=False)
+    declaration, expected = _columns_in_the_rows(tmp_path / "shop")
+    workdir = tmp_path / "w"
+    assert main(["preprocess", "--set", f"data.dataset={declaration}", "--set", f"workdir={workdir}",
+                 "--set", "data.num_shards=1"]) == 0
+    ages = {int(uid): int(age) if age else -1 for uid, age, _ in
+            (line.split("\t") for line in (tmp_path / "shop" / "users.tsv").read_text().splitlines()[1:-1])}
+    examples = 0
+    for split in ("train", "validation", "test"):
+        frame = read_split(workdir / "data", split)
+        for uid, iid, ts, segment, category, age in zip(frame.uid, frame.iid, frame.ts, frame.segment,
+                                                        frame.category, frame.age):
+            assert (segment, category) == expected[(uid, iid, ts)] and age == ages[uid]
+        examples += len(frame)
+    assert examples == len(expected)

@@ -64,8 +64,8 @@ class ExposureExamples(beam.DoFn):
 
     def process(self, user_parts: tuple[int, dict[str, list[dict]]], items: Table | None,
                 users: Table | None) -> Iterator:
-        """items, users: the source's side tables (pipeline.sources.grouplens.Table), or None when
-        the rows carry those columns."""
+        """items, users: the source's side tables (pipeline.sources.grouplens.Table), or None; the
+        rows carry the entity columns no side table holds."""
         user_id, parts = user_parts
         counts = {}
         lists = [(split, parts[split]) for split in SPLITS]
@@ -83,19 +83,16 @@ class ExposureExamples(beam.DoFn):
         rows = [r for _, split_rows in lists for r in split_rows]
         columns = {c: [r[c] for r in rows] for c in self.row_columns}
         columns.update(self.labels.of_rows(rows))
-        constants = {}
-        if self.item_columns:
-            if items is not None:
-                looked_up = [items.rows[r[self.keys["item"]]] for r in rows]
-                columns.update({c: [item[c] for item in looked_up] for c in self.item_columns})
-            else:
-                columns.update({c: [r[c] for r in rows] for c in self.item_columns})
-        if self.user_columns:
-            if users is not None:
-                user = users.rows[user_id]
-                constants = {c: user[c] for c in self.user_columns}
-            else:
-                columns.update({c: [r[c] for r in rows] for c in self.user_columns})
+        item_side, user_side = _held_by(items, self.item_columns), _held_by(users, self.user_columns)
+        if item_side:
+            looked_up = [items.rows[r[self.keys["item"]]] for r in rows]
+            columns.update({c: [item[c] for item in looked_up] for c in item_side})
+        # The entity columns no side table holds (there is none, or the column is declared
+        # `file: interactions`) are in the rows.
+        columns.update({c: [r[c] for r in rows] for c in [*self.item_columns, *self.user_columns]
+                        if c not in item_side and c not in user_side})
+        user = users.rows[user_id] if user_side else {}
+        constants = {c: user[c] for c in user_side}
         order = columns[self.time] if self.time else [r[POSITION] for r in rows]
         start = 0
         for split, split_rows in lists:
@@ -116,6 +113,15 @@ class ExposureExamples(beam.DoFn):
                                              np.asarray(mine[self.keys["item"]]))
             start = end
         yield beam.pvalue.TaggedOutput(COUNTS, counts)
+
+
+def _held_by(table, columns):
+    """Those of `columns` a side table (pipeline.sources.grouplens.Table, or None) holds: every id
+    of a table has the same columns."""
+    if table is None:
+        return []
+    first = next(iter(table.rows.values()))
+    return [c for c in columns if c in first]
 
 
 def _items_of(user_parts, item_key):
