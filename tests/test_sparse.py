@@ -68,7 +68,7 @@ def test_sparse_export_matches_dense_and_drops_unselected_experts(embedded_data,
     inputs = InputPipeline(data_dir, manifest["raw_columns"])
     model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
     raw = _raw(data_dir, manifest)
-    model(dense_model_inputs(inputs.transform(raw)))  # build
+    model(dense_model_inputs(inputs.transform(raw), inputs.declaration.max_values()))  # build
     _force_selection(model, gate_type, choice)
 
     sparse = SparseRecommender(model)
@@ -154,7 +154,7 @@ def test_per_example_dselect_sparse_path_is_exact(embedded_data, tmp_path):
     inputs = InputPipeline(data_dir, manifest["raw_columns"])
     model = MultiTaskRecommender(model_spec(config, manifest, inputs.tft_output))
     raw = _raw(data_dir, manifest)
-    features = dense_model_inputs(inputs.transform(raw))
+    features = dense_model_inputs(inputs.transform(raw), inputs.declaration.max_values())
     model(features)
     gate = model.mmoe.gates["watch"]
     gate.selector_dense.set_weights([w * 200 for w in gate.selector_dense.get_weights()])  # mostly binary

@@ -278,7 +278,8 @@ def test_export_serves_without_our_packages(embedded_data, tmp_path, policy):
 
     model, inputs = restore_model(run_dir)
     from features.transform import dense_model_inputs
-    features = dense_model_inputs(inputs.transform({k: tf.constant(v) for k, v in raw.items()}))
+    features = dense_model_inputs(inputs.transform({k: tf.constant(v) for k, v in raw.items()}),
+                                  inputs.declaration.max_values())
     # As a graph, like the export: under bfloat16, eager and graph kernels round differently.
     expected = tf.function(lambda f: model(f, training=False))(features)
     first = raw["user_id"] == raw["user_id"][0]
