@@ -57,11 +57,12 @@ from pipeline.sources.rows import (EXACT_DUPLICATE, HELD_OUT, LINE, REJECTED, RE
                            rejection)
 from pipeline.artifacts.runs import preprocess_output_of
 from pipeline.examples.sampling import user_rng
-from pipeline.examples.shards import TrainBatches, WriteShard, WriteTransformedShard, shard_names, shard_of
+from pipeline.examples.shards import (TrainBatches, WriteShard, WriteTransformedShard, pack_records, shard_names,
+                                     shard_of)
 from pipeline.sources import open_source
 from pipeline.artifacts.storage import copy_tree
 from pipeline.artifacts.stable_savedmodel import canonicalize
-from pipeline.examples.tables import CandidatesFromTables, TrainTables, WriteTables
+from pipeline.examples.tables import CANDIDATES, CandidatesFromTables, TrainTables, WriteTables
 from pipeline.terminal import stage_log
 
 if TYPE_CHECKING:  # names in annotations only
@@ -276,20 +277,26 @@ def build_pipeline(p: beam.Pipeline, source: Source, data_config: DataConfig, fo
     counts += example_counts
 
     shards = data_config.num_shards
+    # Each user's records packed into one compressed blob: the runner may hold the whole grouping in memory.
     grouped = (examples | "ByShard" >> beam.MapTuple(
-        lambda split, user, records: ((split, shard_of(user, shards)), (user, records)))
+        lambda split, user, records: ((split, shard_of(user, shards)), (user, pack_records(records))))
                | "GroupShards" >> beam.GroupByKey())
+    # Only the candidate lists wait for the train tables; the other splits are written as they are
+    # grouped, so no runner keeps them until then (the DirectRunner held every example 3 times).
+    other_splits, candidates = grouped | "CandidatesApart" >> beam.Partition(
+        lambda keyed, _: int(keyed[0][0] == CANDIDATES), 2)
+    raw_shards = other_splits | "WriteShards" >> beam.ParDo(WriteShard(str(folder), shards))
 
     # tf.Transform analyzers see the train split only: no validation/test label leaks.
-    batches = grouped | "TrainBatches" >> beam.ParDo(TrainBatches(schema, ANALYZE_BATCH))
+    batches = other_splits | "TrainBatches" >> beam.ParDo(TrainBatches(schema, ANALYZE_BATCH))
     # The user and item feature tables of the served model, from the same train examples; the
     # candidate lists take their user and item columns from them (pipeline/examples/tables.py).
     tables = batches | "TrainTables" >> beam.CombineGlobally(TrainTables(dataset, raw_columns))
     counts.append(tables | "WriteTables" >> beam.ParDo(WriteTables(str(folder), dataset, raw_columns)))
     write_counts(counts, counts_path(folder))
-    _ = (grouped | "CandidatesFromTables" >> beam.ParDo(CandidatesFromTables(dataset, raw_columns),
-                                                        beam.pvalue.AsSingleton(tables))
-         | "WriteShards" >> beam.ParDo(WriteShard(str(folder), shards)))
+    _ = (candidates | "CandidatesFromTables" >> beam.ParDo(CandidatesFromTables(dataset, raw_columns),
+                                                           beam.pvalue.AsSingleton(tables))
+         | "WriteCandidateShards" >> beam.ParDo(WriteShard(str(folder), shards)))
     example_io = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["mtlrec"], schema=schema)
     transform_fn = (batches, example_io.TensorAdapterConfig()) | "Analyze" >> tft_beam.AnalyzeDataset(
         make_preprocessing_fn(dataset, raw_columns))
@@ -298,7 +305,8 @@ def build_pipeline(p: beam.Pipeline, source: Source, data_config: DataConfig, fo
     written = (transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(transform_dir)
                | "PublishTransform" >> beam.Map(lambda _: scratch and copy_tree(transform_dir, str(folder)))
                | "StableTransformBytes" >> beam.Map(lambda _: canonicalize(f"{folder}/transform_fn")))
-    _ = grouped | "WriteTransformed" >> beam.ParDo(
+    # The transformed shards, read from the raw shard files just written.
+    _ = raw_shards | "WriteTransformed" >> beam.ParDo(
         WriteTransformedShard(str(folder), shards, dataset, raw_columns), beam.pvalue.AsSingleton(written))
 
 
