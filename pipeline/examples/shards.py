@@ -136,6 +136,31 @@ class WriteTransformedShard(beam.DoFn):
         yield path
 
 
+class RecordBatchCoder(beam.coders.Coder):
+    """pa.RecordBatch <-> Arrow's IPC stream format with zstd-compressed buffers.
+
+    tf.Transform reads its input RecordBatches once per analysis phase, so a runner keeps them
+    (the DirectRunner in memory, encoded, and copies them once more to read them). Beam's
+    default coder pickles them uncompressed, ~1 KB per KuaiRand example, where the columns of
+    single values (their list offsets 0, 1, 2, ..., repeated ids) compress ~10x."""
+    OPTIONS = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", 1))
+
+    def encode(self, batch: pa.RecordBatch) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema, options=self.OPTIONS) as writer:
+            writer.write_batch(batch)
+        return sink.getvalue().to_pybytes()
+
+    def decode(self, encoded: bytes) -> pa.RecordBatch:
+        return pa.ipc.open_stream(encoded).read_next_batch()
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
+beam.coders.registry.register_coder(pa.RecordBatch, RecordBatchCoder)
+
+
 class TrainBatches(beam.DoFn):
     """The train shards' records, in file order, as Arrow RecordBatches for tf.Transform.
 

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import apache_beam as beam
+import pyarrow as pa
 import tensorflow as tf
 import tensorflow_transform.beam as tft_beam
 from apache_beam.io.filesystems import FileSystems
@@ -288,7 +289,9 @@ def build_pipeline(p: beam.Pipeline, source: Source, data_config: DataConfig, fo
     raw_shards = other_splits | "WriteShards" >> beam.ParDo(WriteShard(str(folder), shards))
 
     # tf.Transform analyzers see the train split only: no validation/test label leaks.
-    batches = other_splits | "TrainBatches" >> beam.ParDo(TrainBatches(schema, ANALYZE_BATCH))
+    # Typed, so that they are coded compressed (RecordBatchCoder): tf.Transform reads them twice.
+    batches = other_splits | "TrainBatches" >> beam.ParDo(TrainBatches(schema, ANALYZE_BATCH)).with_output_types(
+        pa.RecordBatch)
     # The user and item feature tables of the served model, from the same train examples; the
     # candidate lists take their user and item columns from them (pipeline/examples/tables.py).
     tables = batches | "TrainTables" >> beam.CombineGlobally(TrainTables(dataset, raw_columns))
