@@ -67,8 +67,8 @@ def unpack_records(blob: bytes) -> list[bytes]:
 
 
 def _users_in_order(users):
-    """A shard's (user, packed records), sorted by user -> (user, records)."""
-    return [(user, unpack_records(blob)) for user, blob in sorted(users, key=lambda user: user[0])]
+    """A shard's (user, packed records), sorted by user -> (user, records), one user unpacked at a time."""
+    return ((user, unpack_records(blob)) for user, blob in sorted(users, key=lambda user: user[0]))
 
 
 def _shard_path(folder, split, shard, num_shards) -> str:

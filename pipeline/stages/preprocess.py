@@ -31,8 +31,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import pickle
 import shutil
 import tempfile
+import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -133,6 +135,17 @@ def _dedupe(rows, file, plan):
     yield list(latest.values())
 
 
+def _pack_rows(batch: list[dict]) -> bytes:
+    """A list of one user's rows as one compressed pickle: the form they take through the grouping
+    by user, which the DirectRunner holds whole in memory (as dicts, ~0.9 KB a KuaiRand row;
+    packed, ~0.05 KB). Exact: the rows come back equal, with their values' types."""
+    return zlib.compress(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def _unpack_rows(blob: bytes) -> list[dict]:
+    return pickle.loads(zlib.decompress(blob))
+
+
 def _split_size(spec, n):
     return spec if isinstance(spec, int) else max(1, int(round(spec * n)))
 
@@ -148,7 +161,7 @@ def _user_history(keyed, split_config, file, plan, time_column, item_key):
     period, so strictly later than every train and validation row, are returned as "held_out":
     the user's unbiased test list."""
     user_id, batches = keyed
-    for out in _dedupe([row for batch in batches for row in batch], file, plan):
+    for out in _dedupe([row for batch in batches for row in _unpack_rows(batch)], file, plan):
         if isinstance(out, beam.pvalue.TaggedOutput):
             yield out
             continue
@@ -263,7 +276,7 @@ def build_pipeline(p: beam.Pipeline, source: Source, data_config: DataConfig, fo
 
     file = source.info.extra.get("rows_location") or (source.info.files[0] if source.info.files else
                                                        source.info.location)
-    histories = (batches | "ByUser" >> beam.Map(lambda b: (b[0][user_key], b))
+    histories = (batches | "ByUser" >> beam.Map(lambda b: (b[0][user_key], _pack_rows(b)))
                  | "GroupUsers" >> beam.GroupByKey()
                  | "DedupeAndSplit" >> beam.FlatMap(_user_history, data_config.split, file, plan,
                                                      dataset.time_column, item_key).with_outputs(
