@@ -347,7 +347,7 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     from apache_beam.options.pipeline_options import PipelineOptions
     from features.datasets.kuairand import KUAIRAND
     from pipeline.examples.exposure import ExposureExamples
-    from pipeline.stages.preprocess import _user_history
+    from pipeline.stages.preprocess import _pack_rows, _user_history
     from pipeline.sources.rows import HELD_OUT
     from pipeline.config import SplitConfig
     from pipeline.examples import exposure as exposure_examples
@@ -369,7 +369,7 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     listed = 0
     for user in sorted(set(random_log.user_id)):
         mine = [r for r in rows if r["user_id"] == user]
-        out = list(_user_history((user, [[dict(r) for r in mine]]), SplitConfig(), str(folder), exposure_examples,
+        out = list(_user_history((user, [_pack_rows(mine)]), SplitConfig(), str(folder), exposure_examples,
                                  "time_ms", "item_id"))
         counts = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)][0]
         _, parts = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)][0]
