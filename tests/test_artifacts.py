@@ -86,6 +86,16 @@ def test_example_encoder_equals_protobuf_deterministic_serialization():
     assert encoder.encode(varying, constants=fixed) == encoder.encode({**varying, **repeated})
 
 
+def test_packed_records_round_trip():
+    """A user's records through the shard grouping (pipeline/examples/shards.py): the same bytes, in order."""
+    from pipeline.examples.shards import pack_records, unpack_records
+    rng = np.random.default_rng(4)
+    records = [rng.bytes(int(n)) for n in rng.integers(0, 3000, 200)] + [b"", b"\x00" * 70000]
+    for part in ([], [b""], records[:1], records):
+        assert unpack_records(pack_records(part)) == part
+    assert len(pack_records([b"feature names repeat " * 50] * 100)) < 2000  # they go through compressed
+
+
 @pytest.mark.parametrize("dataset", ["movielens", "kuairand"])
 def test_train_batches_equal_tfx_bsl_decoder(dataset):
     """The analyzers' RecordBatches, built with TF's parser, equal tfx_bsl's decoder's."""
@@ -93,7 +103,7 @@ def test_train_batches_equal_tfx_bsl_decoder(dataset):
     from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
 
     from features.datasets import dataset_named
-    from pipeline.examples.shards import TrainBatches
+    from pipeline.examples.shards import TrainBatches, pack_records
     declaration = dataset_named(dataset)
     spec = declaration.raw_feature_spec(list(declaration.raw_columns))
     schema = schema_utils.schema_from_feature_spec(spec)
@@ -104,7 +114,8 @@ def test_train_batches_equal_tfx_bsl_decoder(dataset):
     batcher.setup()
     expected = ExamplesToRecordBatchDecoder(schema.SerializeToString()).DecodeBatch(records)
     assert batcher.record_batch(records).equals(expected)
-    shards = [(("train", 0), [(7, records[:150]), (3, records[150:])]), (("test", 0), [(1, records)])]
+    shards = [(("train", 0), [(7, pack_records(records[:150])), (3, pack_records(records[150:]))]),
+              (("test", 0), [(1, pack_records(records))])]
     batches = [b for shard in shards for b in batcher.process(shard)]
     assert [b.num_rows for b in batches] == [100, 100, 57]  # train only, users by id, then fixed sizes
     assert batches[0].equals(ExamplesToRecordBatchDecoder(schema.SerializeToString()).DecodeBatch(records[150:250]))

@@ -347,7 +347,7 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     from apache_beam.options.pipeline_options import PipelineOptions
     from features.datasets import dataset_named
     from pipeline.examples.exposure import ExposureExamples
-    from pipeline.stages.preprocess import DedupeRule, _user_history
+    from pipeline.stages.preprocess import DedupeRule, _pack_rows, _user_history
     from pipeline.sources.rows import HELD_OUT
     from pipeline.config import SplitConfig
     KUAIRAND = dataset_named("kuairand")
@@ -369,7 +369,8 @@ def test_random_log_rows_are_held_out_for_the_test_lists(tmp_path):
     listed = 0
     for user in sorted(set(random_log.user_id)):
         mine = [r for r in rows if r["user_id"] == user]
-        out = list(_user_history((user, [[dict(r) for r in mine]]), SplitConfig(), str(folder), DedupeRule.of(KUAIRAND),
+        out = list(_user_history((user, [_pack_rows([dict(r) for r in mine])]), SplitConfig(), str(folder),
+                                 DedupeRule.of(KUAIRAND),
                                  "time_ms", "item_id"))
         counts = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)][0]
         _, parts = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)][0]

@@ -104,7 +104,7 @@ def test_ties_never_straddle_a_cut_and_every_cuttable_user_has_a_test_list():
     import apache_beam as beam
     from pipeline.config import SplitConfig
     from features.datasets import dataset_named
-    from pipeline.stages.preprocess import DedupeRule, _user_history
+    from pipeline.stages.preprocess import DedupeRule, _pack_rows, _user_history
     from pipeline.sources.rows import HELD_OUT
     rule = DedupeRule.of(dataset_named("kuairand"))
     rng = np.random.default_rng(24)
@@ -115,7 +115,7 @@ def test_ties_never_straddle_a_cut_and_every_cuttable_user_has_a_test_list():
         held = [{"user_id": 1, "item_id": 1000 + i, "time_ms": int(t), HELD_OUT: True}
                 for i, t in enumerate(rng.integers(0, 12, int(rng.integers(0, 3))) * 1000)]
         rows = [{"user_id": 1, "item_id": i, "time_ms": int(t)} for i, t in enumerate(times)]
-        out = list(_user_history((1, [rows + held]), SplitConfig(), "log.csv", rule, "time_ms", "item_id"))
+        out = list(_user_history((1, [_pack_rows(rows + held)]), SplitConfig(), "log.csv", rule, "time_ms", "item_id"))
         [counts] = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
         [(_, parts)] = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
         split = {s: [r["time_ms"] for r in parts[s]] for s in ("train", "validation", "test")}
