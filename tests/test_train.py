@@ -135,11 +135,8 @@ def test_killed_run_resumes_to_the_same_evaluation(embedded_data, tmp_path):
     def sets(run):
         return sum([["--set", o] for o in [*overrides, f"train.run_dir={run}"]], [])
 
-    # The uninterrupted run in this process (the killed one needs its own processes): a run's bytes
-    # do not depend on the process it ran in (test_compare's fresh-process check).
-    from pipeline.stages import evaluate, train
-    train.run(load_config(None, [*overrides, f"train.run_dir={tmp_path / 'whole'}"]))
-    evaluate.run(str(tmp_path / "whole"))
+    mtlrec("train", *sets(tmp_path / "whole"))
+    mtlrec("evaluate", "--run", str(tmp_path / "whole"))
 
     killed = subprocess.run([sys.executable, "-c", KILLER, "22", *overrides, f"train.run_dir={tmp_path / 'killed'}"],
                             capture_output=True, text=True, timeout=900)  # step 22 of 45: in epoch 2
