@@ -81,8 +81,9 @@ def test_mtlrec_config_prints_the_resolved_declaration(tmp_path, capsys, setting
 @pytest.mark.parametrize("mode", ["temporal", "column", "random", "sampled"])
 def test_the_declared_dataset_runs_through_mtlrec(tmp_path, mode):
     """preprocess, train, evaluate and export on the declaration alone, in each split mode and with
-    sampled negatives: every row accounted for, and the `rank` signature takes the declared request
-    columns and returns the declared tasks."""
+    sampled negatives: every row accounted for, each row in the split its mode puts it in, and the
+    `rank` signature takes the declared request columns and returns the declared tasks."""
+    from fixtures import read_split
     from pipeline.cli import main
     written = write_shop(tmp_path / "shop", users=24, items=30, per_user=14, bad_rows=mode != "column",
                          fold=mode == "column")
@@ -100,6 +101,7 @@ def test_the_declared_dataset_runs_through_mtlrec(tmp_path, mode):
     assert manifest["input_rows"] == written["rows"] == manifest["accepted_rows"] + manifest["rejected_rows"]
     if mode != "sampled":  # (sampled: repeated (user, item) pairs are rejected too, by its duplicates rule)
         assert manifest["rejected_rows"] == len(written["bad"])  # duplicates included: every bad row, no good one
+    _assert_split(mode, workdir / "data", manifest, written["bad"], tmp_path / "shop", read_split)
     tasks = ["watch", "click", "long_dwell", "dwell"] if mode == "sampled" else ["click", "long_dwell", "dwell"]
     evaluation = json.loads((workdir / "models" / "default" / "eval.json").read_text())
     assert list(evaluation["tasks"]) == tasks and evaluation["users"] > 0
@@ -113,3 +115,29 @@ def test_the_declared_dataset_runs_through_mtlrec(tmp_path, mode):
                item_ids=tf.constant([1, 2, 3, 999], tf.int64))  # 999: unknown, scored through the OOV path
     assert set(out) == {*tasks, "score", "top_k"}
     assert out["click"].shape == (4,) and np.all(np.isfinite(out["score"].numpy()))
+
+
+def _assert_split(mode, folder, manifest, bad, shop, read_split):
+    """Where each mode puts the rows: by their timestamps (temporal), into the split their fold column
+    names (column), anywhere in the declared shares (random), or beside sampled negatives (sampled)."""
+    splits = {s: read_split(folder, s) for s in ("train", "validation", "test")}
+    if mode == "column":  # each row lands in the split its fold names
+        lines = [line.split(",") for f in sorted(shop.glob("impressions_*.csv"))
+                 for line in f.read_text().splitlines()[1:]]
+        assert not bad
+        for split, frame in splits.items():
+            named = sorted((int(u), int(i), int(t)) for u, i, t, *_, fold in lines if fold == split)
+            assert sorted(zip(frame.uid, frame.iid, frame.ts)) == named, split
+    elif mode == "random":  # every row is an example of one split; the shares follow data.split
+        assert sum(len(f) for f in splits.values()) == manifest["accepted_rows"]
+        assert 0.1 < len(splits["test"]) / manifest["accepted_rows"] < 0.3
+    elif mode == "sampled":  # each logged row and 2 sampled items; the side tables' columns on sampled items too
+        train = splits["train"]
+        assert set(train.watch) == {0.0, 1.0} and (train.watch == 1).sum() * 3 >= len(train) > 0
+        sampled = train[train.watch == 0]
+        assert (sampled.click == 0).all() and (sampled.dwell_weight == 0).all()
+        assert set(sampled.category) <= {"shoes", "books", "garden", "toys"} and (sampled.age >= -1).all()
+    else:  # temporal: each user's validation and test rows are its last ones (2 test, 1 validation)
+        for uid, train in splits["train"].groupby("uid"):
+            later = [splits[s][splits[s].uid == uid] for s in ("validation", "test")]
+            assert all(train.ts.max() <= frame.ts.min() for frame in later if len(frame)), uid

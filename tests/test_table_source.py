@@ -14,8 +14,7 @@ from features.datasets import load_dataset
 from features.declaration import DeclarationError, load_declaration
 from pipeline.sources.rows import LINE, POSITION, SourceError
 from pipeline.sources.table import Table
-from table_files import (DECLARATION, IMPRESSION_COLUMNS, START, column_split, random_split, sampled_negatives,
-                         write_shop, write_variant)
+from table_files import DECLARATION, IMPRESSION_COLUMNS, START, write_shop
 
 
 def _read(source, tmp_path):
@@ -230,38 +229,9 @@ def test_the_fast_path_of_a_field_agrees_with_the_checked_one():
 
 
 # ---------------------------------------------------------------- split modes and negatives
-@pytest.mark.slow
-@pytest.mark.parametrize("name, change", [("column", column_split), ("random", random_split),
-                                          ("sampled", sampled_negatives)])
-def test_split_modes_and_sampled_negatives_through_preprocess(tmp_path, name, change):
-    from fixtures import read_split
-    from pipeline.cli import main
-    written = write_shop(tmp_path / "shop", bad_rows=False, fold=name == "column")
-    declaration = write_variant(tmp_path / "shop", change)
-    extra = {"column": [], "random": ["data.split.test=0.2", "data.split.validation=0.1"],
-             "sampled": ["data.split.test=2", "data.split.validation=1"]}[name]
-    sets = [a for o in [f"data.dataset={declaration}", f"workdir={tmp_path / 'w'}", "data.num_shards=1",
-                        "data.candidates.negatives=5", *extra] for a in ("--set", o)]
-    assert main(["preprocess", *sets]) == 0
-    folder = tmp_path / "w" / "data"
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["input_rows"] == written["rows"] == manifest["accepted_rows"] + manifest["rejected_rows"]
-    splits = {s: read_split(folder, s) for s in ("train", "validation", "test")}
-    lines = [line.split(",") for f in sorted((tmp_path / "shop").glob("impressions_*.csv"))
-             for line in f.read_text().splitlines()[1:]]
-    if name == "column":  # each row lands in the split its fold names
-        for split, frame in splits.items():
-            named = sorted((int(u), int(i), int(t)) for u, i, t, *_, fold in lines if fold == split)
-            assert sorted(zip(frame.uid, frame.iid, frame.ts)) == named, split
-    elif name == "random":  # every row is an example of one split; the shares follow data.split
-        assert sum(len(f) for f in splits.values()) == manifest["accepted_rows"]
-        assert 0.1 < len(splits["test"]) / manifest["accepted_rows"] < 0.3
-    else:  # each logged row and 2 sampled items; the side tables' columns on sampled items too
-        train = splits["train"]
-        assert set(train.watch) == {0.0, 1.0} and (train.watch == 1).sum() * 3 >= len(train) > 0
-        sampled = train[train.watch == 0]
-        assert (sampled.click == 0).all() and (sampled.dwell_weight == 0).all()
-        assert set(sampled.category) <= {"shoes", "books", "garden", "toys"} and (sampled.age >= -1).all()
+# Each split mode and sampled negatives go through preprocess, train, evaluate and export in
+# tests/test_dataset_registry.py::test_the_declared_dataset_runs_through_mtlrec, which checks where
+# the rows land.
 
 
 # ---------------------------------------------------------------- side tables: formats, encodings, per-column files
