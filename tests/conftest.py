@@ -1,5 +1,9 @@
 """Shared test set-up: Keras 2 before TensorFlow, quiet logs, seeded randomness."""
+import fcntl
+import json
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -41,12 +45,30 @@ def run_preprocess(workdir, *overrides):
     return preprocess.run(load_config(None, [f"workdir={workdir}", *overrides]))
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """The folder `name`, made by `make(folder)` once per test run: each pytest-xdist worker has its own
+    session, so a session fixture alone would make it once per worker. The first worker to ask makes
+    it under a file lock; the others wait, then copy it (nothing may write into it)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, shared
+    folder, done = root / name, root / f".{name}.done"
+    with open(root / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the worker dies
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # left half-made by a worker that failed
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def embedded_data(tmp_path_factory):
     """The embedded MovieLens data for ~40 users: small enough for tests, real in every column."""
-    workdir = tmp_path_factory.mktemp("embedded")
-    manifest = run_preprocess(workdir, *EMBEDDED_OVERRIDES)
-    return workdir / "data", manifest
+    made = made_once(tmp_path_factory, "embedded", lambda folder: run_preprocess(folder, *EMBEDDED_OVERRIDES))
+    # A copy per worker: stages lock the data folder they read (a second worker would be refused).
+    data = tmp_path_factory.mktemp("embedded") / "data"
+    shutil.copytree(made / "data", data)
+    return data, json.loads((data / "manifest.json").read_text())
 
 
 # A tiny model on `embedded_data`: enough for the stages after training to have something to read.
