@@ -32,7 +32,7 @@ TINY = [*EMBEDDED_OVERRIDES, "train.epochs=2", "train.steps_per_epoch=2", "train
         # Bands far narrower than Adam's first step: the 4-step DSelect-k trials end binary (feasible).
         "tune.space={gamma: {low: 0.0005, high: 0.001, log: true}}", "tune.learning_rate=[0.005, 0.01]"]
 SYNTHETIC = ["--config", str(REPO / "configs" / "synthetic_tiny.yaml"), "--set", "synthetic.sweep_tasks=[]",
-             "--set", "synthetic.compare=[topk_2, dselect_k_1]"]
+             "--set", "synthetic.compare=[dselect_k_1]"]
 
 
 def mtlrec(*args):
@@ -89,8 +89,8 @@ def test_every_subcommand_prints_only_its_own_lines(runs):
     # Per-run progress: i/N and, once a run has finished, the time left.
     assert re.search(r"^compare: \[2/2\] .*, ~\d+ (s|min) left\)$", runs["compare"].stderr, re.M)
     assert re.search(r"^tune: \w+ \[2/2\] .*; ~\d+ (s|min) left$", runs["tune"].stderr, re.M)
-    # synthetic: 2 tuning trials for each of topk_2 and dselect_k_1, 1 for the oracle, then their 3 settings' runs.
-    assert re.search(r"^\[8/8, 0 left, \d+s, ~\d+ s left\] final", runs["synthetic"].stderr, re.M)
+    # synthetic: 2 tuning trials for dselect_k_1, 1 for the oracle, then their 2 settings' runs.
+    assert re.search(r"^\[5/5, 0 left, \d+s, ~\d+ s left\] final", runs["synthetic"].stderr, re.M)
 
 
 @pytest.mark.slow
