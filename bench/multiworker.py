@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,18 +31,8 @@ import models  # noqa: F401  (Keras 2 before TensorFlow)
 
 from bench.common import describe_data, write
 
-MTLREC = Path(sys.executable).parent / "mtlrec"
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' process helpers
+from processes import MTLREC, free_ports
 
 
 def train(run_dir: Path, sets: list[str], workers: int) -> dict:
