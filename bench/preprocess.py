@@ -12,11 +12,17 @@ machine. The outputs of the modes are compared file by file (they must be identi
 A size is `embedded` (100,004 ratings, the default config), a number of ratings: an
 ml-latest folder (ratings.csv + movies.csv) generated here, deterministically from --seed,
 with Zipf-like item popularity, skewed user activity and increasing timestamps per user; or
-`kuairand-pure`: a KuaiRand-Pure data folder of Pure's size and shape (27,285 users, 7,551
-videos, ~1.44M standard-policy impressions, ~1.18M random ones; tests/kuairand_files.py),
-preprocessed with configs/kuairand_pure.yaml (issue 17's target: < 5 min on 2 cores):
+a KuaiRand data folder of a published version's layout and size (tests/kuairand_files.py),
+preprocessed with configs/kuairand_pure.yaml (the folder's file names give the version):
+`kuairand-pure` (27,285 users, 7,551 videos, ~1.44M standard-policy impressions, ~1.18M random
+ones; issue 17's target: < 5 min on 2 cores) or `kuairand-1k` (1,000 users, 4,369,953 videos,
+~12.0M standard-policy impressions, ~43k random ones; issue 27's target: within 20 GB):
 
     python -m bench.preprocess --sizes kuairand-pure --modes in_memory --name preprocess_kuairand
+    python -m bench.preprocess --sizes kuairand-1k --modes in_memory --name preprocess_kuairand_1k
+
+--kuairand-scale scales a KuaiRand size's users and videos (a quick run of the same code path).
+--trace-memory samples the run's RSS and records the DirectRunner stages that held the most.
 
 The machine may be shared: each run records the load average and the CPU seconds it used.
 """
@@ -38,7 +44,14 @@ from pathlib import Path
 import numpy as np
 
 TARGETS = {"embedded": 60.0, 1_000_000: 600.0, "kuairand-pure": 300.0}  # seconds (issues 3, 17), on 2 cores
-KUAIRAND_PURE = {"users": 27_285, "videos": 7_551, "per_user": 52, "random_per_user": 43}  # README statistics
+MEMORY_TARGETS = {"kuairand-1k": 20 * 1024}  # peak RSS, MiB (issue 27)
+# size -> (version, shape): the README's statistics. 1K's logs hold 11.71M standard-policy
+# impressions; issue 27 asks for 12M rows, so 1K's per-user mean is set to give 12.0M (each user
+# has Poisson(per_user) + 1). Its random log (43,028 lines) is not read by the default config.
+KUAIRAND = {"kuairand-pure": ("pure", {"users": 27_285, "videos": 7_551, "per_user": 52, "random_per_user": 43}),
+            "kuairand-1k": ("1k", {"users": 1_000, "videos": 4_369_953, "per_user": 11_999, "random_per_user": 43})}
+KUAIRAND_PURE = KUAIRAND["kuairand-pure"][1]
+KUAIRAND_CONFIG = "configs/kuairand_pure.yaml"  # for every version: data.source=kuairand, the tasks
 GENRES = ["Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama",
           "Fantasy", "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi",
           "Thriller", "War", "Western"]
@@ -101,6 +114,7 @@ def child(spec: dict) -> None:
     from pipeline.config import load_config
 
     config = load_config(spec.get("config"), spec["overrides"])
+    trace = MemoryTrace(spec["trace"]) if spec.get("trace") else None
     start = time.perf_counter()
     manifest = preprocess.run(config, output=spec["output"], beam_args=spec["beam_args"])
     seconds = time.perf_counter() - start
@@ -112,7 +126,63 @@ def child(spec: dict) -> None:
         "users": manifest["users"], "items": manifest["items"],
         "examples": {split: s["examples"] for split, s in manifest["splits"].items()},
         "peak_rss_mib": {"runner": usage[0].ru_maxrss // 1024, "largest_child": usage[1].ru_maxrss // 1024},
+        **({"stages": trace.summary()} if trace else {}),
     }))
+
+
+class MemoryTrace:
+    """The RSS of this process, sampled every 0.5 s, per DirectRunner stage (a wrapper around
+    FnApiRunner._execute_bundle: one call per bundle of a stage). Each bundle's line (seconds
+    since the start, stage, RSS before and peak, MiB) is appended to `path` as it ends, so a
+    long run can be watched; summary() gives the stages that held the most."""
+
+    def __init__(self, path: str):
+        import threading
+
+        from apache_beam.runners.portability.fn_api_runner import fn_runner
+        self.path, self.start, self.stages = path, time.perf_counter(), {}
+        self.peak = self.rss()
+        threading.Thread(target=self._sample, daemon=True).start()
+        execute = fn_runner.FnApiRunner._execute_bundle
+        trace = self
+
+        def traced(runner, context, bundle, *args, **kwargs):
+            name = bundle.stage.name
+            before = trace.peak = trace.rss()
+            began = time.perf_counter()
+            try:
+                return execute(runner, context, bundle, *args, **kwargs)
+            finally:
+                peak = max(trace.peak, trace.rss())
+                entry = trace.stages.setdefault(name, {"seconds": 0.0, "rss_before_mib": before, "peak_mib": 0})
+                entry["seconds"] += time.perf_counter() - began
+                entry["peak_mib"] = max(entry["peak_mib"], peak)
+                with open(trace.path, "a") as f:
+                    f.write(f"{time.perf_counter() - trace.start:8.1f} s  {before:6d} -> {peak:6d} MiB  {name}\n")
+
+        fn_runner.FnApiRunner._execute_bundle = traced
+
+    @staticmethod
+    def rss() -> int:
+        """This process's resident set, MiB."""
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+
+    def _sample(self):
+        while True:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.5)
+
+    def summary(self, top: int = 6) -> list[dict]:
+        """The `top` stages by peak RSS, by their growth of it, and by seconds, in the order they ran
+        (a stage's name is the runner's, cut to 200 characters)."""
+        stages = self.stages
+        picked = {name for key in (lambda n: stages[n]["peak_mib"],
+                                   lambda n: stages[n]["peak_mib"] - stages[n]["rss_before_mib"],
+                                   lambda n: stages[n]["seconds"])
+                  for name in sorted(stages, key=key, reverse=True)[:top]}
+        return [{"stage": name[:200], **{k: round(v, 1) if k == "seconds" else v for k, v in stages[name].items()}}
+                for name in stages if name in picked]
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -127,30 +197,55 @@ def digest(folder: Path) -> dict[str, str]:
     return out
 
 
-def generate_kuairand(folder: Path, seed: int) -> Path:
-    """A KuaiRand-Pure-shaped data folder; written once per seed."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the generator is test data
-    from kuairand_files import write_kuairand
-    folder = folder / f"KuaiRand-Pure-seed{seed}" / "data"
-    if not folder.exists():
-        tmp = folder.with_name("data.tmp")
-        write_kuairand(tmp, "pure", seed=seed, **KUAIRAND_PURE)
-        tmp.rename(folder)
-    return folder
+def kuairand_shape(size: str, scale: float = 1.0) -> tuple[str, dict]:
+    """(version, write_kuairand's shape) of a KuaiRand size, its users and videos scaled."""
+    version, shape = KUAIRAND[size]
+    if scale != 1.0:
+        shape = {**shape, "users": max(10, round(shape["users"] * scale)),
+                 "videos": max(100, round(shape["videos"] * scale))}
+    return version, shape
 
 
-def run_once(size, mode, data, scratch: Path, workers: int) -> dict:
+def layout(version: str) -> str:
+    return "KuaiRand-" + ("Pure" if version == "pure" else version.upper())
+
+
+def generate_kuairand(folder: Path, size: str, seed: int, scale: float = 1.0) -> tuple[Path, dict | None]:
+    """A KuaiRand data folder of a size's version and shape, written once per (size, scale, seed)
+    by the generator of the tests (tests/kuairand_files.py) in a child process, so that its
+    memory is not held while the stage runs; and how that went (None if the folder existed)."""
+    version, shape = kuairand_shape(size, scale)
+    folder = folder / (layout(version) + (f"-scale{scale:g}" if scale != 1.0 else "") + f"-seed{seed}") / "data"
+    if folder.exists():
+        return folder, None
+    tmp = folder.with_name("data.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # an interrupted earlier write
+    generator = Path(__file__).resolve().parents[1] / "tests" / "kuairand_files.py"
+    command = [sys.executable, str(generator), str(tmp), "--version", version, "--seed", str(seed),
+               *(f"--{key.replace('_', '-')}={value}" for key, value in shape.items())]
+    load_before, start = [round(x, 2) for x in os.getloadavg()], time.perf_counter()
+    process = subprocess.Popen(command)
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"generating {size} failed ({os.waitstatus_to_exitcode(status)})")
+    tmp.rename(folder)
+    return folder, {"seconds": round(time.perf_counter() - start, 1),
+                    "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_mib": usage.ru_maxrss // 1024,
+                    "bytes": sum(p.stat().st_size for p in folder.iterdir()), "load_average_before": load_before}
+
+
+def run_once(size, mode, data, scratch: Path, workers: int, trace: bool = False) -> dict:
     overrides = ([] if size == "embedded" else
-                 ["data.source=kuairand", f"data.path={data}"] if size == "kuairand-pure" else
+                 ["data.source=kuairand", f"data.path={data}"] if size in KUAIRAND else
                  ["data.source=grouplens", f"data.path={data}"])
-    config = str(Path(__file__).resolve().parent.parent / "configs" / "kuairand_pure.yaml") \
-        if size == "kuairand-pure" else None
+    config = str(Path(__file__).resolve().parent.parent / KUAIRAND_CONFIG) if size in KUAIRAND else None
     beam_args = [f"--direct_running_mode={mode}"]
     if mode != "in_memory":
         beam_args.append(f"--direct_num_workers={workers}")
     output = scratch / f"out-{mode}"
     shutil.rmtree(output, ignore_errors=True)
-    spec = {"overrides": overrides, "config": config, "output": str(output), "beam_args": beam_args}
+    spec = {"overrides": overrides, "config": config, "output": str(output), "beam_args": beam_args,
+            "trace": str(scratch / f"trace-{size}-{mode}.log") if trace else None}
     load_before = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "bench.preprocess", "--child", json.dumps(spec)],
@@ -163,20 +258,27 @@ def run_once(size, mode, data, scratch: Path, workers: int) -> dict:
     assert rows == figures["accepted_rows"] + figures["rejected_rows"] + figures["sampled_out_rows"], figures
     files = digest(output)
     shutil.rmtree(output, ignore_errors=True)
+    cpu = figures.pop("cpu_seconds")
     return {"mode": mode, "seconds": round(seconds, 2), "stage_seconds": round(figures["stage_seconds"], 2),
-            "cpu_seconds": round(figures.pop("cpu_seconds"), 1),
-            "rows_per_second": round(rows / seconds), **figures, "files": files,
+            "cpu_seconds": round(cpu, 1), "rows_per_second": round(rows / seconds),
+            "rows_per_cpu_second": round(rows / cpu),
+            **figures, "files": files,
             "load_average_before": load_before, "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def measure(size, args, scratch: Path) -> dict:
-    data = (None if size == "embedded" else generate_kuairand(scratch, args.seed) if size == "kuairand-pure"
-            else generate(scratch, size, args.seed))
+    generation = None
+    if size == "embedded":
+        data = None
+    elif size in KUAIRAND:
+        data, generation = generate_kuairand(scratch, size, args.seed, args.kuairand_scale)
+    else:
+        data = generate(scratch, size, args.seed)
     runs = []
     for repeat in range(args.repeats):
         modes = args.modes if repeat % 2 == 0 else args.modes[::-1]  # alternate who goes first
         for mode in modes:
-            runs.append(run_once(size, mode, data, scratch, args.workers))
+            runs.append(run_once(size, mode, data, scratch, args.workers, args.trace_memory))
             r = runs[-1]
             print(f"{size!s:>9} {mode:16s} {r['seconds']:7.1f} s  {r['rows_per_second']:7d} rows/s  "
                   f"(stage {r['stage_seconds']:.1f} s, cpu {r['cpu_seconds']:.0f} s, load {r['load_average'][0]})",
@@ -200,17 +302,25 @@ def measure(size, args, scratch: Path) -> dict:
         pairs = [(a["seconds"], b["seconds"]) for a, b in zip(
             [r for r in runs if r["mode"] == "in_memory"], [r for r in runs if r["mode"] == "multi_processing"])]
         row["in_memory_over_multi_processing"] = round(statistics.median(a / b for a, b in pairs), 3)
+    if generation:  # writing the data folder (not when an earlier run had written it)
+        row["generation"] = generation
     if size in TARGETS:
         best = min(m["median_seconds"] for m in per_mode.values())
         row["target_seconds"] = TARGETS[size]
         row["meets_target"] = best < TARGETS[size]
+    if size in MEMORY_TARGETS:
+        # The stage's process and its largest child (none in-memory, but counted): an upper bound.
+        worst = max(r["peak_rss_mib"]["runner"] + r["peak_rss_mib"]["largest_child"] for r in runs)
+        row["target_peak_rss_mib"] = MEMORY_TARGETS[size]
+        row["peak_rss_mib_runner_plus_largest_child"] = worst
+        row["meets_memory_target"] = worst <= MEMORY_TARGETS[size]
     return row
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["embedded", "1000000"],
-                        help="'embedded', numbers of generated ratings and/or 'kuairand-pure'")
+                        help=f"'embedded', numbers of generated ratings and/or {', '.join(map(repr, KUAIRAND))}")
     parser.add_argument("--name", default="preprocess", help="the result file: bench/results/<name>.json")
     parser.add_argument("--modes", nargs="+", choices=["in_memory", "multi_processing"],
                         default=["in_memory", "multi_processing"])
@@ -218,12 +328,16 @@ def main():
     parser.add_argument("--workers", type=int, default=2, help="--direct_num_workers of the multi-process runs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated folders")
     parser.add_argument("--scratch", help="folder for generated data and outputs (default: a temporary one)")
+    parser.add_argument("--kuairand-scale", type=float, default=1.0,
+                        help="share of a KuaiRand size's users and videos (1.0: its size)")
+    parser.add_argument("--trace-memory", action="store_true",
+                        help="sample the stage's RSS per DirectRunner stage (<scratch>/trace-<size>-<mode>.log)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(json.loads(args.child))
 
-    sizes = [s if s in ("embedded", "kuairand-pure") else int(s) for s in args.sizes]
+    sizes = [s if s == "embedded" or s in KUAIRAND else int(s) for s in args.sizes]
     scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="mtlrec-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
     try:
@@ -243,8 +357,12 @@ def main():
         "settings": {"repeats": args.repeats, "workers": args.workers, "seed": args.seed,
                      "generated": {"ratings_per_user": RATINGS_PER_USER, "ratings_per_movie": RATINGS_PER_MOVIE,
                                    "layout": "ml-latest", "popularity": "Zipf s=1",
-                                   "kuairand-pure": {"layout": "KuaiRand-Pure", **KUAIRAND_PURE,
-                                                     "config": "configs/kuairand_pure.yaml"}}},
+                                   **{size: {"layout": layout(version), **shape,
+                                             "config": KUAIRAND_CONFIG}
+                                      for size in KUAIRAND if size in sizes
+                                      for version, shape in [kuairand_shape(size, args.kuairand_scale)]}},
+                     **({"kuairand_scale": args.kuairand_scale} if args.kuairand_scale != 1.0 else {}),
+                     "trace_memory": args.trace_memory},
         "results": rows,
     })
     print(f"wrote {path}")
