@@ -351,9 +351,7 @@ def test_evaluate_through_rank_equals_the_rows_scored_one_by_one(compared):
     from pipeline.stages.evaluate import evaluation, score_candidates
     config, workdir, _ = compared
     run_dir = workdir / "compare" / "softmax" / "seed0"
-    result = subprocess.run([str(MTLREC), "evaluate", "--run", str(run_dir)], capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert cli.main(["evaluate", "--run", str(run_dir)]) == 0
     evaluated = json.loads((run_dir / "eval.json").read_text())
 
     ranked = score_candidates(run_dir)
@@ -416,24 +414,26 @@ def test_test_split_metrics_match_sklearn_on_the_exported_predictions(compared):
 
 
 @pytest.mark.slow
-def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path):
+def test_bad_variant_is_rejected_before_training(embedded_data, tmp_path, capsys):
     data_dir, _ = embedded_data
-    result = subprocess.run(
-        [str(MTLREC), "compare", "--set", f"workdir={tmp_path}", "--set", f"data.output={data_dir}",
-         *sum([["--set", o] for o in EMBEDDED_OVERRIDES], []),
-         "--set", "compare.variants={good: {model: {gate: {type: softmax}}}, bad: {model: {gate: {type: top3}}}}",
-         "--set", "compare.focus=[good]"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2
-    assert "compare.variants.bad" in result.stderr and "unknown gate type 'top3'" in result.stderr
+    code = cli.main(["compare", "--set", f"workdir={tmp_path}", "--set", f"data.output={data_dir}",
+                     *sum([["--set", o] for o in EMBEDDED_OVERRIDES], []),
+                     "--set", "compare.variants={good: {model: {gate: {type: softmax}}}, "
+                              "bad: {model: {gate: {type: top3}}}}",
+                     "--set", "compare.focus=[good]"])
+    stderr = capsys.readouterr().err
+    assert code == 2
+    assert "compare.variants.bad" in stderr and "unknown gate type 'top3'" in stderr
     assert not (tmp_path / "compare").exists()
     # Before any work: with no data yet, nothing is preprocessed either.
-    result = subprocess.run(
-        [str(MTLREC), "compare", "--set", f"workdir={tmp_path / 'fresh'}",
-         *sum([["--set", o] for o in EMBEDDED_OVERRIDES], []),
-         "--set", "compare.variants={good: {model: {gate: {type: softmax}}}, bad: {model: {gate: {k: 0, type: topk}}}}",
-         "--set", "compare.focus=[good]"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2 and "compare.variants.bad" in result.stderr and "gate.k" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "fresh").exists()
+    code = cli.main(["compare", "--set", f"workdir={tmp_path / 'fresh'}",
+                     *sum([["--set", o] for o in EMBEDDED_OVERRIDES], []),
+                     "--set", "compare.variants={good: {model: {gate: {type: softmax}}}, "
+                              "bad: {model: {gate: {k: 0, type: topk}}}}",
+                     "--set", "compare.focus=[good]"])
+    stderr = capsys.readouterr().err
+    assert code == 2 and "compare.variants.bad" in stderr and "gate.k" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "fresh").exists()
 
 
 @pytest.mark.slow

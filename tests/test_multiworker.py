@@ -19,8 +19,11 @@ from processes import MTLREC, PORT_TAKEN, Processes, free_ports, mtlrec_lines
 
 # Batch 512 on the embedded test data (~17.8k train examples): one epoch is 34 steps, and needs
 # the whole split (TF's default file sharding gave each worker half of it: "ran out of data").
+# Per-example DSelect-k: the gate with the most per-replica state (its selectors are a function of
+# each example), so the mirrored and multi-worker paths are checked on it.
 SETTINGS = ["train.batch_size=512", "train.epochs=2", "train.diagnostics_batches=2", "train.early_stopping_patience=0",
-            "model.expert_units=[16]", "model.tower_units=[8]", "model.num_experts=6", "model.id_embedding_dim=8"]
+            "model.expert_units=[16]", "model.tower_units=[8]", "model.num_experts=6", "model.id_embedding_dim=8",
+            "model.gate.per_example=true"]
 WORKER_TIMEOUT = 10  # seconds without a heartbeat before a worker counts as lost
 CLUSTER = ["train.strategy=multi_worker", f"train.worker_timeout_seconds={WORKER_TIMEOUT}"]
 # Keras metrics' running sums (of the last validation pass): summed in another order by two workers.
