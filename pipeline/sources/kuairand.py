@@ -31,8 +31,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.sources import Source
-from pipeline.sources.grouplens import Table, entity_values
 from pipeline.sources.rows import HELD_OUT, LINE, METADATA, REJECTED, SourceError, SourceInfo, parse_int, rejection
+from pipeline.sources.sidetable import Table, entity_values
 from pipeline.sources.textfiles import (
     check_not_wide, decode_line, line_ending, line_ranges, read_head, read_line_range, read_lines)
 
@@ -182,16 +182,16 @@ def _read_table(path: str, what: str, key: str, parse, rejected: list) -> tuple[
                 raise ValueError(f"expected {len(header)} fields, found {len(values)}")
             fields = dict(zip(header, values))
             id_ = parse_int(fields[key], f"{what} id")
-            if id_ in table.rows or id_ in table.rejected:
-                first = "kept" if id_ in table.rows else f"{table.rejected[id_]}, which was rejected"
+            if id_ in table or id_ in table.rejected:
+                first = "kept" if id_ in table else f"{table.rejected[id_]}, which was rejected"
                 repeated, id_ = id_, None  # its first line decides
                 raise ValueError(f"{what} id {repeated} repeated (its first line is {first})")
-            table.rows[id_] = parse(fields)
+            table.add(id_, parse(fields))
         except (ValueError, KeyError, csv.Error) as reason:
-            if id_ is not None and id_ not in table.rows and id_ not in table.rejected:
+            if id_ is not None and id_ not in table and id_ not in table.rejected:
                 table.rejected[id_] = f"{name}:{number}"
             rejected.append(rejection(f"{path}:{number}", text.original(number), f"metadata: {reason}", METADATA))
-    if not table.rows:
+    if not len(table):
         raise SourceError(f"{path}: no valid {what} lines")
     decoding = {k: v for k, v in text.decoding(header=lines[0][1]).items() if "replaced" not in k}
     return table, {**decoding, "undecodable_lines": len(replaced)}
@@ -245,9 +245,9 @@ class _ParseLog(beam.DoFn):
                 row = self.parse(line)
                 # Known ids only; their columns are joined per user in pipeline/examples/exposure.py:
                 # copying ~40 user and video columns into every row cost memory (6 GB at Pure's size).
-                if row["item_id"] not in videos.rows:
+                if row["item_id"] not in videos:
                     entity_values(videos, row["item_id"])  # raises, naming why
-                if row["user_id"] not in users.rows:
+                if row["user_id"] not in users:
                     entity_values(users, row["user_id"])
                 by_user.setdefault(row["user_id"], []).append(row)
             except ValueError as reason:
