@@ -28,6 +28,7 @@ import re
 from typing import TYPE_CHECKING
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.sources import Source
@@ -235,23 +236,32 @@ class _ParseLog(beam.DoFn):
         lines = read_line_range(path, start, end)
         if start == 0 and self.header:
             lines = lines[1:]
-        by_user: dict[int, list] = {}
+        rows = []
         for raw in lines:
             line, undecodable = decode_line(raw, self.file)
             if undecodable:
                 yield beam.pvalue.TaggedOutput(REJECTED, undecodable)
                 continue
             try:
-                row = self.parse(line)
-                # Known ids only; their columns are joined per user in pipeline/examples/exposure.py:
-                # copying ~40 user and video columns into every row cost memory (6 GB at Pure's size).
-                if row["item_id"] not in videos:
-                    entity_values(videos, row["item_id"])  # raises, naming why
-                if row["user_id"] not in users:
-                    entity_values(users, row["user_id"])
-                by_user.setdefault(row["user_id"], []).append(row)
+                rows.append(self.parse(line))
             except ValueError as reason:
                 yield beam.pvalue.TaggedOutput(REJECTED, rejection(self.file, line, str(reason)))
+        # Known ids only, checked for the whole range at once (pipeline/sources/sidetable.py);
+        # their columns are joined per user in pipeline/examples/exposure.py: copying ~40 user and
+        # video columns into every row cost memory (6 GB at Pure's size).
+        known = np.ones(len(rows), bool)
+        for table, key in ((videos, "item_id"), (users, "user_id")):
+            known &= table.known(np.fromiter((row[key] for row in rows), np.int64, len(rows)))
+        by_user: dict[int, list] = {}
+        for row, ok in zip(rows, known.tolist()):
+            if ok:
+                by_user.setdefault(row["user_id"], []).append(row)
+                continue
+            try:  # the first unknown id, the video's before the user's, says why
+                for table, key in ((videos, "item_id"), (users, "user_id")):
+                    entity_values(table, row[key])
+            except ValueError as reason:
+                yield beam.pvalue.TaggedOutput(REJECTED, rejection(self.file, row[LINE], str(reason)))
         yield from by_user.values()
 
     def parse(self, line: str) -> dict:
