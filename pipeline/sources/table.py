@@ -391,11 +391,14 @@ class _ParseRows(beam.DoFn):
             try:
                 row = parse()
                 for entity, columns in self.join.items():  # known keys only
-                    table = tables[entity]
-                    if table is not None:
-                        values = entity_values(table, row[self.keys[entity]])  # raises, naming why
-                        if columns:  # sampled negatives: the side columns go into the rows
-                            row.update({c: values[c] for c in columns})
+                    table, id_ = tables[entity], row[self.keys[entity]]
+                    if table is None:
+                        continue
+                    if columns:  # sampled negatives: the side columns go into the rows
+                        values = entity_values(table, id_)  # raises, naming why
+                        row.update({c: values[c] for c in columns})
+                    elif id_ not in table:
+                        entity_values(table, id_)  # raises, naming why
             except ValueError as reason:
                 kind = UNDECODABLE_ROW if str(reason).startswith("undecodable byte") else "row"
                 yield beam.pvalue.TaggedOutput(REJECTED, rejection(part[0], line, str(reason), kind))
