@@ -90,6 +90,7 @@ def test_ids_in_order_need_no_set_and_add_after_a_lookup_is_refused():
     table.add(3, {"age": 1})
     table.add(8, {"age": 2})
     assert 3 in table and 5 not in table and 8 in table and 9 not in table and table._seen is None
+    assert "3" not in table and None not in table and table._ids is not None  # not ids; still reading
     table.add(4, {"age": 3})  # out of order: a set from here on
     assert 4 in table and 5 not in table and table._seen == {3, 4, 8}
     assert table.rows[4] == {"age": 3}

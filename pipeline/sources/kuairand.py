@@ -10,10 +10,10 @@ The standard-policy logs are the examples; the random-policy log is read only as
 unbiased test set (data.kuairand.random_log_test); the daily video statistics are not read
 (configs/datasets/kuairand.yaml says why). What the rows become (features, tasks) is that
 declaration's; this module knows the files: their names, fields and the README's value checks.
-The user and basic video files are read by the driver and joined as side inputs, as GroupLens's
-movie files are; the logs are read by the runner, in byte ranges of whole lines, each bad line
-rejected with its reason: input = accepted + rejected; each range's rows go on as one list per
-user (USER_BATCHES).
+The user and basic video files are read by the driver and joined as side inputs (held column by
+column: pipeline/sources/sidetable.py), as GroupLens's movie files are; the logs are read by the
+runner, in byte ranges of whole lines, each bad line rejected with its reason: input = accepted
++ rejected; each range's rows go on as one list per user (USER_BATCHES).
 A log file's header names its columns, so their order is read off it (the README's order
 when a file has no header).
 """

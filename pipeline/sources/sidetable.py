@@ -105,7 +105,7 @@ class Table:
 
     def __contains__(self, id_: Any) -> bool:
         """Whether an id has columns (a rejected one has none)."""
-        if self._ids is None:
+        if self._ids is None or type(id_) is not int:
             return self.position(id_) is not None
         if self._seen is not None:
             return id_ in self._seen
