@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # names in annotations only
     from features.spec import Dataset
     from pipeline.config.schema import DataConfig
     from pipeline.sources import Source
-    from pipeline.sources.grouplens import Table
+    from pipeline.sources.sidetable import Table
 
 SPLITS = ("train", "validation", "test")
 
@@ -64,7 +64,7 @@ class ExposureExamples(beam.DoFn):
 
     def process(self, user_parts: tuple[int, dict[str, list[dict]]], items: Table | None,
                 users: Table | None) -> Iterator:
-        """items, users: the source's side tables (pipeline.sources.grouplens.Table), or None; the
+        """items, users: the source's side tables (pipeline.sources.sidetable.Table), or None; the
         rows carry the entity columns no side table holds."""
         user_id, parts = user_parts
         counts = {}
@@ -84,9 +84,9 @@ class ExposureExamples(beam.DoFn):
         columns = {c: [r[c] for r in rows] for c in self.row_columns}
         columns.update(self.labels.of_rows(rows))
         item_side, user_side = _held_by(items, self.item_columns), _held_by(users, self.user_columns)
-        if item_side:
-            looked_up = [items.rows[r[self.keys["item"]]] for r in rows]
-            columns.update({c: [item[c] for item in looked_up] for c in item_side})
+        if item_side:  # all of the user's rows at once (the table is columnar: pipeline/sources/sidetable.py)
+            at = items.positions([r[self.keys["item"]] for r in rows])
+            columns.update({c: items.values(c, at) for c in item_side})
         # The entity columns no side table holds (there is none, or the column is declared
         # `file: interactions`) are in the rows.
         columns.update({c: [r[c] for r in rows] for c in [*self.item_columns, *self.user_columns]
@@ -116,12 +116,8 @@ class ExposureExamples(beam.DoFn):
 
 
 def _held_by(table, columns):
-    """Those of `columns` a side table (pipeline.sources.grouplens.Table, or None) holds: every id
-    of a table has the same columns."""
-    if table is None:
-        return []
-    first = next(iter(table.rows.values()))
-    return [c for c in columns if c in first]
+    """Those of `columns` a side table (pipeline.sources.sidetable.Table, or None) holds."""
+    return [] if table is None else [c for c in columns if c in table.columns]
 
 
 def _items_of(user_parts, item_key):

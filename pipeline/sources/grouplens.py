@@ -12,8 +12,8 @@ from __future__ import annotations
 import codecs
 import csv
 import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -23,6 +23,7 @@ from pipeline.sources import Source
 from pipeline.sources.rows import (
     HALF_STARS, LINE, MAX_AGE, METADATA, REJECTED, WHOLE_STARS, RatingScale, SourceError, SourceInfo, check_rating,
     parse_int, rejection, title_year)
+from pipeline.sources.sidetable import Table, entity_values
 from pipeline.sources.textfiles import (
     SNIFF_BYTES, TextLines, check_not_wide, decode_line, line_ending, read_head, read_lines)
 
@@ -120,24 +121,6 @@ def detect_layout(folder: str) -> Layout:
 
 
 # ---------------------------------------------------------------- side tables
-@dataclass
-class Table:
-    """A movie or user file: id -> columns, and id -> where its line was rejected."""
-    what: str  # "movie" | "user"
-    rows: dict = field(default_factory=dict)
-    rejected: dict = field(default_factory=dict)
-
-
-def entity_values(table: Table, id_: Any) -> dict:
-    """The columns of an id in a movie, user or video table; ValueError naming why it has none."""
-    values = table.rows.get(id_)
-    if values is None:
-        where = table.rejected.get(id_)
-        raise ValueError(f"{table.what} id {id_} is not in the {table.what} file" if where is None
-                         else f"{table.what} id {id_}: its line {where} was rejected")
-    return values
-
-
 def join_metadata(row: dict, items: Table | None, users: Table | None) -> dict:
     """Add movie columns (genres, year) and user columns; unknown ids are errors."""
     for table, key in ((items, "item_id"), (users, "user_id")):
@@ -299,17 +282,17 @@ class GroupLens(Source):
                     header = line
                     continue
                 key = parse_int(fields[0] if fields else "", f"{what} id")
-                if key in table.rows or key in table.rejected:
+                if key in table or key in table.rejected:
                     raise ValueError(f"{what} id {key} repeated (its first line is kept)")
             except ValueError as reason:
                 self._reject(text, number, reason)
                 continue
             try:
-                table.rows[key] = parse(fields)
+                table.add(key, parse(fields))
             except ValueError as reason:
                 table.rejected[key] = where
                 self._reject(text, number, reason)
-        if not table.rows:
+        if not len(table):
             rejected = len(text.lines) - blank - (header is not None)
             raise SourceError(f"{path}: no valid {what} lines ({rejected} rejected, {blank} blank)")
         decoding[path] = text.decoding(header=header, blank_lines=blank)

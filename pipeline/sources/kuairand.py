@@ -10,10 +10,10 @@ The standard-policy logs are the examples; the random-policy log is read only as
 unbiased test set (data.kuairand.random_log_test); the daily video statistics are not read
 (configs/datasets/kuairand.yaml says why). What the rows become (features, tasks) is that
 declaration's; this module knows the files: their names, fields and the README's value checks.
-The user and basic video files are read by the driver and joined as side inputs, as GroupLens's
-movie files are; the logs are read by the runner, in byte ranges of whole lines, each bad line
-rejected with its reason: input = accepted + rejected; each range's rows go on as one list per
-user (USER_BATCHES).
+The user and basic video files are read by the driver and joined as side inputs (held column by
+column: pipeline/sources/sidetable.py), as GroupLens's movie files are; the logs are read by the
+runner, in byte ranges of whole lines, each bad line rejected with its reason: input = accepted
++ rejected; each range's rows go on as one list per user (USER_BATCHES).
 A log file's header names its columns, so their order is read off it (the README's order
 when a file has no header).
 """
@@ -28,11 +28,12 @@ import re
 from typing import TYPE_CHECKING
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.sources import Source
-from pipeline.sources.grouplens import Table, entity_values
 from pipeline.sources.rows import HELD_OUT, LINE, METADATA, REJECTED, SourceError, SourceInfo, parse_int, rejection
+from pipeline.sources.sidetable import Table, entity_values
 from pipeline.sources.textfiles import (
     check_not_wide, decode_line, line_ending, line_ranges, read_head, read_line_range, read_lines)
 
@@ -182,16 +183,16 @@ def _read_table(path: str, what: str, key: str, parse, rejected: list) -> tuple[
                 raise ValueError(f"expected {len(header)} fields, found {len(values)}")
             fields = dict(zip(header, values))
             id_ = parse_int(fields[key], f"{what} id")
-            if id_ in table.rows or id_ in table.rejected:
-                first = "kept" if id_ in table.rows else f"{table.rejected[id_]}, which was rejected"
+            if id_ in table or id_ in table.rejected:
+                first = "kept" if id_ in table else f"{table.rejected[id_]}, which was rejected"
                 repeated, id_ = id_, None  # its first line decides
                 raise ValueError(f"{what} id {repeated} repeated (its first line is {first})")
-            table.rows[id_] = parse(fields)
+            table.add(id_, parse(fields))
         except (ValueError, KeyError, csv.Error) as reason:
-            if id_ is not None and id_ not in table.rows and id_ not in table.rejected:
+            if id_ is not None and id_ not in table and id_ not in table.rejected:
                 table.rejected[id_] = f"{name}:{number}"
             rejected.append(rejection(f"{path}:{number}", text.original(number), f"metadata: {reason}", METADATA))
-    if not table.rows:
+    if not len(table):
         raise SourceError(f"{path}: no valid {what} lines")
     decoding = {k: v for k, v in text.decoding(header=lines[0][1]).items() if "replaced" not in k}
     return table, {**decoding, "undecodable_lines": len(replaced)}
@@ -235,23 +236,32 @@ class _ParseLog(beam.DoFn):
         lines = read_line_range(path, start, end)
         if start == 0 and self.header:
             lines = lines[1:]
-        by_user: dict[int, list] = {}
+        rows = []
         for raw in lines:
             line, undecodable = decode_line(raw, self.file)
             if undecodable:
                 yield beam.pvalue.TaggedOutput(REJECTED, undecodable)
                 continue
             try:
-                row = self.parse(line)
-                # Known ids only; their columns are joined per user in pipeline/examples/exposure.py:
-                # copying ~40 user and video columns into every row cost memory (6 GB at Pure's size).
-                if row["item_id"] not in videos.rows:
-                    entity_values(videos, row["item_id"])  # raises, naming why
-                if row["user_id"] not in users.rows:
-                    entity_values(users, row["user_id"])
-                by_user.setdefault(row["user_id"], []).append(row)
+                rows.append(self.parse(line))
             except ValueError as reason:
                 yield beam.pvalue.TaggedOutput(REJECTED, rejection(self.file, line, str(reason)))
+        # Known ids only, checked for the whole range at once (pipeline/sources/sidetable.py);
+        # their columns are joined per user in pipeline/examples/exposure.py: copying ~40 user and
+        # video columns into every row cost memory (6 GB at Pure's size).
+        known = np.ones(len(rows), bool)
+        for table, key in ((videos, "item_id"), (users, "user_id")):
+            known &= table.known(np.fromiter((row[key] for row in rows), np.int64, len(rows)))
+        by_user: dict[int, list] = {}
+        for row, ok in zip(rows, known.tolist()):
+            if ok:
+                by_user.setdefault(row["user_id"], []).append(row)
+                continue
+            try:  # the first unknown id, the video's before the user's, says why
+                for table, key in ((videos, "item_id"), (users, "user_id")):
+                    entity_values(table, row[key])
+            except ValueError as reason:
+                yield beam.pvalue.TaggedOutput(REJECTED, rejection(self.file, row[LINE], str(reason)))
         yield from by_user.values()
 
     def parse(self, line: str) -> dict:

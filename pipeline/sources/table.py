@@ -31,10 +31,10 @@ import apache_beam as beam
 import tensorflow as tf
 
 from pipeline.sources import Source
-from pipeline.sources.grouplens import Table as SideTable
-from pipeline.sources.grouplens import entity_values
 from pipeline.sources.rows import (INT64_MAX, LINE, METADATA, POSITION, REJECTED, SourceError, SourceInfo,
                                    UNDECODABLE_ROW, parse_int, record_text, rejection)
+from pipeline.sources.sidetable import Table as SideTable
+from pipeline.sources.sidetable import entity_values
 
 if TYPE_CHECKING:  # names in annotations only
     from features.declaration.schema import Column, FileSpec, Time
@@ -336,16 +336,16 @@ def read_side_table(paths: list[str], spec: FileSpec, reader_columns: dict, key:
                     id_ = parse((key,))[key]
                 values = parse()
                 id_ = values.pop(key)
-                if id_ in table.rows or id_ in table.rejected:
-                    first = "kept" if id_ in table.rows else f"{table.rejected[id_]}, which was rejected"
+                if id_ in table or id_ in table.rejected:
+                    first = "kept" if id_ in table else f"{table.rejected[id_]}, which was rejected"
                     repeated, id_ = id_, None
                     raise ValueError(f"{what} id {repeated} repeated (its first line is {first})")
-                table.rows[id_] = values
+                table.add(id_, values)
             except ValueError as reason:
-                if id_ is not None and id_ not in table.rows and id_ not in table.rejected:
+                if id_ is not None and id_ not in table and id_ not in table.rejected:
                     table.rejected[id_] = where
                 rejected.append(rejection(where, line, f"metadata: {reason}", METADATA))
-    if not table.rows:
+    if not len(table):
         raise SourceError(f"{', '.join(paths)}: no valid {what} rows ({role_key})")
     return table
 
@@ -391,11 +391,14 @@ class _ParseRows(beam.DoFn):
             try:
                 row = parse()
                 for entity, columns in self.join.items():  # known keys only
-                    table = tables[entity]
-                    if table is not None:
-                        values = entity_values(table, row[self.keys[entity]])  # raises, naming why
-                        if columns:  # sampled negatives: the side columns go into the rows
-                            row.update({c: values[c] for c in columns})
+                    table, id_ = tables[entity], row[self.keys[entity]]
+                    if table is None:
+                        continue
+                    if columns:  # sampled negatives: the side columns go into the rows
+                        values = entity_values(table, id_)  # raises, naming why
+                        row.update({c: values[c] for c in columns})
+                    elif id_ not in table:
+                        entity_values(table, id_)  # raises, naming why
             except ValueError as reason:
                 kind = UNDECODABLE_ROW if str(reason).startswith("undecodable byte") else "row"
                 yield beam.pvalue.TaggedOutput(REJECTED, rejection(part[0], line, str(reason), kind))
@@ -490,7 +493,7 @@ class Table(Source):
         raw_columns = tuple(dataset.raw_columns)
         extra = {"dataset": decl.name, "declaration": dataset.path,
                  "rows_location": base if len(self.paths) > 1 else self.paths[0],
-                 "side_tables": {e: len(t.rows) for e, t in side.items()}}
+                 "side_tables": {e: len(t) for e, t in side.items()}}
         self.info = SourceInfo("table", f"table-{spec.format}", base, raw_columns, None, list(self.paths), decoding,
                                extra)
 
