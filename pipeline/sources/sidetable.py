@@ -143,19 +143,25 @@ class Table:
         return self._one
 
     # ------------------------------------------------------------ lookups
+    def _search(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(where each id is or would be in the sorted ids, whether it is there)."""
+        self._freeze()
+        at = np.searchsorted(self._sorted, ids)
+        found = at < len(self._sorted)
+        found[found] = self._sorted[at[found]] == ids[found]
+        return at, found
+
     def known(self, ids: np.ndarray) -> np.ndarray:
         """Whether each of an int64 array of ids has columns."""
-        self._freeze()
-        at = np.searchsorted(self._sorted, ids).clip(max=max(len(self._sorted) - 1, 0))
-        return (self._sorted[at] == ids) if len(self._sorted) else np.zeros(len(ids), bool)
+        return self._search(ids)[1]
 
     def positions(self, ids: Sequence[int]) -> np.ndarray:
         """Where the columns of each id are (for `values`); KeyError naming an unknown id."""
         ids = np.asarray(ids, np.int64)
-        found = self.known(ids)
+        at, found = self._search(ids)
         if not found.all():
             raise KeyError(f"{self.what} id {ids[~found][0]} is not in the {self.what} table")
-        return np.searchsorted(self._sorted, ids)
+        return at
 
     def values(self, column: str, positions: np.ndarray) -> list:
         """A column's values at `positions`, as the Python objects they were added as."""
