@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from features.datasets import dataset_of_manifest
 from pipeline.stats import metrics
@@ -31,16 +31,18 @@ if TYPE_CHECKING:  # names in annotations only
 BATCH = 8192  # serialized examples per serving call
 
 
-def score_test_split(run_dir: str) -> dict[str, np.ndarray]:
+def score_test_split(run_dir: str, serve: Any = None) -> dict[str, np.ndarray]:
     """The test split's label columns and, per trained task, the exported model's prediction
-    ("pred_<task>"), in file order. Empty arrays when the split has no examples."""
+    ("pred_<task>"), in file order. Empty arrays when the split has no examples.
+
+    serve: the run's loaded `serving_default` signature, when the caller has it; None: loaded here."""
     summary = runs.read_train_summary(run_dir)
     manifest = runs.read_data_manifest(run_dir)
     dataset = dataset_of_manifest(manifest)
     tasks = summary["tasks"]
     out = {name: [] for name in (*dataset.label_columns, *[f"pred_{t}" for t in tasks])}
     if manifest["splits"]["test"]["examples"]:
-        serve = tf.saved_model.load(storage.join(run_dir, runs.EXPORT)).signatures["serving_default"]
+        serve = serve or tf.saved_model.load(storage.join(run_dir, runs.EXPORT)).signatures["serving_default"]
         labels = {name: spec for name, spec in dataset.raw_feature_spec(manifest["raw_columns"]).items()
                   if name in dataset.label_columns}
         files = split_files(runs.data_dir_of_run(run_dir, summary), "test")
@@ -84,8 +86,8 @@ def paper_metrics(scored: dict[str, np.ndarray], dataset: Dataset, task_weights:
     return out
 
 
-def evaluate(run_dir: str) -> dict:
-    """The test split's paper metrics of a trained run (eval.json's "test_split")."""
+def evaluate(run_dir: str, serve: Any = None) -> dict:
+    """The test split's paper metrics of a trained run (eval.json's "test_split"); serve: as score_test_split's."""
     manifest = runs.read_data_manifest(run_dir)
     weights = {t: cfg.weight for t, cfg in runs.read_config(run_dir).model.tasks.items()}
-    return paper_metrics(score_test_split(run_dir), dataset_of_manifest(manifest), weights)
+    return paper_metrics(score_test_split(run_dir, serve), dataset_of_manifest(manifest), weights)
