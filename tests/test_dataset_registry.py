@@ -83,9 +83,10 @@ def test_the_declared_dataset_runs_through_mtlrec(tmp_path, mode):
     """preprocess on the declaration alone, in each split mode and with sampled negatives: every row
     accounted for and each row in the split its mode puts it in; then train, evaluate and export,
     and the `rank` signature takes the declared request columns and returns the declared tasks.
-    A column split writes what a temporal one does (the same columns, each user's test rows as one
-    ranking request), so the stages after preprocess skip it; they run on the random split (users
-    whose test draw is empty) and on sampled negatives (an extra task, side columns on sampled items)."""
+    The stages after preprocess run on the random split (the declaration's own examples, with users
+    whose test draw is empty) and on sampled negatives (an extra task, side columns on sampled
+    items). The temporal and column splits write the same columns and requests as the random one
+    (each user's test rows as one ranking request), so the stages after preprocess skip them."""
     from fixtures import read_split
     from pipeline.cli import main
     written = write_shop(tmp_path / "shop", users=24, items=30, per_user=14, bad_rows=mode != "column",
@@ -104,7 +105,7 @@ def test_the_declared_dataset_runs_through_mtlrec(tmp_path, mode):
     if mode != "sampled":  # (sampled: repeated (user, item) pairs are rejected too, by its duplicates rule)
         assert manifest["rejected_rows"] == len(written["bad"])  # duplicates included: every bad row, no good one
     _assert_split(mode, workdir / "data", manifest, written["bad"], tmp_path / "shop", read_split)
-    if mode == "column":
+    if mode in ("temporal", "column"):
         return
     for command in ("train", "evaluate", "export"):
         assert main([command, *sets]) == 0, command
