@@ -1,5 +1,6 @@
 """Evaluation and the gate comparison, end to end on small data."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from sklearn.metrics import ndcg_score, roc_auc_score
 
 from conftest import EMBEDDED_OVERRIDES
 from fixtures import ratings, read_split, write_ml1m
+from processes import foreign_lines, user_env
 from pipeline import cli
 from pipeline.artifacts.atomic import ArtifactError
 from pipeline.config import load_config
@@ -36,12 +38,14 @@ def _compare_config(workdir, data_dir, *overrides):
     return load_config(None, _compare_sets(workdir, data_dir, *overrides))
 
 
-def _mtlrec_compare(workdir, data_dir) -> bytes:
-    """`mtlrec compare` as a user runs it, in a fresh process: its summary.json."""
+def _mtlrec_compare(workdir, data_dir) -> tuple[bytes, str]:
+    """`mtlrec compare` as a user runs it, in a fresh process and the user's environment: its summary.json
+    and its stderr."""
     sets = sum([["--set", o] for o in _compare_sets(workdir, data_dir)], [])
-    result = subprocess.run([str(MTLREC), "compare", *sets], capture_output=True, text=True, timeout=1800)
+    result = subprocess.run([str(MTLREC), "compare", *sets], capture_output=True, text=True, timeout=1800,
+                            env=user_env())
     assert result.returncode == 0, result.stderr[-3000:]
-    return (workdir / "report" / "summary.json").read_bytes()
+    return (workdir / "report" / "summary.json").read_bytes(), result.stderr
 
 
 def config_of(config, variant, seed):
@@ -50,8 +54,8 @@ def config_of(config, variant, seed):
     return run_configs(config, data_dir_of(config))[variant, seed].model_dump(mode="json")
 
 
-# The summary.json of the `compared` fixture's fresh-process compare, before any test touched its workdir.
-FIRST_SUMMARY = "first-summary.json"
+# The summary.json and stderr of the `compared` fixture's fresh-process compare, before any test touched its workdir.
+FIRST_SUMMARY, FIRST_STDERR = "first-summary.json", "first-stderr.txt"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,9 @@ def compared(embedded_data, tmp_path_factory):
     before); tests that write into its workdir leave its runs' results as they were."""
     data_dir, _ = embedded_data
     workdir = tmp_path_factory.mktemp("compare")
-    (workdir.parent / f"{workdir.name}-{FIRST_SUMMARY}").write_bytes(_mtlrec_compare(workdir, data_dir))
+    summary, stderr = _mtlrec_compare(workdir, data_dir)
+    (workdir.parent / f"{workdir.name}-{FIRST_SUMMARY}").write_bytes(summary)
+    (workdir.parent / f"{workdir.name}-{FIRST_STDERR}").write_text(stderr)
     return _compare_config(workdir, data_dir), workdir, workdir / "report"
 
 
@@ -499,5 +505,16 @@ def test_same_compare_in_fresh_processes_gives_identical_summary(compared, embed
     reused, against the fixture's."""
     _, workdir, _ = compared
     first = (workdir.parent / f"{workdir.name}-{FIRST_SUMMARY}").read_bytes()
-    assert _mtlrec_compare(tmp_path / "second", embedded_data[0]) == first
+    assert _mtlrec_compare(tmp_path / "second", embedded_data[0])[0] == first
     assert json.loads(first)["significance"]  # the statistics are part of what must repeat
+
+
+@pytest.mark.slow
+def test_compare_prints_its_own_lines_and_progress(compared):
+    """Issue 18's rules (tests/test_terminal.py) on the fixture's fresh process: only compare's own lines,
+    with per-run progress (i/N and, once a run has finished, the time left) and where the report went."""
+    _, workdir, _ = compared
+    stderr = (workdir.parent / f"{workdir.name}-{FIRST_STDERR}").read_text()
+    assert foreign_lines(stderr) == [], "mtlrec compare printed library lines"
+    assert re.search(r"^compare: \[4/4\] .*, ~\d+ (s|min) left\)$", stderr, re.M), stderr
+    assert "compare: report in" in stderr

@@ -1,6 +1,7 @@
 """The synthetic expert-selection benchmark: generator, recovery metrics, model, CLI run."""
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from pipeline.synthetic.report import NOT_CONVERGED, ROBUST_OPTIONS, matched_row
 from pipeline.synthetic.search import tune_variant
 from pipeline.synthetic.study import aggregate, compare_variants
 from pipeline.synthetic.training import RunSpec, oracle_assignment, train_runs
+from processes import foreign_lines, user_env
 
 REPO = Path(__file__).resolve().parents[1]
 MTLREC = Path(sys.executable).parent / "mtlrec"
@@ -484,8 +486,13 @@ def test_tiny_run_through_the_cli(tmp_path):
     out = tmp_path / "synthetic"
     command = [str(MTLREC), "synthetic", "--config", str(REPO / "configs" / "synthetic_tiny.yaml"),
                "--set", f"workdir={tmp_path}"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=user_env())
     assert result.returncode == 0, result.stderr[-3000:]
+    # Issue 18's rules (tests/test_terminal.py): only the study's own lines; progress i/N with the time left,
+    # through the final runs to the last step.
+    assert foreign_lines(result.stderr) == [], "mtlrec synthetic printed library lines"
+    assert re.search(r"^\[\d+/\d+, \d+ left, \d+s, ~\d+ s left\] final ", result.stderr, re.M), result.stderr[-3000:]
+    assert re.search(r"^\[(\d+)/\1, 0 left, \d+s, ~\d+ s left\] ", result.stderr, re.M), result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     tiny = load_config(REPO / "configs" / "synthetic_tiny.yaml").synthetic
     assert summary["data"]["tasks"] == 8 and summary["data"]["clusters"] == 2 and summary["ks"] == [1, 2]
