@@ -138,7 +138,7 @@ def rank_requests(data_dir: str) -> dict:
     """{N: one ranking request}: a test user at its request time, N distinct items of the item table."""
     from pipeline.stages.evaluate import read_candidates
     from pipeline.artifacts.manifest import read_manifest
-    from pipeline.examples.tables import read_tables
+    from pipeline.artifacts.feature_tables import read_tables
     manifest = read_manifest(data_dir)
     items, _ = read_tables(data_dir, manifest)["item"]
     candidates = read_candidates(data_dir, manifest)

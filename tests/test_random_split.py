@@ -89,7 +89,7 @@ def test_candidates_are_each_test_users_test_interactions_and_unseen_items(rando
 
 @pytest.mark.slow
 def test_aggregates_and_tables_come_from_the_train_split(random_split):
-    from pipeline.examples.tables import read_tables
+    from pipeline.artifacts.feature_tables import read_tables
     folder, manifest, _ = random_split
     assert_train_only_aggregates(folder, manifest, unseen_test_items=False)
     ids, _ = read_tables(folder, manifest)["item"]

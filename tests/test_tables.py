@@ -10,7 +10,7 @@ from conftest import run_preprocess
 from features.datasets import dataset_named
 from fixtures import ratings, read_split, users, write_ml1m
 from pipeline.stages.export import EntityTable
-from pipeline.examples.tables import read_tables
+from pipeline.artifacts.feature_tables import read_tables
 
 MOVIELENS = dataset_named("movielens")
 

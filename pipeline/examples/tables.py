@@ -10,7 +10,8 @@ columns need no code here.
     preprocess:  train examples (what the analyzers see) --TrainTables--> {entity: {id: values}}
                  --WriteTables--> <data>/tables/<entity>.tfrecord.gz (one tf.Example per id, by id)
                  candidates split --CandidatesFromTables--> entity columns from the tables
-    export:      read_tables -> pipeline.stages.export.EntityTable (variables in the SavedModel)
+    export:      read_tables (pipeline/artifacts/feature_tables.py) -> pipeline.stages.export.EntityTable
+                 (variables in the SavedModel)
 
 Built from the TRAIN split only, the same examples the user and item vocabularies are fitted
 on: an id in a table is an id the model was trained on (including items the train split saw
@@ -29,10 +30,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
-import numpy as np
 import tensorflow as tf
 
-from features.datasets import dataset_of_manifest
+from pipeline.artifacts.feature_tables import table_spec
 from pipeline.artifacts.manifest import table_file
 from pipeline.examples.shards import pack_records, unpack_records
 from pipeline.examples.tfexample import ExampleEncoder
@@ -42,12 +42,6 @@ if TYPE_CHECKING:  # names in annotations only
     from pipeline.artifacts.storage import Location
 
 CANDIDATES = "candidates"
-
-
-def table_spec(dataset: Dataset, raw_columns: Sequence[str], entity: str) -> dict:
-    """tf.io parsing spec of a table's examples: the key and the entity's columns."""
-    spec = dataset.raw_feature_spec(raw_columns, with_labels=False)
-    return {name: spec[name] for name in [dataset.entity_keys[entity], *dataset.entity_columns(raw_columns)[entity]]}
 
 
 def _column(batch, name) -> list:
@@ -147,20 +141,3 @@ class CandidatesFromTables(beam.DoFn):
             rows = [table.get(key, unknown) for key in columns[self.dataset.entity_keys[entity]]]
             columns.update({c: [row[j] for row in rows] for j, c in enumerate(names)})
         return self.encoder.encode(columns)
-
-
-def read_tables(data_dir: Location, manifest: dict) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """{entity: (sorted ids [R], {column: values [R]})} of a data folder's tables."""
-    raw_columns, dataset = manifest["raw_columns"], dataset_of_manifest(manifest)
-    out = {}
-    for entity, record in manifest.get("tables", {}).items():
-        spec = table_spec(dataset, raw_columns, entity)
-        data = tf.data.TFRecordDataset(f"{data_dir}/{record['file']}", compression_type="GZIP")
-        columns = {name: [] for name in spec}
-        for batch in data.batch(65536).map(lambda s: tf.io.parse_example(s, spec)):
-            for name, value in batch.items():
-                columns[name].append(value.numpy())
-        columns = {name: np.concatenate(parts) if parts else np.zeros([0], spec[name].dtype.as_numpy_dtype)
-                   for name, parts in columns.items()}
-        out[entity] = (columns.pop(record["key"]), columns)
-    return out

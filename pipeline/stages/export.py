@@ -40,7 +40,7 @@ from pipeline.config import ExportConfig
 from pipeline.errors import MtlrecError
 from pipeline.terminal import stage_log
 from pipeline.artifacts.manifest import read_manifest
-from pipeline.examples.tables import read_tables
+from pipeline.artifacts.feature_tables import read_tables
 
 if TYPE_CHECKING:  # names in annotations only
     from models.recommender import MultiTaskRecommender
@@ -76,7 +76,7 @@ class EntityTable(tf.Module):
     table gets. Looked up by binary search, so the table needs no hash-table resource.
 
     Args:
-      ids: [R] the entity's ids, sorted and distinct (pipeline.examples.tables.read_tables).
+      ids: [R] the entity's ids, sorted and distinct (pipeline.artifacts.feature_tables.read_tables).
       columns: {raw column: [R] its value per id}.
       defaults: {raw column: the value that means "unknown"} (RawColumn.default of its declaration).
       name: the entity, e.g. "item".
