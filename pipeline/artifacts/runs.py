@@ -37,7 +37,7 @@ reading a run's results does not need them.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.artifacts import storage
 from pipeline.artifacts.atomic import ArtifactError, atomic_write, read_json
@@ -193,6 +193,12 @@ def read_train_summary(run_dir: Location) -> dict:
 def read_data_manifest(run_dir: Location) -> dict:
     """The run's copy of the manifest of the data it trained on."""
     return read_json(join(run_dir, DATA_MANIFEST), "data manifest copy")
+
+
+def load_export(run_dir: Location) -> Any:
+    """The run's exported SavedModel, loaded (its signatures: pipeline/stages/export.py)."""
+    import tensorflow as tf  # here: only this and restore_model need TensorFlow
+    return tf.saved_model.load(join(run_dir, EXPORT))
 
 
 def restore_model(run_dir: Location) -> tuple[tf.keras.Model, InputPipeline]:

@@ -84,19 +84,14 @@ def requests(columns: dict[str, np.ndarray], entity_keys: dict,
         yield rows, request, columns[entity_keys["item"]][rows]
 
 
-def load_export(run_dir: str) -> Any:
-    """The run's exported SavedModel (its signatures score the candidates and the test split)."""
-    return tf.saved_model.load(storage.join(run_dir, runs.EXPORT))
-
-
 def score_candidates(run_dir: str, export: Any = None) -> pd.DataFrame:
     """Every candidate row, in file order: user, labels, and the exported model's prediction
     per task, each user's list scored by one call of the export's `rank` signature.
 
-    export: the run's loaded export (load_export), when the caller has it; None: loaded here."""
+    export: the run's loaded export (runs.load_export), when the caller has it; None: loaded here."""
     summary = runs.read_train_summary(run_dir)
     manifest = runs.read_data_manifest(run_dir)
-    rank = (export or load_export(run_dir)).signatures["rank"]
+    rank = (runs.load_export(run_dir) if export is None else export).signatures["rank"]
     dataset = dataset_of_manifest(manifest)
     keys = dataset.entity_keys
     columns = read_candidates(runs.data_dir_of_run(run_dir, summary), manifest)
@@ -188,7 +183,7 @@ def run(run_dir: Location) -> dict:
     runs.require_trained(run_dir)  # before the lock: nothing is written beside a folder that is not a run
     with locks.hold(run_dir, "run folder"):
         dataset = dataset_of_manifest(runs.read_data_manifest(run_dir))
-        export = load_export(run_dir)  # once: loading is ~1/4 of a small model's evaluation
+        export = runs.load_export(run_dir)  # once: loading is ~1/4 of a small model's evaluation
         result, per_user = evaluation(score_candidates(run_dir, export), dataset)
         result["gates"] = test_gate_sparsity(run_dir)
         # The papers' metrics (pipeline/stats/test_split.py).

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from features.datasets import dataset_of_manifest
 from pipeline.stats import metrics
-from pipeline.artifacts import runs, storage
+from pipeline.artifacts import runs
 from pipeline.training.dataset import split_files
 
 if TYPE_CHECKING:  # names in annotations only
@@ -42,7 +42,8 @@ def score_test_split(run_dir: str, serve: Any = None) -> dict[str, np.ndarray]:
     tasks = summary["tasks"]
     out = {name: [] for name in (*dataset.label_columns, *[f"pred_{t}" for t in tasks])}
     if manifest["splits"]["test"]["examples"]:
-        serve = serve or tf.saved_model.load(storage.join(run_dir, runs.EXPORT)).signatures["serving_default"]
+        if serve is None:
+            serve = runs.load_export(run_dir).signatures["serving_default"]
         labels = {name: spec for name, spec in dataset.raw_feature_spec(manifest["raw_columns"]).items()
                   if name in dataset.label_columns}
         files = split_files(runs.data_dir_of_run(run_dir, summary), "test")
